@@ -1,0 +1,79 @@
+"""The audit record: one JSON object per request.
+
+The field names and their order are a public contract (README, "Record").
+Unknown values are ``None`` (JSON ``null``), never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "ts",
+    "request_id",
+    "model",
+    "user",
+    "endpoint",
+    "stream",
+    "prompt",
+    "output",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_source",
+    "finish_reason",
+    "status",
+    "empty_response",
+    "latency_seconds",
+    "params",
+    "flags",
+    "ttft_seconds",
+    "http_status",
+    "error",
+    "client",
+    "identity",
+    "choices",
+    "sources",
+)
+
+PARAM_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "n", "json_mode")
+
+STATUSES: tuple[str, ...] = ("completed", "aborted", "rejected", "incomplete", "error")
+TOKENS_SOURCES: tuple[str, ...] = ("logged_ids", "usage", "tokenizer")
+CHAIN_FIELDS: tuple[str, ...] = ("seq", "prev_hash", "hash")
+
+
+def new_record() -> dict:
+    """An all-unknown record with every contract field present."""
+    rec = dict.fromkeys(RECORD_FIELDS)
+    rec["params"] = dict.fromkeys(PARAM_FIELDS)
+    rec["flags"] = []
+    rec["sources"] = []
+    rec["status"] = "incomplete"
+    return rec
+
+
+def format_ts(epoch_seconds: float) -> str:
+    """RFC 3339, UTC, millisecond precision: ``2026-11-22T10:00:00.123Z``."""
+    dt = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_ts(text: str) -> float:
+    """Inverse of :func:`format_ts` (accepts any ISO 8601 with a zone)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def dumps_line(record: dict) -> str:
+    """The archive/Loki line: contract key order, compact, UTF-8 kept.
+
+    Deterministic for equal input, which is what makes a Loki resend
+    byte-identical (and so deduplicated by Loki).
+    """
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def canonical_bytes(record: dict) -> bytes:
+    """Canonical form for hashing: sorted keys, compact, UTF-8, no chain hash."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
