@@ -1,0 +1,233 @@
+"""Turn one correlated request (see :mod:`exporter.correlate`) into a record.
+
+Which source wins, field by field (unknown stays null, never a guess):
+
+* identity, status, HTTP status, error, latency, TTFT, usage: the middleware
+  (it saw the actual HTTP exchange); without it, what vLLM's log supports.
+* ``prompt_tokens``/``completion_tokens``: the response's ``usage`` (via the
+  middleware; a context-length rejection's count is the one vLLM states in
+  its error) → token ids as logged (never a list cut by ``--max-log-len``) →
+  the served model's tokenizer on full logged text → null. ``tokens_source``
+  names the weakest source used.
+* ``latency_seconds`` from the log alone only when its timestamps have
+  sub-second precision (JSON formatter); vLLM's text format has whole
+  seconds, which would make sub-second requests read as 0 or 1 s.
+* ``empty_response`` from the log alone only for streams (stock vLLM never
+  logs an empty non-streaming answer, so silence proves nothing).
+* ``params``: what the client sent (middleware, JSON body) before vLLM's
+  effective ``SamplingParams`` (whose ``max_tokens`` is filled in by vLLM).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .correlate import base_id, body_params, json_text
+from .record import PARAM_FIELDS, format_ts, new_record
+
+_STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
+_SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
+
+
+@dataclass(frozen=True)
+class AssembleContext:
+    model: str | None = None
+    max_log_len: int | None = None
+    oversized_input_tokens: int = 2048
+    count_tokens: Callable[[str, bool], int | None] | None = None  # (text, is_chat)
+    middleware_seen: bool = False
+
+
+def _truncated(value, limit: int | None) -> bool:
+    return limit is not None and value is not None and len(value) >= limit
+
+
+def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
+    """[(index, text, finish_reason, ids)], and where they came from."""
+    if mw is not None and mw.get("choices") is not None:
+        chs = sorted(mw["choices"], key=lambda c: c.get("index") or 0)
+        return [{"index": c.get("index", i), "text": c.get("text"),
+                 "finish_reason": c.get("finish_reason"), "ids": None}
+                for i, c in enumerate(chs)], "middleware"
+    if e["outputs"]:
+        return [dict(o, index=i) for i, o in enumerate(e["outputs"])], "log"
+    out = []
+    for i, text in enumerate(e["complete"]):
+        ids = None
+        m = _STREAM_FALLBACK.match(text or "")
+        if m:  # vLLM's placeholder when the streamed text was empty
+            text, ids = "", int(m.group(1))
+        out.append({"index": i, "text": text, "finish_reason": e["last_finish"], "ids": ids})
+    return out, "log"
+
+
+def build_record(e: dict, ctx: AssembleContext) -> dict | None:
+    """The record for a finished/evicted entry; None if there is no request
+    behind it (a DEBUG JSON body whose id matches nothing)."""
+    mw = e.get("mw")
+    has_log = bool(e["received"] or e["details"] or e["outputs"] or e["complete"]
+                   or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None)
+    if mw is None and not has_log:
+        return None
+    rec = new_record()
+    body = e["body"] if isinstance(e["body"], dict) else None
+    mw_body_ok = mw is not None
+    sources = (["vllm_log"] if has_log or body else []) + (["middleware"] if mw_body_ok else [])
+    rec["sources"] = sources
+    flags: list[str] = []
+    limit = ctx.max_log_len
+
+    received_ts = (_iso(mw.get("received_at")) if mw else None) or e["received_t"] or e["first_t"]
+    rec["ts"] = format_ts(received_ts) if received_ts is not None else None
+    log_id = e["log_id"]
+    rec["request_id"] = log_id or (mw or {}).get("response_id") or (mw or {}).get("request_id") or e["key"]
+    endpoint = (mw or {}).get("endpoint") or (base_id(log_id)[1] if log_id else None)
+    rec["endpoint"] = endpoint
+    rec["model"] = (mw or {}).get("model") or (body or {}).get("model") or ctx.model
+    user = (mw or {}).get("user")
+    if user is None and body is not None and body.get("user") is not None:
+        user = str(body.get("user"))
+    rec["user"] = user
+    stream = (mw or {}).get("stream")
+    if stream is None and body is not None and isinstance(body.get("stream"), bool):
+        stream = body["stream"]
+    rec["stream"] = e["stream"] if stream is None else stream
+
+    # prompt text
+    log_prompt = (e["details"] or {}).get("prompt") or (e["received"] or {}).get("prompt")
+    if mw is not None and mw.get("prompt") is not None:
+        rec["prompt"] = json_text(mw["prompt"])
+    else:
+        rec["prompt"] = log_prompt
+        if _truncated(log_prompt, limit):
+            flags.append("prompt_truncated")
+
+    choices, out_origin = _output_texts(e, mw)
+    texts = [c["text"] for c in choices]
+    rec["output"] = texts[0] if texts else None
+    if out_origin == "log" and any(_truncated(t, limit) for t in texts):
+        flags.append("output_truncated")
+    if len(choices) > 1:
+        rec["choices"] = [{"index": c["index"], "text": c["text"],
+                           "finish_reason": c["finish_reason"]} for c in choices]
+
+    # params: client-sent first, then vLLM's effective values
+    params = dict.fromkeys(PARAM_FIELDS)
+    for src in ((mw or {}).get("params") or {}, body_params(body), (e["received"] or {}).get("params") or {}):
+        for k in PARAM_FIELDS:
+            if params[k] is None and src.get(k) is not None:
+                params[k] = src[k]
+    rec["params"] = params
+
+    # tokens
+    used: list[str] = []
+    usage = (mw or {}).get("usage") or {}
+    pt = usage.get("prompt_tokens")
+    if pt is not None:
+        used.append("usage")
+    elif mw is not None and mw.get("rejected_prompt_tokens") is not None:
+        pt = mw["rejected_prompt_tokens"]
+        used.append("usage")
+    else:
+        ids = (e["details"] or {}).get("prompt_token_ids")
+        if ids is None:
+            ids = (e["received"] or {}).get("prompt_token_ids")
+        n = _len(ids)
+        if n is not None and not (limit is not None and n >= limit):
+            pt = n
+            used.append("logged_ids")
+        elif ctx.count_tokens and log_prompt is not None and not _truncated(log_prompt, limit):
+            pt = ctx.count_tokens(log_prompt, endpoint == "chat")
+            if pt is not None:
+                used.append("tokenizer")
+    rec["prompt_tokens"] = pt
+
+    ct = usage.get("completion_tokens")
+    if ct is not None:
+        used.append("usage")
+    else:
+        ct, how = _completion_from_log(e, choices, params.get("n"), limit, ctx, out_origin)
+        if ct is not None:
+            used.append(how)
+    rec["completion_tokens"] = ct
+    rec["tokens_source"] = max(used, key=_SOURCE_RANK.__getitem__) if used else None
+
+    # outcome
+    if mw is not None:
+        status = mw.get("status") or "completed"
+    elif e["aborted"]:
+        status = "aborted"
+    elif e["failed"]:
+        status = "error"
+    elif e["done_t"] is not None:
+        status = "completed"
+    else:
+        status = "incomplete"
+    rec["status"] = status
+    finish = choices[0]["finish_reason"] if choices else None
+    if finish in ("streaming_complete", "None"):
+        finish = None
+    if finish is None and e["stream"] and e["last_finish"]:
+        finish = e["last_finish"]
+    if finish is None and status == "aborted":
+        finish = "abort"
+    rec["finish_reason"] = finish
+
+    if mw is not None and mw.get("empty_response") is not None:
+        rec["empty_response"] = bool(mw["empty_response"])
+    elif status == "completed" and texts:
+        # From the log: a logged non-streaming text is never empty; a stream's
+        # complete line shows the accumulated text.
+        rec["empty_response"] = all(t == "" for t in texts)
+    if mw is not None:
+        rec["latency_seconds"] = mw.get("latency_seconds")
+        rec["ttft_seconds"] = mw.get("ttft_seconds")
+        rec["http_status"] = mw.get("status_code")
+        rec["error"] = mw.get("error")
+        rec["client"] = mw.get("client")
+        rec["identity"] = mw.get("identity")
+    elif e["precise"] and e["received_t"] is not None and e["done_t"] is not None:
+        rec["latency_seconds"] = round(max(0.0, e["done_t"] - e["received_t"]), 6)
+    if e["failed"] and rec["error"] is None:
+        rec["error"] = e["failed"]
+
+    if pt is not None and pt > ctx.oversized_input_tokens:
+        flags.append("oversized_input")
+    if ctx.middleware_seen and mw is None:
+        flags.append("middleware_missing")
+    rec["flags"] = flags
+    return rec
+
+
+def _completion_from_log(e, choices, n, limit, ctx, out_origin):
+    if out_origin != "log":
+        return None, None
+    if e["out_ids"] is not None and not e.get("out_ids_truncated"):
+        return e["out_ids"], "logged_ids"
+    if e["outputs"] and all(c["ids"] is not None for c in choices) \
+            and (n is None or n == len(choices)) and not any(
+                limit is not None and c["ids"] >= limit for c in choices):
+        return sum(c["ids"] for c in choices), "logged_ids"
+    if e["stream"] and e["deltas"] and e["delta_ids_known"]:
+        return e["delta_ids"], "logged_ids"
+    if choices and all(c["ids"] is not None for c in choices):  # stream placeholder count
+        return sum(c["ids"] for c in choices), "logged_ids"
+    if ctx.count_tokens and choices and (n is None or n == len(choices)) and not any(
+            _truncated(c["text"], limit) for c in choices) and all(c["text"] is not None for c in choices):
+        counts = [ctx.count_tokens(c["text"], False) if c["text"] else 0 for c in choices]
+        if all(x is not None for x in counts):
+            return sum(counts), "tokenizer"
+    return None, None
+
+
+def _len(ids) -> int | None:
+    if ids is None:
+        return None
+    return ids if isinstance(ids, int) else len(ids)
+
+
+def _iso(text):
+    from .correlate import Correlator
+    return Correlator.resolve_iso(text)

@@ -1,0 +1,207 @@
+"""Command line: ``run``, ``replay``, ``demo``, ``verify``, ``export``.
+
+The settings object is built here, once, from flags and ``VLLM_AUDIT_*``
+environment variables (:mod:`exporter.settings`); bad configuration exits 2
+with one readable line before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+from .settings import SettingsError, add_options, build as build_settings
+
+PROG = "vllm-audit-exporter"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Audit trail, Prometheus metrics and Loki shipping for vLLM.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="tail vLLM's log (and the middleware's), serve /metrics",
+                         description="Tail, correlate, archive, serve /metrics and /health.")
+    add_options(run, "run")
+    replay = sub.add_parser("replay", help="read whole log files once, write records, summarise",
+                            description="Backfill: read each file from start to end, write the "
+                                        "records to the archive (and Loki), print a summary.")
+    replay.add_argument("files", nargs="*", metavar="FILE", help="vLLM log / middleware JSONL files")
+    add_options(replay, "replay")
+    demo = sub.add_parser("demo", help="replay the bundled real vLLM capture and show the results")
+    demo.add_argument("--archive-dir", type=Path, default=None,
+                      help="where the demo archive goes (default: a new temporary directory)")
+    demo.add_argument("--web.listen-address", dest="listen_address", default="127.0.0.1:9400",
+                      help="where /metrics is served during the demo (default: 127.0.0.1:9400)")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep serving /metrics after the summary, until Ctrl-C")
+    demo.add_argument("--no-alerts", action="store_true",
+                      help="skip the Prometheus/Alertmanager part even if installed")
+    verify = sub.add_parser("verify", help="check the archive's hash chain and manifests")
+    verify.add_argument("archive_dir", metavar="DIR")
+    verify.add_argument("--hmac-key-file", default=None, help="HMAC key file [env VLLM_AUDIT_HMAC_KEY]")
+    export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
+    _add_export_args(export)
+    return parser
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    # The flag names are pinned by the export contract (README, "Export").
+    p.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR", "audit-archive"),
+                   help="archive to read [env VLLM_AUDIT_ARCHIVE_DIR]")
+    p.add_argument("--from", dest="time_from", required=True, metavar="T",
+                   help="start time, RFC 3339 or YYYY-MM-DD (inclusive)")
+    p.add_argument("--to", dest="time_to", required=True, metavar="T",
+                   help="end time, RFC 3339 or YYYY-MM-DD (exclusive)")
+    p.add_argument("--user", default=None, help="only this user")
+    p.add_argument("--model", default=None, help="only this model")
+    p.add_argument("--grep", default=None, metavar="TEXT", help="only records whose prompt or output contains TEXT")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("--bom", action="store_true", help="CSV: start with a UTF-8 byte-order mark (Excel)")
+    p.add_argument("--output", "-o", default=None, metavar="FILE",
+                   help="write here (and FILE.sha256 / FILE.hmac beside it); default stdout")
+    p.add_argument("--source", choices=("archive", "loki"), default="archive")
+    p.add_argument("--loki-url", default=os.environ.get("VLLM_AUDIT_LOKI_URL"),
+                   help="with --source loki [env VLLM_AUDIT_LOKI_URL]")
+    p.add_argument("--loki-tenant", default=os.environ.get("VLLM_AUDIT_LOKI_TENANT"),
+                   help="X-Scope-OrgID [env VLLM_AUDIT_LOKI_TENANT]")
+    p.add_argument("--hmac-key-file", default=None, help="sign the export [env VLLM_AUDIT_HMAC_KEY]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            return cmd_run(build_settings("run", args, os.environ))
+        if args.command == "replay":
+            return cmd_replay(build_settings("replay", args, os.environ))
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(args)
+        if args.command == "verify":
+            from .compliance.verify import verify_main
+            return verify_main(args.archive_dir, key_file=args.hmac_key_file,
+                               env_key=os.environ.get("VLLM_AUDIT_HMAC_KEY"))
+        if args.command == "export":
+            from .compliance.export import export_main
+            return export_main(args, os.environ)
+    except SettingsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+# ------------------------------------------------------------------- replay
+class Progress:
+    """A one-line progress bar on stderr for large replays (bytes read)."""
+
+    def __init__(self, total: int, enabled: bool, stream=sys.stderr):
+        self.total = max(total, 1)
+        self.enabled = enabled and total > 8 * 1024 * 1024
+        self.stream = stream
+        self._last = 0.0
+
+    def update(self, done: int, records: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < 0.5):
+            return
+        self._last = now
+        frac = min(1.0, done / self.total)
+        bar = "#" * int(frac * 30)
+        self.stream.write(f"\r[{bar:<30}] {frac:6.1%} {done / 2**20:9.1f} MiB {records:>10,} records")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def replay_into(settings, *, quiet: bool = False):
+    """Run a replay to the end; returns (runtime, summary)."""
+    from .runtime import build
+    from .summary import Summary
+    rt = build(settings, live=False)
+    summary = Summary()
+    rt.pipeline.sinks.on_record.append(summary.add)
+    total = sum(Path(f).stat().st_size for f in settings.replay_files if f != "-")
+    progress = Progress(total, settings.progress and not quiet)
+    while not rt.pipeline.done():
+        rt.pipeline.step()
+        done = sum(int((s.tailer.position() or {}).get("offset", 0) or 0) for s in rt.pipeline.sources)
+        progress.update(done, rt.pipeline.records_emitted)
+    rt.pipeline.finish()
+    progress.update(total, rt.pipeline.records_emitted, force=True)
+    progress.close()
+    return rt, summary
+
+
+def cmd_replay(settings) -> int:
+    rt, summary = replay_into(settings)
+    if rt.loki is not None:
+        print("pushing to Loki ...", file=sys.stderr)
+        rt.loki.run_until_caught_up()
+    print(summary.render())
+    print(f"archive: {settings.archive_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------- run
+def cmd_run(settings) -> int:
+    import uvicorn
+
+    from .httpapp import create_app
+    from .runtime import build
+
+    rt = build(settings, live=True)
+    stop = threading.Event()
+    threads = [threading.Thread(target=_pipeline_loop, args=(rt, stop), name="pipeline", daemon=True)]
+    if settings.vllm_url:
+        from .scrape import VllmScraper
+        rt.scraper = VllmScraper(settings.vllm_url, rt.registry)
+        rt.health.scraper = rt.scraper
+        threads.append(threading.Thread(target=_scrape_loop, args=(rt, stop), name="scrape", daemon=True))
+    if rt.loki is not None:
+        threads.append(threading.Thread(target=rt.loki.run, args=(stop,), name="loki", daemon=True))
+    for t in threads:
+        t.start()
+    app = create_app(registry=rt.registry, health=rt.health)
+    config = uvicorn.Config(app, host=settings.listen_host, port=settings.listen_port,
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run()  # returns on SIGINT/SIGTERM
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    return 0
+
+
+def _pipeline_loop(rt, stop: threading.Event) -> None:
+    pipeline = rt.pipeline
+    try:
+        while not stop.is_set():
+            if pipeline.step() == 0:
+                stop.wait(0.2)
+    finally:
+        pipeline.commit()  # graceful stop: persist what was processed
+
+
+def _scrape_loop(rt, stop: threading.Event) -> None:
+    while not stop.is_set():
+        rt.scraper.scrape_once()
+        stop.wait(rt.settings.scrape_interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Merge parsed events into exactly one record per request.
+
+Keys. Every event is filed under the request's *base id*: vLLM's external id
+without its endpoint prefix (``chatcmpl-X`` → ``X``, ``cmpl-X-0`` → ``X``),
+the bare id of the DEBUG ``JSON body`` line, or the middleware's
+``request_id`` (the ``X-Request-Id`` it made vLLM use). Engine-internal ids in
+``Added``/``Aborted`` lines (``chatcmpl-X-1a2b3c4d`` since 0.14, ``0_chatcmpl-X``
+for n>1 children) are mapped back to a known request.
+
+When a request is finished (V1 logs no "finished" event, so it is decided
+from what is logged):
+
+* the middleware line (written when the response is complete) — definitive;
+* a non-streaming ``Generated response`` line (vLLM logs every non-empty
+  choice in one loop once the response is built);
+* ``Generated response … (streaming complete)``; the real finish reason is
+  the last delta's, never the literal ``streaming_complete``;
+* ``Aborted request`` / ``Request X aborted.`` (status ``aborted``),
+  ``Request X failed`` (status ``error``), V0 ``Finished request``;
+* otherwise, ``request_timeout`` seconds of *log time* after the request's
+  last event, status ``incomplete`` (e.g. stock vLLM never logs an empty
+  non-streaming answer, nor any /v1/completions output in 0.32).
+
+A finished request is held ``merge_grace`` seconds (log time, measured on the
+*watermark*: the time up to which every source has been read) so the other
+source's lines can join; with a middleware source seen, a request finished
+by vLLM's log waits for the middleware line up to ``request_timeout``.
+
+In-flight state is bounded (``max_inflight``; the oldest is recorded as
+``incomplete`` and counted) and is plain JSON data, so it is checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable
+
+from . import events as ev
+from .record import new_record
+
+_TAIL_INDEX = re.compile(r"-\d+$")
+_INTERNAL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+_CHILD_PREFIX = re.compile(r"^\d+_")
+
+ENDPOINT_BY_PREFIX = (("chatcmpl-", "chat"), ("chat-", "chat"), ("cmpl-", "completion"),
+                      ("embd-", "embeddings"), ("resp_", "responses"))
+
+
+def base_id(log_id: str) -> tuple[str, str | None]:
+    """(base id, endpoint) of a vLLM external request id."""
+    for prefix, endpoint in ENDPOINT_BY_PREFIX:
+        if log_id.startswith(prefix):
+            rest = log_id[len(prefix):]
+            if endpoint in ("completion", "embeddings"):
+                rest = _TAIL_INDEX.sub("", rest)
+            return rest, endpoint
+    return log_id, None
+
+
+class Correlator:
+    def __init__(self, *, request_timeout: float = 300.0, merge_grace: float = 5.0,
+                 max_inflight: int = 10000, max_log_len: int | None = None,
+                 on_evict: Callable[[str], None] = lambda reason: None):
+        self.request_timeout = request_timeout
+        self.merge_grace = merge_grace
+        self.max_inflight = max_inflight
+        self.max_log_len = max_log_len
+        self.on_evict = on_evict
+        self.inflight: dict[str, dict] = {}
+        self.by_log_id: dict[str, str] = {}
+        self.middleware_seen = False
+        self._pending_evicted: list[dict] = []
+
+    # ---------------------------------------------------------------- state
+    def state(self) -> dict:
+        # Evicted-but-not-yet-recorded entries are recorded before any
+        # checkpoint (the pipeline calls ready() first), so they are not kept.
+        return {"inflight": self.inflight, "middleware_seen": self.middleware_seen}
+
+    def restore(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.inflight = dict(state.get("inflight") or {})
+        self.middleware_seen = bool(state.get("middleware_seen"))
+        self.by_log_id = {e["log_id"]: k for k, e in self.inflight.items() if e.get("log_id")}
+
+    # ---------------------------------------------------------------- input
+    def _entry(self, key: str, t: float | None) -> dict:
+        entry = self.inflight.get(key)
+        if entry is None:
+            entry = {"key": key, "log_id": None, "endpoint": None, "first_t": t, "last_t": t,
+                     "received_t": None, "done_t": None, "status": None, "received": None,
+                     "details": None, "body": None, "outputs": [], "deltas": 0,
+                     "delta_ids": 0, "delta_ids_known": True, "last_finish": None,
+                     "complete": [], "out_ids": None, "mw": None, "aborted": False,
+                     "failed": None, "stream": None, "precise": False}
+            self.inflight[key] = entry
+        if t is not None:
+            if entry["first_t"] is None:
+                entry["first_t"] = t
+            entry["last_t"] = t if entry["last_t"] is None else max(entry["last_t"], t)
+        return entry
+
+    def _key_for(self, log_id: str) -> tuple[str, str | None]:
+        known = self.by_log_id.get(log_id)
+        if known is not None:
+            return known, None
+        return base_id(log_id)
+
+    def _find_internal(self, rid: str) -> str | None:
+        if rid in self.by_log_id:
+            return self.by_log_id[rid]
+        for candidate in (_CHILD_PREFIX.sub("", rid), _INTERNAL_SUFFIX.sub("", rid),
+                          _INTERNAL_SUFFIX.sub("", _CHILD_PREFIX.sub("", rid))):
+            if candidate in self.by_log_id:
+                return self.by_log_id[candidate]
+            key, _ = base_id(candidate)
+            if key in self.inflight:
+                return key
+        return None
+
+    def feed(self, event: ev.Event, t: float | None) -> None:
+        """File one event; ``t`` is its resolved time (epoch seconds) or None."""
+        kind = event.kind
+        if kind == ev.MIDDLEWARE:
+            line = event.data.get("line") or {}
+            key = str(line.get("request_id") or line.get("response_id") or "")
+            if not key:
+                return
+            self.middleware_seen = True
+            entry = self._entry(key, t)
+            entry["mw"] = line
+            entry["precise"] = True
+            entry["done_t"] = self.resolve_iso(line.get("finished_at")) or t
+            return
+        rid = event.request_id
+        if not rid:
+            return
+        if kind in (ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED):
+            ids = event.data.get("ids") or [rid]
+            for one in ids:
+                key = self._find_internal(one)
+                if key is None:
+                    continue
+                entry = self._entry(key, t)
+                if kind == ev.ABORTED:
+                    entry["aborted"] = True
+                    entry["done_t"] = entry["done_t"] or t
+                elif kind == ev.FAILED:
+                    entry["failed"] = event.data.get("reason") or "failed"
+                    entry["done_t"] = entry["done_t"] or t
+                elif kind == ev.FINISHED:
+                    entry["done_t"] = entry["done_t"] or t
+            return
+        if kind == ev.BODY:
+            key, endpoint = rid, None
+        else:
+            key, endpoint = self._key_for(rid)
+        entry = self._entry(key, t)
+        if event.when is not None and event.when.year is not None:
+            entry["precise"] = True
+        if kind != ev.BODY and (entry["log_id"] is None or kind == ev.RECEIVED):
+            entry["log_id"] = rid
+            if endpoint is not None:
+                entry["endpoint"] = endpoint
+            self.by_log_id[rid] = key
+        if kind == ev.RECEIVED:
+            entry["received"] = event.data
+            entry["received_t"] = t
+        elif kind == ev.DETAILS:
+            entry["details"] = event.data
+        elif kind == ev.BODY:
+            entry["body"] = event.data.get("body")
+        elif kind == ev.OUTPUT:
+            self._output(entry, event.data, t)
+        elif kind == ev.OUTPUT_DETAILS:
+            ids = event.data.get("output_token_ids")
+            # Only a non-streaming list is the whole output: a stream's deltas
+            # with empty text are never logged, so summing delta lists
+            # under-counts (seen on 0.32: 14 logged of 16 generated).
+            if ids is not None and not event.data.get("stream_info"):
+                n = _count(ids)
+                entry["out_ids"] = (entry["out_ids"] or 0) + n
+                if self.max_log_len is not None and n >= self.max_log_len:
+                    entry["out_ids_truncated"] = True  # a cut list is no count
+        self._bound()
+
+    def _output(self, entry: dict, data: dict, t: float | None) -> None:
+        info = data.get("stream_info") or ""
+        text = data.get("output")
+        if info == "delta":
+            entry["stream"] = True
+            entry["deltas"] += 1
+            ids = data.get("output_token_ids")
+            if ids is None:
+                entry["delta_ids_known"] = False
+            else:
+                entry["delta_ids"] += _count(ids)
+            if data.get("finish_reason") not in (None, "None", "streaming_complete"):
+                entry["last_finish"] = data.get("finish_reason")
+        elif info == "complete":
+            entry["stream"] = True
+            entry["complete"].append(text)
+            entry["done_t"] = entry["done_t"] or t
+        else:
+            entry["stream"] = False
+            ids = data.get("output_token_ids")
+            entry["outputs"].append({"text": text, "finish_reason": data.get("finish_reason"),
+                                     "ids": None if ids is None else _count(ids)})
+            entry["done_t"] = entry["done_t"] or t
+
+    @staticmethod
+    def resolve_iso(text: str | None) -> float | None:
+        if not text:
+            return None
+        from .record import parse_ts
+        try:
+            return parse_ts(text)
+        except ValueError:
+            return None
+
+    # --------------------------------------------------------------- output
+    def _bound(self) -> None:
+        while len(self.inflight) > self.max_inflight:
+            oldest = min(self.inflight.values(), key=lambda e: (e["first_t"] or 0.0))
+            self.on_evict("capacity")
+            self._pending_evicted.append(self._pop(oldest["key"]))
+
+    def _pop(self, key: str) -> dict:
+        entry = self.inflight.pop(key)
+        if entry.get("log_id"):
+            self.by_log_id.pop(entry["log_id"], None)
+        return entry
+
+    def ready(self, watermark: float) -> list[dict]:
+        """Entries that may be recorded now, in first-seen order."""
+        out: list[dict] = []
+        if self._pending_evicted:
+            out.extend(self._pending_evicted)
+            self._pending_evicted = []
+        for key, e in list(self.inflight.items()):
+            done = e["done_t"]
+            if done is not None:
+                wait = self.merge_grace
+                if self.middleware_seen and e["mw"] is None:
+                    wait = self.request_timeout
+                if watermark >= done + wait:
+                    out.append(self._pop(key))
+                    continue
+            last = e["last_t"]
+            if last is not None and watermark >= last + self.request_timeout:
+                self.on_evict("timeout")
+                out.append(self._pop(key))
+        out.sort(key=lambda e: (e["first_t"] if e["first_t"] is not None else float("inf")))
+        return out
+
+    def drain(self) -> list[dict]:
+        """Everything still held (end of a replay)."""
+        return self.ready(float("inf"))
+
+
+def _count(ids) -> int:
+    if isinstance(ids, int):
+        return ids
+    return len(ids)
+
+
+def body_params(body: dict | None) -> dict:
+    if not isinstance(body, dict):
+        return {}
+    rf = body.get("response_format")
+    json_mode = None
+    if isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
+        json_mode = True
+    elif "response_format" in body:
+        json_mode = False
+    return {"max_tokens": body.get("max_completion_tokens", body.get("max_tokens")),
+            "temperature": body.get("temperature"), "n": body.get("n"), "json_mode": json_mode}
+
+
+def json_text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,136 @@
+"""Composition root: build every component from the settings, once.
+
+Nothing here parses or decides; it wires. Heavy optional pieces (the
+tokenizer, the Loki pusher) are imported only when configured.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from .archive import ArchiveWriter
+from .assemble import AssembleContext
+from .chain import Chain
+from .checkpoint import read_checkpoint
+from .correlate import Correlator
+from .health import Health
+from .labels import UserLabels
+from .logtime import TimeResolver
+from .metrics import RequestMetrics
+from .pipeline import Pipeline, Sinks, Source
+from .selfmetrics import SelfMetrics
+from .settings import Settings
+from .tail import FileTailer, StdinTailer
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: CollectorRegistry
+    users: UserLabels
+    metrics: RequestMetrics
+    selfm: SelfMetrics
+    health: Health
+    pipeline: Pipeline
+    archive: ArchiveWriter
+    loki: object | None = None
+    scraper: object | None = None
+
+
+def checkpoint_path(settings: Settings) -> Path:
+    return settings.state_dir / "checkpoint.json"
+
+
+def _detector(settings: Settings):
+    from .compliance.detect import detect
+    threshold = settings.oversized_input_tokens
+    return lambda rec: detect(rec, oversized_input_tokens=threshold)
+
+
+def _policy(destination: str, prompt_mode: str, output_mode: str, key: bytes | None):
+    if prompt_mode == "full" and output_mode == "full":
+        return lambda rec: rec
+    from .compliance.policy import make_policy
+    return make_policy(destination, prompt_mode, output_mode, key)
+
+
+def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Runtime:
+    registry = CollectorRegistry(auto_describe=True)
+    users = UserLabels(settings.max_users, enabled=settings.user_label)
+    metrics = RequestMetrics(registry, users=users,
+                             oversized_input_tokens=settings.oversized_input_tokens)
+    names = settings.logs if live else tuple(f"replay:{Path(f).resolve()}" for f in settings.replay_files)
+    selfm = SelfMetrics(registry, sources=tuple(names))
+    health = Health(clock=clock)
+
+    settings.archive_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    saved = read_checkpoint(str(checkpoint_path(settings))).state or {}
+    archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
+                                 saved.get("archive"), clock=clock)
+    if saved.get("users") is not None:
+        users.restore(saved["users"])
+    if saved.get("metrics") is not None:
+        metrics.restore(saved["metrics"])
+
+    positions = saved.get("sources") or {}
+    sources: list[Source] = []
+    paths = settings.logs if live else settings.replay_files
+    for name, path in zip(names, paths):
+        if path == "-":
+            tailer = StdinTailer(stdin if stdin is not None else sys.stdin.buffer)
+            sh = health.add_source(name, None)
+        else:
+            tailer = FileTailer(path, position=positions.get(name),
+                                from_start=settings.from_start or not live)
+            sh = health.add_source(name, str(path))
+        sources.append(Source(name=name, tailer=tailer, health=sh))
+
+    count_tokens = None
+    if settings.tokenizer is not None:
+        from .tokens import TokenCounter
+        counter = TokenCounter(settings.tokenizer)
+        counter.load()  # fail at start-up, not on the first record
+        count_tokens = counter.count
+    ctx = AssembleContext(model=settings.model, max_log_len=settings.max_log_len,
+                          oversized_input_tokens=settings.oversized_input_tokens,
+                          count_tokens=count_tokens)
+    correlator = Correlator(request_timeout=settings.request_timeout,
+                            merge_grace=settings.merge_grace,
+                            max_inflight=settings.max_inflight,
+                            max_log_len=settings.max_log_len,
+                            on_evict=lambda reason: selfm.evictions.labels(reason).inc())
+    resolver = TimeResolver(settings.tz, clock)
+    sinks = Sinks(metrics=metrics, archive=archive, detect=_detector(settings),
+                  archive_policy=_policy("archive", settings.archive_prompt_policy,
+                                         settings.archive_output_policy, settings.hmac_key))
+    pipeline = Pipeline(sources=sources, correlator=correlator, resolver=resolver, sinks=sinks,
+                        selfm=selfm, ctx=ctx, checkpoint_path=checkpoint_path(settings),
+                        users=users, live=live, clock=clock,
+                        checkpoint_interval=settings.checkpoint_interval, health=health)
+    pipeline.restore(saved)
+    rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
+                 selfm=selfm, health=health, pipeline=pipeline, archive=archive)
+    if settings.loki:
+        rt.loki = build_loki(settings, registry, users, health)
+    return rt
+
+
+def build_loki(settings: Settings, registry, users: UserLabels, health: Health):
+    from .loki import LokiPusher, LokiSettings
+    cfg = settings.loki
+    loki_settings = LokiSettings(
+        url=cfg["url"], tenant=cfg["tenant"], username=cfg["username"],
+        password=cfg["password"], bearer_token=cfg["bearer_token"],
+        ca_file=str(cfg["ca_file"]) if cfg["ca_file"] else None, insecure=cfg["insecure"],
+        structured_metadata=cfg["structured_metadata"], batch_wait=cfg["batch_wait"],
+        batch_bytes=cfg["batch_bytes"])
+    policy = _policy("loki", settings.loki_prompt_policy, settings.loki_output_policy,
+                     settings.hmac_key)
+    return LokiPusher(loki_settings, settings.archive_dir, registry, label_user=users.label,
+                      policy=policy)

@@ -1,0 +1,335 @@
+"""One settings object, built once at the edge (the CLI) from flags and env.
+
+Every flag has an environment variable: ``--web.listen-address`` →
+``VLLM_AUDIT_WEB_LISTEN_ADDRESS``, ``--loki-url`` → ``VLLM_AUDIT_LOKI_URL``.
+Precedence: command line, then environment, then default. Repeatable flags
+(``--log``) take a comma-separated list from the environment. Validation runs
+once, in :func:`build`, and raises :class:`SettingsError` with a message a
+person can act on; nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+ENV_PREFIX = "VLLM_AUDIT_"
+
+
+class SettingsError(ValueError):
+    """Bad configuration: the message names the flag, env var and problem."""
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    dest: str
+    help: str
+    default: Any = None
+    kind: str = "str"  # str, int, float, bool, path, list
+    commands: tuple[str, ...] = ("run", "replay")
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
+
+
+_BOTH = ("run", "replay")
+OPTIONS: tuple[Option, ...] = (
+    Option("--log", "logs", "vLLM log file to tail (repeatable; '-' = stdin). Give the audit "
+           "middleware's JSONL file here too.", [], "list", ("run",), "FILE"),
+    Option("--archive-dir", "archive_dir", "directory of the local audit archive (JSONL, one file "
+           "per UTC day) and of the exporter's state", Path("audit-archive"), "path", _BOTH, "DIR"),
+    Option("--state-dir", "state_dir", "where checkpoints live (default: ARCHIVE_DIR/.state)",
+           None, "path", _BOTH, "DIR"),
+    Option("--from-start", "from_start", "read log files from their start instead of their end "
+           "(backfill); ignored once a checkpoint exists", False, "bool", ("run",)),
+    Option("--vllm-url", "vllm_url", "vLLM base URL; its /metrics is scraped for up and "
+           "audit completeness (empty: no scrape)", None, "str", ("run",), "URL"),
+    Option("--scrape-interval", "scrape_interval", "seconds between vLLM /metrics scrapes",
+           15.0, "float", ("run",), "SECONDS"),
+    Option("--web.listen-address", "listen_address", "address for /metrics, /health and /",
+           "127.0.0.1:9400", "str", ("run",), "HOST:PORT"),
+    Option("--model", "model", "served model name to record when the log does not say "
+           "(vLLM serves one model; INFO logs never name it)", None, "str", _BOTH, "NAME"),
+    Option("--server-timezone", "server_timezone", "IANA zone of vLLM's log timestamps (its "
+           "text format has no zone)", "UTC", "str", _BOTH, "ZONE"),
+    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len, if set there: logged prompts, "
+           "outputs and token-id lists of this length are treated as truncated", None, "int",
+           _BOTH, "N"),
+    Option("--tokenizer", "tokenizer", "local tokenizer directory of the served model (offline); "
+           "counts tokens when the log has text but no ids", None, "path", _BOTH, "PATH"),
+    Option("--request-timeout", "request_timeout", "seconds (log time) after a request's last "
+           "event before it is recorded as incomplete", 300.0, "float", _BOTH, "SECONDS"),
+    Option("--merge-grace", "merge_grace", "seconds to wait for the other source (vLLM log / "
+           "middleware) before a finished request is recorded", 5.0, "float", _BOTH, "SECONDS"),
+    Option("--max-inflight", "max_inflight", "bound on requests held in memory; the oldest is "
+           "recorded as incomplete beyond it (counted)", 10000, "int", _BOTH, "N"),
+    Option("--max-users", "max_users", "distinct values of the metric/Loki 'user' label; later "
+           "users fold into __other__ (sums stay exact, the full user stays in the record)",
+           500, "int", _BOTH, "N"),
+    Option("--no-user-label", "no_user_label", "drop the 'user' label entirely", False, "bool", _BOTH),
+    Option("--oversized-input-tokens", "oversized_input_tokens", "prompt tokens above which an "
+           "input counts as oversized", 2048, "int", _BOTH, "N"),
+    Option("--checkpoint-interval", "checkpoint_interval", "seconds between archive fsync + "
+           "checkpoint", 1.0, "float", _BOTH, "SECONDS"),
+    Option("--hmac-key-file", "hmac_key_file", "key for the archive's HMAC-SHA256 chain (else env "
+           "VLLM_AUDIT_HMAC_KEY; else a plain, labelled SHA-256 chain)", None, "path", _BOTH, "FILE"),
+    Option("--hmac-key", "hmac_key", "HMAC key itself (prefer the env var or --hmac-key-file)",
+           None, "str", _BOTH, "KEY"),
+    Option("--loki-url", "loki_url", "Loki base URL; enables pushing every record", None, "str",
+           _BOTH, "URL"),
+    Option("--loki-tenant", "loki_tenant", "X-Scope-OrgID", None, "str", _BOTH, "ID"),
+    Option("--loki-username", "loki_username", "basic auth user", None, "str", _BOTH, "USER"),
+    Option("--loki-password-file", "loki_password_file", "basic auth password file (or env "
+           "VLLM_AUDIT_LOKI_PASSWORD)", None, "path", _BOTH, "FILE"),
+    Option("--loki-password", "loki_password", "basic auth password (prefer the file)", None,
+           "str", _BOTH, "SECRET"),
+    Option("--loki-bearer-token-file", "loki_bearer_token_file", "bearer token file", None, "path",
+           _BOTH, "FILE"),
+    Option("--loki-bearer-token", "loki_bearer_token", "bearer token (prefer the file)", None,
+           "str", _BOTH, "SECRET"),
+    Option("--loki-ca-file", "loki_ca_file", "CA bundle for Loki's TLS", None, "path", _BOTH, "FILE"),
+    Option("--loki-insecure-skip-verify", "loki_insecure_skip_verify", "do not verify Loki's TLS "
+           "certificate", False, "bool", _BOTH),
+    Option("--loki-structured-metadata", "loki_structured_metadata", "send request_id and user "
+           "as structured metadata (Loki >= 3)", False, "bool", _BOTH),
+    Option("--loki-batch-wait", "loki_batch_wait", "max seconds a record waits for a batch",
+           1.0, "float", _BOTH, "SECONDS"),
+    Option("--loki-batch-bytes", "loki_batch_bytes", "max bytes per push", 1048576, "int", _BOTH, "N"),
+    Option("--loki-prompt-policy", "loki_prompt_policy", "prompt text sent to Loki: full, redact, "
+           "hash, omit", "redact", "str", _BOTH, "MODE"),
+    Option("--loki-output-policy", "loki_output_policy", "output text sent to Loki: full, redact, "
+           "hash, omit", "redact", "str", _BOTH, "MODE"),
+    Option("--archive-prompt-policy", "archive_prompt_policy", "prompt text kept in the archive",
+           "full", "str", _BOTH, "MODE"),
+    Option("--archive-output-policy", "archive_output_policy", "output text kept in the archive",
+           "full", "str", _BOTH, "MODE"),
+    Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
+)
+
+POLICY_MODES = ("full", "redact", "hash", "omit")
+
+
+@dataclass(frozen=True)
+class Settings:
+    command: str
+    logs: tuple[str, ...] = ()
+    replay_files: tuple[str, ...] = ()
+    archive_dir: Path = Path("audit-archive")
+    state_dir: Path = Path("audit-archive/.state")
+    from_start: bool = False
+    vllm_url: str | None = None
+    scrape_interval: float = 15.0
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9400
+    model: str | None = None
+    server_timezone: str = "UTC"
+    max_log_len: int | None = None
+    tokenizer: Path | None = None
+    request_timeout: float = 300.0
+    merge_grace: float = 5.0
+    max_inflight: int = 10000
+    max_users: int = 500
+    user_label: bool = True
+    oversized_input_tokens: int = 2048
+    checkpoint_interval: float = 1.0
+    hmac_key: bytes | None = field(default=None, repr=False)
+    loki: dict | None = field(default=None, repr=False)
+    archive_prompt_policy: str = "full"
+    archive_output_policy: str = "full"
+    loki_prompt_policy: str = "redact"
+    loki_output_policy: str = "redact"
+    progress: bool = True
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.server_timezone)
+
+
+def add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    for opt in OPTIONS:
+        if command not in opt.commands:
+            continue
+        shown = "" if opt.default in (None, [], False) else f" (default: {opt.default})"
+        help_text = f"{opt.help}{shown} [env {opt.env}]"
+        if opt.kind == "bool":
+            parser.add_argument(opt.flag, dest=opt.dest, action="store_const", const=True,
+                                default=None, help=help_text)
+        elif opt.kind == "list":
+            parser.add_argument(opt.flag, dest=opt.dest, action="append", default=None,
+                                metavar=opt.metavar, help=help_text)
+        else:
+            parser.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.metavar,
+                                help=help_text)
+
+
+def _convert(opt: Option, raw: Any, origin: str) -> Any:
+    try:
+        if opt.kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            low = str(raw).strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        if opt.kind == "list":
+            if isinstance(raw, list):
+                return [str(x) for x in raw]
+            return [p.strip() for p in str(raw).split(",") if p.strip()]
+        if opt.kind == "int":
+            return int(raw)
+        if opt.kind == "float":
+            return float(raw)
+        if opt.kind == "path":
+            return Path(raw)
+        return str(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{opt.flag} ({origin}): {exc}") from None
+
+
+def _read_secret_file(path: Path | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise SettingsError(f"{flag}: {path} is empty")
+    return value
+
+
+def build(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge flags, env and defaults; validate; return the frozen settings."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if command not in opt.commands:
+            continue
+        raw = getattr(ns, opt.dest, None)
+        if raw is not None:
+            values[opt.dest] = _convert(opt, raw, "flag")
+        elif opt.env in environ:
+            values[opt.dest] = _convert(opt, environ[opt.env], f"env {opt.env}")
+        else:
+            values[opt.dest] = opt.default
+    return _validate(command, values, ns, environ)
+
+
+def _positive(values: dict, dest: str, flag: str, allow_zero: bool = False) -> None:
+    v = values.get(dest)
+    if v is None:
+        return
+    if v < 0 or (v == 0 and not allow_zero):
+        raise SettingsError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+
+def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    for dest, flag in (("scrape_interval", "--scrape-interval"), ("request_timeout", "--request-timeout"),
+                       ("max_inflight", "--max-inflight"), ("max_users", "--max-users"),
+                       ("oversized_input_tokens", "--oversized-input-tokens"),
+                       ("checkpoint_interval", "--checkpoint-interval"), ("max_log_len", "--max-log-len"),
+                       ("loki_batch_wait", "--loki-batch-wait"), ("loki_batch_bytes", "--loki-batch-bytes")):
+        _positive(v, dest, flag)
+    _positive(v, "merge_grace", "--merge-grace", allow_zero=True)
+    try:
+        ZoneInfo(v["server_timezone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"--server-timezone: unknown zone {v['server_timezone']!r} "
+                            "(use an IANA name such as UTC or Asia/Shanghai)") from None
+    for dest in ("loki_prompt_policy", "loki_output_policy", "archive_prompt_policy",
+                 "archive_output_policy"):
+        if v[dest] not in POLICY_MODES:
+            flag = "--" + dest.replace("_", "-")
+            raise SettingsError(f"{flag}: {v[dest]!r} is not one of {', '.join(POLICY_MODES)}")
+
+    host, port = "127.0.0.1", 9400
+    if command == "run":
+        if not v["logs"]:
+            raise SettingsError("run: give at least one --log FILE (or env VLLM_AUDIT_LOG)")
+        if v["logs"].count("-") > 1:
+            raise SettingsError("--log -: stdin can be given only once")
+        host, sep, port_text = v["listen_address"].rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise SettingsError(f"--web.listen-address: expected HOST:PORT, got {v['listen_address']!r}")
+        port = int(port_text)
+        host = host.strip("[]") or "0.0.0.0"
+        if v.get("vllm_url") and not v["vllm_url"].startswith(("http://", "https://")):
+            raise SettingsError(f"--vllm-url: expected an http(s) URL, got {v['vllm_url']!r}")
+    replay_files: tuple[str, ...] = ()
+    if command == "replay":
+        replay_files = tuple(getattr(ns, "files", None) or ())
+        if not replay_files:
+            raise SettingsError("replay: give at least one log file")
+        for f in replay_files:
+            if f != "-" and not Path(f).is_file():
+                raise SettingsError(f"replay: {f}: no such file")
+    if v.get("tokenizer") is not None and not Path(v["tokenizer"]).is_dir():
+        raise SettingsError(f"--tokenizer: {v['tokenizer']} is not a directory")
+
+    hmac_key = v.get("hmac_key")
+    if v.get("hmac_key_file") is not None:
+        hmac_key = _read_secret_file(v["hmac_key_file"], "--hmac-key-file")
+    loki = None
+    if v.get("loki_url"):
+        if not v["loki_url"].startswith(("http://", "https://")):
+            raise SettingsError(f"--loki-url: expected an http(s) URL, got {v['loki_url']!r}")
+        password = _read_secret_file(v.get("loki_password_file"), "--loki-password-file") \
+            or v.get("loki_password")
+        token = _read_secret_file(v.get("loki_bearer_token_file"), "--loki-bearer-token-file") \
+            or v.get("loki_bearer_token")
+        if password and not v.get("loki_username"):
+            raise SettingsError("--loki-password given without --loki-username")
+        if password and token:
+            raise SettingsError("Loki: choose basic auth or a bearer token, not both")
+        if v.get("loki_ca_file") is not None and not Path(v["loki_ca_file"]).is_file():
+            raise SettingsError(f"--loki-ca-file: {v['loki_ca_file']}: no such file")
+        loki = {
+            "url": v["loki_url"].rstrip("/"), "tenant": v.get("loki_tenant"),
+            "username": v.get("loki_username"), "password": password, "bearer_token": token,
+            "ca_file": v.get("loki_ca_file"), "insecure": bool(v.get("loki_insecure_skip_verify")),
+            "structured_metadata": bool(v.get("loki_structured_metadata")),
+            "batch_wait": v["loki_batch_wait"], "batch_bytes": v["loki_batch_bytes"],
+        }
+    archive_dir = Path(v["archive_dir"])
+    return Settings(
+        command=command,
+        logs=tuple(v.get("logs") or ()),
+        replay_files=replay_files,
+        archive_dir=archive_dir,
+        state_dir=Path(v["state_dir"]) if v.get("state_dir") else archive_dir / ".state",
+        from_start=bool(v.get("from_start")),
+        vllm_url=(v.get("vllm_url") or None),
+        scrape_interval=v.get("scrape_interval") or 15.0,
+        listen_host=host, listen_port=port,
+        model=v.get("model"),
+        server_timezone=v["server_timezone"],
+        max_log_len=v.get("max_log_len"),
+        tokenizer=v.get("tokenizer"),
+        request_timeout=v["request_timeout"],
+        merge_grace=v["merge_grace"],
+        max_inflight=v["max_inflight"],
+        max_users=v["max_users"],
+        user_label=not v.get("no_user_label"),
+        oversized_input_tokens=v["oversized_input_tokens"],
+        checkpoint_interval=v["checkpoint_interval"],
+        hmac_key=hmac_key.encode() if isinstance(hmac_key, str) else hmac_key,
+        loki=loki,
+        archive_prompt_policy=v["archive_prompt_policy"],
+        archive_output_policy=v["archive_output_policy"],
+        loki_prompt_policy=v["loki_prompt_policy"],
+        loki_output_policy=v["loki_output_policy"],
+        progress=not v.get("no_progress"),
+    )
+
+
+def env_table() -> list[tuple[str, str, str]]:
+    """(flag, env var, commands) rows for the README."""
+    return [(o.flag, o.env, ",".join(o.commands)) for o in OPTIONS]
