@@ -149,7 +149,11 @@ def cmd_replay(settings) -> int:
     rt, summary = replay_into(settings)
     if rt.loki is not None:
         print("pushing to Loki ...", file=sys.stderr)
-        rt.loki.run_until_caught_up()
+        # Backfill: push until Loki has acknowledged everything (retries back
+        # off inside run_once); Ctrl-C leaves the acknowledged position saved.
+        while rt.loki.backlog() > 0:
+            rt.loki.run_once()
+        rt.loki.close()
     print(summary.render())
     print(f"archive: {settings.archive_dir}")
     return 0
@@ -177,21 +181,53 @@ def cmd_run(settings) -> int:
     app = create_app(registry=rt.registry, health=rt.health)
     config = uvicorn.Config(app, host=settings.listen_host, port=settings.listen_port,
                             log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = _graceful_server(config)
     try:
         server.run()  # returns on SIGINT/SIGTERM
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
+        if rt.loki is not None:
+            rt.loki.close()
     return 0
+
+
+def _graceful_server(config):
+    """A uvicorn.Server whose SIGINT/SIGTERM only ask it to stop.
+
+    uvicorn re-raises the signal after its own shutdown, which would end the
+    process before the pipeline's final commit; here the signal just sets
+    ``should_exit`` and ``run()`` returns normally.
+    """
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def ask_to_stop(signum, frame):
+                self.should_exit = True
+            previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
 
 
 def _pipeline_loop(rt, stop: threading.Event) -> None:
     pipeline = rt.pipeline
     try:
         while not stop.is_set():
-            if pipeline.step() == 0:
+            n = pipeline.step()
+            if rt.loki is not None:
+                rt.health.loki = rt.loki.status.report()
+            if n == 0:
                 stop.wait(0.2)
     finally:
         pipeline.commit()  # graceful stop: persist what was processed

@@ -71,18 +71,21 @@ class Correlator:
         self.by_log_id: dict[str, str] = {}
         self.middleware_seen = False
         self._pending_evicted: list[dict] = []
+        self._next_order = 0  # arrival order: emission order must not depend on dict order
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
         # Evicted-but-not-yet-recorded entries are recorded before any
         # checkpoint (the pipeline calls ready() first), so they are not kept.
-        return {"inflight": self.inflight, "middleware_seen": self.middleware_seen}
+        return {"inflight": self.inflight, "middleware_seen": self.middleware_seen,
+                "next_order": self._next_order}
 
     def restore(self, state: dict | None) -> None:
         if not state:
             return
         self.inflight = dict(state.get("inflight") or {})
         self.middleware_seen = bool(state.get("middleware_seen"))
+        self._next_order = int(state.get("next_order") or 0)
         self.by_log_id = {e["log_id"]: k for k, e in self.inflight.items() if e.get("log_id")}
 
     # ---------------------------------------------------------------- input
@@ -94,7 +97,9 @@ class Correlator:
                      "details": None, "body": None, "outputs": [], "deltas": 0,
                      "delta_ids": 0, "delta_ids_known": True, "last_finish": None,
                      "complete": [], "out_ids": None, "mw": None, "aborted": False,
-                     "failed": None, "stream": None, "precise": False}
+                     "failed": None, "stream": None, "precise": False,
+                     "order": self._next_order}
+            self._next_order += 1
             self.inflight[key] = entry
         if t is not None:
             if entry["first_t"] is None:
@@ -223,7 +228,7 @@ class Correlator:
     # --------------------------------------------------------------- output
     def _bound(self) -> None:
         while len(self.inflight) > self.max_inflight:
-            oldest = min(self.inflight.values(), key=lambda e: (e["first_t"] or 0.0))
+            oldest = min(self.inflight.values(), key=lambda e: e["order"])
             self.on_evict("capacity")
             self._pending_evicted.append(self._pop(oldest["key"]))
 
@@ -252,7 +257,7 @@ class Correlator:
             if last is not None and watermark >= last + self.request_timeout:
                 self.on_evict("timeout")
                 out.append(self._pop(key))
-        out.sort(key=lambda e: (e["first_t"] if e["first_t"] is not None else float("inf")))
+        out.sort(key=lambda e: e["order"])
         return out
 
     def drain(self) -> list[dict]:

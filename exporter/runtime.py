@@ -122,15 +122,10 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
 
 
 def build_loki(settings: Settings, registry, users: UserLabels, health: Health):
+    # Users must already be restored (build() does it first): a resent record
+    # has to land in the same stream as before, or Loki would store it twice.
     from .loki import LokiPusher, LokiSettings
-    cfg = settings.loki
-    loki_settings = LokiSettings(
-        url=cfg["url"], tenant=cfg["tenant"], username=cfg["username"],
-        password=cfg["password"], bearer_token=cfg["bearer_token"],
-        ca_file=str(cfg["ca_file"]) if cfg["ca_file"] else None, insecure=cfg["insecure"],
-        structured_metadata=cfg["structured_metadata"], batch_wait=cfg["batch_wait"],
-        batch_bytes=cfg["batch_bytes"])
     policy = _policy("loki", settings.loki_prompt_policy, settings.loki_output_policy,
                      settings.hmac_key)
-    return LokiPusher(loki_settings, settings.archive_dir, registry, label_user=users.label,
-                      policy=policy)
+    return LokiPusher(LokiSettings(**settings.loki), settings.archive_dir, registry,
+                      label_user=users.label, policy=policy, state_dir=settings.state_dir)

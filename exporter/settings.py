@@ -257,7 +257,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         if v["logs"].count("-") > 1:
             raise SettingsError("--log -: stdin can be given only once")
         host, sep, port_text = v["listen_address"].rpartition(":")
-        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
             raise SettingsError(f"--web.listen-address: expected HOST:PORT, got {v['listen_address']!r}")
         port = int(port_text)
         host = host.strip("[]") or "0.0.0.0"

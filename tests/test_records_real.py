@@ -18,8 +18,8 @@ from exporter.cli import make_parser, replay_into
 from exporter.settings import build as build_settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.32.0"
-LOG_ONLY_SETUPS = ["info", "debug", "json", "jsondebug", "maxloglen", "nodeltas"]
-DEBUG_SETUPS = {"debug", "jsondebug", "maxloglen"}  # request logger at DEBUG
+LOG_ONLY_SETUPS = ["info", "debug", "json", "jsondebug", "maxloglen", "nodeltas", "forceusage"]
+DEBUG_SETUPS = {"debug", "jsondebug", "maxloglen", "forceusage"}  # request logger at DEBUG
 JSON_SETUPS = {"json", "jsondebug"}  # JSON formatter: millisecond timestamps
 MAX_LOG_LEN = {"maxloglen": 20}
 

@@ -1,0 +1,121 @@
+"""What ``/health`` reports, and the rule for healthy vs unhealthy.
+
+The pipeline, tailers and checkpoint writer update a :class:`Health` object
+with plain attribute writes (each field is written by one thread; a reader
+may see one update late, never a torn value). ``report()`` turns it into
+the ``/health`` JSON.
+
+Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
+
+1. a *required* log source is not up (file missing or unreadable): records
+   are being lost or delayed right now;
+2. the most recent checkpoint write failed: a restart would re-read and the
+   archive cannot advance its committed size;
+3. a vLLM scraper is configured and its most recent scrape failed.
+
+Not judged: lag and ``at_eof`` (an idle vLLM is normal), a vLLM scraper that
+has not run yet (reported as ``"up": null``), and Loki (shown for operators;
+a Loki outage is buffered by design and has its own metrics and alerts).
+
+Because rule 3 depends on vLLM, use ``/health`` for readiness and alerting,
+not as a liveness probe that restarts the exporter: a liveness probe should
+hit ``/`` instead.
+
+Example body::
+
+    {"status": "unhealthy", "problems": ["source vllm: not up (FileNotFoundError: ...)"],
+     "version": "0.1.0", "uptime_seconds": 12.5,
+     "sources": {"vllm": {"path": "/var/log/vllm.log", "required": true, "up": false,
+                          "at_eof": false, "lag_bytes": 0, "last_line_unix": null, ...}},
+     "checkpoint": {"last_success_unix": 1790000000.0, "last_error": null,
+                    "consecutive_failures": 0},
+     "vllm": {"up": true, "last_success_unix": 1790000000.1, "error": null, ...},
+     "loki": null}
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from exporter import __version__
+
+
+@dataclass
+class SourceHealth:
+    """One log source, written by its tailer."""
+
+    name: str
+    path: str | None = None  # None for stdin
+    required: bool = True
+    up: bool = False  # open and readable
+    at_eof: bool = False  # caught up with the writer
+    position: int = 0  # byte offset of the next unread byte
+    size: int | None = None  # file size at the last poll
+    lag_bytes: int = 0  # size - position, never negative
+    last_line_unix: float | None = None  # wall time the last line was read
+    error: str | None = None  # why it is not up
+
+
+class Health:
+    """Shared health state; see the module docstring for the rule."""
+
+    def __init__(self, *, scraper: object | None = None,
+                 clock: Callable[[], float] = time.time):
+        self._clock = clock
+        self.started_unix = clock()
+        self.sources: dict[str, SourceHealth] = {}
+        self.checkpoint_last_success_unix: float | None = None
+        self.checkpoint_last_error: str | None = None
+        self.checkpoint_consecutive_failures = 0
+        # Anything with a ``last_scrape`` (scrape.ScrapeStatus); None = no vLLM URL.
+        self.scraper = scraper
+        # Placeholder for the Loki pusher: any JSON-serialisable dict, shown as is.
+        self.loki: dict | None = None
+
+    def add_source(self, name: str, path: str | None = None, *, required: bool = True) -> SourceHealth:
+        source = self.sources[name] = SourceHealth(name=name, path=path, required=required)
+        return source
+
+    def checkpoint_ok(self, unix_time: float) -> None:
+        self.checkpoint_last_success_unix = unix_time
+        self.checkpoint_last_error = None
+        self.checkpoint_consecutive_failures = 0
+
+    def checkpoint_failed(self, error: str) -> None:
+        self.checkpoint_last_error = error
+        self.checkpoint_consecutive_failures += 1
+
+    def problems(self) -> list[str]:
+        found = []
+        for src in list(self.sources.values()):
+            if src.required and not src.up:
+                found.append(f"source {src.name}: not up" + (f" ({src.error})" if src.error else ""))
+        if self.checkpoint_consecutive_failures:
+            found.append(f"checkpoint: last {self.checkpoint_consecutive_failures} write(s) failed"
+                         f" ({self.checkpoint_last_error})")
+        status = getattr(self.scraper, "last_scrape", None)
+        if status is not None and status.up is False:
+            found.append(f"vllm: scrape failing ({status.error})")
+        return found
+
+    def report(self) -> tuple[bool, dict]:
+        """(healthy, JSON body)."""
+        problems = self.problems()
+        status = getattr(self.scraper, "last_scrape", None)
+        body = {
+            "status": "ok" if not problems else "unhealthy",
+            "problems": problems,
+            "version": __version__,
+            "uptime_seconds": round(max(0.0, self._clock() - self.started_unix), 3),
+            "sources": {name: asdict(src) for name, src in list(self.sources.items())},
+            "checkpoint": {
+                "last_success_unix": self.checkpoint_last_success_unix,
+                "last_error": self.checkpoint_last_error,
+                "consecutive_failures": self.checkpoint_consecutive_failures,
+            },
+            "vllm": status.as_dict() if status is not None else None,
+            "loki": self.loki,
+        }
+        return not problems, body

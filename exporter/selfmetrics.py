@@ -1,0 +1,137 @@
+"""The exporter's own metrics: input, parsing, correlation, checkpoints.
+
+Plain prometheus_client instruments on the registry passed in (direct
+instrumentation of the exporter itself is what the Prometheus exporter guide
+recommends). They are per process and start at 0 on every start; only the
+request metrics (``metrics.RequestMetrics``) are carried in the checkpoint.
+
+Use the attributes directly (``sm.records.inc()``,
+``sm.lines_ignored.labels(reason).inc()``); ``source(name)`` returns the
+per-source children already bound, for the tailer's per-line path.
+Label sets for the known reasons are created at 0 so that ``rate()`` and
+``increase()`` see the first event (Prometheus "avoid missing metrics").
+
+Sample exposition::
+
+    # HELP vllm_audit_log_lines_total Lines read from a log source.
+    # TYPE vllm_audit_log_lines_total counter
+    vllm_audit_log_lines_total{source="vllm"} 1042.0
+    # HELP vllm_audit_log_lines_ignored_total Lines that are not request-log lines, by reason.
+    # TYPE vllm_audit_log_lines_ignored_total counter
+    vllm_audit_log_lines_ignored_total{reason="stats"} 17.0
+    # HELP vllm_audit_build_info Exporter version; always 1.
+    # TYPE vllm_audit_build_info gauge
+    vllm_audit_build_info{version="0.1.0"} 1.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import __version__
+
+# parse.Ignored reasons that are not errors (docs/design.md, "Events"), plus
+# "access": uvicorn access-log lines the pipeline reads but does not use.
+IGNORED_REASONS = ("empty", "not_vllm", "other_logger", "stats", "continuation",
+                   "traceback", "not_request_log", "access")
+# Lines that look like request logging but do not parse.
+PARSE_ERROR_REASONS = ("malformed_received", "malformed_output", "malformed_body",
+                       "malformed_details", "malformed_middleware")
+# Why an in-flight request was given up on: the correlator's timeout passed,
+# its table was full, or the pipeline found nothing to match it with. Other
+# reasons can still be used; these exist at 0.
+EVICTION_REASONS = ("timeout", "capacity", "unmatched")
+
+
+@dataclass(frozen=True)
+class SourceMetrics:
+    """The per-source children of one log source, bound once."""
+
+    lines: Counter
+    bytes: Counter
+    rotations: Counter
+    truncations: Counter
+    up: Gauge
+    checkpoint_lag_bytes: Gauge
+
+
+class SelfMetrics:
+    """Self metrics on ``registry``; ``sources`` are pre-initialised."""
+
+    def __init__(self, registry: CollectorRegistry, *, sources: tuple[str, ...] = (),
+                 eviction_reasons: tuple[str, ...] = EVICTION_REASONS,
+                 version: str = __version__):
+        r = registry
+        self.log_lines = Counter("vllm_audit_log_lines", "Lines read from a log source.",
+                                 ["source"], registry=r)
+        self.log_bytes = Counter("vllm_audit_log_bytes", "Bytes read from a log source.",
+                                 ["source"], registry=r)
+        self.lines_ignored = Counter(
+            "vllm_audit_log_lines_ignored", "Lines that are not request-log lines, by reason.",
+            ["reason"], registry=r)
+        self.parse_errors = Counter(
+            "vllm_audit_parse_errors", "Request-log lines that failed to parse, by reason.",
+            ["reason"], registry=r)
+        self.rotations = Counter("vllm_audit_rotations", "Log file rotations followed.",
+                                 ["source"], registry=r)
+        self.truncations = Counter(
+            "vllm_audit_truncations", "Log files found shorter than the read position (re-read from 0).",
+            ["source"], registry=r)
+        self.log_file_up = Gauge("vllm_audit_log_file_up",
+                                 "1 when the log source is open and readable, else 0.",
+                                 ["source"], registry=r)
+        self.records = Counter("vllm_audit_records", "Audit records emitted.", registry=r)
+        self.inflight = Gauge("vllm_audit_inflight_requests",
+                              "Requests seen but not yet complete.", registry=r)
+        self.evictions = Counter(
+            "vllm_audit_evictions", "In-flight requests given up on (emitted incomplete), by reason.",
+            ["reason"], registry=r)
+        self.checkpoint_lag_bytes = Gauge(
+            "vllm_audit_checkpoint_lag_bytes",
+            "Bytes of a log source read past the last checkpointed position.",
+            ["source"], registry=r)
+        self.checkpoint_writes = Counter("vllm_audit_checkpoint_writes",
+                                         "Checkpoint files written.", registry=r)
+        self.checkpoint_write_failures = Counter(
+            "vllm_audit_checkpoint_write_failures", "Checkpoint writes that failed.", registry=r)
+        self.last_checkpoint = Gauge(
+            "vllm_audit_last_checkpoint_timestamp_seconds",
+            "Unix time of the last successful checkpoint write.", registry=r)
+        self.middleware_dropped = Counter(
+            "vllm_audit_middleware_dropped",
+            "Middleware lines the in-vLLM middleware dropped on queue overflow (as it reported).",
+            registry=r)
+        self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
+                                ["version"], registry=r)
+        self.build_info.labels(version).set(1)
+
+        for reason in IGNORED_REASONS:
+            self.lines_ignored.labels(reason)
+        for reason in PARSE_ERROR_REASONS:
+            self.parse_errors.labels(reason)
+        for reason in eviction_reasons:
+            self.evictions.labels(reason)
+        self._sources: dict[str, SourceMetrics] = {}
+        for name in sources:
+            self.source(name)
+
+    def source(self, name: str) -> SourceMetrics:
+        """Bound children for one log source (created at 0 on first use)."""
+        found = self._sources.get(name)
+        if found is None:
+            found = self._sources[name] = SourceMetrics(
+                lines=self.log_lines.labels(name), bytes=self.log_bytes.labels(name),
+                rotations=self.rotations.labels(name), truncations=self.truncations.labels(name),
+                up=self.log_file_up.labels(name),
+                checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name))
+        return found
+
+    def checkpoint_written(self, unix_time: float) -> None:
+        self.checkpoint_writes.inc()
+        self.last_checkpoint.set(unix_time)
+
+    def checkpoint_failed(self) -> None:
+        self.checkpoint_write_failures.inc()

@@ -1,0 +1,200 @@
+"""Cut a byte stream into :class:`Line` objects with exact offsets.
+
+Used by :mod:`exporter.tail` (rules there, in the module docstring). This
+module knows nothing about files: it is fed bytes, keeps the offset of the
+next line start and the last 32 bytes before it (for the position's tail
+digest), and asks a callback for the position after each line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from exporter.tail_position import TAIL_BYTES
+
+_NON_NUL = re.compile(rb"[^\x00]")
+
+
+class Line:
+    """One line: ``text`` (no ``\\n``, no ``\\r`` before it), ``nbytes`` (raw
+    bytes including the newline), ``pos`` (position right after it),
+    ``truncated`` (text cut to max_line_bytes), ``partial`` (no newline: its
+    file ended for us). ``pos`` is built on first access: the pipeline reads
+    it for one line per checkpoint, and building it costs a digest."""
+
+    __slots__ = ("text", "nbytes", "truncated", "partial", "_pos")
+
+    def __init__(self, text: str, nbytes: int, pos, truncated: bool = False, partial: bool = False):
+        self.text, self.nbytes, self._pos = text, nbytes, pos
+        self.truncated, self.partial = truncated, partial
+
+    @property
+    def pos(self) -> dict:
+        if callable(self._pos):
+            self._pos = self._pos()
+        return self._pos
+
+    def __eq__(self, other):
+        if not isinstance(other, Line):
+            return NotImplemented
+        return (self.text, self.nbytes, self.pos, self.truncated, self.partial) == (
+            other.text, other.nbytes, other.pos, other.truncated, other.partial)
+
+    def __repr__(self) -> str:
+        flags = "".join(f", {k}=True" for k in ("truncated", "partial") if getattr(self, k))
+        return f"Line({self.text!r}, nbytes={self.nbytes}{flags})"
+
+
+@dataclass(slots=True)
+class TailStats:
+    """Per-source counters (monotonic) and gauges, read by the pipeline."""
+
+    up: bool = False  # path exists and could be opened at the last look
+    lines: int = 0
+    bytes: int = 0  # bytes read
+    rotations: int = 0  # switches to another file (rename, recreate, replace)
+    truncations: int = 0  # in place, or found while we were down
+    open_errors: int = 0  # open/read failed for another reason than "missing"
+    long_lines: int = 0
+    partial_lines: int = 0
+    invalid_utf8: int = 0  # lines with replaced bytes
+    nul_bytes: int = 0
+    position_resets: int = 0  # a given position could not be used
+    lost_files: int = 0  # the saved position's file was not found
+    size: int = 0  # gauge: size of the file being read
+    offset: int = 0  # gauge: read offset in it (lag = size - offset)
+
+
+def decode(body: bytes, stats: TailStats) -> str:
+    if b"\0" in body:
+        stats.nul_bytes += body.count(0)
+        body = body.replace(b"\0", b"")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.invalid_utf8 += 1
+        return body.decode("utf-8", "replace")
+
+
+def strip_eol(raw: bytes) -> bytes:
+    if raw[-1:] == b"\n":
+        raw = raw[:-1]
+    return raw[:-1] if raw[-1:] == b"\r" else raw
+
+
+def cut_utf8(prefix: bytes) -> bytes:
+    """Drop an incomplete trailing UTF-8 sequence left by a byte cut."""
+    for back in range(1, min(4, len(prefix)) + 1):
+        b = prefix[-back]
+        if b & 0xC0 != 0x80:  # lead or ASCII byte
+            need = 4 if b >= 0xF0 else 3 if b >= 0xE0 else 2 if b >= 0xC0 else 1
+            return prefix if back >= need else prefix[:-back]
+    return prefix
+
+
+class LineCutter:
+    """Bytes in, lines out. ``make_pos(offset, tail)`` returns the position
+    (a dict, or a callable building it) for a line ending at ``offset``
+    whose last raw bytes are ``tail`` (at most TAIL_BYTES)."""
+
+    def __init__(self, max_line_bytes: int, stats: TailStats, make_pos: Callable):
+        self.max_line_bytes, self.stats, self.make_pos = max_line_bytes, stats, make_pos
+        self.ready: deque[Line] = deque()  # cut out of order of a poll: long lines, flushes
+        self._buf = bytearray()
+        self.reset(0, b"")
+
+    def reset(self, offset: int, tail: bytes) -> None:
+        """Start at ``offset`` (a line start); ``tail``: the bytes before it."""
+        self.line_off, self.tail = offset, tail
+        self._buf.clear()
+        self._scan = 0  # no newline in _buf[:_scan]
+        self._long: list | None = None  # [prefix or None (discard), total, last bytes]
+
+    @property
+    def pending(self) -> bool:
+        """Bytes that belong to no returned line yet."""
+        return bool(self.ready or self._buf or self._long)
+
+    def discard_first(self) -> None:
+        """Drop the bytes up to the next newline (started mid-line)."""
+        self._long = [None, 0, self.tail]
+
+    def feed(self, data: bytes) -> None:
+        lg = self._long
+        if lg is not None:
+            nl = data.find(b"\n")
+            end = len(data) if nl < 0 else nl + 1
+            lg[1] += end
+            lg[2] = (lg[2] + data[max(0, end - TAIL_BYTES):end])[-TAIL_BYTES:]
+            if nl < 0:
+                return
+            self._end_long(partial=False)
+            data = data[end:]
+        self._buf += data
+
+    def _end_long(self, partial: bool) -> None:
+        (prefix, total, last), self._long = self._long, None
+        self.line_off += total
+        self.tail = last
+        if prefix is None:
+            return
+        self.stats.long_lines += 1
+        self.stats.partial_lines += partial
+        text = decode(cut_utf8(prefix), self.stats)
+        self.ready.append(Line(text, total, self.make_pos(self.line_off, last), True, partial))
+
+    def cut(self, limit: int | None, out: list[Line]) -> None:
+        """Append complete lines to ``out`` (up to ``limit`` in ``out``)."""
+        buf, n, i = self._buf, len(self._buf), 0
+        find, stats, make_pos, maxb = buf.find, self.stats, self.make_pos, self.max_line_bytes
+        off, tail, scan = self.line_off, self.tail, self._scan
+        while limit is None or len(out) < limit:
+            if i < n and buf[i] == 0:  # NUL run left by a stale writer
+                m = _NON_NUL.search(buf, i)
+                j = m.start() if m else n
+                stats.nul_bytes += j - i
+                off += j - i
+                tail = (tail + buf[max(i, j - TAIL_BYTES):j])[-TAIL_BYTES:]
+                i = j
+                continue
+            nl = find(b"\n", i if i >= scan else scan)
+            if nl < 0:
+                scan = n
+                if n - i >= maxb:  # over the limit with no end in sight: skip to the newline
+                    last = bytes((tail + buf[max(i, n - TAIL_BYTES):n])[-TAIL_BYTES:])
+                    self._long = [bytes(buf[i:i + maxb]), n - i, last]
+                    i = n
+                break
+            raw = bytes(buf[i:nl + 1])
+            size = len(raw)
+            tail = raw[-TAIL_BYTES:] if size >= TAIL_BYTES else (tail + raw)[-TAIL_BYTES:]
+            off += size
+            i = nl + 1
+            if size > maxb:  # arrived in one read: same rule
+                stats.long_lines += 1
+                out.append(Line(decode(cut_utf8(raw[:maxb]), stats), size, make_pos(off, tail), True))
+                continue
+            body = raw[:-2] if raw[-2:-1] == b"\r" else raw[:-1]
+            out.append(Line(decode(body, stats), size, make_pos(off, tail)))
+        del buf[:i]
+        self.line_off, self.tail, self._scan = off, bytes(tail), max(0, scan - i)
+
+    def flush(self) -> None:
+        """Move every buffered byte to ``ready``; the rest is a partial line."""
+        lines: list[Line] = []
+        self.cut(None, lines)
+        self.ready.extend(lines)
+        if self._long is not None:
+            self._end_long(partial=True)
+        elif self._buf:
+            raw = bytes(self._buf)
+            self._buf.clear()
+            self._scan = 0
+            self.line_off += len(raw)
+            self.tail = (self.tail + raw)[-TAIL_BYTES:]
+            self.stats.partial_lines += 1
+            self.ready.append(Line(decode(strip_eol(raw), self.stats), len(raw),
+                                   self.make_pos(self.line_off, self.tail), partial=True))

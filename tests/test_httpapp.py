@@ -1,0 +1,127 @@
+"""FastAPI app: landing page, /metrics negotiation, /health rule."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+from exporter.health import Health
+from exporter.httpapp import create_app
+from exporter.labels import UserLabels
+from exporter.metrics import RequestMetrics
+from exporter.scrape import ScrapeStatus
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1_790_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def setup():
+    registry = CollectorRegistry()
+    store = RequestMetrics(registry, users=UserLabels())
+    store.observe({"model": "tiny", "user": "alice", "endpoint": "chat", "status": "completed",
+                   "finish_reason": "stop", "prompt_tokens": 4})
+    clock = FakeClock()
+    health = Health(clock=clock)
+    client = TestClient(create_app(registry=registry, health=health, title="audit <test>"))
+    return SimpleNamespace(client=client, health=health, clock=clock)
+
+
+def test_landing_page_links(setup):
+    resp = setup.client.get("/")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    assert 'href="metrics"' in resp.text and 'href="health"' in resp.text
+    assert "audit &lt;test&gt;" in resp.text  # title is escaped
+
+
+def test_metrics_text_format(setup):
+    resp = setup.client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert ('vllm_audit_prompt_tokens_total{model="tiny",user="alice"} 4.0' in resp.text)
+
+
+def test_metrics_openmetrics_negotiation(setup):
+    resp = setup.client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert resp.headers["content-type"].startswith("application/openmetrics-text")
+    assert resp.text.endswith("# EOF\n")
+    families = {f.name: f for f in om_parse(resp.text)}
+    assert families["vllm_audit_prompt_tokens"].samples[0].value == 4
+
+
+def test_no_docs_routes(setup):
+    assert setup.client.get("/docs").status_code == 404
+    assert setup.client.get("/openapi.json").status_code == 404
+
+
+def test_health_ok_when_nothing_configured(setup):
+    resp = setup.client.get("/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "ok" and body["problems"] == []
+    assert body["vllm"] is None and body["loki"] is None
+    assert resp.headers["cache-control"] == "no-store"
+
+
+def test_health_sources(setup):
+    h = setup.health
+    src = h.add_source("vllm", "/var/log/vllm.log")
+    opt = h.add_source("middleware", "/var/log/mw.jsonl", required=False)
+    src.error = "FileNotFoundError: /var/log/vllm.log"
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["problems"] == ["source vllm: not up (FileNotFoundError: /var/log/vllm.log)"]
+    src.up, src.error, src.at_eof, src.lag_bytes, src.last_line_unix = True, None, True, 0, 1_789_999_999.5
+    resp = setup.client.get("/health")
+    assert resp.status_code == 200  # an optional source that is down does not count
+    body = resp.json()
+    assert body["sources"]["vllm"] == {
+        "name": "vllm", "path": "/var/log/vllm.log", "required": True, "up": True, "at_eof": True,
+        "position": 0, "size": None, "lag_bytes": 0, "last_line_unix": 1_789_999_999.5, "error": None}
+    assert body["sources"]["middleware"]["up"] is opt.up is False
+
+
+def test_health_checkpoint_failures(setup):
+    h = setup.health
+    h.checkpoint_ok(1_790_000_000.0)
+    h.checkpoint_failed("OSError: [Errno 28] No space left on device")
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["checkpoint"] == {"last_success_unix": 1_790_000_000.0,
+                                         "last_error": "OSError: [Errno 28] No space left on device",
+                                         "consecutive_failures": 1}
+    h.checkpoint_ok(1_790_000_005.0)
+    assert setup.client.get("/health").status_code == 200
+
+
+def test_health_vllm_scrape(setup):
+    h = setup.health
+    h.scraper = SimpleNamespace(last_scrape=ScrapeStatus())
+    resp = setup.client.get("/health")
+    assert resp.status_code == 200 and resp.json()["vllm"]["up"] is None  # not scraped yet
+    h.scraper.last_scrape = ScrapeStatus(up=False, attempts=1, consecutive_failures=1,
+                                         error="ConnectError: refused")
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["problems"] == ["vllm: scrape failing (ConnectError: refused)"]
+    h.scraper.last_scrape = ScrapeStatus(up=True, attempts=2, last_success_unix=1_790_000_001.0,
+                                         requests_finished=12.0)
+    assert setup.client.get("/health").json()["vllm"]["requests_finished"] == 12.0
+
+
+def test_health_reports_loki_and_uptime_without_judging_loki(setup):
+    setup.health.loki = {"last_error": "HTTP 502", "backlog_records": 40}
+    setup.clock.now += 12.5
+    resp = setup.client.get("/health")
+    assert resp.status_code == 200
+    assert resp.json()["loki"] == {"last_error": "HTTP 502", "backlog_records": 40}
+    assert resp.json()["uptime_seconds"] == 12.5

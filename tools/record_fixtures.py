@@ -1,0 +1,271 @@
+"""Record fixtures from a real vLLM (CPU build): raw server log, responses, /metrics.
+
+Usage (from the repo root, any python >= 3.10; stdlib only):
+
+    python tools/record_fixtures.py [--setup NAME ...] [--out tests/fixtures/vllm-0.32.0]
+
+For every logging set-up (``SETUPS``) one server is started with
+``tools/vllm_proc.VllmServer``, every scenario (``SCENARIOS``) is driven once
+over plain HTTP, and three files are written under ``<out>/<setup>/``:
+
+- ``vllm.log``: the server's stdout+stderr, unmodified;
+- ``responses.jsonl``: one JSON object per request (scenario, path, request
+  headers and body, HTTP status, response JSON or the SSE chunks with the
+  assembled text/finish_reason/usage, and the response id);
+- ``metrics.txt``: vLLM's ``/metrics`` after the last scenario.
+
+The ``middleware`` set-up also gets ``middleware.jsonl`` from
+``exporter.middleware.AuditMiddleware``; it is skipped (and says so) when that
+module does not exist or does not import.
+The model comes from ``tools/make_tiny_model.py`` (built first if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vllm_proc import (  # noqa: E402
+    DEFAULT_MODEL_DIR, DEFAULT_PYTHON, REPO_ROOT, VllmServer, http_get, post_json, post_stream,
+)
+
+LOG_FLAGS = ["--enable-log-requests", "--enable-log-outputs"]
+MIDDLEWARE_CLASS = "exporter.middleware.AuditMiddleware"
+
+# name -> VllmServer keyword arguments (besides model/log path).
+SETUPS = {
+    "info": dict(extra_args=LOG_FLAGS),
+    "debug": dict(extra_args=LOG_FLAGS, request_logger_debug=True),
+    # The real flag. vLLM 0.32 ignores --logging-config.formatter when
+    # VLLM_LOGGING_CONFIG_PATH is set (a custom dictConfig is authoritative),
+    # so the flag alone can only give JSON at INFO.
+    "json": dict(extra_args=LOG_FLAGS, json_formatter=True),
+    # JSON with the request logger at DEBUG needs the JSON formatter inside the
+    # custom dictConfig (vLLM's own JsonFormatter class and format string).
+    "jsondebug": dict(extra_args=LOG_FLAGS, request_logger_debug=True, json_formatter=True),
+    "maxloglen": dict(extra_args=LOG_FLAGS + ["--max-log-len", "20"], request_logger_debug=True),
+    "nodeltas": dict(extra_args=LOG_FLAGS + ["--no-enable-log-deltas"]),
+    # Usage on every stream, so token counts exist for streams without
+    # stream_options (what the middleware reads); log lines should not change.
+    "forceusage": dict(extra_args=LOG_FLAGS + ["--enable-force-include-usage"],
+                       request_logger_debug=True),
+    "middleware": dict(extra_args=LOG_FLAGS, request_logger_debug=True, middleware=MIDDLEWARE_CLASS),
+}
+
+EOS_ID = "2"  # <|im_end|> in tools/make_tiny_model.py's tokenizer
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+FOX = "The quick brown fox jumps over the lazy dog. "
+FORGED_RECEIVED = (
+    "\n(APIServer pid=1) INFO 11-22 10:00:00 [request_logger.py:65] Received request "
+    "chatcmpl-forged: params: SamplingParams(n=1), lora_request: None.\n"
+)
+FORGED_OUTPUT = (
+    "\n(APIServer pid=1) INFO 11-22 10:00:01 [request_logger.py:108] Generated response "
+    "chatcmpl-forged: output: 'pwned', finish_reason: stop\n"
+)
+OPENWEBUI_HEADERS = {
+    "X-OpenWebUI-User-Name": "Grace Hopper", "X-OpenWebUI-User-Id": "u-1234",
+    "X-OpenWebUI-User-Email": "grace@example.org", "X-OpenWebUI-User-Role": "admin",
+    "X-OpenWebUI-Chat-Id": "chat-5678",
+}
+
+
+def chat_body(content, *, system=None, **extra) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": content})
+    return {"model": "tiny", "messages": messages, "max_tokens": 16, "temperature": 0, **extra}
+
+
+def assemble(chunks: list[str]) -> dict:
+    """Text of choice 0, finish_reason, usage and id from raw SSE data payloads."""
+    text, finish, usage, rid = [], None, None, None
+    for raw in chunks:
+        if raw == "[DONE]":
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        rid = rid or obj.get("id")
+        usage = obj.get("usage") or usage
+        for choice in obj.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text.append(delta.get("content") or choice.get("text") or "")
+            finish = choice.get("finish_reason") or finish
+    return {"text": "".join(text), "finish_reason": finish, "usage": usage, "id": rid}
+
+
+def run(base, scenario, body, path=CHAT, headers=None, disconnect_after=None) -> dict:
+    """Send one request and describe it as one responses.jsonl object."""
+    headers = dict(headers or {})
+    result = {"scenario": scenario, "endpoint": path, "request_headers": headers,
+              "request_body": body, "sent_at": time.time()}
+    if body.get("stream"):
+        status, chunks, error = post_stream(base, path, body, headers,
+                                            disconnect_after=disconnect_after)
+        result.update(status=status, stream_chunks=chunks, response=error,
+                      client_disconnected=disconnect_after is not None)
+        stream = assemble(chunks)
+        result.update(stream_text=stream["text"], finish_reason=stream["finish_reason"],
+                      usage=stream["usage"], response_id=stream["id"])
+    else:
+        status, response = post_json(base, path, body, headers)
+        result.update(status=status, response=response)
+        result["response_id"] = response.get("id") if isinstance(response, dict) else None
+    return result
+
+
+def scenario_basic(base) -> list[dict]:
+    cjk = "你好，世界！\n请用中文回答：今天天气怎么样？\n第三行：東京と大阪。"
+    return [
+        run(base, "chat_cjk_multiline_user", chat_body(cjk, user="alice")),
+        run(base, "chat_system", chat_body("What is the weather?",
+                                           system="You are a helpful assistant.")),
+        run(base, "chat_stream_usage", chat_body(
+            "Hello, how are you?", stream=True, stream_options={"include_usage": True})),
+        run(base, "chat_stream", chat_body("Hello, how are you?", stream=True)),
+        run(base, "completions_n2", {"model": "tiny", "prompt": "The weather in Paris is",
+                                     "max_tokens": 12, "n": 2, "temperature": 0.8, "seed": 7},
+            path=COMPLETIONS),
+        run(base, "chat_empty", chat_body("Say nothing.", logit_bias={EOS_ID: 100})),
+        run(base, "chat_empty_stream", chat_body("Say nothing.", logit_bias={EOS_ID: 100},
+                                                 stream=True)),
+        run(base, "chat_json_mode", chat_body('Reply with a JSON object like {"ok": true}.',
+                                              response_format={"type": "json_object"})),
+        # ~397 prompt tokens + 8 <= 512 (16 repeats of FOX, measured on the tiny tokenizer).
+        run(base, "chat_large_prompt", chat_body("Please summarise: " + FOX * 16, max_tokens=8)),
+        # ~711 prompt tokens > 512: HTTP 400, nothing in the request log.
+        run(base, "chat_over_context", chat_body("Please summarise: " + FOX * 30, max_tokens=8)),
+    ]
+
+
+def scenario_concurrent(base) -> list[dict]:
+    """6 requests from 3 users at once, half streaming, so log lines interleave."""
+    import threading
+
+    jobs = []
+    for i in range(6):
+        user = ("alice", "bob", "carol")[i % 3]
+        body = chat_body(f"Request {i} from {user}: tell me a story.", user=user,
+                         max_tokens=24, stream=bool(i % 2))
+        jobs.append((f"concurrent_{i}_{user}", body))
+    results: list = [None] * len(jobs)
+    barrier = threading.Barrier(len(jobs))
+
+    def worker(i):
+        barrier.wait()
+        results[i] = run(base, jobs[i][0], jobs[i][1])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def scenario_adversarial(base) -> list[dict]:
+    results = [
+        run(base, "chat_custom_request_id", chat_body("Hello with my own id."),
+            headers={"X-Request-Id": "fixture-req-0001"}),
+        run(base, "chat_forged_received_line", chat_body("Ignore this:" + FORGED_RECEIVED + "ok?")),
+        run(base, "chat_forged_output_line", chat_body("And this:" + FORGED_OUTPUT + "done.")),
+        run(base, "chat_user_quotes_braces", chat_body("Hi there.", user='o\'brien "x" {y}')),
+        run(base, "chat_stream_client_disconnect",
+            chat_body("Tell me a very long story.", stream=True, max_tokens=480, ignore_eos=True),
+            disconnect_after=1),
+    ]
+    # Give vLLM time to notice the closed socket before the next request.
+    time.sleep(1.5)
+    results += [
+        run(base, "chat_openwebui_headers", chat_body("Hello from Open WebUI."),
+            headers=OPENWEBUI_HEADERS),
+        run(base, "chat_bearer_auth", chat_body("Hello with a key."),
+            headers={"Authorization": "Bearer sk-test-123"}),
+    ]
+    return results
+
+
+SCENARIOS = (scenario_basic, scenario_concurrent, scenario_adversarial)
+
+
+def middleware_available(python: str) -> str | None:
+    """None when exporter.middleware.AuditMiddleware imports under vLLM's python, else why not."""
+    if not (REPO_ROOT / "exporter" / "middleware.py").is_file():
+        return "exporter/middleware.py does not exist"
+    proc = subprocess.run(
+        [python, "-c", "from exporter.middleware import AuditMiddleware"],
+        cwd=str(REPO_ROOT), env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )
+    if proc.returncode != 0:
+        return "import failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+def record_setup(name: str, out: Path, model_dir: Path, python: str) -> dict:
+    setup_dir = out / name
+    setup_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(SETUPS[name])
+    env = {}
+    if kwargs.get("middleware"):
+        mw_file = setup_dir / "middleware.jsonl"
+        mw_file.unlink(missing_ok=True)
+        env["VLLM_AUDIT_MIDDLEWARE_FILE"] = str(mw_file)
+    started = time.monotonic()
+    server = VllmServer(model_dir, setup_dir / "vllm.log", env=env, python=python, **kwargs)
+    results = []
+    with server:
+        ready = time.monotonic()
+        for scenario in SCENARIOS:
+            results.extend(scenario(server.base_url))
+        # Let the abort of the disconnected stream and the last log lines land.
+        time.sleep(2.0)
+        status, metrics = http_get(server.base_url + "/metrics")
+        (setup_dir / "metrics.txt").write_text(metrics)
+        driven = time.monotonic()
+    with open(setup_dir / "responses.jsonl", "w", encoding="utf-8") as fh:
+        for result in results:
+            fh.write(json.dumps(result, ensure_ascii=False, sort_keys=True) + "\n")
+    if server.logging_config_path:
+        # Keep the dictConfig beside the log: it is part of the set-up.
+        server.logging_config_path.rename(setup_dir / "logging.json")
+    return {"setup": name, "command": " ".join(server.command()[1:]),
+            "startup_s": round(ready - started, 1), "scenarios_s": round(driven - ready, 1),
+            "total_s": round(time.monotonic() - started, 1), "requests": len(results)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", action="append", choices=sorted(SETUPS),
+                        help="set-up to record (repeatable; default: all)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "tests" / "fixtures" / "vllm-0.32.0"))
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--python", default=DEFAULT_PYTHON, help="python of the vLLM venv")
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model_dir)
+    subprocess.run([args.python, str(REPO_ROOT / "tools" / "make_tiny_model.py"), str(model_dir)],
+                   check=True)
+    out = Path(args.out)
+    for name in args.setup or list(SETUPS):
+        if SETUPS[name].get("middleware"):
+            why = middleware_available(args.python)
+            if why:
+                print(json.dumps({"setup": name, "skipped": why}), flush=True)
+                continue
+        print(json.dumps(record_setup(name, out, model_dir, args.python)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
