@@ -128,8 +128,13 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
     if pt is not None:
         used.append("usage")
     elif mw is not None and mw.get("rejected_prompt_tokens") is not None:
+        # The count vLLM states when it rejects an over-long prompt. vLLM 0.32
+        # says "at least N input tokens" (it stops counting): flagged as a
+        # lower bound, still enough to see an oversized input.
         pt = mw["rejected_prompt_tokens"]
         used.append("usage")
+        if "at least" in (mw.get("error") or ""):
+            flags.append("prompt_tokens_at_least")
     else:
         ids = (e["details"] or {}).get("prompt_token_ids")
         if ids is None:

@@ -25,7 +25,7 @@ SHOWN = ("vllm_audit_requests_total", "vllm_audit_prompt_tokens_total",
 
 
 def bundled_capture() -> list[Path]:
-    root = resources.files("exporter") / "demo"
+    root = resources.files("exporter") / "demo_capture"
     files = [Path(str(root / name)) for name in ("vllm.log", "middleware.jsonl")]
     return [f for f in files if f.is_file()]
 
