@@ -88,17 +88,33 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
             return run_demo(args)
         if args.command == "verify":
-            from .compliance.verify import verify_main
-            return verify_main(args.archive_dir, key_file=args.hmac_key_file,
-                               env_key=os.environ.get("VLLM_AUDIT_HMAC_KEY"))
+            return cmd_verify(args)
         if args.command == "export":
             from .compliance.export import export_main
-            return export_main(args, os.environ)
+            return export_main(
+                ts_from=args.time_from, ts_to=args.time_to, archive_dir=args.archive_dir,
+                user=args.user, model=args.model, grep=args.grep, fmt=args.format, bom=args.bom,
+                output=args.output, source=args.source, loki_url=args.loki_url,
+                loki_org_id=args.loki_tenant, hmac_key_file=args.hmac_key_file,
+                hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"))
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def cmd_verify(args) -> int:
+    """Check the chain; with the exporter's checkpoint present, also check that
+    the newest file still ends where the last commit left it (cutting whole
+    records off the end is otherwise invisible from inside the archive)."""
+    from .checkpoint import read_checkpoint
+    from .compliance.verify import verify_main
+    state_dir = Path(args.archive_dir) / ".state"
+    saved = read_checkpoint(str(state_dir / "checkpoint.json")).state or {}
+    return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
+                       hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
+                       expected_state=saved.get("archive"))
 
 
 # ------------------------------------------------------------------- replay

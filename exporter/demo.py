@@ -64,7 +64,7 @@ def run_demo(args) -> int:
 
     print("\n== 3. verifying the hash chain")
     from .compliance.verify import verify_main
-    verify_main(str(archive), key_file=None, env_key=None)
+    verify_main(str(archive))
 
     host, _, port = args.listen_address.rpartition(":")
     app = create_app(registry=rt.registry, health=rt.health)

@@ -1,0 +1,20 @@
+# vllm-audit-exporter image (compose.yaml service `exporter`).
+#   docker build -t vllm-audit-exporter .
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md* ./
+COPY exporter ./exporter
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.12-slim
+COPY --from=build /install /usr/local
+# Runs as uid 10001, group 0: the audit middleware writes its file 0640 as
+# root inside the vLLM container, readable through the group.
+RUN mkdir -p /archive && chown 10001:0 /archive && chmod 0770 /archive
+USER 10001:0
+VOLUME ["/archive"]
+EXPOSE 9400
+ENTRYPOINT ["vllm-audit-exporter"]
+CMD ["run", "--help"]
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9400/health', timeout=5)"]

@@ -1,0 +1,267 @@
+"""Local audit archive: one JSONL file per UTC day, hash-chained, fsynced in
+batches, cut back to the last checkpoint on recovery.
+
+Exactly-once contract with the pipeline (docs/design.md): the pipeline calls
+:meth:`ArchiveWriter.flush`, then stores :meth:`ArchiveWriter.state` in its
+atomic checkpoint. Everything written after the checkpointed state was never
+committed, so :meth:`ArchiveWriter.open` removes it and the pipeline re-derives
+the same records from the checkpointed log offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter.chain import GENESIS, Chain
+from exporter.compliance import manifest as mf
+from exporter.compliance.files import data_name, day_of, fsync_dir, list_days, manifest_name, parse_name
+from exporter.record import dumps_line
+
+_CHUNK = 1 << 16
+
+
+class ArchiveError(RuntimeError):
+    """The archive on disk contradicts the checkpoint; refusing to guess."""
+
+
+def _last_line(path: Path, size: int) -> tuple[bytes | None, int]:
+    """``(last complete line without \\n, byte offset just after it)``.
+
+    Scans backwards so a multi-GB day file costs a few reads. Returns
+    ``(None, 0)`` when the first ``size`` bytes hold no complete line.
+    """
+    with open(path, "rb") as fh:
+        end = None  # offset just after the last b"\n"
+        pos = size
+        tail = b""
+        while pos > 0:
+            start = max(0, pos - _CHUNK)
+            fh.seek(start)
+            tail = fh.read(pos - start) + tail
+            pos = start
+            if end is None:
+                idx = tail.rfind(b"\n")
+                if idx < 0:
+                    continue
+                end = pos + idx + 1
+                tail = tail[:idx]
+            prev = tail.rfind(b"\n")
+            if prev >= 0:
+                return tail[prev + 1:], end
+        if end is None:
+            return None, 0
+        return tail, end
+
+
+def _parse_head(line: bytes, where: str) -> tuple[int, str]:
+    try:
+        rec = json.loads(line)
+        seq, head = rec["seq"], rec["hash"]
+    except (ValueError, KeyError, TypeError):
+        raise ArchiveError(f"last record of {where} is not a sealed archive record") from None
+    if not isinstance(seq, int) or not isinstance(head, str):
+        raise ArchiveError(f"last record of {where} has an invalid seq/hash")
+    return seq, head
+
+
+class ArchiveWriter:
+    def __init__(self, root: Path, *, chain: Chain, clock: Callable[[], float] = time.time,
+                 fsync_every: int = 256, file_mode: int = 0o640) -> None:
+        self._root = Path(root)
+        self._chain = chain
+        self._clock = clock
+        self._fsync_every = max(1, fsync_every)
+        self._mode = file_mode
+        if not self._root.is_dir():
+            self._root.mkdir(parents=True, mode=0o750)
+        self._seq = 0                 # last sealed (maybe still buffered)
+        self._head = GENESIS
+        self._committed_seq = 0       # last fsynced
+        self._committed_head = GENESIS
+        self._file: str | None = None
+        self._size = 0
+        self._fd: int | None = None
+        self._buf: list[str] = []
+
+    # -- recovery -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, chain: Chain, state: dict | None, *,
+             clock: Callable[[], float] = time.time, fsync_every: int = 256,
+             file_mode: int = 0o640) -> "ArchiveWriter":
+        """A writer that continues the archive at ``root``.
+
+        With ``state`` (from the checkpoint): cut ``state['file']`` back to
+        ``state['size']``, delete files of later days (uncommitted) and check
+        that the remaining last record is the checkpointed chain head.
+        Without ``state`` (checkpoint lost): keep every complete line, drop a
+        torn last line, continue after the newest record on disk.
+        """
+        w = cls(root, chain=chain, clock=clock, fsync_every=fsync_every, file_mode=file_mode)
+        if state is not None:
+            w._recover_to_state(state)
+        else:
+            w._recover_from_files()
+        return w
+
+    def _recover_to_state(self, state: dict) -> None:
+        name, size = state.get("file"), int(state.get("size") or 0)
+        seq, head = int(state.get("seq") or 0), state.get("head_hash") or GENESIS
+        if name is not None and (parse_name(name) is None or not name.endswith(".jsonl")):
+            raise ArchiveError(f"checkpoint names an invalid archive file: {name!r}")
+        keep_day = parse_name(name)[0] if name else None
+        for day in list_days(self._root):
+            if keep_day is not None and day.day < keep_day:
+                continue
+            for path in (day.jsonl, day.gz, day.manifest):
+                # Same day: only its manifest goes (the day is open again).
+                if path is not None and (day.day != keep_day or path == day.manifest):
+                    path.unlink()
+        fsync_dir(self._root)
+        if name is None:
+            return
+        path = self._root / name
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise ArchiveError(f"{name} is missing but the checkpoint committed {size} bytes of it") from None
+        if actual < size:
+            raise ArchiveError(f"{name} has {actual} bytes but the checkpoint committed {size}: "
+                               "committed records were lost")
+        if actual > size:
+            os.truncate(path, size)
+        if size > 0:
+            # The cut must land just after the checkpointed head record.
+            line, end = _last_line(path, size)
+            if line is None or end != size or _parse_head(line, name) != (seq, head):
+                raise ArchiveError(f"{name} does not end with the checkpointed record seq={seq} "
+                                   f"at byte {size}")
+        self._file, self._size = name, size
+        self._seq = self._committed_seq = seq
+        self._head = self._committed_head = head
+        self._open_fd()
+
+    def _recover_from_files(self) -> None:
+        days = list_days(self._root)
+        newest = next((d for d in reversed(days) if d.jsonl is not None), None)
+        if newest is not None:
+            path = newest.jsonl
+            line, end = _last_line(path, path.stat().st_size)
+            if end != path.stat().st_size:
+                os.truncate(path, end)  # torn last line: never committed
+            if newest.manifest is not None:
+                newest.manifest.unlink()
+            fsync_dir(self._root)
+            self._file, self._size = path.name, end
+            if line is not None:
+                self._seq, self._head = _parse_head(line, path.name)
+        if self._seq == 0:
+            # The open file is empty: the head is the end of an earlier day.
+            for day in reversed(days):
+                if newest is not None and day.day >= newest.day:
+                    continue
+                if day.manifest is not None:
+                    m = mf.read_manifest(day.manifest)
+                    if isinstance(m.get("last_seq"), int):
+                        self._seq, self._head = m["last_seq"], m["last_hash"]
+                        break
+        self._committed_seq, self._committed_head = self._seq, self._head
+        if self._file is not None:
+            self._open_fd()
+
+    # -- writing ------------------------------------------------------------------
+
+    def append(self, record: dict) -> dict:
+        """Seal ``record`` as the next link and buffer it; returns the sealed dict.
+
+        Flushes by itself every ``fsync_every`` records to bound memory; the
+        pipeline normally flushes (and then checkpoints) on its own cadence.
+        """
+        sealed = self._chain.seal(record, self._seq + 1, self._head)
+        self._seq, self._head = sealed["seq"], sealed["hash"]
+        self._buf.append(dumps_line(sealed) + "\n")
+        if len(self._buf) >= self._fsync_every:
+            self.flush()
+        return sealed
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def flush(self) -> None:
+        """Write and fsync the buffered lines, switching day files first."""
+        if not self._buf:
+            return
+        today = day_of(self._clock())
+        current = parse_name(self._file)[0] if self._file else None
+        # Only ever move forward: a clock stepping back keeps the open file
+        # rather than reopening a sealed day.
+        if current is None or today > current:
+            self._switch(today)
+        data = "".join(self._buf).encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError:
+            # Leave no partial batch behind (ENOSPC...): the next try rewrites it whole.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise
+        self._size += len(data)
+        self._buf.clear()
+        self._committed_seq, self._committed_head = self._seq, self._head
+
+    def state(self) -> dict:
+        """What the pipeline checkpoints: file, size, seq, head_hash after the last flush."""
+        return {"file": self._file, "size": self._size,
+                "seq": self._committed_seq, "head_hash": self._committed_head}
+
+    def close(self) -> None:
+        """Flush and close; the day stays open (its manifest comes at day change)."""
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ArchiveWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- files --------------------------------------------------------------------
+
+    def _open_fd(self) -> None:
+        path = self._root / self._file
+        existed = path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self._mode)
+        os.fchmod(self._fd, self._mode)  # umask-proof
+        if not existed:
+            fsync_dir(self._root)
+
+    def _switch(self, day: str) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._file is not None:
+            old = self._root / self._file
+            if self._size == 0:
+                old.unlink(missing_ok=True)  # nothing to seal
+            else:
+                self._seal_day(old)
+        self._file, self._size = data_name(day), 0
+        self._open_fd()
+        self._size = os.fstat(self._fd).st_size
+
+    def _seal_day(self, path: Path) -> None:
+        summary = mf.summarize(path, path.name, self._chain.kind)
+        day = parse_name(path.name)[0]
+        mf.write_manifest(self._root / manifest_name(day), mf.seal(summary, self._chain.key), self._mode)

@@ -1,0 +1,115 @@
+"""Hash chain over archive records.
+
+Every archived record carries ``seq`` (1, 2, ...), ``prev_hash`` (the ``hash``
+of record ``seq - 1``, or :data:`GENESIS` for seq 1) and ``hash``, computed over
+:func:`exporter.record.canonical_bytes` of the record *including* ``seq`` and
+``prev_hash``. Editing, deleting, inserting or reordering a record therefore
+breaks either its own hash or the next record's link.
+
+The hash is labelled with its algorithm so a reader never has to guess:
+``hmac-sha256:<64 hex>`` when a key is configured (an attacker without the key
+cannot recompute the chain), ``sha256:<64 hex>`` otherwise (detects accidents
+and naive edits, not a determined attacker who rewrites the whole tail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from exporter.record import canonical_bytes
+
+# A readable sentinel rather than 64 zeros: it cannot be confused with a real
+# digest and it says what it is in a hexdump.
+GENESIS = "genesis"
+HMAC_PREFIX = "hmac-sha256:"
+SHA_PREFIX = "sha256:"
+
+
+class KeyLoadError(ValueError):
+    """The HMAC key is configured but unusable (message never includes the key)."""
+
+
+def load_key(key_file: str | os.PathLike | None, env_value: str | None) -> bytes | None:
+    """The HMAC key from ``--hmac-key-file`` (preferred) or ``VLLM_AUDIT_HMAC_KEY``.
+
+    The file's bytes are used as-is except for trailing CR/LF, so ``echo`` and
+    editors that add a newline give the same key. An empty environment
+    variable counts as unset (compose files often define empty variables), but
+    a configured file that is empty or unreadable is an error: silently
+    falling back to an unkeyed chain would weaken the audit trail.
+    """
+    if key_file:
+        path = Path(key_file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyLoadError(f"cannot read HMAC key file {path}: {exc.strerror or exc}") from None
+        data = data.rstrip(b"\r\n")
+        if not data:
+            raise KeyLoadError(f"HMAC key file {path} is empty")
+        return data
+    if env_value:
+        return env_value.encode()
+    return None
+
+
+def keyed_digest(key: bytes | None, data: bytes) -> str:
+    """Labelled digest of ``data``: HMAC-SHA256 with a key, SHA-256 without."""
+    if key is None:
+        return SHA_PREFIX + hashlib.sha256(data).hexdigest()
+    return HMAC_PREFIX + hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def digest_kind(value: object) -> str | None:
+    """``"hmac-sha256"``, ``"sha256"`` or None for an unlabelled/invalid value."""
+    if not isinstance(value, str):
+        return None
+    for prefix in (HMAC_PREFIX, SHA_PREFIX):
+        if value.startswith(prefix):
+            return prefix[:-1]
+    return None
+
+
+class Chain:
+    """Seals and verifies records; holds the key, never prints it."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:  # the key must never end up in a log line
+        return f"Chain(kind={self.kind!r})"
+
+    @property
+    def kind(self) -> str:
+        return "hmac-sha256" if self._key is not None else "sha256"
+
+    @property
+    def key(self) -> bytes | None:
+        return self._key
+
+    def digest(self, data: bytes) -> str:
+        return keyed_digest(self._key, data)
+
+    def seal(self, record: dict, seq: int, prev_hash: str) -> dict:
+        """A new dict: ``record`` + ``seq``, ``prev_hash``, ``hash`` (in that order)."""
+        sealed = {k: v for k, v in record.items() if k not in ("seq", "prev_hash", "hash")}
+        sealed["seq"] = seq
+        sealed["prev_hash"] = prev_hash
+        sealed["hash"] = self.digest(canonical_bytes(sealed))
+        return sealed
+
+    def verify_record(self, record: dict) -> bool:
+        """True when ``record['hash']`` matches its content under this chain's key.
+
+        A record labelled ``sha256:`` fails under a keyed chain: accepting it
+        would let an attacker downgrade the chain to one they can recompute.
+        """
+        stored = record.get("hash")
+        if digest_kind(stored) != self.kind:
+            return False
+        return hmac.compare_digest(stored, self.digest(canonical_bytes(record)))

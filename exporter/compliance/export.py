@@ -1,0 +1,240 @@
+"""``vllm-audit-exporter export``: audit records for a time range as CSV or JSONL.
+
+Sources: the local archive (default; ``.jsonl`` and ``.jsonl.gz`` days, days
+skipped by their manifest's ``ts_min``/``ts_max``) or Loki ``query_range``
+(:mod:`exporter.compliance.loki_query`). The time window is on the record's
+``ts`` (request received), half-open ``[from, to)``.
+
+CSV is meant for Excel: UTF-8 (optional BOM), RFC 4180 quoting, CRLF, and
+cells that Excel would evaluate as a formula get a leading ``'``. A file
+export is written to a temp name and renamed when complete, with
+``<output>.sha256`` (``sha256sum -c`` format) and, with a key,
+``<output>.hmac`` beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from exporter.chain import HMAC_PREFIX, KeyLoadError, load_key
+from exporter.compliance import manifest as mf
+from exporter.compliance.files import fsync_dir, iter_lines, list_days
+from exporter.record import RECORD_FIELDS, dumps_line
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CSV_COLUMNS = RECORD_FIELDS + ("seq", "hash")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ExportUsageError(ValueError):
+    pass
+
+
+def parse_time(text: str) -> float:
+    """RFC 3339 / ISO 8601 (``Z`` or offset), or ``YYYY-MM-DD`` (UTC midnight).
+    A time without a zone is taken as UTC (the archive is UTC throughout)."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ExportUsageError(f"invalid time {text!r}: use RFC 3339, e.g. 2026-11-22T10:00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _ts(rec: dict) -> float | None:
+    ts = rec.get("ts")
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _texts(rec: dict) -> Iterator[str]:
+    for key in ("prompt", "output"):
+        if isinstance(rec.get(key), str):
+            yield rec[key]
+    for c in rec.get("choices") or ():
+        if isinstance(c, dict) and isinstance(c.get("text"), str):
+            yield c["text"]
+
+
+def make_filter(t_from: float, t_to: float, user: str | None, model: str | None, grep: str | None):
+    """Predicate on a parsed record (exact user/model, case-insensitive grep
+    in prompt/output/choices)."""
+    needle = grep.casefold() if grep else None
+
+    def keep(rec: dict) -> bool:
+        ts = _ts(rec)
+        if ts is None or not t_from <= ts < t_to:
+            return False
+        if user is not None and rec.get("user") != user:
+            return False
+        if model is not None and rec.get("model") != model:
+            return False
+        return needle is None or any(needle in t.casefold() for t in _texts(rec))
+
+    return keep
+
+
+def iter_archive(root: Path, t_from: float, t_to: float, warn=None) -> Iterator[dict]:
+    """Parsed records of the days that may hold ``[t_from, t_to)``."""
+    lo = datetime.fromtimestamp(t_from, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    hi = datetime.fromtimestamp(t_to, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.999Z")
+    for day in list_days(root):
+        m = None
+        if day.manifest is not None:
+            try:
+                m = mf.read_manifest(day.manifest)
+            except (OSError, ValueError):
+                m = None  # unreadable manifest: scan the file instead of skipping it
+        if m and isinstance(m.get("ts_min"), str) and isinstance(m.get("ts_max"), str):
+            # String compare on fixed-width RFC 3339 UTC: coarse, the exact
+            # window is applied per record.
+            if m["ts_max"] < lo or m["ts_min"] > hi:
+                continue
+        if day.data is None:
+            if warn is not None and m is not None:
+                warn(f"export: {day.day} was deleted by retention ({m.get('count')} records not exported)")
+            continue
+        for raw in iter_lines(day.data):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # verify reports damaged lines; export exports what it can read
+            if isinstance(rec, dict):
+                yield rec
+
+
+def neutralise(text: str) -> str:
+    """Stop Excel/LibreOffice evaluating a cell as a formula (CSV injection)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return neutralise(str(value))
+
+
+def csv_row(rec: dict) -> list[str]:
+    return [_cell(rec.get(col)) for col in CSV_COLUMNS]
+
+
+class _Sink:
+    """Text sink that hashes what it writes (signature without re-reading)."""
+
+    def __init__(self, raw, key: bytes | None) -> None:
+        self.raw, self.sha = raw, hashlib.sha256()
+        self.mac = hmac.new(key, digestmod=hashlib.sha256) if key is not None else None
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8")
+        self.sha.update(data)
+        if self.mac is not None:
+            self.mac.update(data)
+        self.raw.write(data)
+        return len(text)
+
+
+def write_records(records: Iterable[dict], sink, fmt: str, bom: bool) -> int:
+    count = 0
+    if fmt == "csv":
+        if bom:
+            sink.write("\ufeff")
+        writer = csv.writer(sink, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(CSV_COLUMNS)
+        for rec in records:
+            writer.writerow(csv_row(rec))
+            count += 1
+    else:
+        for rec in records:
+            sink.write(dumps_line(rec) + "\n")
+            count += 1
+    return count
+
+
+def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: bytes | None) -> int:
+    tmp = path.with_name(f".{path.name}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    os.fchmod(fd, 0o640)  # exports hold prompts: same mode as the archive
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            sink = _Sink(raw, key)
+            count = write_records(records, sink, fmt, bom)
+            raw.flush()
+            os.fsync(raw.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    side = [(path.with_name(path.name + ".sha256"), f"{sink.sha.hexdigest()}  {path.name}\n")]
+    if sink.mac is not None:
+        side.append((path.with_name(path.name + ".hmac"), f"{HMAC_PREFIX}{sink.mac.hexdigest()}  {path.name}\n"))
+    for side_path, text in side:
+        with open(side_path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(side_path, 0o640)
+    fsync_dir(path.parent)
+    return count
+
+
+def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, user: str | None = None,
+                model: str | None = None, grep: str | None = None, fmt: str = "csv", bom: bool = False,
+                output: str | None = None, source: str = "archive", loki_url: str | None = None,
+                loki_selector: str | None = None, loki_org_id: str | None = None,
+                hmac_key_file: str | None = None, hmac_key_env: str | None = None,
+                http_client=None, out=None, err=None) -> int:
+    """CLI entry point for ``export``; returns the exit code."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        if fmt not in ("csv", "jsonl"):
+            raise ExportUsageError(f"unknown format {fmt!r} (csv or jsonl)")
+        t_from, t_to = parse_time(ts_from), parse_time(ts_to)
+        if t_to <= t_from:
+            raise ExportUsageError("--to must be after --from")
+        key = load_key(hmac_key_file, hmac_key_env)
+        keep = make_filter(t_from, t_to, user, model, grep)
+        if source == "archive":
+            if not archive_dir or not Path(archive_dir).is_dir():
+                raise ExportUsageError(f"archive directory not found: {archive_dir}")
+            records = (r for r in iter_archive(Path(archive_dir), t_from, t_to,
+                                               warn=lambda m: print(m, file=err)) if keep(r))
+        elif source == "loki":
+            if not loki_url:
+                raise ExportUsageError("--source loki needs --loki-url")
+            from exporter.compliance import loki_query
+            records = (r for r in loki_query.records(
+                loki_url, t_from, t_to, user=user, model=model, grep=grep, selector=loki_selector,
+                org_id=loki_org_id, client=http_client) if keep(r))
+        else:
+            raise ExportUsageError(f"unknown source {source!r} (archive or loki)")
+    except (ExportUsageError, KeyLoadError) as exc:
+        print(f"export: {exc}", file=err)
+        return EXIT_USAGE
+    try:
+        if output:
+            count = _write_file(Path(output), records, fmt, bom, key)
+        else:
+            count = write_records(records, out, fmt, bom)
+    except Exception as exc:  # Loki/HTTP/disk failures: one line, no traceback, no secrets
+        print(f"export failed: {type(exc).__name__}: {exc}", file=err)
+        return EXIT_FAILED
+    print(f"export: {count} record(s)" + (f" -> {output}" if output else ""), file=err)
+    return EXIT_OK

@@ -1,0 +1,576 @@
+"""``parse_line(text) -> Event | Ignored``: one vLLM log line, no I/O, never raises.
+
+Accepted input: one physical line of vLLM's stdout (text or JSON formatter,
+0.6.3-0.33), a uvicorn access line, or one middleware JSON line; the tailer has
+removed the newline (a stray ``\\r`` is tolerated). See :mod:`exporter.logline`
+for the header rules and ``docs/design.md`` ("Events") for the event shapes.
+
+Message grammar (``%r`` values are Python reprs, see :mod:`exporter.pyrepr`)::
+
+    Received request ID: FIELDS.          fields: prompt, params, prompt_token_ids,
+                                          prompt_embeds shape, lora_request,
+                                          prompt_adapter_request (any subset, in order)
+    Request ID details: FIELDS.           prompt, prompt_token_ids, prompt_embeds shape
+    Request ID JSON body: RAW             RAW to end of line; truncated -> body None
+    Generated response ID[ (streaming delta|complete)]: output: R, [output_token_ids: L, ]finish_reason: F
+    Generated response ID[ (...)] details: output_token_ids: L
+    Added request ID.  /  Finished request ID.  /  Request ID aborted.
+    Aborted request ID.  /  Aborted request(s) ID,ID.
+    Request ID failed[ (engine dead)| (bad request)[: X]| due to X| (input error): X| validation: X][.]
+
+Security rules (a prompt or output must never create or alter a record):
+
+1. Field boundaries come from scanning repr literals, never from searching for
+   separators: a quoted prompt containing ``", finish_reason: stop"`` or
+   ``"Received request x: ..."`` is skipped whole. Every field value must be
+   exactly one repr value (``None``, a literal, a list, ``Name(...)``), field
+   names may not repeat, and ``finish_reason`` must be a bare word, so text
+   injected through a client-chosen request id (``X-Request-Id``) cannot add or
+   replace fields either. Request ids may not contain whitespace.
+2. vLLM's NewLineFormatter repeats the genuine header on every line of a
+   multi-line message (an exception text), so a continuation line can carry
+   arbitrary text after a real header. The logger file must therefore match the
+   message kind: request-log messages (``Received``, ``Request .. details``,
+   ``JSON body``, ``Generated response``) only from ``logger.py`` /
+   ``request_logger.py``; ``Added``/``Aborted``/``Finished``/``aborted``/
+   ``failed`` only from the engine files (``async_llm.py``, ``engine.py``,
+   ``async_llm_engine.py``, and ``core.py`` for the engine-core validation
+   failure). A mismatch is ``Ignored("continuation")``. For the JSON formatter
+   the logger ``name`` is checked the same way (``vllm.…request_logger`` etc.).
+3. The remaining hole: a multi-line message *from an allowed file* (only
+   ``Request X failed due to <exception text>`` in practice). When the tailer
+   knows that the previous physical line ended with ``\\r`` (NewLineFormatter
+   writes ``\\r\\n`` between the lines of one record and ``\\n`` after the
+   last), it passes ``continued=True`` and the line is ``continuation``
+   whatever it says.
+4. No arbitrary text before the header (see :mod:`exporter.logline`); the
+   exact ``VLLM_LOGGING_PREFIX`` is passed as ``logging_prefix``.
+
+Token ids: ``prompt_token_ids`` / ``output_token_ids`` are plain ``list[int]``
+(or None) as the contract says, and ``prompt_token_count`` /
+``output_token_count`` carry ``len()`` beside them (None when the list is
+None). The lists are exactly what was logged: ``--max-log-len`` truncation is
+invisible in the line, the correlator decides what it may count. Keys of
+fields a format does not log are absent, not None, so a DEBUG ``details`` line
+is not overwritten by the INFO line of 0.11.1+. ``Received`` may also carry
+``lora_name``. ``params`` holds only the keys found (``max_tokens`` is vLLM's
+effective value, ``json_mode`` is True when ``json_object=True`` or ``json=``/
+``json_schema=`` is set in ``guided_decoding``/``structured_outputs``).
+
+Ignored reasons: ``empty``, ``not_vllm`` (no vLLM header), ``other_logger``,
+``stats``, ``continuation``, ``traceback``, ``not_request_log`` (a request-log
+or engine file, but another message), ``malformed_received``,
+``malformed_output``, ``malformed_body``, ``malformed_details``,
+``malformed_middleware``, and ``internal_error`` (a parser bug caught by the
+last-resort guard; the fuzz tests keep it unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from exporter import events as ev
+from exporter.events import Event, Ignored
+from exporter.logline import Header, access_fields, body_start, clean, json_header, parse_iso_utc, text_header
+from exporter.pyrepr import (
+    DQ_PATTERN,
+    QUOTES,
+    SQ_PATTERN,
+    ReprError,
+    decode_int_list,
+    decode_str,
+    group_end,
+    int_list_end,
+    split_kwargs,
+    string_end,
+    to_float,
+    to_int,
+    value_end,
+)
+
+REQUEST_LOGGER_FILES = frozenset({"logger.py", "request_logger.py"})
+ENGINE_FILES = frozenset({"async_llm.py", "engine.py", "async_llm_engine.py"})
+# The engine core (0.33) logs "Request X failed validation: ..." and nothing
+# else of ours; its many other lines are plain other_logger.
+FAILED_FILES = ENGINE_FILES | {"core.py"}
+
+_EMPTY = Ignored("empty")
+_NOT_VLLM = Ignored("not_vllm")
+_OTHER = Ignored("other_logger")
+_STATS = Ignored("stats")
+_CONT = Ignored("continuation")
+_TRACE = Ignored("traceback")
+_NOT_REQ = Ignored("not_request_log")
+_BAD_RECEIVED = Ignored("malformed_received")
+_BAD_OUTPUT = Ignored("malformed_output")
+_BAD_BODY = Ignored("malformed_body")
+_BAD_DETAILS = Ignored("malformed_details")
+_BAD_MW = Ignored("malformed_middleware")
+
+_TRACEBACK_STARTS = (
+    "Traceback (most recent call last)",
+    '  File "',
+    "    ",
+    "During handling of the above exception",
+    "The above exception was the direct cause",
+)
+_FIELD_NAME = re.compile(r"[a-z_][a-z_ ]{0,40}: ")
+_EXTRA_KW = re.compile(r", ([A-Za-z_]\w{0,60})=")
+_ID = re.compile(r"\S+")
+_INT_LIST_BODY = re.compile(r"[0-9, ]*")
+_WORD = re.compile(r"[A-Za-z_]\w{0,60}")
+_ATOM_STOP = re.compile(r"[\s,'\"(\[{]")
+# Generated-response lines, whole: literal alternatives cannot overlap and the
+# string literal is the unrolled-loop form, so this cannot backtrack badly.
+_OUTPUT_LINE = re.compile(
+    r"(\S{1,2048}?)( \(streaming (?:delta|complete)\))?"
+    r"(?:: output: (" + SQ_PATTERN + "|" + DQ_PATTERN + r"|None), "
+    r"(?:output_token_ids: (\[[0-9, ]*\]|None), )?finish_reason: ([A-Za-z_]\w{0,60})"
+    r"| details: output_token_ids: (\[[0-9, ]*\]|None))",
+    re.S,
+)
+_STREAM = {"": "", " (streaming delta)": "delta", " (streaming complete)": "complete"}
+
+
+def parse_line(text: str, *, logging_prefix: str = "", continued: bool = False) -> Event | Ignored:
+    """Parse one physical line; see the module docstring for every rule."""
+    try:
+        return _parse(text, logging_prefix, continued)
+    except Exception:  # noqa: BLE001 - a parser bug must not stop ingestion
+        return Ignored("internal_error")
+
+
+def _parse(text: str, logging_prefix: str, continued: bool) -> Event | Ignored:
+    if not text or text.isspace():
+        return _EMPTY
+    if continued:
+        return _CONT
+    text = clean(text)
+    if not text:
+        return _EMPTY
+    if text[0] == "{":
+        return _parse_json(text)
+    # Cheap gate: every message we turn into an event contains one of these.
+    interesting = "equest" in text or "Generated response" in text
+    if not interesting and "HTTP/" not in text and "throughput:" in text:
+        return _STATS
+    # The header regex consumes a leading "(Name pid=N) " itself; only a
+    # configured logging prefix needs the slower string walk first.
+    pos, proc = body_start(text, logging_prefix) if logging_prefix else (0, None)
+    found = text_header(text, pos, proc)
+    if found is None:
+        pos, proc = body_start(text, logging_prefix)
+        fields = access_fields(text, pos) if "HTTP/" in text else None
+        if fields is not None:
+            return Event(ev.ACCESS, None, None, fields)
+        return _TRACE if text.startswith(_TRACEBACK_STARTS, pos) else _NOT_VLLM
+    header, m = found
+    if not interesting:
+        return _unknown_message(text, m, header)
+    return _dispatch(text, m, header)
+
+
+def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
+    """Route the message at ``s[m:]`` by its opening words, checking the logger file."""
+    if s.startswith("Received request ", m):
+        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _CONT
+    if s.startswith("Generated response ", m):
+        return _generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _CONT
+    if s.startswith("Request ", m):
+        return _request(s, m + 8, h)
+    for prefix, kind in (("Added request ", ev.ADDED), ("Finished request ", ev.FINISHED)):
+        if s.startswith(prefix, m):
+            if h.file not in ENGINE_FILES:
+                return _CONT
+            rid = _dotted_id(s, m + len(prefix))
+            return _NOT_REQ if rid is None else Event(kind, rid, h.when, {})
+    if s.startswith("Aborted request", m):
+        if h.file not in ENGINE_FILES:
+            return _CONT
+        start = m + 19 if s.startswith("(s) ", m + 15) else m + 16
+        if s[m + 15 : start] not in ("(s) ", " "):
+            return _NOT_REQ
+        joined = _dotted_id(s, start)
+        if joined is None:
+            return _NOT_REQ
+        ids = joined.split(",")
+        if not all(ids):
+            return _NOT_REQ
+        return Event(ev.ABORTED, ids[0], h.when, {"ids": ids})
+    return _unknown_message(s, m, h)
+
+
+def _unknown_message(s: str, m: int, h: Header) -> Ignored:
+    if s.startswith(_TRACEBACK_STARTS, m):
+        return _TRACE
+    if "throughput:" in s[m : m + 200]:
+        return _STATS
+    if h.file in REQUEST_LOGGER_FILES or h.file in ENGINE_FILES:
+        return _NOT_REQ
+    return _OTHER
+
+
+def _dotted_id(s: str, i: int) -> str | None:
+    """``ID.`` to the end of the line, ID without whitespace."""
+    if not s.endswith(".") or len(s) - 1 <= i:
+        return None
+    rid = s[i:-1]
+    return rid if _no_space(rid) else None
+
+
+def _no_space(t: str) -> bool:
+    return _ID.fullmatch(t) is not None
+
+
+def _take_id(s: str, i: int, sep: str) -> tuple[str, int] | None:
+    """Id running from ``i`` to ``sep`` (bounded search); returns (id, position of sep)."""
+    k = s.find(sep, i, i + 2048)
+    if k <= i:
+        return None
+    rid = s[i:k]
+    return (rid, k) if _no_space(rid) else None
+
+
+# -- request logger -----------------------------------------------------------
+
+
+def _request(s: str, i: int, h: Header) -> Event | Ignored:
+    k = s.find(" ", i, i + 2048)
+    if k <= i:
+        return _unknown_message(s, i - 8, h)
+    rid = s[i:k]
+    if s.startswith(" details: ", k):
+        if h.file not in REQUEST_LOGGER_FILES:
+            return _CONT
+        return _details(s, k + 10, rid, h)
+    if s.startswith(" JSON body: ", k):
+        if h.file not in REQUEST_LOGGER_FILES:
+            return _CONT
+        raw = s[k + 12 :]
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        data = {"body": body if isinstance(body, dict) else None, "raw_len": len(raw)}
+        data["truncated_body"] = data["body"] is None
+        return Event(ev.BODY, rid, h.when, data)
+    if s.startswith(" aborted", k):
+        if h.file not in ENGINE_FILES:
+            return _CONT
+        if s[k + 8 :] != ".":
+            return _NOT_REQ
+        return Event(ev.ABORTED, rid, h.when, {"ids": [rid]})
+    if s.startswith(" failed", k):
+        if h.file not in FAILED_FILES:
+            return _CONT
+        return Event(ev.FAILED, rid, h.when, {"reason": _failure_reason(s[k + 7 :])})
+    return _unknown_message(s, i - 8, h)
+
+
+def _failure_reason(rest: str) -> str:
+    """`` (bad request): X.`` → ``bad request: X``; `` due to X.`` → ``X``; ``.`` → ``""``."""
+    r = rest[:-1] if rest.endswith(".") else rest
+    r = r.strip()
+    if r.startswith("due to "):
+        return r[7:]
+    if r.startswith("("):
+        close = r.find(")")
+        if close > 0:
+            return r[1:close] + r[close + 1 :]
+    return r
+
+
+def _fields(s: str, i: int, end: int) -> dict[str, tuple[int, int]]:
+    """``name: value, name: value`` in ``s[i:end]`` → {name: span}; strict."""
+    out: dict[str, tuple[int, int]] = {}
+    while True:
+        m = _FIELD_NAME.match(s, i, end)
+        if m is None:
+            raise ReprError("expected a field name")
+        name = s[i : m.end() - 2]
+        if name in out:
+            raise ReprError(f"repeated field {name}")
+        a = m.end()
+        b = _quick_value_end(s, a, end)
+        if b >= 0:
+            pass  # a whole string literal or id list, followed by ", " or the end
+        elif name == "params":
+            b = value_end(s, a, end)
+            # 0.6.3 closes SamplingParams before ", guided_decoding=...":
+            # keep such trailing key=value pairs with the params value.
+            while (x := _EXTRA_KW.match(s, b, end)) is not None:
+                b = value_end(s, x.end(), end)
+        else:
+            b = value_end(s, a, end)
+            if not _single_value(s, a, b):
+                raise ReprError(f"field {name} is not one value")
+        out[name] = (a, b)
+        if b >= end:
+            return out
+        i = b + 2
+
+
+def _quick_value_end(s: str, a: int, end: int) -> int:
+    """End of a string literal or int list at ``a`` when one ends the field; else -1.
+
+    The common values, found without the general scanner: prompts, outputs
+    and token-id lists are most of the bytes.
+    """
+    if a >= end:
+        return -1
+    c = s[a]
+    if c in QUOTES:
+        b = string_end(s, a)
+    elif c == "[":
+        k = s.find("]", a, end)
+        if k < 0 or _INT_LIST_BODY.fullmatch(s, a + 1, k) is None:
+            return -1
+        b = k + 1
+    else:
+        return -1
+    return b if b == end or (b < end and s.startswith(", ", b)) else -1
+
+
+def _single_value(s: str, a: int, b: int) -> bool:
+    """``s[a:b]`` is exactly one repr value: literal, list, ``Name(...)`` or bare atom."""
+    if a >= b:
+        return False
+    c = s[a]
+    if c in QUOTES:
+        return string_end(s, a) == b
+    m = _ATOM_STOP.search(s, a, b)
+    if m is None:
+        return True
+    k = m.start()
+    c = s[k]
+    if c in "([{":
+        return group_end(s, k) == b
+    if c in QUOTES:  # b'...' style prefix
+        return string_end(s, k) == b
+    return False
+
+
+def _str_or_none(s: str, span: tuple[int, int]) -> str | None:
+    a, b = span
+    if s.startswith("None", a) and b == a + 4:
+        return None
+    text, end = decode_str(s, a)
+    if end != b:
+        raise ReprError("junk after string")
+    return text
+
+
+def _ids_or_none(s: str, span: tuple[int, int]) -> tuple[list[int] | None, int | None]:
+    a, b = span
+    if b == a + 4 and s.startswith("None", a):
+        return None, None
+    end, count = int_list_end(s, a)
+    if end != b:
+        raise ReprError("junk after list")
+    return decode_int_list(s, a, end), count
+
+
+def _prompt_fields(s: str, f: dict[str, tuple[int, int]], data: dict) -> None:
+    if "prompt" in f:
+        data["prompt"] = _str_or_none(s, f["prompt"])
+    if "prompt_token_ids" in f:
+        ids, count = _ids_or_none(s, f["prompt_token_ids"])
+        data["prompt_token_ids"] = ids
+        data["prompt_token_count"] = count
+
+
+def _received(s: str, i: int, h: Header) -> Event | Ignored:
+    found = _take_id(s, i, ": ")
+    if found is None or not s.endswith("."):
+        return _BAD_RECEIVED
+    rid, k = found
+    try:
+        f = _fields(s, k + 2, len(s) - 1)
+        data: dict = {"params": _params(s, f["params"]) if "params" in f else {}}
+        _prompt_fields(s, f, data)
+        lora = f.get("lora_request")
+        if lora is not None:
+            name = _lora_name(s, lora)
+            if name is not None:
+                data["lora_name"] = name
+    except ReprError:
+        return _BAD_RECEIVED
+    return Event(ev.RECEIVED, rid, h.when, data)
+
+
+def _details(s: str, i: int, rid: str, h: Header) -> Event | Ignored:
+    if not s.endswith("."):
+        return _BAD_DETAILS
+    try:
+        f = _fields(s, i, len(s) - 1)
+        data: dict = {}
+        _prompt_fields(s, f, data)
+    except ReprError:
+        return _BAD_DETAILS
+    return Event(ev.DETAILS, rid, h.when, data)
+
+
+def _generated(s: str, i: int, h: Header) -> Event | Ignored:
+    m = _OUTPUT_LINE.fullmatch(s, i)
+    if m is not None:
+        try:
+            return _generated_fast(s, m, h)
+        except ReprError:
+            return _BAD_OUTPUT
+    return _generated_general(s, i, h)
+
+
+def _generated_fast(s: str, m: re.Match, h: Header) -> Event:
+    """The exact shapes vLLM writes, matched in one regex (most lines of a stream)."""
+    rid, info = m.group(1), _STREAM[m.group(2) or ""]
+    if m.start(6) >= 0:  # "... details: output_token_ids: L"
+        ids, count = _ids_or_none(s, m.span(6))
+        return Event(ev.OUTPUT_DETAILS, rid, h.when, {"stream_info": info, "output_token_ids": ids, "output_token_count": count})
+    data: dict = {"stream_info": info}
+    if m.start(4) >= 0:
+        data["output_token_ids"], data["output_token_count"] = _ids_or_none(s, m.span(4))
+    data["output"] = _str_or_none(s, m.span(3))
+    reason = m.group(5)
+    data["finish_reason"] = None if reason == "None" else reason
+    return Event(ev.OUTPUT, rid, h.when, data)
+
+
+def _generated_general(s: str, i: int, h: Header) -> Event | Ignored:
+    k = s.find(" ", i, i + 2048)
+    if k <= i:
+        return _BAD_OUTPUT
+    token = s[i:k]
+    info, details = "", False
+    if token.endswith(":"):  # non-streaming output line: "ID: output: ..."
+        rid, pos = token[:-1], k + 1
+    else:
+        rid, pos = token, k
+        for candidate in (" (streaming delta)", " (streaming complete)"):
+            if s.startswith(candidate, k):
+                info, pos = candidate, k + len(candidate)
+                break
+        if s.startswith(" details: ", pos):
+            details, pos = True, pos + 10
+        elif s.startswith(": ", pos):
+            pos += 2
+        else:
+            return _BAD_OUTPUT
+    if not rid:
+        return _BAD_OUTPUT
+    try:
+        f = _fields(s, pos, len(s))
+        data: dict = {"stream_info": _STREAM[info]}
+        if "output_token_ids" in f:
+            data["output_token_ids"], data["output_token_count"] = _ids_or_none(s, f["output_token_ids"])
+        if details:
+            if "output_token_ids" not in f:
+                raise ReprError("details line without output_token_ids")
+            return Event(ev.OUTPUT_DETAILS, rid, h.when, data)
+        if "output" not in f or "finish_reason" not in f:
+            raise ReprError("output line without output/finish_reason")
+        data["output"] = _str_or_none(s, f["output"])
+        reason = s[slice(*f["finish_reason"])]
+        if _WORD.fullmatch(reason) is None:
+            raise ReprError("finish_reason is not a word")
+        data["finish_reason"] = None if reason == "None" else reason
+    except ReprError:
+        return _BAD_OUTPUT
+    return Event(ev.OUTPUT, rid, h.when, data)
+
+
+# -- SamplingParams -----------------------------------------------------------
+
+
+def _params(s: str, span: tuple[int, int]) -> dict:
+    """``SamplingParams(k=v, ...)`` (plus 0.6.3 trailing pairs) → contract params."""
+    a, b = span
+    k = s.find("(", a, b)
+    if k < 0:
+        raise ReprError("params without (")
+    close = group_end(s, k)
+    kw = split_kwargs(s, k + 1, close - 1)
+    pos = close
+    while pos < b:  # the 0.6.3 ", guided_decoding=..." tail
+        x = _EXTRA_KW.match(s, pos, b)
+        if x is None:
+            raise ReprError("junk after params")
+        end = value_end(s, x.end(), b)
+        kw[x.group(1)] = (x.end(), end)
+        pos = end
+    out: dict = {}
+    if "max_tokens" in kw:
+        out["max_tokens"] = to_int(s[slice(*kw["max_tokens"])])
+    if "temperature" in kw:
+        out["temperature"] = to_float(s[slice(*kw["temperature"])])
+    if "n" in kw:
+        out["n"] = to_int(s[slice(*kw["n"])])
+    for key in ("structured_outputs", "guided_decoding"):
+        if key in kw:
+            out["json_mode"] = _json_mode(s, kw[key])
+            break
+    return out
+
+
+def _json_mode(s: str, span: tuple[int, int]) -> bool:
+    a, b = span
+    k = s.find("(", a, b)
+    if k < 0:  # None, or a form we do not know: not JSON mode
+        return False
+    kw = split_kwargs(s, k + 1, group_end(s, k) - 1)
+    if "json_object" in kw and s[slice(*kw["json_object"])] == "True":
+        return True
+    return any(key in kw and s[slice(*kw[key])] != "None" for key in ("json", "json_schema"))
+
+
+def _lora_name(s: str, span: tuple[int, int]) -> str | None:
+    a, b = span
+    k = s.find("(", a, b)
+    if k < 0:
+        return None
+    kw = split_kwargs(s, k + 1, group_end(s, k) - 1)
+    if "lora_name" not in kw:
+        return None
+    la, lb = kw["lora_name"]
+    if la < lb and s[la] in QUOTES:
+        text, end = decode_str(s, la)
+        return text if end == lb else None
+    return None
+
+
+# -- JSON lines: middleware and vLLM's JSON formatter -------------------------
+
+
+def _parse_json(text: str) -> Event | Ignored:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return _BAD_MW if '"vllm_audit_middleware' in text else _NOT_VLLM
+    if not isinstance(obj, dict):
+        return _NOT_VLLM
+    kind = obj.get("type")
+    if kind == "vllm_audit_middleware":
+        rid = obj.get("request_id")
+        if not isinstance(rid, str) or not rid:
+            return _BAD_MW
+        return Event(ev.MIDDLEWARE, rid, parse_iso_utc(obj.get("received_at")), {"line": obj})
+    if kind == "vllm_audit_middleware_dropped":
+        n = obj.get("dropped")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return _BAD_MW
+        return Event(ev.MIDDLEWARE_DROPPED, None, parse_iso_utc(obj.get("at")), {"dropped": n})
+    message = obj.get("message")
+    if not isinstance(message, str):
+        return _NOT_VLLM
+    header = json_header(obj)
+    if header is None:
+        return _NOT_VLLM
+    if obj.get("name") == "uvicorn.access":
+        fields = access_fields(message, 0)
+        return _OTHER if fields is None else Event(ev.ACCESS, None, header.when, fields)
+    if not header.file:
+        return _OTHER
+    if "\n" in message:
+        # Only an exception text is multi-line; its first line is all we read.
+        message = message.split("\n", 1)[0]
+    return _dispatch(message, 0, header)

@@ -1,0 +1,178 @@
+import csv
+import hashlib
+import hmac
+import io
+import json
+
+import httpx
+
+from exporter.archive import ArchiveWriter
+from exporter.chain import Chain
+from exporter.compliance.export import export_main, neutralise
+from exporter.compliance.loki_query import build_query, query_range
+from exporter.compliance.retention import apply_retention
+from exporter.record import dumps_line, new_record
+
+KEY = b"export-key-0123456789"
+DAY1 = 1795329600.0  # 2026-11-22T06:40:00Z
+
+
+def rec(i, ts, user="alice", model="tiny", prompt="hello", output="world"):
+    r = new_record()
+    r.update(ts=ts, request_id=f"chatcmpl-{i}", user=user, model=model, prompt=prompt, output=output,
+             status="completed", params={"max_tokens": 16, "temperature": 0.0, "n": 1, "json_mode": False})
+    return r
+
+
+def build(root):
+    t = [DAY1]
+    w = ArchiveWriter(root, chain=Chain(KEY), clock=lambda: t[0])
+    w.append(rec(1, "2026-11-22T06:00:00.000Z", prompt="=HYPERLINK(\"http://evil\")"))
+    w.append(rec(2, "2026-11-22T07:00:00.000Z", user="bob", output="-1+2"))
+    w.flush()
+    t[0] += 86400
+    w.append(rec(3, "2026-11-23T01:00:00.000Z", prompt="Ünïcode 中文, \"quoted\"\nnew line", output="@SUM(A1)"))
+    w.append(rec(4, "2026-11-23T02:00:00.000Z", model="big"))
+    w.flush()
+    w.close()
+
+
+def run(tmp_path, **kw):
+    out, err = io.StringIO(), io.StringIO()
+    kw.setdefault("ts_from", "2026-11-22")
+    kw.setdefault("ts_to", "2026-11-24")
+    code = export_main(archive_dir=str(tmp_path), out=out, err=err, **kw)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_neutralise():
+    assert [neutralise(x) for x in ["=1", "+1", "-1", "@x", "\tx", "\rx", "ok", ""]] == [
+        "'=1", "'+1", "'-1", "'@x", "'\tx", "'\rx", "ok", ""]
+
+
+def test_csv_export_signed_and_neutralised(tmp_path):
+    build(tmp_path)
+    target = tmp_path / "out" / "audit.csv"
+    target.parent.mkdir()
+    code, _, err = run(tmp_path, output=str(target), bom=True, hmac_key_env=KEY.decode())
+    assert code == 0 and "4 record(s)" in err
+    data = target.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and b"\r\n" in data
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+    assert [r["request_id"] for r in rows] == ["chatcmpl-1", "chatcmpl-2", "chatcmpl-3", "chatcmpl-4"]
+    assert rows[0]["prompt"] == "'=HYPERLINK(\"http://evil\")"
+    assert rows[1]["output"] == "'-1+2"
+    assert rows[2]["prompt"] == "Ünïcode 中文, \"quoted\"\nnew line" and rows[2]["output"] == "'@SUM(A1)"
+    assert rows[0]["stream"] == "" and rows[0]["prompt_tokens"] == ""
+    assert json.loads(rows[0]["params"])["max_tokens"] == 16
+    assert rows[0]["seq"] == "1" and rows[0]["hash"].startswith("hmac-sha256:")
+    sha = (target.parent / "audit.csv.sha256").read_text()
+    assert sha == f"{hashlib.sha256(data).hexdigest()}  audit.csv\n"
+    mac = (target.parent / "audit.csv.hmac").read_text()
+    assert mac == f"hmac-sha256:{hmac.new(KEY, data, hashlib.sha256).hexdigest()}  audit.csv\n"
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    assert not list(target.parent.glob(".*partial"))
+
+
+def test_filters_and_jsonl_are_archive_lines(tmp_path):
+    build(tmp_path)
+    code, out, _ = run(tmp_path, fmt="jsonl", user="alice", model="tiny", ts_from="2026-11-22T06:30:00Z")
+    assert code == 0
+    recs = [json.loads(x) for x in out.splitlines()]
+    assert [r["request_id"] for r in recs] == ["chatcmpl-3"]
+    archived = (tmp_path / "audit-2026-11-23.jsonl").read_text().splitlines()[0]
+    assert out.splitlines()[0] == archived  # byte-identical: still verifiable with the key
+    assert Chain(KEY).verify_record(recs[0])
+    code, out, _ = run(tmp_path, fmt="jsonl", grep="中文")
+    assert [json.loads(x)["request_id"] for x in out.splitlines()] == ["chatcmpl-3"]
+    code, out, _ = run(tmp_path, fmt="jsonl", grep="HYPERLINK", ts_to="2026-11-22T06:00:00Z")
+    assert out == ""  # half-open window excludes the `to` instant
+
+
+def test_export_reads_gz_and_reports_deleted_days(tmp_path):
+    build(tmp_path)
+    t = [DAY1 + 2 * 86400]
+    w = ArchiveWriter.open(tmp_path, Chain(KEY), None, clock=lambda: t[0])
+    w.append(rec(5, "2026-11-24T01:00:00.000Z"))
+    w.flush()  # seals 2026-11-23 so retention may touch it
+    w.close()
+    acts = apply_retention(tmp_path, now=DAY1 + 40 * 86400, compress_after_days=30)
+    assert [a.action for a in acts] == ["compressed", "compressed"]
+    code, out, _ = run(tmp_path, fmt="jsonl")
+    assert code == 0 and len(out.splitlines()) == 4
+    apply_retention(tmp_path, now=DAY1 + 40 * 86400, delete_after_days=30)
+    code, out, err = run(tmp_path, fmt="jsonl")
+    assert out == "" and "deleted by retention" in err
+
+
+def test_usage_errors(tmp_path):
+    assert run(tmp_path, ts_from="yesterday")[0] == 2
+    assert run(tmp_path, ts_from="2026-11-23", ts_to="2026-11-22")[0] == 2
+    assert run(tmp_path, fmt="xlsx")[0] == 2
+    assert run(tmp_path, source="loki")[0] == 2
+    assert export_main(ts_from="2026-11-22", ts_to="2026-11-23", archive_dir=str(tmp_path / "nope"),
+                       out=io.StringIO(), err=io.StringIO()) == 2
+
+
+# -- Loki source ---------------------------------------------------------------------
+
+def _loki(entries, limit_calls):
+    """MockTransport answering query_range from (ts_ns, line, stream) tuples."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/loki/api/v1/query_range"
+        q = request.url.params
+        limit_calls.append(dict(q))
+        assert q["direction"] == "forward"
+        start, end, limit = int(q["start"]), int(q["end"]), int(q["limit"])
+        hits = sorted(e for e in entries if start <= e[0] < end)[:limit]
+        streams = {}
+        for ts, line, stream in hits:
+            streams.setdefault(stream, []).append([str(ts), line])
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "streams", "result": [
+            {"stream": {"service_name": "vllm-audit", "s": s}, "values": v} for s, v in streams.items()]}})
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def test_query_range_paginates_and_dedupes_boundary():
+    base = 1_000_000_000_000
+    entries = [(base + i // 3, f"line{i}", "a" if i % 2 else "b") for i in range(10)]  # 3 share each ns
+    calls = []
+    got = list(query_range(_loki(entries, calls), "http://loki:3100", "{x}", base, base + 100, limit=4))
+    assert sorted(got) == sorted((ts, line) for ts, line, _ in entries)
+    assert len(got) == 10 and len(calls) >= 3
+    assert int(calls[1]["start"]) == max(ts for ts, _ in got[:4])  # restart AT the last timestamp
+
+
+def test_query_range_steps_past_a_full_page_of_one_timestamp():
+    entries = [(5, f"l{i}", "a") for i in range(6)] + [(9, "after", "a")]
+    got = list(query_range(_loki(entries, []), "http://l", "{x}", 0, 100, limit=4))
+    assert ("after" in [line for _, line in got]) and len(set(got)) == len(got)
+
+
+def test_export_from_loki(tmp_path):
+    lines = [dumps_line(rec(i, f"2026-11-22T0{i}:00:00.000Z", user="alice" if i % 2 else "bob"))
+             for i in range(1, 6)]
+    entries = [(int((DAY1 - 6 * 3600 + i * 3600) * 1e9), line, "a") for i, line in enumerate(lines, 1)]
+    calls = []
+    out, err = io.StringIO(), io.StringIO()
+    code = export_main(ts_from="2026-11-22T00:00:00Z", ts_to="2026-11-23T00:00:00Z", source="loki",
+                       loki_url="http://loki:3100", user="alice", fmt="jsonl",
+                       http_client=_loki(entries, calls), out=out, err=err)
+    assert code == 0, err.getvalue()
+    assert [json.loads(x)["request_id"] for x in out.getvalue().splitlines()] == [
+        "chatcmpl-1", "chatcmpl-3", "chatcmpl-5"]
+    assert calls[0]["query"] == '{service_name="vllm-audit"} |= "\\"user\\":\\"alice\\""'
+
+
+def test_build_query_escapes():
+    q = build_query(None, model='m"x', grep="a.b(c)")
+    assert q == '{service_name="vllm-audit"} |= "\\"model\\":\\"m\\\\\\"x\\"" |~ "(?i)a\\\\.b\\\\(c\\\\)"'
+    assert "|~" not in build_query(None, grep='with "quote"')  # client-side only
+
+
+def test_loki_http_error_is_reported(tmp_path):
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(500, text="boom")))
+    err = io.StringIO()
+    code = export_main(ts_from="2026-11-22", ts_to="2026-11-23", source="loki", loki_url="http://l",
+                       http_client=client, out=io.StringIO(), err=err)
+    assert code == 1 and "export failed" in err.getvalue()

@@ -1,0 +1,111 @@
+import copy
+import hashlib
+import hmac
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.compliance.detect import luhn_valid
+from exporter.compliance.policy import make_policy, redact
+from exporter.record import new_record
+
+_W = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def record():
+    r = new_record()
+    r.update(prompt="mail bob@example.com from 10.1.2.3", output="card 4111111111111111",
+             choices=[{"index": 0, "text": "card 4111111111111111", "finish_reason": "stop"},
+                      {"index": 1, "text": "call 13812345678", "finish_reason": "stop"}],
+             identity={"headers": {"x-openwebui-user-email": "bob@example.com", "x-user": "bob"},
+                       "user_field": "bob", "api_key_hash": "abc"})
+    return r
+
+
+def test_redact_uses_typed_masks():
+    assert redact("a@example.com 13812345678 11010519491231002X 4111111111111111 8.8.8.8 "
+                  "sk-abcdefghijklmnopqrstuvwxyz") == "[EMAIL] [PHONE] [CN_ID] [BANK_CARD] [IPV4] [SECRET]"
+
+
+def test_loki_default_redacts_and_never_mutates():
+    r = record()
+    before = copy.deepcopy(r)
+    out = make_policy("loki")(r)
+    assert r == before
+    assert out["prompt"] == "mail [EMAIL] from [IPV4]"
+    assert out["output"] == "card [BANK_CARD]"
+    assert [c["text"] for c in out["choices"]] == ["card [BANK_CARD]", "call [PHONE]"]
+    assert out["identity"]["headers"] == {"x-openwebui-user-email": "[EMAIL]", "x-user": "bob"}
+    assert "bob@example.com" not in repr(out)
+
+
+def test_archive_default_is_full_copy():
+    r = record()
+    out = make_policy("archive")(r)
+    assert out == r and out is not r
+
+
+def test_hash_mode_is_keyed_and_comparable():
+    key = b"policy-key"
+    pol = make_policy("loki", "hash", "omit", key)
+    a, b = pol(record()), pol(record())
+    expected = "hmac-sha256:" + hmac.new(key, record()["prompt"].encode(), hashlib.sha256).hexdigest()
+    assert a["prompt"] == b["prompt"] == expected
+    assert a["output"] is None and [c["text"] for c in a["choices"]] == [None, None]
+
+
+def test_invalid_modes_and_missing_key():
+    with pytest.raises(ValueError, match="needs an HMAC key"):
+        make_policy("loki", "hash", "full", None)
+    with pytest.raises(ValueError, match="unknown content mode"):
+        make_policy("loki", "mask", None, None)
+    with pytest.raises(ValueError, match="unknown destination"):
+        make_policy("s3", None, None, None)
+
+
+def test_none_values_stay_none():
+    r = new_record()
+    assert make_policy("loki", "redact", "hash", b"k")(r)["prompt"] is None
+
+
+# -- property: generated PII embedded anywhere never survives redaction ---------------
+
+_local = st.text("abcdefghijklmnopqrstuvwxyz0123456789._+-", min_size=1, max_size=20).filter(
+    lambda s: s[0].isalnum() and s[-1].isalnum())
+_label = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
+emails = st.builds(lambda l, d, t: f"{l}@{d}.{t}", _local, _label, st.sampled_from(["com", "cn", "org", "io"]))
+
+
+def _luhn(prefix):
+    return next(prefix + d for d in "0123456789" if luhn_valid(prefix + d))
+
+
+cards = st.builds(lambda first, rest: _luhn(first + rest), st.sampled_from("3456"),
+                  st.text("0123456789", min_size=14, max_size=17))
+
+
+def _cn_id(region, y, m, d, serial):
+    body = f"{region}{y:04d}{m:02d}{d:02d}{serial:03d}"
+    return body + "10X98765432"[sum(int(c) * w for c, w in zip(body, _W)) % 11]
+
+
+ids = st.builds(_cn_id, st.integers(110000, 659999).map(str), st.integers(1900, 2020), st.integers(1, 12),
+                st.integers(1, 28), st.integers(0, 999))
+phones = st.builds(lambda p, n: f"1{p}{n:09d}", st.sampled_from("3456789"), st.integers(0, 999_999_999))
+filler = st.text(st.sampled_from(list("abc xyz,.;:!?()[]{}\"'\n\t中文测试，。")), max_size=30)
+
+
+# Values touching other digits are a different number (two glued cards are a
+# 32-digit run), so each value gets a separator; letters/CJK may touch it.
+seps = st.sampled_from([" ", ",", "：", "\n", "(", "中", "x", "id:"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(filler, seps, st.one_of(emails, cards, ids, phones)), min_size=1, max_size=5),
+       seps, filler)
+def test_redaction_never_leaks_a_raw_value(parts, sep, tail):
+    text = "".join(f + s + v for f, s, v in parts) + sep.replace("x", " ") + tail
+    out = redact(text)
+    for _, _, value in parts:
+        assert value not in out
