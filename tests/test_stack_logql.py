@@ -82,7 +82,7 @@ def test_ruler_rules_follow_the_alert_conventions():
                 assert rule["labels"]["severity"] in {"critical", "warning", "info"}
                 assert rule["annotations"]["summary"].endswith(".")
                 assert "{{" in rule["annotations"]["description"]
-                assert "docs/operations.md#" in rule["annotations"]["runbook_url"]
+                assert "README.md#" in rule["annotations"]["runbook_url"]
 
 
 def test_npm_lockfile_pins_the_grammar():

@@ -103,12 +103,12 @@ def test_alerts_follow_the_mixin_conventions():
         url = ann["runbook_url"]
         assert url.startswith("https://") and "#" in url, name
         anchor = url.split("#", 1)[1]
-        assert url.split("#")[0].endswith("docs/operations.md"), name
-        assert anchor in anchors, f"{name}: no section #{anchor} in docs/operations.md"
+        assert url.split("#")[0].endswith("README.md"), name
+        assert anchor in anchors, f"{name}: no section #{anchor} in README.md"
 
 
 def runbook_anchors() -> set[str]:
-    text = (REPO / "docs" / "operations.md").read_text()
+    text = (REPO / "README.md").read_text()
     return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
             for h in re.findall(r"^#+ (.+)$", text, re.M)}
 
