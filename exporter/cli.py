@@ -45,6 +45,10 @@ def make_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check the archive's hash chain and manifests")
     verify.add_argument("archive_dir", metavar="DIR")
     verify.add_argument("--hmac-key-file", default=None, help="HMAC key file [env VLLM_AUDIT_HMAC_KEY]")
+    retention = sub.add_parser("retention", help="compress or delete old archive days now")
+    retention.add_argument("archive_dir", metavar="DIR")
+    retention.add_argument("--compress-after-days", type=int, default=None, metavar="DAYS")
+    retention.add_argument("--delete-after-days", type=int, default=None, metavar="DAYS")
     export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
     _add_export_args(export)
     return parser
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "retention":
+            return cmd_retention(args)
         if args.command == "export":
             from .compliance.export import export_main
             return export_main(
@@ -115,6 +121,19 @@ def cmd_verify(args) -> int:
     return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
                        hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
                        expected_state=saved.get("archive"))
+
+
+def cmd_retention(args) -> int:
+    from .compliance.retention import retention_main
+    from .loki.state import load_position
+    keep = None
+    loki_state = Path(args.archive_dir) / ".state" / "loki.json"
+    if loki_state.exists():  # Loki is in use: keep what it has not shipped
+        name = load_position(loki_state)[0].file
+        keep = name[len("audit-"):len("audit-") + 10] if name else ""
+    return retention_main(args.archive_dir, compress_after_days=args.compress_after_days,
+                          delete_after_days=args.delete_after_days, keep_from_day=keep,
+                          out=sys.stdout)
 
 
 # ------------------------------------------------------------------- replay
@@ -236,10 +255,35 @@ def _graceful_server(config):
     return Server(config)
 
 
+def _keep_from_day(rt) -> str | None:
+    """Retention never touches a day Loki has not finished shipping (the
+    pusher reads plain .jsonl files only)."""
+    if rt.loki is None:
+        return None
+    name = rt.loki.position.file
+    return name[len("audit-"):len("audit-") + 10] if name else ""
+
+
+def _retention(rt) -> None:
+    s = rt.settings
+    if not (s.retention_compress_days or s.retention_delete_days):
+        return
+    from .compliance.retention import apply_retention
+    try:
+        apply_retention(s.archive_dir, now=time.time(), compress_after_days=s.retention_compress_days,
+                        delete_after_days=s.retention_delete_days, keep_from_day=_keep_from_day(rt))
+    except OSError as exc:  # retention must never stop auditing
+        print(f"{PROG}: retention failed: {exc}", file=sys.stderr)
+
+
 def _pipeline_loop(rt, stop: threading.Event) -> None:
     pipeline = rt.pipeline
+    next_retention = 0.0
     try:
         while not stop.is_set():
+            if time.monotonic() >= next_retention:
+                _retention(rt)
+                next_retention = time.monotonic() + 3600
             n = pipeline.step()
             if rt.loki is not None:
                 rt.health.loki = rt.loki.status.report()

@@ -110,6 +110,11 @@ OPTIONS: tuple[Option, ...] = (
            "full", "str", _BOTH, "MODE"),
     Option("--archive-output-policy", "archive_output_policy", "output text kept in the archive",
            "full", "str", _BOTH, "MODE"),
+    Option("--retention-compress-days", "retention_compress_days", "gzip archive days older "
+           "than this (checked hourly; manifests keep the chain verifiable)", None, "int",
+           ("run",), "DAYS"),
+    Option("--retention-delete-days", "retention_delete_days", "delete archive days older than "
+           "this (their manifests stay)", None, "int", ("run",), "DAYS"),
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
 )
 
@@ -146,6 +151,8 @@ class Settings:
     loki_prompt_policy: str = "redact"
     loki_output_policy: str = "redact"
     progress: bool = True
+    retention_compress_days: int | None = None
+    retention_delete_days: int | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -239,6 +246,11 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
                        ("loki_batch_wait", "--loki-batch-wait"), ("loki_batch_bytes", "--loki-batch-bytes")):
         _positive(v, dest, flag)
     _positive(v, "merge_grace", "--merge-grace", allow_zero=True)
+    _positive(v, "retention_compress_days", "--retention-compress-days")
+    _positive(v, "retention_delete_days", "--retention-delete-days")
+    if (v.get("retention_compress_days") and v.get("retention_delete_days")
+            and v["retention_delete_days"] <= v["retention_compress_days"]):
+        raise SettingsError("--retention-delete-days must be greater than --retention-compress-days")
     try:
         ZoneInfo(v["server_timezone"])
     except (ZoneInfoNotFoundError, ValueError):
@@ -327,6 +339,8 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         loki_prompt_policy=v["loki_prompt_policy"],
         loki_output_policy=v["loki_output_policy"],
         progress=not v.get("no_progress"),
+        retention_compress_days=v.get("retention_compress_days"),
+        retention_delete_days=v.get("retention_delete_days"),
     )
 
 
