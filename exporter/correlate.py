@@ -128,6 +128,26 @@ class Correlator:
     def feed(self, event: ev.Event, t: float | None) -> None:
         """File one event; ``t`` is its resolved time (epoch seconds) or None."""
         kind = event.kind
+        if kind == ev.OUTPUT or kind == ev.OUTPUT_DETAILS:
+            # Fast path for the bulk of a log (one line per stream delta): the
+            # request is known under this id already, so only its times and
+            # outputs change -- the same effects as the general path below.
+            key = self.by_log_id.get(event.request_id)
+            entry = self.inflight.get(key) if key is not None else None
+            if entry is not None and entry["log_id"] is not None:
+                if t is not None:
+                    if entry["first_t"] is None:
+                        entry["first_t"] = t
+                    last = entry["last_t"]
+                    entry["last_t"] = t if last is None else max(last, t)
+                when = event.when
+                if when is not None and when.year is not None:
+                    entry["precise"] = True
+                if kind == ev.OUTPUT:
+                    self._output(entry, event.data, t)
+                else:
+                    self._output_details(entry, event.data)
+                return  # no new entry: the in-flight bound still holds
         if kind == ev.MIDDLEWARE:
             line = event.data.get("line") or {}
             key = str(line.get("request_id") or line.get("response_id") or "")
@@ -180,16 +200,20 @@ class Correlator:
         elif kind == ev.OUTPUT:
             self._output(entry, event.data, t)
         elif kind == ev.OUTPUT_DETAILS:
-            ids = event.data.get("output_token_ids")
-            # Only a non-streaming list is the whole output: a stream's deltas
-            # with empty text are never logged, so summing delta lists
-            # under-counts (seen on 0.32: 14 logged of 16 generated).
-            if ids is not None and not event.data.get("stream_info"):
-                n = _count(ids)
-                entry["out_ids"] = (entry["out_ids"] or 0) + n
-                if self.max_log_len is not None and n >= self.max_log_len:
-                    entry["out_ids_truncated"] = True  # a cut list is no count
-        self._bound()
+            self._output_details(entry, event.data)
+        if len(self.inflight) > self.max_inflight:
+            self._bound()
+
+    def _output_details(self, entry: dict, data: dict) -> None:
+        ids = data.get("output_token_ids")
+        # Only a non-streaming list is the whole output: a stream's deltas
+        # with empty text are never logged, so summing delta lists
+        # under-counts (seen on 0.32: 14 logged of 16 generated).
+        if ids is not None and not data.get("stream_info"):
+            n = _count(ids)
+            entry["out_ids"] = (entry["out_ids"] or 0) + n
+            if self.max_log_len is not None and n >= self.max_log_len:
+                entry["out_ids_truncated"] = True  # a cut list is no count
 
     def _output(self, entry: dict, data: dict, t: float | None) -> None:
         info = data.get("stream_info") or ""

@@ -45,6 +45,7 @@ class Source:
     health: object | None = None
     metrics: object | None = None
     finished: bool = False  # replay: read to EOF
+    cr: bool = False  # the last line ended in \r\n: the next one is a continuation
 
 
 @dataclass
@@ -62,8 +63,10 @@ class Pipeline:
     def __init__(self, *, sources: list[Source], correlator: Correlator, resolver,
                  sinks: Sinks, selfm, ctx: AssembleContext, checkpoint_path: Path,
                  users=None, live: bool = True, clock: Callable[[], float] = time.time,
-                 checkpoint_interval: float = 1.0, batch_lines: int = 4096, health=None):
+                 checkpoint_interval: float = 1.0, batch_lines: int = 4096, health=None,
+                 logging_prefix: str = ""):
         self.sources = sources
+        self.logging_prefix = logging_prefix  # vLLM's VLLM_LOGGING_PREFIX, exactly
         self.correlator = correlator
         self.resolver = resolver
         self.sinks = sinks
@@ -77,6 +80,7 @@ class Pipeline:
         self.batch_lines = batch_lines
         self.health = health
         self._last_commit = clock()
+        self._when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
         self.records_emitted = 0
         for src in sources:
             src.metrics = selfm.source(src.name)
@@ -86,6 +90,10 @@ class Pipeline:
         if not state:
             return
         self.correlator.restore(state.get("correlator"))
+        continued = state.get("continued") or {}
+        for src in self.sources:
+            src.cr = bool(continued.get(src.name))
+        self._when_cache = (None, None)
         if state.get("time") is not None:
             self.resolver.restore(state["time"])
 
@@ -101,8 +109,8 @@ class Pipeline:
         n = 0
         for src in todo:
             lines = src.tailer.poll(self.batch_lines)
-            for line in lines:
-                self._line(src, line)
+            if lines:
+                self._lines(src, lines)
             n += len(lines)
             if not self.live and not lines and src.tailer.at_eof:
                 src.finished = True
@@ -128,25 +136,66 @@ class Pipeline:
         return min(marks) if marks else math.inf
 
     def _line(self, src: Source, line) -> None:
-        src.metrics.lines.inc()
-        src.metrics.bytes.inc(line.nbytes)
-        result = parse_line(line.text)
-        if isinstance(result, ev.Ignored):
-            if result.reason.startswith("malformed"):
-                self.selfm.parse_errors.labels(result.reason).inc()
+        self._lines(src, (line,))
+
+    def _lines(self, src: Source, lines) -> None:
+        """Parse and file one batch. Hot loop: per-line work is one parse, one
+        dict probe for the time and one feed; self metrics are added once per
+        batch (same totals as per line, far fewer lock round trips)."""
+        m = src.metrics
+        m.lines.inc(len(lines))
+        m.bytes.inc(sum([line.nbytes for line in lines]))
+        ignored: dict[str, int] = {}
+        parse = parse_line
+        feed = self.correlator.feed
+        ignored_cls = ev.Ignored
+        access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
+        # Lines of one second share one header time: resolve it once. The
+        # resolver's answer and its state depend only on ``when`` and the last
+        # resolved (year, month), which the same ``when`` leaves unchanged.
+        last_when, last_t = self._when_cache
+        src_t = src.last_t
+        prefix, continued = self.logging_prefix, src.cr
+        for line in lines:
+            if line.truncated:  # over --max-line-bytes: cannot be parsed whole
+                ignored["line_too_long"] = ignored.get("line_too_long", 0) + 1
+                continued = line.cr
+                continue
+            if continued or prefix:
+                result = parse(line.text, logging_prefix=prefix, continued=continued)
             else:
-                self.selfm.lines_ignored.labels(result.reason).inc()
-            return
-        if result.kind == ev.MIDDLEWARE_DROPPED:
-            self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
-            return
-        if result.kind == ev.ACCESS:
-            self.selfm.lines_ignored.labels("access").inc()
-            return
-        t = self.resolver.resolve(result.when) if result.when is not None else None
-        if t is not None and (src.last_t is None or t > src.last_t):
-            src.last_t = t
-        self.correlator.feed(result, t)
+                result = parse(line.text)
+            continued = line.cr
+            if result.__class__ is ignored_cls or isinstance(result, ignored_cls):
+                reason = result.reason
+                ignored[reason] = ignored.get(reason, 0) + 1
+                continue
+            kind = result.kind
+            if kind is access or kind == access:
+                ignored["access"] = ignored.get("access", 0) + 1
+                continue
+            if kind == dropped_kind:
+                self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
+                continue
+            when = result.when
+            if when is None:
+                t = None
+            elif when == last_when:
+                t = last_t
+            else:
+                t = last_t = self.resolver.resolve(when)
+                last_when = when
+            if t is not None and (src_t is None or t > src_t):
+                src_t = src.last_t = t
+            feed(result, t)
+        src.cr = continued
+        self._when_cache = (last_when, last_t)
+        selfm = self.selfm
+        for reason, count in ignored.items():
+            if reason.startswith("malformed"):
+                selfm.parse_errors.labels(reason).inc(count)
+            else:
+                selfm.lines_ignored.labels(reason).inc(count)
 
     def _emit(self, entries: list[dict]) -> None:
         if not entries:
@@ -155,20 +204,30 @@ class Pipeline:
         if ctx.middleware_seen != self.correlator.middleware_seen:
             ctx = self.ctx = AssembleContext(**{**ctx.__dict__,
                                                 "middleware_seen": self.correlator.middleware_seen})
-        for entry in entries:
-            rec = build_record(entry, ctx)
-            if rec is None:
-                self.selfm.evictions.labels("unmatched").inc()
-                continue
-            found = self.sinks.detect(rec)
-            if found:
-                rec["flags"] = sorted(set(rec["flags"]) | set(found))
-            self.sinks.metrics.observe(rec)
-            self.sinks.archive.append(self.sinks.archive_policy(rec))
-            self.selfm.records.inc()
-            self.records_emitted += 1
-            for hook in self.sinks.on_record:
-                hook(rec)
+        sinks = self.sinks
+        detect, observe = sinks.detect, sinks.metrics.observe
+        append, policy, hooks = sinks.archive.append, sinks.archive_policy, sinks.on_record
+        done = unmatched = 0
+        try:
+            for entry in entries:
+                rec = build_record(entry, ctx)
+                if rec is None:
+                    unmatched += 1
+                    continue
+                found = detect(rec)
+                if found:
+                    rec["flags"] = sorted(set(rec["flags"]) | set(found))
+                observe(rec)
+                append(policy(rec))
+                done += 1
+                for hook in hooks:
+                    hook(rec)
+        finally:
+            if unmatched:
+                self.selfm.evictions.labels("unmatched").inc(unmatched)
+            if done:
+                self.selfm.records.inc(done)
+                self.records_emitted += done
 
     def _source_health(self, src: Source) -> None:
         t = src.tailer
@@ -191,6 +250,7 @@ class Pipeline:
         return {
             "version": CHECKPOINT_VERSION,
             "sources": {s.name: s.tailer.position() for s in self.sources},
+            "continued": {s.name: s.cr for s in self.sources},
             "correlator": self.correlator.state(),
             "time": self.resolver.state(),
             "metrics": self.sinks.metrics.snapshot(),

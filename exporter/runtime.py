@@ -112,7 +112,8 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     pipeline = Pipeline(sources=sources, correlator=correlator, resolver=resolver, sinks=sinks,
                         selfm=selfm, ctx=ctx, checkpoint_path=checkpoint_path(settings),
                         users=users, live=live, clock=clock,
-                        checkpoint_interval=settings.checkpoint_interval, health=health)
+                        checkpoint_interval=settings.checkpoint_interval, health=health,
+                        logging_prefix=settings.vllm_logging_prefix)
     pipeline.restore(saved)
     rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
                  selfm=selfm, health=health, pipeline=pipeline, archive=archive)

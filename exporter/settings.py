@@ -59,6 +59,9 @@ OPTIONS: tuple[Option, ...] = (
            "(vLLM serves one model; INFO logs never name it)", None, "str", _BOTH, "NAME"),
     Option("--server-timezone", "server_timezone", "IANA zone of vLLM's log timestamps (its "
            "text format has no zone)", "UTC", "str", _BOTH, "ZONE"),
+    Option("--vllm-logging-prefix", "vllm_logging_prefix", "vLLM's VLLM_LOGGING_PREFIX, if set "
+           "there (written before every line); other unknown prefixes are refused", "", "str",
+           _BOTH, "TEXT"),
     Option("--max-log-len", "max_log_len", "vLLM's --max-log-len, if set there: logged prompts, "
            "outputs and token-id lists of this length are treated as truncated", None, "int",
            _BOTH, "N"),
@@ -151,6 +154,7 @@ class Settings:
     loki_prompt_policy: str = "redact"
     loki_output_policy: str = "redact"
     progress: bool = True
+    vllm_logging_prefix: str = ""
     retention_compress_days: int | None = None
     retention_delete_days: int | None = None
 
@@ -339,6 +343,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         loki_prompt_policy=v["loki_prompt_policy"],
         loki_output_policy=v["loki_output_policy"],
         progress=not v.get("no_progress"),
+        vllm_logging_prefix=v.get("vllm_logging_prefix") or "",
         retention_compress_days=v.get("retention_compress_days"),
         retention_delete_days=v.get("retention_delete_days"),
     )

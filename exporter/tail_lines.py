@@ -22,14 +22,18 @@ class Line:
     """One line: ``text`` (no ``\\n``, no ``\\r`` before it), ``nbytes`` (raw
     bytes including the newline), ``pos`` (position right after it),
     ``truncated`` (text cut to max_line_bytes), ``partial`` (no newline: its
-    file ended for us). ``pos`` is built on first access: the pipeline reads
-    it for one line per checkpoint, and building it costs a digest."""
+    file ended for us), ``cr`` (it ended in ``\r\n``: vLLM's NewLineFormatter
+    writes that inside a multi-line message, so the *next* line is a
+    continuation whatever it looks like). ``pos`` is built on first access:
+    the pipeline reads it for one line per checkpoint, and building it costs
+    a digest."""
 
-    __slots__ = ("text", "nbytes", "truncated", "partial", "_pos")
+    __slots__ = ("text", "nbytes", "truncated", "partial", "cr", "_pos")
 
-    def __init__(self, text: str, nbytes: int, pos, truncated: bool = False, partial: bool = False):
+    def __init__(self, text: str, nbytes: int, pos, truncated: bool = False, partial: bool = False,
+                 cr: bool = False):
         self.text, self.nbytes, self._pos = text, nbytes, pos
-        self.truncated, self.partial = truncated, partial
+        self.truncated, self.partial, self.cr = truncated, partial, cr
 
     @property
     def pos(self) -> dict:
@@ -177,8 +181,10 @@ class LineCutter:
                 stats.long_lines += 1
                 out.append(Line(decode(cut_utf8(raw[:maxb]), stats), size, make_pos(off, tail), True))
                 continue
-            body = raw[:-2] if raw[-2:-1] == b"\r" else raw[:-1]
-            out.append(Line(decode(body, stats), size, make_pos(off, tail)))
+            if raw[-2:-1] == b"\r":
+                out.append(Line(decode(raw[:-2], stats), size, make_pos(off, tail), cr=True))
+            else:
+                out.append(Line(decode(raw[:-1], stats), size, make_pos(off, tail)))
         del buf[:i]
         self.line_off, self.tail, self._scan = off, bytes(tail), max(0, scan - i)
 

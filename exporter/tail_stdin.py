@@ -100,7 +100,8 @@ class StdinTailer:
             self._count += 1
             self.stats.lines += 1
             self.stats.bytes += total
-            out.append(Line(decode(body, self.stats), total, self.position(), truncated, partial))
+            out.append(Line(decode(body, self.stats), total, self.position(), truncated, partial,
+                            cr=raw.endswith(b"\r\n")))
         return out
 
     def close(self) -> None:

@@ -151,11 +151,17 @@ def test_broken_output_lines_are_malformed(line):
         ('{"type": "vllm_audit_middleware_dropped", "dropped": -1}', "malformed_middleware"),
         ('{"some": "json"}', "not_vllm"),
         ("[1, 2]", "not_vllm"),
+        ("INFO 10-21 12:00:00 [request_logger.py:74] Request x JSON body: N/A", "malformed_body"),
         ("{not json", "not_vllm"),
     ],
 )
 def test_ignored_reasons(line, reason):
     assert parse_line(line) == Ignored(reason)
+
+
+def test_access_line_with_request_in_the_status_phrase():
+    result = parse_line('INFO:     127.0.0.1:1 - "POST /v1/chat/completions HTTP/1.1" 400 Bad Request')
+    assert (result.kind, result.data["status"]) == ("access", 400)
 
 
 def test_body_line_shapes():
