@@ -13,34 +13,16 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..compliance.files import fsync_dir
+from ..compliance.files import write_atomic as write_bytes_atomic
 from .archive_reader import Position
 
 FILE_MODE = 0o640
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_bytes_atomic(path, json.dumps(obj, separators=(",", ":")).encode(), FILE_MODE)
 
 
 def load_position(path: Path) -> tuple[Position, str | None]:
@@ -98,4 +80,4 @@ class DeadLetters:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
