@@ -214,17 +214,25 @@ def cmd_run(settings) -> int:
     for t in threads:
         t.start()
     app = create_app(registry=rt.registry, health=rt.health)
+    # Bounded shutdown: a scraper holding a connection open must not keep the
+    # exporter alive after SIGTERM (orchestrators send SIGKILL soon after).
     config = uvicorn.Config(app, host=settings.listen_host, port=settings.listen_port,
-                            log_level="warning", access_log=False)
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     server = _graceful_server(config)
     try:
         server.run()  # returns on SIGINT/SIGTERM
     finally:
         stop.set()
+        # The pipeline commits within a poll interval. A Loki push in flight
+        # gets 2 s, then its connection is closed: an unacknowledged batch is
+        # simply sent again on the next start (Loki deduplicates it). Past the
+        # deadline we exit anyway; nothing uncommitted is lost, it is re-derived.
+        deadline = time.monotonic() + 10
         for t in threads:
-            t.join(timeout=30)
-        if rt.loki is not None:
-            rt.loki.close()
+            if t.name == "loki":
+                t.join(timeout=2)
+                rt.loki.close()
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
     return 0
 
 

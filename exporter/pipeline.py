@@ -46,6 +46,7 @@ class Source:
     metrics: object | None = None
     finished: bool = False  # replay: read to EOF
     cr: bool = False  # the last line ended in \r\n: the next one is a continuation
+    seen: dict = field(default_factory=dict)  # tailer counter values already exported
 
 
 @dataclass
@@ -80,6 +81,12 @@ class Pipeline:
         self.batch_lines = batch_lines
         self.health = health
         self._last_commit = clock()
+        # The archive as of the last checkpoint: what crash recovery keeps,
+        # so the only part the Loki pusher may read and acknowledge.
+        self.committed_archive: dict | None = None
+        # (request_id, ts) already archived: set only when starting without a
+        # usable checkpoint over a non-empty archive (exporter/recovery.py).
+        self.skip_keys: set | None = None
         self._when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
         self.records_emitted = 0
         for src in sources:
@@ -90,6 +97,7 @@ class Pipeline:
         if not state:
             return
         self.correlator.restore(state.get("correlator"))
+        self.committed_archive = state.get("archive")
         continued = state.get("continued") or {}
         for src in self.sources:
             src.cr = bool(continued.get(src.name))
@@ -207,12 +215,16 @@ class Pipeline:
         sinks = self.sinks
         detect, observe = sinks.detect, sinks.metrics.observe
         append, policy, hooks = sinks.archive.append, sinks.archive_policy, sinks.on_record
-        done = unmatched = 0
+        done = unmatched = skipped = 0
+        skip = self.skip_keys
         try:
             for entry in entries:
                 rec = build_record(entry, ctx)
                 if rec is None:
                     unmatched += 1
+                    continue
+                if skip is not None and (rec["request_id"], rec["ts"]) in skip:
+                    skipped += 1
                     continue
                 found = detect(rec)
                 if found:
@@ -225,6 +237,8 @@ class Pipeline:
         finally:
             if unmatched:
                 self.selfm.evictions.labels("unmatched").inc(unmatched)
+            if skipped:
+                self.selfm.evictions.labels("already_archived").inc(skipped)
             if done:
                 self.selfm.records.inc(done)
                 self.records_emitted += done
@@ -234,6 +248,13 @@ class Pipeline:
         m = src.metrics
         up = bool(getattr(t, "up", True))
         m.up.set(1 if up else 0)
+        stats = getattr(t, "stats", None)
+        if stats is not None:  # the tailer counts; export what is new since last time
+            for attr, counter in (("rotations", m.rotations), ("truncations", m.truncations)):
+                value = getattr(stats, attr, 0)
+                if value > src.seen.get(attr, 0):
+                    counter.inc(value - src.seen.get(attr, 0))
+                src.seen[attr] = value
         h = src.health
         if h is not None:
             h.up = up
@@ -265,7 +286,9 @@ class Pipeline:
         self._last_commit = self.clock()
         try:
             self.sinks.archive.flush()
-            write_atomic(str(self.checkpoint_path), self.state())
+            state = self.state()
+            write_atomic(str(self.checkpoint_path), state)
+            self.committed_archive = state["archive"]
         except (OSError, CheckpointError) as exc:
             self.selfm.checkpoint_failed()
             if self.health is not None:

@@ -73,6 +73,11 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     saved = read_checkpoint(str(checkpoint_path(settings))).state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
                                  saved.get("archive"), clock=clock)
+    skip_keys = None
+    if not saved and archive.state().get("seq", 0) > 0:
+        from .recovery import rebuild_from_archive, warn
+        skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
+        warn(settings.archive_dir, len(skip_keys))
     if saved.get("users") is not None:
         users.restore(saved["users"])
     if saved.get("metrics") is not None:
@@ -87,7 +92,7 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
             sh = health.add_source(name, None)
         else:
             tailer = FileTailer(path, position=positions.get(name),
-                                from_start=settings.from_start or not live)
+                                from_start=settings.from_start or not live or skip_keys is not None)
             sh = health.add_source(name, str(path))
         sources.append(Source(name=name, tailer=tailer, health=sh))
 
@@ -115,18 +120,21 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
                         checkpoint_interval=settings.checkpoint_interval, health=health,
                         logging_prefix=settings.vllm_logging_prefix)
     pipeline.restore(saved)
+    pipeline.skip_keys = skip_keys
     rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
                  selfm=selfm, health=health, pipeline=pipeline, archive=archive)
     if settings.loki:
-        rt.loki = build_loki(settings, registry, users, health)
+        rt.loki = build_loki(settings, registry, users, health,
+                             committed=lambda: pipeline.committed_archive)
     return rt
 
 
-def build_loki(settings: Settings, registry, users: UserLabels, health: Health):
+def build_loki(settings: Settings, registry, users: UserLabels, health: Health, committed=None):
     # Users must already be restored (build() does it first): a resent record
     # has to land in the same stream as before, or Loki would store it twice.
     from .loki import LokiPusher, LokiSettings
     policy = _policy("loki", settings.loki_prompt_policy, settings.loki_output_policy,
                      settings.hmac_key)
     return LokiPusher(LokiSettings(**settings.loki), settings.archive_dir, registry,
-                      label_user=users.label, policy=policy, state_dir=settings.state_dir)
+                      label_user=users.label, policy=policy, state_dir=settings.state_dir,
+                      committed=committed)

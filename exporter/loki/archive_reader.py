@@ -9,9 +9,11 @@ being written (or will be cut back by the pipeline's recovery).
 from __future__ import annotations
 
 import os
+import threading
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ARCHIVE_NAME = re.compile(r"^audit-\d{4}-\d\d-\d\d\.jsonl$")
 _CHUNK = 256 * 1024
@@ -45,17 +47,33 @@ def archive_files(directory: Path) -> list[str]:
 class ArchiveReader:
     """Stateless about acknowledgement: the caller passes where to read."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, committed: Callable[[], dict | None] | None = None):
+        """``committed`` returns the archive state of the pipeline's last
+        checkpoint (``{"file", "size", ...}``); only those bytes are read.
+        Bytes past it may still be cut by crash recovery, so acknowledging
+        them could later make Loki receive a record twice (its dedup state
+        is not forever). None: read whole files (tests, tools)."""
         self.directory = Path(directory)
+        self._committed = committed
+        self._lock = threading.Lock()  # backlog caches: pusher and scrape threads
         # file -> (bytes scanned, newlines in them), for an incremental backlog.
         self._counts: dict[str, tuple[int, int]] = {}
         self._prefix: dict[str, tuple[int, int]] = {}  # file -> (acked offset, newlines)
 
     def size(self, name: str) -> int | None:
+        """The readable size: the file's, capped at the committed size."""
         try:
-            return (self.directory / name).stat().st_size
+            actual = (self.directory / name).stat().st_size
         except FileNotFoundError:
             return None
+        if self._committed is None:
+            return actual
+        state = self._committed() or {}
+        if not state.get("file") or name > state["file"]:
+            return 0  # nothing of this file is committed yet
+        if name == state["file"]:
+            return min(actual, int(state.get("size") or 0))
+        return actual
 
     def normalize(self, pos: Position) -> tuple[Position, str | None]:
         """Make a saved position usable; returns (position, note).
@@ -109,12 +127,15 @@ class ArchiveReader:
             f = open(self.directory / name, "rb")
         except FileNotFoundError:
             return out
+        end = self.size(name) or 0
         with f:
             f.seek(start)
             buf = b""
             offset = start
             while budget > 0:
-                chunk = f.read(max(_CHUNK, min(budget, 4 * _CHUNK)))
+                unread = end - offset - len(buf)  # readable bytes not yet taken from f
+                want = min(max(_CHUNK, min(budget, 4 * _CHUNK)), unread)
+                chunk = f.read(want) if want > 0 else b""
                 if not chunk:
                     break
                 buf += chunk
@@ -130,11 +151,16 @@ class ArchiveReader:
         return out
 
     def backlog(self, pos: Position) -> int:
-        """Complete lines after ``pos`` (records not yet acknowledged).
+        """Complete lines after ``pos`` (records not yet acknowledged); safe
+        to call from the scrape thread while the pusher thread reads.
 
         Incremental: each file's newline count is extended by the bytes added
         since the last call, so a long outage does not rescan the backlog.
         """
+        with self._lock:
+            return self._backlog(pos)
+
+    def _backlog(self, pos: Position) -> int:
         total = 0
         for name in archive_files(self.directory):
             if pos.file is not None and name < pos.file:

@@ -74,16 +74,20 @@ class LokiPusher:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Callable[[], float] = random.random,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None,
+                 committed: Callable[[], dict | None] | None = None):
         self.settings = settings
         archive_dir = Path(archive_dir)
-        self._reader = ArchiveReader(archive_dir)
+        self._reader = ArchiveReader(archive_dir, committed)
         self._state_path = Path(state_dir or archive_dir / ".state") / "loki.json"
         self._dead = DeadLetters(archive_dir / "dead-letter", clock)
         self._client = LokiClient(settings, client)
         self._label_user, self._policy = label_user, policy
         self._clock, self._sleep, self._rng = clock, sleep, rng
         self.metrics = LokiMetrics(registry)
+        # Computed at scrape time: while a push is stuck retrying, the archive
+        # keeps growing and /metrics must show it (not the value before the stall).
+        self.metrics.backlog.set_function(self.backlog)
         self.status = LokiStatus(url=settings.push_url)
         self._stop: threading.Event | None = None
         self._attempt = 0  # consecutive failures, drives the backoff
@@ -314,7 +318,6 @@ class LokiPusher:
 
     def _publish_backlog(self) -> None:
         n = self.backlog()
-        self.metrics.backlog.set(n)
         with self.status._lock:
             self.status.backlog_records = n
             self.status.position = self._acked.to_json()
