@@ -1,0 +1,74 @@
+"""The bench scripts run on tiny inputs and print well-formed results.
+
+No timing is asserted (2 shared, noisy cores): only that each script runs
+the real path to the end and reports every figure the README table uses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def _run(*args: str, timeout: float = 60) -> dict:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, out.stdout
+    return json.loads(lines[0])
+
+
+def _positive(d: dict, *keys: str) -> None:
+    for k in keys:
+        assert isinstance(d[k], (int, float)) and d[k] > 0, (k, d[k])
+
+
+def test_make_big_log_rewrites_ids_times_and_users(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import make_big_log
+    out = tmp_path / "big.log"
+    info = make_big_log.make(out, capture="debug", size=300_000, users=7, seed=3)
+    assert info["bytes"] == out.stat().st_size >= 300_000
+    assert info["repetitions"] >= 2 and info["requests"] == info["repetitions"] * info["requests_per_repetition"]
+    text = out.read_text(encoding="utf-8")
+    received = re.findall(r"(?m)^\(APIServer pid=\d+\) INFO [\d-]+ [\d:]+ \[request_logger\.py:\d+\] "
+                          r"Received request (\S+): ", text)
+    assert len(set(received)) == len(received) == info["requests"]  # unique over the file
+    users = {ln.split('"user":"', 1)[1].split('"', 1)[0] for ln in text.splitlines() if "JSON body:" in ln}
+    assert users and users <= {f"user{i:05d}" for i in range(7)}
+    # the forged header inside a prompt is left alone, real headers move on
+    assert "INFO 11-22 10:00:00 [request_logger.py:65] Received request chatcmpl-forged" in text
+    info_log = make_big_log.make(tmp_path / "info.log", capture="info", size=100_000)
+    assert info_log["requests_per_repetition"] > 0 and info_log["bodies_per_repetition"] == 0
+
+
+def test_replay_throughput_smoke():
+    r = _run(str(BENCH / "replay_throughput.py"), "--size", "1MiB")
+    assert r["bench"] == "replay_throughput" and r["mib"] >= 1
+    _positive(r, "records", "exporter_cpu_s", "mib_per_cpu_s", "requests_per_cpu_s",
+              "bare_read_cpu_s", "bare_decode_cpu_s", "ratio_vs_bare_decode", "nproc")
+    assert r["records"] == r["generator"]["requests"]  # one record per generated request
+    assert set(r["meets"]) == {"mib_per_cpu_s", "requests_per_cpu_s", "ratio_vs_bare_decode"}
+
+
+def test_rss_smoke():
+    r = _run(str(BENCH / "rss.py"), "--requests", "300", "--users", "20")
+    assert r["bench"] == "rss" and r["requests"] >= 300
+    _positive(r, "max_rss_mib", "reference_max_rss_mib", "cpu_s")
+    assert isinstance(r["meets"], bool)
+
+
+def test_lag_smoke():
+    r = _run(str(BENCH / "lag.py"), "--requests", "3", "--modes", "grace0", "--interval", "0.05")
+    m = r["modes"]["grace0"]
+    assert m["metrics"]["n"] == 3 and m["metrics"]["missing"] == 0
+    assert m["metrics"]["p99"] is not None and m["metrics"]["p99"] >= 0
+    if r["loki"]:
+        assert m["loki"]["n"] == 3
