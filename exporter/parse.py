@@ -512,8 +512,26 @@ def _generated_general(s: str, i: int, h: Header) -> Event | Ignored:
 # -- SamplingParams -----------------------------------------------------------
 
 
+# Clients send the same few parameter sets over and over, and splitting the
+# ~40 SamplingParams arguments is the costliest part of a Received line:
+# memoise on the exact params text (bounded; a copy is returned).
+_PARAMS_MEMO: dict[str, dict] = {}
+_PARAMS_MEMO_MAX = 1024
+
+
 def _params(s: str, f: dict[str, tuple[int, int]]) -> dict:
     """``SamplingParams(k=v, ...)`` (plus 0.6.3 trailing pairs) → contract params."""
+    a, b = f["params"]
+    text = s[a:b]
+    hit = _PARAMS_MEMO.get(text)
+    if hit is None:
+        hit = _params_uncached(s, f)
+        if len(_PARAMS_MEMO) < _PARAMS_MEMO_MAX:
+            _PARAMS_MEMO[text] = hit
+    return dict(hit)
+
+
+def _params_uncached(s: str, f: dict[str, tuple[int, int]]) -> dict:
     k, close = f["params("]
     b = f["params"][1]
     kw = split_kwargs(s, k + 1, close - 1)
