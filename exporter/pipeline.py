@@ -84,6 +84,7 @@ class Pipeline:
         # The archive as of the last checkpoint: what crash recovery keeps,
         # so the only part the Loki pusher may read and acknowledge.
         self.committed_archive: dict | None = None
+        self._dirty = False  # something read or recorded since the last commit
         # (request_id, ts) already archived: set only when starting without a
         # usable checkpoint over a non-empty archive (exporter/recovery.py).
         self.skip_keys: set | None = None
@@ -123,9 +124,12 @@ class Pipeline:
             if not self.live and not lines and src.tailer.at_eof:
                 src.finished = True
             self._source_health(src)
+        emitted = self.records_emitted
         self._emit(self.correlator.ready(self.watermark()))
         self.selfm.inflight.set(len(self.correlator.inflight))
-        if self.clock() - self._last_commit >= self.checkpoint_interval:
+        # Only a change needs a commit: an idle exporter does not fsync.
+        self._dirty = self._dirty or n > 0 or self.records_emitted != emitted
+        if self._dirty and self.clock() - self._last_commit >= self.checkpoint_interval:
             self.commit()
         return n
 
@@ -289,6 +293,7 @@ class Pipeline:
             state = self.state()
             write_atomic(str(self.checkpoint_path), state)
             self.committed_archive = state["archive"]
+            self._dirty = False
         except (OSError, CheckpointError) as exc:
             self.selfm.checkpoint_failed()
             if self.health is not None:

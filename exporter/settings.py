@@ -70,7 +70,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--request-timeout", "request_timeout", "seconds (log time) after a request's last "
            "event before it is recorded as incomplete", 300.0, "float", _BOTH, "SECONDS"),
     Option("--merge-grace", "merge_grace", "seconds to wait for the other source (vLLM log / "
-           "middleware) before a finished request is recorded", 5.0, "float", _BOTH, "SECONDS"),
+           "middleware) before a finished request is recorded", 0.5, "float", _BOTH, "SECONDS"),
     Option("--max-inflight", "max_inflight", "bound on requests held in memory; the oldest is "
            "recorded as incomplete beyond it (counted)", 10000, "int", _BOTH, "N"),
     Option("--max-users", "max_users", "distinct values of the metric/Loki 'user' label; later "
@@ -80,7 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--oversized-input-tokens", "oversized_input_tokens", "prompt tokens above which an "
            "input counts as oversized", 2048, "int", _BOTH, "N"),
     Option("--checkpoint-interval", "checkpoint_interval", "seconds between archive fsync + "
-           "checkpoint", 1.0, "float", _BOTH, "SECONDS"),
+           "checkpoint (the Loki pusher reads only checkpointed records)", 0.25, "float", _BOTH,
+           "SECONDS"),
     Option("--hmac-key-file", "hmac_key_file", "key for the archive's HMAC-SHA256 chain (else env "
            "VLLM_AUDIT_HMAC_KEY; else a plain, labelled SHA-256 chain)", None, "path", _BOTH, "FILE"),
     Option("--hmac-key", "hmac_key", "HMAC key itself (prefer the env var or --hmac-key-file)",
@@ -103,7 +104,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--loki-structured-metadata", "loki_structured_metadata", "send request_id and user "
            "as structured metadata (Loki >= 3)", False, "bool", _BOTH),
     Option("--loki-batch-wait", "loki_batch_wait", "max seconds a record waits for a batch",
-           1.0, "float", _BOTH, "SECONDS"),
+           0.1, "float", _BOTH, "SECONDS"),
     Option("--loki-batch-bytes", "loki_batch_bytes", "max bytes per push", 1048576, "int", _BOTH, "N"),
     Option("--loki-prompt-policy", "loki_prompt_policy", "prompt text sent to Loki: full, redact, "
            "hash, omit", "redact", "str", _BOTH, "MODE"),
@@ -141,12 +142,12 @@ class Settings:
     max_log_len: int | None = None
     tokenizer: Path | None = None
     request_timeout: float = 300.0
-    merge_grace: float = 5.0
+    merge_grace: float = 0.5
     max_inflight: int = 10000
     max_users: int = 500
     user_label: bool = True
     oversized_input_tokens: int = 2048
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float = 0.25
     hmac_key: bytes | None = field(default=None, repr=False)
     loki: dict | None = field(default=None, repr=False)
     archive_prompt_policy: str = "full"

@@ -40,7 +40,7 @@ class LokiSettings:
     job: str | None = None  # optional extra `job` label
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
-    poll_interval_seconds: float = 0.2
+    poll_interval_seconds: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
