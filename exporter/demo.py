@@ -91,7 +91,7 @@ def run_demo(args) -> int:
 
 
 def _alerts(exporter_url: str) -> None:
-    if not (shutil.which("prometheus") and shutil.which("alertmanager")):
+    if not (shutil.which("prometheus") and (shutil.which("alertmanager") or shutil.which("prometheus-alertmanager"))):
         print("\n== 5. (Prometheus/Alertmanager not installed: `bash tools/setup.sh --live` "
               "adds them, then this step shows VllmEmptyResponses firing)")
         return
