@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .correlate import base_id, body_params, json_text
-from .record import PARAM_FIELDS, format_ts, new_record
+from .record import PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
 _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
@@ -79,7 +79,7 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
     flags: list[str] = []
     limit = ctx.max_log_len
 
-    received_ts = (_iso(mw.get("received_at")) if mw else None) or e["received_t"] or e["first_t"]
+    received_ts = (parse_ts_or_none(mw.get("received_at")) if mw else None) or e["received_t"] or e["first_t"]
     rec["ts"] = format_ts(received_ts) if received_ts is not None else None
     log_id = e["log_id"]
     rec["request_id"] = log_id or (mw or {}).get("response_id") or (mw or {}).get("request_id") or e["key"]
@@ -231,8 +231,3 @@ def _len(ids) -> int | None:
     if ids is None:
         return None
     return ids if isinstance(ids, int) else len(ids)
-
-
-def _iso(text):
-    from .correlate import Correlator
-    return Correlator.resolve_iso(text)

@@ -37,7 +37,7 @@ import re
 from typing import Callable
 
 from . import events as ev
-from .record import new_record
+from .record import parse_ts_or_none
 
 _TAIL_INDEX = re.compile(r"-\d+$")
 _INTERNAL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
@@ -157,7 +157,7 @@ class Correlator:
             entry = self._entry(key, t)
             entry["mw"] = line
             entry["precise"] = True
-            entry["done_t"] = self.resolve_iso(line.get("finished_at")) or t
+            entry["done_t"] = parse_ts_or_none(line.get("finished_at")) or t
             return
         rid = event.request_id
         if not rid:
@@ -238,16 +238,6 @@ class Correlator:
             entry["outputs"].append({"text": text, "finish_reason": data.get("finish_reason"),
                                      "ids": None if ids is None else _count(ids)})
             entry["done_t"] = entry["done_t"] or t
-
-    @staticmethod
-    def resolve_iso(text: str | None) -> float | None:
-        if not text:
-            return None
-        from .record import parse_ts
-        try:
-            return parse_ts(text)
-        except ValueError:
-            return None
 
     # --------------------------------------------------------------- output
     def _bound(self) -> None:

@@ -64,6 +64,17 @@ def parse_ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def parse_ts_or_none(text: str | None) -> float | None:
+    """:func:`parse_ts`, with None for a missing or malformed time (upstream
+    data: never an exception)."""
+    if not text or not isinstance(text, str):
+        return None
+    try:
+        return parse_ts(text)
+    except ValueError:
+        return None
+
+
 # Built once: json.dumps with keyword arguments constructs a new encoder on
 # every call, a visible share of the per-record cost. Same output.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -11,10 +11,9 @@ person can act on; nothing else in the package reads the environment.
 from __future__ import annotations
 
 import argparse
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "VLLM_AUDIT_"

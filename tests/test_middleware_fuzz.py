@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from exporter import middleware_capture
 from exporter.middleware import AuditMiddleware, MiddlewareConfig
-from exporter.middleware_render import fallback, render
+from exporter.middleware_render import render
 from exporter.middleware_writer import LineWriter
 
 TIMING = ("received_at", "finished_at", "latency_seconds", "ttft_seconds")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from exporter.cli import make_parser, replay_into
 from exporter.record import format_ts

@@ -27,7 +27,7 @@ from exporter.loki.entries import build_entry
 
 from .harness import (
     Blocked, HangingServer, LokiServer, Writer, archive_ids, assert_exactly_once, blocking_budget,
-    capture_lines, chunks, dead_letter_ids, forget_dedup, loki_ids, reference_ids, sample,
+    capture_lines, chunks, forget_dedup, loki_ids, reference_ids, sample,
     shift_times, split_at_requests,
 )
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import types
 
-import pytest
 
 from exporter.tail_position import OsFs
 
