@@ -2,7 +2,7 @@
 
 Usage:
     python bench/middleware_overhead.py inprocess [--requests 20000] [--rounds 10]
-    python bench/middleware_overhead.py vllm [--batch 40] [--rounds 6] [--concurrency 4] [--control]
+    python bench/middleware_overhead.py vllm [--batch 40] [--rounds 6] [--concurrency 4] [--control] [--swap]
 
 ``inprocess``: a fake ASGI app (one JSON answer, or an 8-chunk SSE stream) is
 called directly and through ``AuditMiddleware`` (real writer thread, real file
@@ -132,44 +132,58 @@ def batch(url: str, n: int, pool: ThreadPoolExecutor) -> tuple[float, list[float
     return time.perf_counter() - start, latencies
 
 
-def vllm(args) -> None:
+def _session(args, tmp: str, audited_first: bool, results: dict) -> int:
+    """Start two servers on the same model, one with the middleware; run
+    alternating batches; add to ``results``. ``audited_first`` decides which of
+    the two (started first / second) carries the middleware, so a run with
+    ``--swap`` cancels any bias of one server slot against the other."""
     from vllm_proc import DEFAULT_MODEL_DIR, VllmServer
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"VLLM_AUDIT_MIDDLEWARE_FILE": os.path.join(tmp, "mw.jsonl"),
-               "VLLM_AUDIT_API_KEY_SALT": "bench"}
-        plain = VllmServer(DEFAULT_MODEL_DIR, Path(tmp) / "plain.log")
-        # --control starts the second server without the middleware too (A/A): the
-        # difference it reports is the noise floor of this two-server setup.
-        audited = VllmServer(DEFAULT_MODEL_DIR, Path(tmp) / "audited.log", env=env,
-                             middleware=None if args.control else "exporter.middleware.AuditMiddleware")
-        threads = [threading.Thread(target=s.start) for s in (plain, audited)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        try:
-            results = {"plain": ([], []), "audited": ([], [])}
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                for srv in (plain, audited):
-                    batch(srv.base_url, args.batch // 2, pool)  # warm-up
-                for i in range(args.rounds):
-                    order = (("plain", plain), ("audited", audited))
-                    for name, srv in (order if i % 2 == 0 else order[::-1]):
-                        took, lats = batch(srv.base_url, args.batch, pool)
-                        results[name][0].append(args.batch / took)
-                        results[name][1].extend(lats)
-            for name, (rps, lats) in results.items():
-                print(f"{name}: {statistics.median(rps):.1f} req/s (median of {len(rps)} batches), "
-                      f"median latency {statistics.median(lats) * 1000:.2f} ms over {len(lats)} requests")
-            p, a = (statistics.median(results[k][0]) for k in ("plain", "audited"))
-            lp, la = (statistics.median(results[k][1]) * 1000 for k in ("plain", "audited"))
-            mw_file = Path(env["VLLM_AUDIT_MIDDLEWARE_FILE"])
-            lines = sum(1 for _ in open(mw_file)) if mw_file.exists() else 0
-            print(f"audited/plain throughput {a / p:.3f}, added median latency {la - lp:+.2f} ms, "
-                  f"middleware lines {lines}")
-        finally:
+    tag = "a" if audited_first else "b"
+    env = {"VLLM_AUDIT_MIDDLEWARE_FILE": os.path.join(tmp, f"mw-{tag}.jsonl"),
+           "VLLM_AUDIT_API_KEY_SALT": "bench"}
+    mw = None if args.control else "exporter.middleware.AuditMiddleware"
+    first = VllmServer(DEFAULT_MODEL_DIR, Path(tmp) / f"first-{tag}.log",
+                       env=env if audited_first else None, middleware=mw if audited_first else None)
+    second = VllmServer(DEFAULT_MODEL_DIR, Path(tmp) / f"second-{tag}.log",
+                        env=None if audited_first else env, middleware=None if audited_first else mw)
+    audited, plain = (first, second) if audited_first else (second, first)
+    threads = [threading.Thread(target=s.start) for s in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        with ThreadPoolExecutor(args.concurrency) as pool:
             for srv in (plain, audited):
-                srv.stop()
+                batch(srv.base_url, args.batch // 2, pool)  # warm-up
+            for i in range(args.rounds):
+                order = (("plain", plain), ("audited", audited))
+                for name, srv in (order if i % 2 == 0 else order[::-1]):
+                    took, lats = batch(srv.base_url, args.batch, pool)
+                    results[name][0].append(args.batch / took)
+                    results[name][1].extend(lats)
+        mw_file = Path(env["VLLM_AUDIT_MIDDLEWARE_FILE"])
+        return sum(1 for _ in open(mw_file)) if mw_file.exists() else 0
+    finally:
+        for srv in (first, second):
+            srv.stop()
+
+
+def vllm(args) -> None:
+    # --control puts the middleware on neither server (A/A): the difference it
+    # reports is the noise floor of this two-server set-up.
+    results = {"plain": ([], []), "audited": ([], [])}
+    lines = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for audited_first in ((False, True) if args.swap else (False,)):
+            lines += _session(args, tmp, audited_first, results)
+    for name, (rps, lats) in results.items():
+        print(f"{name}: {statistics.median(rps):.1f} req/s (median of {len(rps)} batches), "
+              f"median latency {statistics.median(lats) * 1000:.2f} ms over {len(lats)} requests")
+    p, a = (statistics.median(results[k][0]) for k in ("plain", "audited"))
+    lp, la = (statistics.median(results[k][1]) * 1000 for k in ("plain", "audited"))
+    print(f"audited/plain throughput {a / p:.3f}, added median latency {la - lp:+.2f} ms, "
+          f"middleware lines {lines}")
 
 
 def main() -> None:
@@ -183,6 +197,8 @@ def main() -> None:
     b.add_argument("--rounds", type=int, default=6)
     b.add_argument("--concurrency", type=int, default=4)
     b.add_argument("--control", action="store_true", help="no middleware on either server")
+    b.add_argument("--swap", action="store_true",
+                   help="two sessions, the middleware on the other server slot in the second")
     args = parser.parse_args()
     inprocess(args) if args.mode == "inprocess" else vllm(args)
 
