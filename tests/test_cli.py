@@ -1,0 +1,79 @@
+"""The command line as a user meets it: stdin input, readable configuration
+errors (exit 2, the flag or env var named), env/flag precedence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import make_parser
+from exporter.settings import SettingsError, build
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTURE = REPO / "tests" / "fixtures" / "vllm-0.32.0" / "debug" / "vllm.log"
+
+
+def _run(*argv, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "exporter", *argv], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), timeout=60, **kw)
+
+
+def test_docker_logs_pipe_into_run_log_dash(tmp_path):
+    """`docker logs -f vllm | vllm-audit-exporter run --log -`"""
+    archive = tmp_path / "archive"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", "--log", "-", "--archive-dir", str(archive),
+         "--model", "tiny", "--web.listen-address", "127.0.0.1:0", "--request-timeout", "0.5"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc.stdin.write(CAPTURE.read_bytes())
+    proc.stdin.close()
+    deadline = time.monotonic() + 30
+    records: list = []
+    while time.monotonic() < deadline and len(records) < 22:
+        files = sorted(archive.glob("audit-*.jsonl"))
+        records = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.stderr.read().decode()[-2000:]
+    ids = [r["request_id"] for r in records]
+    assert len(ids) == 22 and len(set(ids)) == 22
+
+
+@pytest.mark.parametrize("argv, env, named", [
+    (["run"], {}, "--log"),
+    (["run", "--log", "x.log", "--web.listen-address", "9400"], {}, "--web.listen-address"),
+    (["run", "--log", "x.log"], {"VLLM_AUDIT_MAX_USERS": "many"}, "VLLM_AUDIT_MAX_USERS"),
+    (["run", "--log", "x.log", "--server-timezone", "Mars/Olympus"], {}, "--server-timezone"),
+    (["run", "--log", "x.log", "--loki-url", "loki:3100"], {}, "--loki-url"),
+    (["run", "--log", "x.log", "--loki-prompt-policy", "scramble"], {}, "--loki-prompt-policy"),
+    (["run", "--log", "x.log", "--hmac-key-file", "/nonexistent/key"], {}, "--hmac-key-file"),
+    (["replay", "/nonexistent/vllm.log"], {}, "no such file"),
+])
+def test_bad_configuration_exits_2_naming_the_flag(argv, env, named):
+    result = _run(*argv, env=env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0], result.stderr  # one readable line, no traceback
+
+
+def test_flags_win_over_environment_and_every_flag_has_an_env_var():
+    ns = make_parser().parse_args(["replay", str(CAPTURE), "--model", "from-flag"])
+    env = {"VLLM_AUDIT_MODEL": "from-env", "VLLM_AUDIT_MAX_USERS": "7",
+           "VLLM_AUDIT_NO_USER_LABEL": "true", "VLLM_AUDIT_LOKI_URL": "http://loki:3100"}
+    s = build("replay", ns, env)
+    assert (s.model, s.max_users, s.user_label) == ("from-flag", 7, False)
+    assert s.loki["url"] == "http://loki:3100"
+    with pytest.raises(SettingsError, match="VLLM_AUDIT_NO_USER_LABEL"):
+        build("replay", ns, {"VLLM_AUDIT_NO_USER_LABEL": "perhaps"})
+    help_text = _run("run", "--help").stdout
+    for flag in ("--web.listen-address", "--loki-url", "--max-users", "--from-start"):
+        env_name = "VLLM_AUDIT_" + flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
+        assert env_name in help_text
