@@ -43,6 +43,9 @@ _TAIL_INDEX = re.compile(r"-\d+$")
 _INTERNAL_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 _CHILD_PREFIX = re.compile(r"^\d+_")
 
+RECENT_MAX = 20000  # recorded requests remembered against late lines
+LATE_WINDOW = 2.0  # s: a middleware line this close to a recorded request's receive time is its own
+
 ENDPOINT_BY_PREFIX = (("chatcmpl-", "chat"), ("chat-", "chat"), ("cmpl-", "completion"),
                       ("embd-", "embeddings"), ("resp_", "responses"))
 
@@ -72,13 +75,17 @@ class Correlator:
         self.middleware_seen = False
         self._pending_evicted: list[dict] = []
         self._next_order = 0  # arrival order: emission order must not depend on dict order
+        # Requests recorded lately (key -> their received time), oldest first:
+        # a line arriving after its request was recorded must not open a
+        # second record for it (RECENT_MAX bounds the memory).
+        self.recent: dict[str, float | None] = {}
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
         # Evicted-but-not-yet-recorded entries are recorded before any
         # checkpoint (the pipeline calls ready() first), so they are not kept.
         return {"inflight": self.inflight, "middleware_seen": self.middleware_seen,
-                "next_order": self._next_order}
+                "next_order": self._next_order, "recent": list(self.recent.items())}
 
     def restore(self, state: dict | None) -> None:
         if not state:
@@ -86,6 +93,7 @@ class Correlator:
         self.inflight = dict(state.get("inflight") or {})
         self.middleware_seen = bool(state.get("middleware_seen"))
         self._next_order = int(state.get("next_order") or 0)
+        self.recent = {k: v for k, v in state.get("recent") or []}
         self.by_log_id = {e["log_id"]: k for k, e in self.inflight.items() if e.get("log_id")}
 
     # ---------------------------------------------------------------- input
@@ -154,6 +162,8 @@ class Correlator:
             if not key:
                 return
             self.middleware_seen = True
+            if self._late(key, kind, parse_ts_or_none(line.get("received_at"))):
+                return
             entry = self._entry(key, t)
             entry["mw"] = line
             entry["precise"] = True
@@ -182,6 +192,8 @@ class Correlator:
             key, endpoint = rid, None
         else:
             key, endpoint = self._key_for(rid)
+        if self._late(key, kind):
+            return
         entry = self._entry(key, t)
         if event.when is not None and event.when.year is not None:
             entry["precise"] = True
@@ -250,7 +262,28 @@ class Correlator:
         entry = self.inflight.pop(key)
         if entry.get("log_id"):
             self.by_log_id.pop(entry["log_id"], None)
+        self.recent[key] = entry["received_t"] if entry["received_t"] is not None else entry["first_t"]
+        if len(self.recent) > RECENT_MAX:
+            del self.recent[next(iter(self.recent))]
         return entry
+
+    def _late(self, key: str, kind: str, received: float | None = None) -> bool:
+        """Is this event for a request already recorded? (Then it is dropped
+        and counted.) A ``Received`` line always starts a request: an id seen
+        again is a client reusing its X-Request-Id. So is a middleware line
+        whose receive time is not the recorded request's."""
+        if key not in self.recent:
+            return False
+        if kind == ev.RECEIVED:
+            del self.recent[key]
+            return False
+        if kind == ev.MIDDLEWARE:
+            was = self.recent[key]
+            if was is not None and received is not None and abs(received - was) > LATE_WINDOW:
+                del self.recent[key]
+                return False
+        self.on_evict("late_event")
+        return True
 
     def ready(self, watermark: float) -> list[dict]:
         """Entries that may be recorded now, in first-seen order."""

@@ -43,7 +43,7 @@ PARSE_ERROR_REASONS = ("malformed_received", "malformed_output", "malformed_body
 # Why an in-flight request was given up on: the correlator's timeout passed,
 # its table was full, or the pipeline found nothing to match it with. Other
 # reasons can still be used; these exist at 0.
-EVICTION_REASONS = ("timeout", "capacity", "unmatched")
+EVICTION_REASONS = ("timeout", "capacity", "unmatched", "late_event", "already_archived")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""Correlator rules that real captures rarely exercise: late lines and reused ids.
+
+Events here are built directly (the parser's output contract, docs/design.md);
+the field values are those of the real 0.32 capture's first request.
+"""
+
+from exporter import events as ev
+from exporter.correlate import Correlator
+
+LT = ev.LogTime(None, 11, 22, 2, 27, 9)
+RID = "chatcmpl-993a83d038fc1d4d"
+
+
+def _received(t):
+    return ev.Event(ev.RECEIVED, RID, LT, {"params": {"max_tokens": 16, "n": 1}}), t
+
+
+def _output(t):
+    return ev.Event(ev.OUTPUT, RID, LT, {"stream_info": "", "output": "hi", "finish_reason": "stop"}), t
+
+
+def _middleware(received_at, finished_at):
+    line = {"type": "vllm_audit_middleware", "request_id": "993a83d038fc1d4d",
+            "received_at": received_at, "finished_at": finished_at, "status": "completed"}
+    return ev.Event(ev.MIDDLEWARE, "993a83d038fc1d4d", None, {"line": line}), 0.0
+
+
+def _correlator(evicted):
+    return Correlator(request_timeout=30, merge_grace=0.5, on_evict=evicted.append)
+
+
+def test_a_middleware_line_after_its_request_was_recorded_opens_no_second_record():
+    evicted = []
+    c = _correlator(evicted)
+    t0 = 1_795_314_429.0  # 2026-11-22T02:27:09Z
+    for event, t in (_received(t0), _output(t0)):
+        c.feed(event, t)
+    c.middleware_seen = True  # a middleware source exists, but this line is delayed
+    first = c.ready(t0 + 31)  # waited request_timeout for it, then recorded
+    assert len(first) == 1 and first[0]["mw"] is None
+    event, _ = _middleware("2026-11-22T02:27:09.120Z", "2026-11-22T02:27:09.300Z")
+    c.feed(event, t0)
+    assert c.drain() == [] and evicted == ["late_event"]
+
+
+def test_a_reused_request_id_is_two_requests():
+    evicted = []
+    c = _correlator(evicted)
+    t0 = 1_795_314_429.0
+    for event, t in (_received(t0), _output(t0)):
+        c.feed(event, t)
+    assert len(c.ready(t0 + 1)) == 1
+    for event, t in (_received(t0 + 60), _output(t0 + 60)):  # same X-Request-Id, a minute later
+        c.feed(event, t)
+    assert len(c.ready(t0 + 61)) == 1 and evicted == []
+
+
+def test_late_lines_survive_a_restart():
+    c = _correlator([])
+    t0 = 1_795_314_429.0
+    for event, t in (_received(t0), _output(t0)):
+        c.feed(event, t)
+    assert len(c.ready(t0 + 1)) == 1
+    evicted = []
+    restored = _correlator(evicted)
+    restored.restore(c.state())
+    event, t = _output(t0 + 2)
+    restored.feed(event, t)
+    assert restored.drain() == [] and evicted == ["late_event"]
