@@ -223,16 +223,19 @@ def cmd_run(settings) -> int:
         server.run()  # returns on SIGINT/SIGTERM
     finally:
         stop.set()
-        # The pipeline commits within a poll interval. A Loki push in flight
-        # gets 2 s, then its connection is closed: an unacknowledged batch is
-        # simply sent again on the next start (Loki deduplicates it). Past the
-        # deadline we exit anyway; nothing uncommitted is lost, it is re-derived.
-        deadline = time.monotonic() + 10
+        # The pipeline commits within a poll interval (past the deadline we exit
+        # anyway: nothing uncommitted is lost, it is re-derived on the next
+        # start). A Loki push in flight then gets 2 s: an unacknowledged batch is
+        # simply sent again on the next start, and Loki deduplicates it.
+        deadline = time.monotonic() + 8
+        for t in threads:
+            if t.name != "loki":
+                t.join(timeout=max(0.1, deadline - time.monotonic()))
         for t in threads:
             if t.name == "loki":
                 t.join(timeout=2)
-                rt.loki.close()
-            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if rt.loki is not None:
+            rt.loki.close()
     return 0
 
 
