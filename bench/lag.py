@@ -42,7 +42,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import make_big_log  # noqa: E402
 from make_big_log import CAPTURES  # noqa: E402
 from replay_throughput import machine  # noqa: E402
 
@@ -206,18 +206,13 @@ def main(argv: list[str] | None = None) -> int:
             from loki_server import LokiServer as loki_cls  # noqa: N813
         except ImportError:
             loki_cls = None
-    own = a.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="lag-bench-")) if own else a.workdir
-    try:
+    with make_big_log.workdir(a.workdir, "lag-bench-") as workdir:
         out = {"bench": "lag", **machine(), "requests": a.requests, "interval_s": a.interval,
                "poll_s": a.poll, "loki": loki_cls is not None, "target_p99_s": 1.0, "modes": {}}
         for name in a.modes.split(","):
             out["modes"][name] = run_mode(name, MODES[name], workdir, a.requests, a.interval, a.poll,
                                           loki_cls, settle=15.0)
         print(json.dumps(out))
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -35,9 +35,28 @@ import argparse
 import json
 import random
 import re
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+
+
+@contextmanager
+def workdir(given: Path | None, prefix: str):
+    """A bench's work directory: ``given`` (created if needed, kept), or a new
+    temporary one, removed afterwards."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "tests" / "fixtures" / "vllm-0.32.0"

@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -127,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra replay flag (repeatable), e.g. --exporter-arg=--merge-grace=0")
     a = p.parse_args(argv)
 
-    own = a.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="replay-bench-")) if own else a.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with make_big_log.workdir(a.workdir, "replay-bench-") as workdir:
         gen = None
         log = a.log
         if log is None:
@@ -163,9 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                         "requests_per_cpu_s": out["requests_per_cpu_s"] >= TARGET_REQ_S,
                         "ratio_vs_bare_decode": out["ratio_vs_bare_decode"] <= TARGET_RATIO}
         print(json.dumps(out))
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

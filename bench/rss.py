@@ -74,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra replay flag (repeatable), e.g. --exporter-arg=--max-users=10000")
     a = p.parse_args(argv)
 
-    own = a.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="rss-bench-")) if own else a.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with make_big_log.workdir(a.workdir, "rss-bench-") as workdir:
         gen = None
         log = a.log
         if log is None:
@@ -101,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
             "summary_first_line": big["summary"], "generator": gen,
         }
         print(json.dumps(out))
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
