@@ -252,11 +252,14 @@ class LokiServer:
                     self._store(key, ts, line, sm)
                     stored += 1
             req.entries = stored
+        if stored and self.on_stored is not None:
+            # The hook may call timeout_next() to make THIS push hang: a test
+            # can then act on what was stored, not on a request count.
+            self.on_stored(len(self._state.requests))
+        with self._lock:
             timeout = self._state.timeouts > 0
             if timeout:
                 self._state.timeouts -= 1
-        if stored and self.on_stored is not None:
-            self.on_stored(len(self._state.requests))
         if timeout:
             return "timeout", ""
         if errors:

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
+from hyp import examples
 
 from exporter.loki.config import LokiSettings, read_secret
 from exporter.loki.entries import (EntryError, build_entry, encode_push, fit_line,
@@ -103,7 +104,7 @@ def test_untruncatable_line_is_line_too_long():
     assert exc.value.reason == "line_too_long"
 
 
-@hsettings(max_examples=60, deadline=None)
+@hsettings(max_examples=examples(60), deadline=None)
 @given(st.text(min_size=0, max_size=3000), st.text(max_size=3000), st.integers(4096, 6000))
 def test_truncation_always_fits_and_stays_valid_json(prompt, output, limit):
     rec = new_record()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hyp import examples
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -198,7 +199,7 @@ records_st = st.lists(st.builds(
 ), max_size=30)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(records=records_st, cut=st.integers(0, 30))
 def test_restore_continues_without_double_counting(records, cut):
     """Counting records[:cut], checkpointing through JSON, restarting and

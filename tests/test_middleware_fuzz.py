@@ -13,6 +13,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from exporter import middleware_capture
 from exporter.middleware import AuditMiddleware, MiddlewareConfig
@@ -20,7 +21,7 @@ from exporter.middleware_render import render
 from exporter.middleware_writer import LineWriter
 
 TIMING = ("received_at", "finished_at", "latency_seconds", "ttft_seconds")
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def run(body: bytes, chunks: list[bytes], content_type: bytes, *, max_body: int = 1 << 20,

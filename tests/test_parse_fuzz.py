@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from exporter.events import Event, Ignored
 from exporter.parse import parse_line
@@ -19,7 +20,7 @@ REAL_LINES = [
     if line
 ]
 ALPHABET = st.sampled_from(list("'\"\\()[]{},:. =-_\r\n\x1b0123456789abcINFOReqvd\u2603"))
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(text: str, **kw) -> None:

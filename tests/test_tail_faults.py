@@ -13,6 +13,7 @@ import shutil
 import types
 
 from hypothesis import given, settings, strategies as st
+from hyp import examples
 
 from exporter.checkpoint import read_checkpoint, write_atomic
 from exporter.tail import FileTailer
@@ -462,7 +463,7 @@ def test_14_utf8_crlf_empty_lines_with_one_byte_reads(tmp_path):
 PIECES = [b"a", b" ", b"\xc3\xa9", b"\xf0\x9f\x98\x80", b"\n", b"\r\n", b"\xff", b"\x00"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(content=st.lists(st.sampled_from(PIECES), max_size=40),
        cuts=st.lists(st.integers(1, 7), max_size=10), read_size=st.integers(1, 9),
        restart_every=st.integers(1, 4))

@@ -20,11 +20,32 @@ from functools import lru_cache
 # preceding character with a fixed-width lookbehind placed AFTER that first
 # character: the re engine can then skip non-candidate positions with its
 # fast prefix scan (a leading lookbehind disables it; ~10x slower).
-_EMAIL = re.compile(
-    r"[A-Za-z0-9._%+-](?<![A-Za-z0-9._%+-].)[A-Za-z0-9._%+-]{0,63}@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}",
+# An e-mail is found from its "@domain" (a literal "@" lets the re engine
+# skip to candidates), and its local part is then read backwards, at most
+# 64 characters (RFC 5321). Reading backwards instead of requiring the
+# match to start at a token boundary means no run of letters glued in front
+# ("xxxx...bob@example.com") can hide the address: its last 64 characters
+# are masked whatever precedes them.
+_EMAIL_AT = re.compile(
+    r"@(?<=[A-Za-z0-9._%+-]@)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}",
     re.ASCII,
 )
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_LOCAL_MAX = 64
+
+
+def _email_spans(text: str):
+    floor = 0  # never read a local part back into the previous address
+    for m in _EMAIL_AT.finditer(text):
+        at, start = m.start(), m.start()
+        limit = max(floor, at - _LOCAL_MAX)
+        while start > limit and text[start - 1] in _LOCAL_CHARS:
+            start -= 1
+        if start < at:
+            floor = m.end()
+            yield start, m.end()
+
+
 # Mainland China mobile (optionally +86 / 0086 / 86, optional 3-4-4
 # separators), or E.164 with its mandatory "+".
 _PHONE = re.compile(
@@ -37,7 +58,7 @@ _PHONE = re.compile(
 _CN_ID = re.compile(r"[1-9](?<![0-9].)\d{16}[0-9Xx](?![0-9])", re.ASCII)
 # Issuer prefixes 2-6 (Mastercard 2-series, Amex/Diners 3, Visa 4, MC 5,
 # UnionPay/Discover 6): excludes epoch-millisecond timestamps (1...).
-_CARD = re.compile(r"[2-6](?<![\d-].)(?:\d{12,18}|\d{3}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![\d-])", re.ASCII)
+_CARD = re.compile(r"[2-6](?<!\d.)(?<!\d-.)(?:\d{12,18}|\d{3}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?!\d)", re.ASCII)
 # Loose shape here, octet range checked in Python (_ipv4_ok).
 _IPV4 = re.compile(r"[0-9](?<![0-9.][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9])", re.ASCII)
 _SECRET = re.compile(
@@ -111,7 +132,7 @@ def _may_hold_email(text: str) -> bool:
 # literal-prefix speedup from the re engine).
 _DETECTORS = (
     ("secret", _SECRET, None, _may_hold_secret),
-    ("email", _EMAIL, None, _may_hold_email),
+    ("email", _email_spans, None, _may_hold_email),
     ("cn_id", _CN_ID, cn_id_valid, _has_digit),
     ("bank_card", _CARD, _card_ok, _has_digit),
     ("phone", _PHONE, None, _has_digit),
@@ -131,10 +152,10 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
             checked[may_match] = may_match(text)
         if not checked[may_match]:
             continue
-        for m in rx.finditer(text):
-            if valid is not None and not valid(m.group()):
+        found = rx(text) if callable(rx) else (m.span() for m in rx.finditer(text))
+        for s, e in found:
+            if valid is not None and not valid(text[s:e]):
                 continue
-            s, e = m.span()
             if all(e <= ts or s >= te for ts, te, _ in taken):
                 taken.append((s, e, kind))
     taken.sort()

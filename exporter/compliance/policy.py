@@ -31,11 +31,23 @@ MASKS = {"email": "[EMAIL]", "phone": "[PHONE]", "cn_id": "[CN_ID]", "bank_card"
          "ipv4": "[IPV4]", "secret": "[SECRET]"}
 
 
-def redact(text: str) -> str:
-    """``text`` with each detected span replaced by its typed mask."""
+# A value glued to the end of another match can escape one scan: in
+# "a@b.cnx0@d.org" the first match ends at "cnx", and the second address's
+# start is then refused by the token-boundary lookbehind. Every mask starts
+# with "[" and ends with "]", which no detector accepts, so a mask is a hard
+# boundary: rescanning the masked text finds what the first scan had to
+# skip, and each pass that finds anything turns raw characters into masks,
+# so the loop ends. Real text settles in one or two passes; past
+# _MAX_PASSES (only contrived input gets there) the text is withheld rather
+# than risk a raw value.
+_MAX_PASSES = 8
+WITHHELD = "[REDACTED]"
+
+
+def _mask_once(text: str) -> str | None:
     spans = find_spans(text)
     if not spans:
-        return text
+        return None
     out, pos = [], 0
     for start, end, kind in spans:
         out.append(text[pos:start])
@@ -43,6 +55,17 @@ def redact(text: str) -> str:
         pos = end
     out.append(text[pos:])
     return "".join(out)
+
+
+def redact(text: str) -> str:
+    """``text`` with every detected span replaced by its typed mask, rescanned
+    until no detector finds anything (see above)."""
+    for _ in range(_MAX_PASSES):
+        masked = _mask_once(text)
+        if masked is None:
+            return text
+        text = masked
+    return text if _mask_once(text) is None else WITHHELD
 
 
 def _transform(mode: str, key: bytes | None) -> Callable[[object], object]:

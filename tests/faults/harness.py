@@ -32,11 +32,14 @@ import calendar
 import hashlib
 import json
 import re
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
+
+import pytest
 
 from exporter import runtime as runtime_mod
 from exporter.cli import make_parser, replay_into
@@ -114,6 +117,14 @@ def shift_times(lines: list[bytes], seconds: int) -> list[bytes]:
     return out
 
 
+def written_now(lines: list[bytes], now: float | None = None) -> list[bytes]:
+    """The capture as if vLLM were writing it now: for a real ``exporter
+    run`` process and a wall-clock Loki server, which refuses entries older
+    than a week (the capture's own dates would age out of it)."""
+    first = next(t for t in (header_epoch(ln, YEAR) for ln in lines) if t is not None)
+    return shift_times(lines, int((time.time() if now is None else now) - first))
+
+
 # ------------------------------------------------------------ the reference
 _REFERENCE: dict[str, list[str]] = {}
 
@@ -162,6 +173,18 @@ def dead_letter_ids(archive: Path) -> list[str]:
             row = json.loads(ln)
             ids.append(row.get("request_id") or json.loads(row["archive_line"])["request_id"])
     return ids
+
+
+def wait_exit(proc, timeout: float, why) -> int:
+    """``proc``'s exit code; past ``timeout`` a failure naming the awaited
+    event that never came (``why``: text, or a callable giving it)."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        err = proc.communicate()[1] or b""
+        reason = why() if callable(why) else why
+        pytest.fail(f"still running after {timeout:.0f} s: {reason}\n{err.decode(errors='replace')[-2000:]}")
 
 
 def requests_total(registry) -> float:

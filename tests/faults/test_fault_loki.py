@@ -28,7 +28,7 @@ from exporter.loki.entries import build_entry
 from .harness import (
     Blocked, HangingServer, LokiServer, Writer, archive_ids, assert_exactly_once, blocking_budget,
     capture_lines, chunks, forget_dedup, loki_ids, reference_ids, sample,
-    shift_times, split_at_requests,
+    shift_times, split_at_requests, wait_exit, written_now,
 )
 
 LINES = capture_lines()
@@ -328,41 +328,44 @@ def test_29_sigterm_mid_batch_drains_within_a_deadline(tmp_path, ref_dir):
     process exits 0 within the deadline, after its final checkpoint; the
     unacknowledged batch is resent on restart and deduplicated."""
     log, archive = tmp_path / "vllm.log", tmp_path / "archive"
-    log.write_bytes(b"".join(LINES))
+    log.write_bytes(b"".join(written_now(LINES)))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     child, signalled = [], []
     with LokiServer() as srv:
         def term_mid_batch(n):
-            if n == 2 and child:
+            # The push that completes the set: by then the pipeline has read
+            # the whole log, however this machine batched the records. It is
+            # stored and never answered; SIGTERM lands while it is in flight.
+            if child and not signalled and len(set(srv.lines())) >= 22:
+                srv.timeout_next(1)
                 signalled.append(time.monotonic())
                 child[0].send_signal(signal.SIGTERM)
         srv.on_stored = term_mid_batch
-        srv.timeout_next(2)  # requests 2: stored, never answered within the 10 s client timeout
         proc = subprocess.Popen(_cmd(log, archive, srv.url), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         child.append(proc)
-        try:
-            rc = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail("exporter run did not exit within 15 s of SIGTERM")
+        rc = wait_exit(proc, 120, lambda: "no SIGTERM was sent: the 22 records never all reached Loki"
+                       if not signalled else "exporter run did not exit after SIGTERM")
         took = time.monotonic() - signalled[0]
         assert rc == 0, proc.stderr.read().decode()[-2000:]
+        # The pusher gives an in-flight push 2 s, then the final commit: far
+        # below the 10 s client timeout of the hanging push.
         assert took < 15, f"shutdown took {took:.1f}s"
         ckpt = json.loads((archive / ".state" / "checkpoint.json").read_text())["state"]
         assert ckpt["sources"][str(log)]["offset"] == log.stat().st_size  # final commit
         srv.on_stored = None
+        before = len(srv.requests)
         proc = subprocess.Popen(_cmd(log, archive, srv.url), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(set(srv.lines())) < 22:
-                time.sleep(0.05)
-            time.sleep(0.3)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(srv.requests) <= before:
+                time.sleep(0.05)  # the unacknowledged batch is resent
+            assert len(srv.requests) > before, "the unacknowledged batch was never resent after the restart"
+            time.sleep(0.3)  # anything extra would show now
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+            assert wait_exit(proc, 60, "exporter run did not exit after SIGTERM") == 0
         got = archive_ids(archive)
         assert sorted(got) == sorted(clean_ids(ref_dir)) and len(got) == len(set(got))
         assert sorted(loki_ids(srv)) == sorted(got)
