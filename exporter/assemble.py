@@ -202,6 +202,9 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
         flags.append("oversized_input")
     if ctx.middleware_seen and mw is None:
         flags.append("middleware_missing")
+    for checked in (mw, body):  # what exporter.untrusted dropped or escaped
+        if checked is not None and checked.get("input_flags"):
+            flags.extend(f for f in checked["input_flags"] if f not in flags)
     rec["flags"] = flags
     return rec
 

@@ -167,7 +167,9 @@ class Correlator:
             entry = self._entry(key, t)
             entry["mw"] = line
             entry["precise"] = True
-            entry["done_t"] = parse_ts_or_none(line.get("finished_at")) or t
+            # 0.0 when the line gives no time and none was known: the line
+            # is definitive, so the request is recorded, never left waiting.
+            entry["done_t"] = parse_ts_or_none(line.get("finished_at")) or t or 0.0
             return
         rid = event.request_id
         if not rid:
@@ -327,7 +329,9 @@ def body_params(body: dict | None) -> dict:
         json_mode = True
     elif "response_format" in body:
         json_mode = False
-    return {"max_tokens": body.get("max_completion_tokens", body.get("max_tokens")),
+    max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                       if body.get(k) is not None), None)
+    return {"max_tokens": max_tokens,
             "temperature": body.get("temperature"), "n": body.get("n"), "json_mode": json_mode}
 
 

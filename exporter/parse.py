@@ -93,6 +93,7 @@ import re
 from exporter import events as ev
 from exporter.events import Event, Ignored
 from exporter.logline import Header, access_fields, body_start, clean, json_header, parse_iso_utc, text_header
+from exporter.untrusted import check_body, check_middleware_line, clean_text
 from exporter.pyrepr import (
     DQ_PATTERN,
     QUOTES,
@@ -275,8 +276,18 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
             body = json.loads(raw)
         except (ValueError, RecursionError):
             body = None  # --max-log-len cut it (or 0.31's [:-1] slice): keep the event
-        body = body if isinstance(body, dict) else None
-        return Event(ev.BODY, rid, h.when, {"body": body, "raw_len": len(raw), "truncated_body": body is None})
+        problems: list[str] = []
+        if isinstance(body, dict):
+            body, bad, escaped = check_body(body)
+            problems = _problems("body_invalid_field", bad, escaped)
+            if problems:
+                body["input_flags"] = _input_flags(bad, escaped)
+        else:
+            body = None
+        data = {"body": body, "raw_len": len(raw), "truncated_body": body is None}
+        if problems:
+            data["problems"] = problems
+        return Event(ev.BODY, rid, h.when, data)
     if s.startswith(" aborted", k):
         if h.file not in ENGINE_FILES:
             return _CONT
@@ -586,6 +597,22 @@ def _lora_name(s: str, span: tuple[int, int]) -> str | None:
 # -- JSON lines: middleware and vLLM's JSON formatter -------------------------
 
 
+# Parse-error reasons for lines that were used but had fields dropped or text
+# escaped (exporter.untrusted); counted per line in
+# vllm_audit_parse_errors_total.
+CHECK_PROBLEMS = ("middleware_invalid_field", "body_invalid_field", "unencodable_text")
+
+
+def _problems(field_reason: str, bad: list[str], escaped: bool) -> list[str]:
+    """Parse-error reasons (metric label values) for a checked JSON object."""
+    return ([field_reason] if bad else []) + (["unencodable_text"] if escaped else [])
+
+
+def _input_flags(bad: list[str], escaped: bool) -> list[str]:
+    """Record flags for the same findings."""
+    return (["invalid_field"] if bad else []) + (["unencodable_text"] if escaped else [])
+
+
 def _parse_json(text: str) -> Event | Ignored:
     try:
         obj = json.loads(text)
@@ -598,7 +625,15 @@ def _parse_json(text: str) -> Event | Ignored:
         rid = obj.get("request_id")
         if not isinstance(rid, str) or not rid:
             return _BAD_MW
-        return Event(ev.MIDDLEWARE, rid, parse_iso_utc(obj.get("received_at")), {"line": obj})
+        line, bad, escaped = check_middleware_line(obj)
+        problems = _problems("middleware_invalid_field", bad, escaped)
+        if problems:
+            line["input_flags"] = _input_flags(bad, escaped)
+        # A line without a usable receive time is still a finished request:
+        # its finish time (or, failing both, the time it was read) stands in.
+        when = parse_iso_utc(line.get("received_at")) or parse_iso_utc(line.get("finished_at"))
+        data = {"line": line, "problems": problems} if problems else {"line": line}
+        return Event(ev.MIDDLEWARE, rid, when, data)
     if kind == "vllm_audit_middleware_dropped":
         n = obj.get("dropped")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
@@ -607,6 +642,8 @@ def _parse_json(text: str) -> Event | Ignored:
     message = obj.get("message")
     if not isinstance(message, str):
         return _NOT_VLLM
+    if "\\ud" in text or "\\uD" in text:  # a JSON "\\ud800" escape must not reach a UTF-8 writer
+        message, _ = clean_text(message)
     header = json_header(obj)
     if header is None:
         return _NOT_VLLM

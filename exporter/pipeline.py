@@ -32,7 +32,7 @@ from . import events as ev
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
 from .correlate import Correlator
-from .parse import parse_line
+from .parse import CHECK_PROBLEMS, parse_line
 
 CHECKPOINT_VERSION = 1
 
@@ -162,6 +162,7 @@ class Pipeline:
         feed = self.correlator.feed
         ignored_cls = ev.Ignored
         access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
+        checked_kind, body_kind = ev.MIDDLEWARE, ev.BODY
         # Lines of one second share one header time: resolve it once. The
         # resolver's answer and its state depend only on ``when`` and the last
         # resolved (year, month), which the same ``when`` leaves unchanged.
@@ -189,9 +190,14 @@ class Pipeline:
             if kind == dropped_kind:
                 self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
                 continue
+            if (kind == checked_kind or kind == body_kind) and "problems" in result.data:
+                for reason in result.data["problems"]:
+                    ignored[reason] = ignored.get(reason, 0) + 1
             when = result.when
             if when is None:
-                t = None
+                # A middleware line without a usable time: the time this
+                # source had reached stands in, so it is recorded, not stuck.
+                t = src_t if kind == checked_kind else None
             elif when == last_when:
                 t = last_t
             else:
@@ -204,7 +210,7 @@ class Pipeline:
         self._when_cache = (last_when, last_t)
         selfm = self.selfm
         for reason, count in ignored.items():
-            if reason.startswith("malformed"):
+            if reason.startswith("malformed") or reason in CHECK_PROBLEMS:
                 selfm.parse_errors.labels(reason).inc(count)
             else:
                 selfm.lines_ignored.labels(reason).inc(count)

@@ -39,7 +39,9 @@ IGNORED_REASONS = ("empty", "not_vllm", "other_logger", "stats", "continuation",
                    "traceback", "not_request_log", "access")
 # Lines that look like request logging but do not parse.
 PARSE_ERROR_REASONS = ("malformed_received", "malformed_output", "malformed_body",
-                       "malformed_details", "malformed_middleware")
+                       "malformed_details", "malformed_middleware",
+                       # a field of a used line dropped for its type, a lone surrogate escaped
+                       "middleware_invalid_field", "body_invalid_field", "unencodable_text")
 # Why an in-flight request was given up on: the correlator's timeout passed,
 # its table was full, or the pipeline found nothing to match it with. Other
 # reasons can still be used; these exist at 0.
