@@ -79,6 +79,10 @@ class Correlator:
         # a line arriving after its request was recorded must not open a
         # second record for it (RECENT_MAX bounds the memory).
         self.recent: dict[str, float | None] = {}
+        # A client may reuse its X-Request-Id: a second request under a base
+        # id that is still in flight gets an entry of its own under an alias
+        # slot ("<id>#<order>"); base id -> its alias slots, oldest first.
+        self.aliases: dict[str, list[str]] = {}
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
@@ -95,20 +99,28 @@ class Correlator:
         self._next_order = int(state.get("next_order") or 0)
         self.recent = {k: v for k, v in state.get("recent") or []}
         self.by_log_id = {e["log_id"]: k for k, e in self.inflight.items() if e.get("log_id")}
+        self.aliases = {}
+        for slot, e in self.inflight.items():
+            if slot != e["key"]:
+                self.aliases.setdefault(e["key"], []).append(slot)
 
     # ---------------------------------------------------------------- input
-    def _entry(self, key: str, t: float | None) -> dict:
-        entry = self.inflight.get(key)
+    def _entry(self, slot: str, t: float | None, key: str | None = None) -> dict:
+        """The in-flight entry in ``slot`` (made if new); ``key`` is the base
+        id when ``slot`` is an alias."""
+        entry = self.inflight.get(slot)
         if entry is None:
-            entry = {"key": key, "log_id": None, "endpoint": None, "first_t": t, "last_t": t,
+            entry = {"key": key or slot, "log_id": None, "endpoint": None, "first_t": t, "last_t": t,
                      "received_t": None, "done_t": None, "status": None, "received": None,
                      "details": None, "body": None, "outputs": [], "deltas": 0,
                      "delta_ids": 0, "delta_ids_known": True, "last_finish": None,
                      "complete": [], "out_ids": None, "mw": None, "aborted": False,
                      "failed": None, "stream": None, "precise": False,
                      "order": self._next_order}
+            if key is not None and key != slot:
+                entry["slot"] = slot
             self._next_order += 1
-            self.inflight[key] = entry
+            self.inflight[slot] = entry
         if t is not None:
             if entry["first_t"] is None:
                 entry["first_t"] = t
@@ -162,9 +174,10 @@ class Correlator:
             if not key:
                 return
             self.middleware_seen = True
-            if self._late(key, kind, parse_ts_or_none(line.get("received_at"))):
+            received = parse_ts_or_none(line.get("received_at"))
+            if self._late(key, kind, received):
                 return
-            entry = self._entry(key, t)
+            entry = self._entry(self._slot(key, "mw", received), t, key)
             entry["mw"] = line
             entry["precise"] = True
             # 0.0 when the line gives no time and none was known: the line
@@ -196,14 +209,19 @@ class Correlator:
             key, endpoint = self._key_for(rid)
         if self._late(key, kind):
             return
-        entry = self._entry(key, t)
+        slot = key
+        if kind == ev.RECEIVED or kind == ev.BODY:
+            base = self.inflight[key]["key"] if key in self.inflight else key
+            slot = self._slot(base, "received" if kind == ev.RECEIVED else "body", t)
+            key = base
+        entry = self._entry(slot, t, key)
         if event.when is not None and event.when.year is not None:
             entry["precise"] = True
         if kind != ev.BODY and (entry["log_id"] is None or kind == ev.RECEIVED):
             entry["log_id"] = rid
             if endpoint is not None:
                 entry["endpoint"] = endpoint
-            self.by_log_id[rid] = key
+            self.by_log_id[rid] = slot
         if kind == ev.RECEIVED:
             entry["received"] = event.data
             entry["received_t"] = t
@@ -217,6 +235,39 @@ class Correlator:
             self._output_details(entry, event.data)
         if len(self.inflight) > self.max_inflight:
             self._bound()
+
+    def _slot(self, key: str, field: str, t: float | None) -> str:
+        """Where a request-opening event for base id ``key`` goes.
+
+        ``field`` is what the event fills (``received``, ``body``, ``mw``).
+        The in-flight entries under that id that still lack it are the
+        candidates: one is taken whatever the times say (as before ids were
+        reused, so a server clock in the wrong zone does not split a
+        request); among several, the one whose other source's receive time is
+        nearest to ``t``. With none, a reused id opens a new slot. So a
+        backlog read one file after the other splits into the same requests
+        as when the lines are fed live."""
+        slots = [s for s in (key, *self.aliases.get(key, ())) if s in self.inflight]
+        free = [s for s in slots if self.inflight[s][field] is None]
+        if len(free) == 1:
+            return free[0]
+        if free:
+            return min(free, key=lambda s: self._distance(self.inflight[s], field, t))
+        if not slots:
+            return key
+        alias = f"{key}#{self._next_order}"
+        self.aliases.setdefault(key, []).append(alias)
+        return alias
+
+    @staticmethod
+    def _distance(e: dict, field: str, t: float | None) -> float:
+        """Seconds between ``t`` and the entry's receive time as the other
+        source saw it; LATE_WINDOW when either is unknown."""
+        if field == "mw":
+            other = e["received_t"]
+        else:
+            other = parse_ts_or_none(e["mw"].get("received_at")) if e["mw"] is not None else None
+        return LATE_WINDOW if t is None or other is None else abs(other - t)
 
     def _output_details(self, entry: dict, data: dict) -> None:
         ids = data.get("output_token_ids")
@@ -258,12 +309,17 @@ class Correlator:
         while len(self.inflight) > self.max_inflight:
             oldest = min(self.inflight.values(), key=lambda e: e["order"])
             self.on_evict("capacity")
-            self._pending_evicted.append(self._pop(oldest["key"]))
+            self._pending_evicted.append(self._pop(oldest.get("slot", oldest["key"])))
 
-    def _pop(self, key: str) -> dict:
-        entry = self.inflight.pop(key)
-        if entry.get("log_id"):
-            self.by_log_id.pop(entry["log_id"], None)
+    def _pop(self, slot: str) -> dict:
+        entry = self.inflight.pop(slot)
+        if entry.get("log_id") and self.by_log_id.get(entry["log_id"]) == slot:
+            del self.by_log_id[entry["log_id"]]
+        key = entry["key"]
+        if key != slot:
+            self.aliases[key].remove(slot)
+            if not self.aliases[key]:
+                del self.aliases[key]
         self.recent[key] = entry["received_t"] if entry["received_t"] is not None else entry["first_t"]
         if len(self.recent) > RECENT_MAX:
             del self.recent[next(iter(self.recent))]
@@ -276,6 +332,8 @@ class Correlator:
         whose receive time is not the recorded request's."""
         if key not in self.recent:
             return False
+        if kind != ev.MIDDLEWARE and (key in self.inflight or key in self.aliases):
+            return False  # a request under this id is in flight: the line is its
         if kind == ev.RECEIVED:
             del self.recent[key]
             return False
