@@ -38,11 +38,12 @@ Security rules (a prompt or output must never create or alter a record):
    failure). A mismatch is ``Ignored("continuation")``. For the JSON formatter
    the logger ``name`` is checked the same way (``vllm.…request_logger`` etc.).
 3. The remaining hole: a multi-line message *from an allowed file* (only
-   ``Request X failed due to <exception text>`` in practice). When the tailer
-   knows that the previous physical line ended with ``\\r`` (NewLineFormatter
-   writes ``\\r\\n`` between the lines of one record and ``\\n`` after the
-   last), it passes ``continued=True`` and the line is ``continuation``
-   whatever it says.
+   ``Request X failed due to <exception text>`` in practice). The pipeline
+   decides which physical lines continue a record (NewLineFormatter writes
+   one ``\\r`` more than the log's usual line end inside a record, and
+   continuation lines repeat the ``failed`` line's exact header; rules in
+   ``Pipeline._lines``) and passes ``continued=True``: the line is then
+   ``continuation`` whatever it says.
 4. No arbitrary text before the header (see :mod:`exporter.logline`); the
    exact ``VLLM_LOGGING_PREFIX`` is passed as ``logging_prefix``.
 

@@ -45,7 +45,13 @@ class Source:
     health: object | None = None
     metrics: object | None = None
     finished: bool = False  # replay: read to EOF
-    cr: bool = False  # the last line ended in \r\n: the next one is a continuation
+    # Continuation state (see _lines): \r count before the last line's \n,
+    # the fewest seen in this source (its usual line end: 0, or 1 for a log
+    # that went through a terminal), and the header of the last
+    # "Request X failed" line, whose continuation lines repeat it.
+    cr: int = 0
+    base_cr: int | None = None
+    failed_head: str | None = None
     seen: dict = field(default_factory=dict)  # tailer counter values already exported
 
 
@@ -100,8 +106,10 @@ class Pipeline:
         self.correlator.restore(state.get("correlator"))
         self.committed_archive = state.get("archive")
         continued = state.get("continued") or {}
+        ends = state.get("line_ends") or {}
         for src in self.sources:
-            src.cr = bool(continued.get(src.name))
+            src.cr = int(continued.get(src.name) or 0)
+            src.base_cr, src.failed_head = ends.get(src.name) or (None, None)
         self._when_cache = (None, None)
         if state.get("time") is not None:
             self.resolver.restore(state["time"])
@@ -162,23 +170,42 @@ class Pipeline:
         feed = self.correlator.feed
         ignored_cls = ev.Ignored
         access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
-        checked_kind, body_kind = ev.MIDDLEWARE, ev.BODY
+        checked_kind, body_kind, failed_kind = ev.MIDDLEWARE, ev.BODY, ev.FAILED
         # Lines of one second share one header time: resolve it once. The
         # resolver's answer and its state depend only on ``when`` and the last
         # resolved (year, month), which the same ``when`` leaves unchanged.
         last_when, last_t = self._when_cache
         src_t = src.last_t
-        prefix, continued = self.logging_prefix, src.cr
+        # Continuation lines of a multi-line vLLM record (an exception text
+        # can carry client input, so they must never count as records):
+        # 1. NewLineFormatter ends every line but a record's last with one
+        #    \r more than the log's usual line end: the line after one with
+        #    more \r than the fewest this source has shown continues it
+        #    (plain logs: "\r\n" inside, "\n" after; through a terminal:
+        #    "\r\r\n" inside, "\r\n" after);
+        # 2. where the \r were lost (LF-only copies), the one multi-line
+        #    message from a file allowed to alter a record, "Request X
+        #    failed due to <exception>", is followed by lines repeating its
+        #    exact header: those are continuations too.
+        prefix, prev_cr, base_cr, head = self.logging_prefix, src.cr, src.base_cr, src.failed_head
         for line in lines:
+            cr = line.cr
+            if base_cr is None or cr < base_cr:
+                base_cr = cr
+            continued = prev_cr > base_cr
+            prev_cr = cr
             if line.truncated:  # over --max-line-bytes: cannot be parsed whole
                 ignored["line_too_long"] = ignored.get("line_too_long", 0) + 1
-                continued = line.cr
                 continue
+            if head is not None:
+                if line.text.startswith(head):
+                    continued = True
+                else:
+                    head = None
             if continued or prefix:
                 result = parse(line.text, logging_prefix=prefix, continued=continued)
             else:
                 result = parse(line.text)
-            continued = line.cr
             if result.__class__ is ignored_cls or isinstance(result, ignored_cls):
                 reason = result.reason
                 ignored[reason] = ignored.get(reason, 0) + 1
@@ -190,6 +217,9 @@ class Pipeline:
             if kind == dropped_kind:
                 self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
                 continue
+            if kind == failed_kind:
+                k = line.text.find("] Request ")
+                head = line.text[:k + 2] if k >= 0 else None
             if (kind == checked_kind or kind == body_kind) and "problems" in result.data:
                 for reason in result.data["problems"]:
                     ignored[reason] = ignored.get(reason, 0) + 1
@@ -206,7 +236,7 @@ class Pipeline:
             if t is not None and (src_t is None or t > src_t):
                 src_t = src.last_t = t
             feed(result, t)
-        src.cr = continued
+        src.cr, src.base_cr, src.failed_head = prev_cr, base_cr, head
         self._when_cache = (last_when, last_t)
         selfm = self.selfm
         for reason, count in ignored.items():
@@ -282,6 +312,7 @@ class Pipeline:
             "version": CHECKPOINT_VERSION,
             "sources": {s.name: s.tailer.position() for s in self.sources},
             "continued": {s.name: s.cr for s in self.sources},
+            "line_ends": {s.name: [s.base_cr, s.failed_head] for s in self.sources},
             "correlator": self.correlator.state(),
             "time": self.resolver.state(),
             "metrics": self.sinks.metrics.snapshot(),

@@ -22,16 +22,17 @@ class Line:
     """One line: ``text`` (no ``\\n``, no ``\\r`` before it), ``nbytes`` (raw
     bytes including the newline), ``pos`` (position right after it),
     ``truncated`` (text cut to max_line_bytes), ``partial`` (no newline: its
-    file ended for us), ``cr`` (it ended in ``\r\n``: vLLM's NewLineFormatter
-    writes that inside a multi-line message, so the *next* line is a
-    continuation whatever it looks like). ``pos`` is built on first access:
+    file ended for us), ``cr`` (how many ``\r`` stood before its ``\n``:
+    vLLM's NewLineFormatter writes one more than the log's usual line end
+    inside a multi-line message, so the pipeline can tell the *next* line is
+    a continuation whatever it looks like). ``pos`` is built on first access:
     the pipeline reads it for one line per checkpoint, and building it costs
     a digest."""
 
     __slots__ = ("text", "nbytes", "truncated", "partial", "cr", "_pos")
 
     def __init__(self, text: str, nbytes: int, pos, truncated: bool = False, partial: bool = False,
-                 cr: bool = False):
+                 cr: int = 0):
         self.text, self.nbytes, self._pos = text, nbytes, pos
         self.truncated, self.partial, self.cr = truncated, partial, cr
 
@@ -84,9 +85,14 @@ def decode(body: bytes, stats: TailStats) -> str:
 
 
 def strip_eol(raw: bytes) -> bytes:
-    if raw[-1:] == b"\n":
-        raw = raw[:-1]
-    return raw[:-1] if raw[-1:] == b"\r" else raw
+    return strip_cr(raw[:-1] if raw[-1:] == b"\n" else raw)[0]
+
+
+def strip_cr(raw: bytes) -> tuple[bytes, int]:
+    """``raw`` without its trailing ``\r`` characters, and how many there were
+    (a terminal's ``\r\n`` plus NewLineFormatter's own ``\r``: two)."""
+    body = raw.rstrip(b"\r")
+    return body, len(raw) - len(body)
 
 
 def cut_utf8(prefix: bytes) -> bytes:
@@ -182,7 +188,8 @@ class LineCutter:
                 out.append(Line(decode(cut_utf8(raw[:maxb]), stats), size, make_pos(off, tail), True))
                 continue
             if raw[-2:-1] == b"\r":
-                out.append(Line(decode(raw[:-2], stats), size, make_pos(off, tail), cr=True))
+                body, cr = strip_cr(raw[:-1])
+                out.append(Line(decode(body, stats), size, make_pos(off, tail), cr=cr))
             else:
                 out.append(Line(decode(raw[:-1], stats), size, make_pos(off, tail)))
         del buf[:i]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from exporter.tail_lines import Line, TailStats, cut_utf8, decode, strip_eol
+from exporter.tail_lines import Line, TailStats, cut_utf8, decode, strip_cr, strip_eol
 from exporter.tail_position import VERSION
 
 MiB = 1024 * 1024
@@ -101,7 +101,7 @@ class StdinTailer:
             self.stats.lines += 1
             self.stats.bytes += total
             out.append(Line(decode(body, self.stats), total, self.position(), truncated, partial,
-                            cr=raw.endswith(b"\r\n")))
+                            cr=strip_cr(raw[:-1])[1] if raw.endswith(b"\n") else 0))
         return out
 
     def close(self) -> None:

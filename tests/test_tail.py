@@ -63,9 +63,12 @@ def test_empty_lines_are_emitted(log):
     assert texts(FileTailer(log, from_start=True).poll()) == ["a", "", "", "b"]
 
 
-def test_crlf_strips_one_cr_only(log):
-    append(log, b"x\r\r\n")
-    assert texts(FileTailer(log, from_start=True).poll()) == ["x\r"]
+def test_line_ends_are_stripped_and_their_cr_counted(log):
+    # A terminal turns NewLineFormatter's "\r\n" into "\r\r\n": the count is
+    # what tells a continuation apart (pipeline), not the bare presence of \r.
+    append(log, b"x\r\r\ny\r\nz\n")
+    lines = FileTailer(log, from_start=True).poll()
+    assert texts(lines) == ["x", "y", "z"] and [ln.cr for ln in lines] == [2, 1, 0]
 
 
 def test_partial_line_waits_for_newline(log):
