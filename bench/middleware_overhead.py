@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 from exporter.middleware import AuditMiddleware, MiddlewareConfig  # noqa: E402
-from exporter.middleware_render import fallback, render  # noqa: E402
-from exporter.middleware_writer import FileSink, LineWriter  # noqa: E402
+from exporter.middleware.line import fallback, render  # noqa: E402
+from exporter.middleware.writer import FileSink, LineWriter  # noqa: E402
 
 BODY = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Hello there"}],
                    "max_tokens": 8, "temperature": 0.0}).encode()

@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .correlate import base_id, body_params, json_text
+from .correlate import base_id, json_text
+from .wire import params as body_params
 from .record import PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
@@ -202,7 +203,7 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
         flags.append("oversized_input")
     if ctx.middleware_seen and mw is None:
         flags.append("middleware_missing")
-    for checked in (mw, body):  # what exporter.untrusted dropped or escaped
+    for checked in (mw, body):  # what exporter.parse.untrusted dropped or escaped
         if checked is not None and checked.get("input_flags"):
             flags.extend(f for f in checked["input_flags"] if f not in flags)
     rec["flags"] = flags

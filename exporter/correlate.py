@@ -378,21 +378,6 @@ def _count(ids) -> int:
     return len(ids)
 
 
-def body_params(body: dict | None) -> dict:
-    if not isinstance(body, dict):
-        return {}
-    rf = body.get("response_format")
-    json_mode = None
-    if isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
-        json_mode = True
-    elif "response_format" in body:
-        json_mode = False
-    max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-                       if body.get(k) is not None), None)
-    return {"max_tokens": max_tokens,
-            "temperature": body.get("temperature"), "n": body.get("n"), "json_mode": json_mode}
-
-
 def json_text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value

@@ -7,7 +7,9 @@ Unknown values are ``None`` (JSON ``null``), never a guess.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
+
+from exporter.wire import utc_text
 
 RECORD_FIELDS: tuple[str, ...] = (
     "ts",
@@ -53,10 +55,7 @@ def new_record() -> dict:
     return rec
 
 
-def format_ts(epoch_seconds: float) -> str:
-    """RFC 3339, UTC, millisecond precision: ``2026-11-22T10:00:00.123Z``."""
-    dt = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+format_ts = utc_text  # RFC 3339, UTC, milliseconds: one writer for records and the middleware line
 
 
 def parse_ts(text: str) -> float:

@@ -28,8 +28,8 @@ from exporter.cli import make_parser, replay_into
 from exporter.correlate import Correlator
 from exporter.events import Event
 from exporter.middleware import AuditMiddleware, MiddlewareConfig
-from exporter.middleware_render import fallback, render
-from exporter.middleware_writer import LineWriter
+from exporter.middleware.line import fallback, render
+from exporter.middleware.writer import LineWriter
 from exporter.parse import parse_line
 from exporter.record import dumps_line
 from exporter.settings import build as build_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.events import LogTime
-from exporter.logline import (
+from exporter.parse.header import (
     access_fields,
     body_start,
     clean,

@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from exporter import middleware_capture
+from exporter.middleware import capture as middleware_capture
 from exporter.middleware import DEFAULT_SALT, AuditMiddleware, MiddlewareConfig
-from exporter.middleware_render import context_rejection, fallback, render
-from exporter.middleware_writer import FileSink, LineWriter
+from exporter.middleware.line import context_rejection, fallback, render
+from exporter.middleware.writer import FileSink, LineWriter
 
 T0 = 1795341600.0  # 2026-11-22T10:00:00Z
 CHAT = "/v1/chat/completions"

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hyp import examples
 
-from exporter import middleware_capture
+from exporter.middleware import capture as middleware_capture
 from exporter.middleware import AuditMiddleware, MiddlewareConfig
-from exporter.middleware_render import render
-from exporter.middleware_writer import LineWriter
+from exporter.middleware.line import render
+from exporter.middleware.writer import LineWriter
 
 TIMING = ("received_at", "finished_at", "latency_seconds", "ttft_seconds")
 FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.pyrepr import (
+from exporter.parse.pyrepr import (
     ReprError,
     decode_int_list,
     decode_str,

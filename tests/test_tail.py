@@ -9,7 +9,7 @@ import os
 import pytest
 
 from exporter.tail import FileTailer, Line, StdinTailer, TailStats
-from exporter.tail_position import validate
+from exporter.tail.position import validate
 
 
 def append(path, data: bytes) -> None:

@@ -2,7 +2,7 @@
 cases", as far as they concern the tailer (16, timestamps, is logtime's).
 
 Each test asserts the exact sequence of lines: none lost beyond what the
-rules in exporter/tail.py document, none doubled. A "restart" is a new
+rules in exporter/tail/file.py document, none doubled. A "restart" is a new
 FileTailer built from a saved position.
 """
 
@@ -17,7 +17,7 @@ from hyp import examples
 
 from exporter.checkpoint import read_checkpoint, write_atomic
 from exporter.tail import FileTailer
-from exporter.tail_position import OsFs
+from exporter.tail.position import OsFs
 
 
 def append(path, data: bytes) -> None:

@@ -201,8 +201,8 @@ SCENARIOS = (scenario_basic, scenario_concurrent, scenario_adversarial)
 
 def middleware_available(python: str) -> str | None:
     """None when exporter.middleware.AuditMiddleware imports under vLLM's python, else why not."""
-    if not (REPO_ROOT / "exporter" / "middleware.py").is_file():
-        return "exporter/middleware.py does not exist"
+    if not (REPO_ROOT / "exporter" / "middleware" / "__init__.py").is_file():
+        return "exporter/middleware/__init__.py does not exist"
     proc = subprocess.run(
         [python, "-c", "from exporter.middleware import AuditMiddleware"],
         cwd=str(REPO_ROOT), env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},

@@ -249,7 +249,7 @@ class Exporter:
                                "backoff_max_seconds": 30.0, "batch_wait": 0.0,
                                **(loki_overrides or {})}
         self.url = url  # a Loki URL other than the test server's (DNS, TLS, hang)
-        self.fs = fs  # injected into every FileTailer (exporter.tail_position.OsFs)
+        self.fs = fs  # injected into every FileTailer (exporter.tail.position.OsFs)
         self.rt = None
         self.starts = 0
 

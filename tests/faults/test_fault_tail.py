@@ -2,7 +2,7 @@
 end to end through the real runtime, with one invariant (harness.py): every
 request exactly once in the archive, in Loki and in the counters.
 
-Where a case has a documented unavoidable loss (exporter/tail.py docstring:
+Where a case has a documented unavoidable loss (exporter/tail/file.py docstring:
 the copytruncate window; a plain truncation before the bytes were read), the
 expected set is the clean replay of exactly the bytes that remained visible,
 the loss is shown to be non-empty and the truncations counter counts it.
@@ -14,7 +14,7 @@ import os
 import types
 
 
-from exporter.tail_position import OsFs
+from exporter.tail.position import OsFs
 
 from .harness import (
     Writer, assert_exactly_once, capture_lines, chunks, reference_ids, sample, shift_times,

@@ -35,12 +35,11 @@ import hashlib
 import hmac
 import json
 import re
-from datetime import datetime, timezone
 
-from .middleware_stream import parse_response
+from exporter.wire import DROPPED_TYPE, LINE_TYPE, LINE_VERSION, params, prompt_of, utc_text
 
-LINE_TYPE = "vllm_audit_middleware"
-DROPPED_TYPE = "vllm_audit_middleware_dropped"
+from .response import parse_response
+
 
 # vLLM 0.32 (renderers/params.py, v1/engine/input_processor.py) and older wordings.
 _CONTEXT_PATTERNS = (
@@ -52,12 +51,6 @@ _CONTEXT_PATTERNS = (
                r"is longer than the maximum model length"),
 )
 _CONTEXT_ANY = re.compile(r"maximum context length|longer than the maximum model length")
-
-
-def utc_text(wall: float) -> str:
-    """RFC 3339 UTC with milliseconds, as ``record.ts``."""
-    stamp = datetime.fromtimestamp(wall, timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
 def context_rejection(message: str | None) -> tuple[bool, int | None]:
@@ -113,32 +106,6 @@ def identity(cfg, headers: dict, auth: bytes | None, body) -> tuple[dict, str | 
     return ident, user
 
 
-def _param(body: dict, *names):
-    for name in names:
-        if body.get(name) is not None:
-            return body[name]
-    return None
-
-
-def params(body) -> dict:
-    if not isinstance(body, dict):
-        return {"max_tokens": None, "temperature": None, "n": None, "json_mode": None}
-    fmt = body.get("response_format")
-    if fmt is None and isinstance(body.get("text"), dict):  # Responses API: text.format
-        fmt = body["text"].get("format")
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    return {"max_tokens": _param(body, "max_completion_tokens", "max_tokens", "max_output_tokens"),
-            "temperature": _param(body, "temperature"), "n": _param(body, "n"),
-            "json_mode": kind in ("json_object", "json_schema")}
-
-
-def prompt_of(endpoint: str, body):
-    if not isinstance(body, dict):
-        return None
-    key = {"chat": "messages", "completion": "prompt"}.get(endpoint, "input")
-    return body.get(key)
-
-
 def render(ex, cfg) -> dict:
     """The middleware line for one finished exchange."""
     body = None
@@ -180,7 +147,7 @@ def render(ex, cfg) -> dict:
     latency = max(0.0, ex.end_perf - ex.start_perf) if ex.end_perf else None
     stream = body.get("stream") if isinstance(body, dict) else None
     return {
-        "type": LINE_TYPE, "v": 1,
+        "type": LINE_TYPE, "v": LINE_VERSION,
         "request_id": ex.request_id, "request_id_generated": ex.request_id_generated,
         "response_id": resp.response_id,
         "received_at": utc_text(ex.start_wall),
@@ -207,7 +174,7 @@ def render(ex, cfg) -> dict:
 
 def fallback(ex, exc: BaseException) -> dict:
     """Minimal line when ``render`` itself failed: the request still shows up."""
-    return {"type": LINE_TYPE, "v": 1, "request_id": getattr(ex, "request_id", None),
+    return {"type": LINE_TYPE, "v": LINE_VERSION, "request_id": getattr(ex, "request_id", None),
             "request_id_generated": getattr(ex, "request_id_generated", None),
             "received_at": utc_text(getattr(ex, "start_wall", 0.0)),
             "path": getattr(ex, "path", None), "status_code": getattr(ex, "status_code", None),
@@ -215,4 +182,4 @@ def fallback(ex, exc: BaseException) -> dict:
 
 
 def dropped_line(count: int, wall: float) -> dict:
-    return {"type": DROPPED_TYPE, "v": 1, "dropped": count, "at": utc_text(wall)}
+    return {"type": DROPPED_TYPE, "v": LINE_VERSION, "dropped": count, "at": utc_text(wall)}

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 
-from .middleware_render import dropped_line
+from .line import dropped_line
 
 log = logging.getLogger(__name__)
 

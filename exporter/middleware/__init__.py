@@ -27,9 +27,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .middleware_capture import Exchange
-from .middleware_render import fallback, render
-from .middleware_writer import FileSink, LineWriter
+from .capture import Exchange
+from .line import fallback, render
+from .writer import FileSink, LineWriter
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,18 @@ import json
 import math
 import re
 
+# Parse-error reasons for lines that were used but had fields dropped or text
+# escaped; counted per line in vllm_audit_parse_errors_total.
+CHECK_PROBLEMS = ("middleware_invalid_field", "body_invalid_field", "unencodable_text")
+
+
+def findings(field_reason: str, bad: list[str], escaped: bool) -> tuple[list[str], list[str]]:
+    """``(parse-error reasons, record flags)`` for one checked object."""
+    problems = ([field_reason] if bad else []) + (["unencodable_text"] if escaped else [])
+    flags = (["invalid_field"] if bad else []) + (["unencodable_text"] if escaped else [])
+    return problems, flags
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PROMPT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 

@@ -2,10 +2,10 @@
 
 Accepted input: one physical line of vLLM's stdout (text or JSON formatter,
 0.6.3-0.33), a uvicorn access line, or one middleware JSON line; the tailer has
-removed the newline (a stray ``\\r`` is tolerated). See :mod:`exporter.logline`
+removed the newline (a stray ``\\r`` is tolerated). See :mod:`exporter.parse.header`
 for the header rules and ``docs/design.md`` ("Events") for the event shapes.
 
-Message grammar (``%r`` values are Python reprs, see :mod:`exporter.pyrepr`)::
+Message grammar (``%r`` values are Python reprs, see :mod:`exporter.parse.pyrepr`)::
 
     Received request ID: FIELDS.          fields: prompt, params, prompt_token_ids,
                                           prompt_embeds shape, lora_request,
@@ -44,7 +44,7 @@ Security rules (a prompt or output must never create or alter a record):
    continuation lines repeat the ``failed`` line's exact header; rules in
    ``Pipeline._lines``) and passes ``continued=True``: the line is then
    ``continuation`` whatever it says.
-4. No arbitrary text before the header (see :mod:`exporter.logline`); the
+4. No arbitrary text before the header (see :mod:`exporter.parse.header`); the
    exact ``VLLM_LOGGING_PREFIX`` is passed as ``logging_prefix``.
 
 Token ids: ``prompt_token_ids`` / ``output_token_ids`` are plain ``list[int]``
@@ -83,7 +83,7 @@ Speed: a substring gate (``"equest"``/``"Generated response"``/``"HTTP/"``)
 sends lines that cannot matter to a cheap classification; the header is one
 anchored regex with cached time and file parts; Generated-response lines (most
 lines of a stream) are matched by one regex; everything is linear in the line
-length (see :mod:`exporter.pyrepr`).
+length (see :mod:`exporter.parse.pyrepr`).
 """
 
 from __future__ import annotations
@@ -93,24 +93,16 @@ import re
 
 from exporter import events as ev
 from exporter.events import Event, Ignored
-from exporter.logline import Header, access_fields, body_start, clean, json_header, parse_iso_utc, text_header
-from exporter.untrusted import check_body, check_middleware_line, clean_text
-from exporter.pyrepr import (
+from exporter.parse.header import Header, access_fields, body_start, clean, json_header, parse_iso_utc, text_header
+from exporter.parse.middleware_line import MALFORMED, MIDDLEWARE_TYPES, middleware_event
+from exporter.parse.untrusted import check_body, clean_text, findings
+from exporter.parse.pyrepr import (
     DQ_PATTERN,
-    QUOTES,
     SQ_PATTERN,
     ReprError,
-    decode_int_list,
     decode_literal,
-    decode_str,
-    group_end,
-    int_list_end,
-    split_kwargs,
-    string_end,
-    to_float,
-    to_int,
-    value_end,
 )
+from exporter.parse.fields import fields, ids_or_none, lora_name, sampling_params, str_or_none
 
 REQUEST_LOGGER_FILES = frozenset({"logger.py", "request_logger.py"})
 ENGINE_FILES = frozenset({"async_llm.py", "engine.py", "async_llm_engine.py"})
@@ -129,7 +121,6 @@ _BAD_RECEIVED = Ignored("malformed_received")
 _BAD_OUTPUT = Ignored("malformed_output")
 _BAD_BODY = Ignored("malformed_body")
 _BAD_DETAILS = Ignored("malformed_details")
-_BAD_MW = Ignored("malformed_middleware")
 
 _TRACEBACK_STARTS = (
     "Traceback (most recent call last)",
@@ -138,12 +129,8 @@ _TRACEBACK_STARTS = (
     "During handling of the above exception",
     "The above exception was the direct cause",
 )
-_FIELD_NAME = re.compile(r"[a-z_][a-z_ ]{0,40}: ")
-_EXTRA_KW = re.compile(r", ([A-Za-z_]\w{0,60})=")
 _ID = re.compile(r"\S+")
-_INT_LIST_BODY = re.compile(r"[0-9, ]*")
 _WORD = re.compile(r"[A-Za-z_]\w{0,60}")
-_ATOM_STOP = re.compile(r"[\s,'\"(\[{]")
 # Generated-response lines, whole: literal alternatives cannot overlap and the
 # string literal is the unrolled-loop form, so this cannot backtrack badly.
 _OUTPUT_LINE = re.compile(
@@ -280,9 +267,9 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
         problems: list[str] = []
         if isinstance(body, dict):
             body, bad, escaped = check_body(body)
-            problems = _problems("body_invalid_field", bad, escaped)
-            if problems:
-                body["input_flags"] = _input_flags(bad, escaped)
+            problems, flags = findings("body_invalid_field", bad, escaped)
+            if flags:
+                body["input_flags"] = flags
         else:
             body = None
         data = {"body": body, "raw_len": len(raw), "truncated_body": body is None}
@@ -315,108 +302,11 @@ def _failure_reason(rest: str) -> str:
     return r
 
 
-def _fields(s: str, i: int, end: int) -> dict[str, tuple[int, int]]:
-    """``name: value, name: value`` in ``s[i:end]`` → {name: span}; strict."""
-    out: dict[str, tuple[int, int]] = {}
-    while True:
-        m = _FIELD_NAME.match(s, i, end)
-        if m is None:
-            raise ReprError("expected a field name")
-        name = s[i : m.end() - 2]
-        if name in out:
-            raise ReprError(f"repeated field {name}")
-        a = m.end()
-        b = _quick_value_end(s, a, end)
-        if b >= 0:
-            pass  # a whole string literal or id list, followed by ", " or the end
-        elif name == "params":
-            # Name(...) scanned once; the group's span is kept for _params.
-            k = s.find("(", a, min(a + 80, end))
-            if k < 0 or not s[a:k].isidentifier():
-                raise ReprError("params is not Name(...)")
-            b = group_end(s, k)
-            out["params("] = (k, b)
-            # 0.6.3 closes SamplingParams before ", guided_decoding=...":
-            # keep such trailing key=value pairs with the params value.
-            while (x := _EXTRA_KW.match(s, b, end)) is not None:
-                b = value_end(s, x.end(), end)
-            if b != end and not s.startswith(", ", b):
-                raise ReprError("junk after params")
-        else:
-            b = value_end(s, a, end)
-            if not _single_value(s, a, b):
-                raise ReprError(f"field {name} is not one value")
-        out[name] = (a, b)
-        if b >= end:
-            return out
-        i = b + 2
-
-
-def _quick_value_end(s: str, a: int, end: int) -> int:
-    """End of a string literal or int list at ``a`` when one ends the field; else -1.
-
-    The common values, found without the general scanner: prompts, outputs
-    and token-id lists are most of the bytes.
-    """
-    if a >= end:
-        return -1
-    c = s[a]
-    if c in QUOTES:
-        b = string_end(s, a)
-    elif c == "[":
-        k = s.find("]", a, end)
-        if k < 0 or _INT_LIST_BODY.fullmatch(s, a + 1, k) is None:
-            return -1
-        b = k + 1
-    else:
-        return -1
-    return b if b == end or (b < end and s.startswith(", ", b)) else -1
-
-
-def _single_value(s: str, a: int, b: int) -> bool:
-    """``s[a:b]`` is exactly one repr value: literal, list, ``Name(...)`` or bare atom."""
-    if a >= b:
-        return False
-    c = s[a]
-    if c in QUOTES:
-        return string_end(s, a) == b
-    m = _ATOM_STOP.search(s, a, b)
-    if m is None:
-        return True
-    k = m.start()
-    c = s[k]
-    if c in "([{":
-        return group_end(s, k) == b
-    if c in QUOTES:  # b'...' style prefix
-        return string_end(s, k) == b
-    return False
-
-
-def _str_or_none(s: str, span: tuple[int, int]) -> str | None:
-    a, b = span
-    if s.startswith("None", a) and b == a + 4:
-        return None
-    text, end = decode_str(s, a)
-    if end != b:
-        raise ReprError("junk after string")
-    return text
-
-
-def _ids_or_none(s: str, span: tuple[int, int]) -> tuple[list[int] | None, int | None]:
-    a, b = span
-    if b == a + 4 and s.startswith("None", a):
-        return None, None
-    end, count = int_list_end(s, a)
-    if end != b:
-        raise ReprError("junk after list")
-    return decode_int_list(s, a, end), count
-
-
 def _prompt_fields(s: str, f: dict[str, tuple[int, int]], data: dict) -> None:
     if "prompt" in f:
-        data["prompt"] = _str_or_none(s, f["prompt"])
+        data["prompt"] = str_or_none(s, f["prompt"])
     if "prompt_token_ids" in f:
-        ids, count = _ids_or_none(s, f["prompt_token_ids"])
+        ids, count = ids_or_none(s, f["prompt_token_ids"])
         data["prompt_token_ids"] = ids
         data["prompt_token_count"] = count
 
@@ -427,12 +317,12 @@ def _received(s: str, i: int, h: Header) -> Event | Ignored:
         return _BAD_RECEIVED
     rid, k = found
     try:
-        f = _fields(s, k + 2, len(s) - 1)
-        data: dict = {"params": _params(s, f) if "params" in f else {}}
+        f = fields(s, k + 2, len(s) - 1)
+        data: dict = {"params": sampling_params(s, f) if "params" in f else {}}
         _prompt_fields(s, f, data)
         lora = f.get("lora_request")
         if lora is not None:
-            name = _lora_name(s, lora)
+            name = lora_name(s, lora)
             if name is not None:
                 data["lora_name"] = name
     except ReprError:
@@ -444,7 +334,7 @@ def _details(s: str, i: int, rid: str, h: Header) -> Event | Ignored:
     if not s.endswith("."):
         return _BAD_DETAILS
     try:
-        f = _fields(s, i, len(s) - 1)
+        f = fields(s, i, len(s) - 1)
         data: dict = {}
         _prompt_fields(s, f, data)
     except ReprError:
@@ -466,11 +356,11 @@ def _generated_fast(s: str, m: re.Match, h: Header) -> Event:
     """The exact shapes vLLM writes, matched in one regex (most lines of a stream)."""
     rid, info = m.group(1), _STREAM[m.group(2) or ""]
     if m.start(6) >= 0:  # "... details: output_token_ids: L"
-        ids, count = _ids_or_none(s, m.span(6))
+        ids, count = ids_or_none(s, m.span(6))
         return Event(ev.OUTPUT_DETAILS, rid, h.when, {"stream_info": info, "output_token_ids": ids, "output_token_count": count})
     data: dict = {"stream_info": info}
     if m.start(4) >= 0:
-        data["output_token_ids"], data["output_token_count"] = _ids_or_none(s, m.span(4))
+        data["output_token_ids"], data["output_token_count"] = ids_or_none(s, m.span(4))
     a, b = m.span(3)
     data["output"] = None if s[a] == "N" else decode_literal(s, a, b)
     reason = m.group(5)
@@ -501,17 +391,17 @@ def _generated_general(s: str, i: int, h: Header) -> Event | Ignored:
     if not rid:
         return _BAD_OUTPUT
     try:
-        f = _fields(s, pos, len(s))
+        f = fields(s, pos, len(s))
         data: dict = {"stream_info": _STREAM[info]}
         if "output_token_ids" in f:
-            data["output_token_ids"], data["output_token_count"] = _ids_or_none(s, f["output_token_ids"])
+            data["output_token_ids"], data["output_token_count"] = ids_or_none(s, f["output_token_ids"])
         if details:
             if "output_token_ids" not in f:
                 raise ReprError("details line without output_token_ids")
             return Event(ev.OUTPUT_DETAILS, rid, h.when, data)
         if "output" not in f or "finish_reason" not in f:
             raise ReprError("output line without output/finish_reason")
-        data["output"] = _str_or_none(s, f["output"])
+        data["output"] = str_or_none(s, f["output"])
         reason = s[slice(*f["finish_reason"])]
         if _WORD.fullmatch(reason) is None:
             raise ReprError("finish_reason is not a word")
@@ -521,125 +411,19 @@ def _generated_general(s: str, i: int, h: Header) -> Event | Ignored:
     return Event(ev.OUTPUT, rid, h.when, data)
 
 
-# -- SamplingParams -----------------------------------------------------------
-
-
-# Clients send the same few parameter sets over and over, and splitting the
-# ~40 SamplingParams arguments is the costliest part of a Received line:
-# memoise on the exact params text (bounded; a copy is returned).
-_PARAMS_MEMO: dict[str, dict] = {}
-_PARAMS_MEMO_MAX = 1024
-
-
-def _params(s: str, f: dict[str, tuple[int, int]]) -> dict:
-    """``SamplingParams(k=v, ...)`` (plus 0.6.3 trailing pairs) → contract params."""
-    a, b = f["params"]
-    text = s[a:b]
-    hit = _PARAMS_MEMO.get(text)
-    if hit is None:
-        hit = _params_uncached(s, f)
-        if len(_PARAMS_MEMO) < _PARAMS_MEMO_MAX:
-            _PARAMS_MEMO[text] = hit
-    return dict(hit)
-
-
-def _params_uncached(s: str, f: dict[str, tuple[int, int]]) -> dict:
-    k, close = f["params("]
-    b = f["params"][1]
-    kw = split_kwargs(s, k + 1, close - 1)
-    pos = close
-    while pos < b:  # the 0.6.3 ", guided_decoding=..." tail
-        x = _EXTRA_KW.match(s, pos, b)
-        if x is None:
-            raise ReprError("junk after params")
-        end = value_end(s, x.end(), b)
-        kw[x.group(1)] = (x.end(), end)
-        pos = end
-    out: dict = {}
-    if "max_tokens" in kw:
-        out["max_tokens"] = to_int(s[slice(*kw["max_tokens"])])
-    if "temperature" in kw:
-        out["temperature"] = to_float(s[slice(*kw["temperature"])])
-    if "n" in kw:
-        out["n"] = to_int(s[slice(*kw["n"])])
-    for key in ("structured_outputs", "guided_decoding"):
-        if key in kw:
-            out["json_mode"] = _json_mode(s, kw[key])
-            break
-    return out
-
-
-def _json_mode(s: str, span: tuple[int, int]) -> bool:
-    a, b = span
-    k = s.find("(", a, b)
-    if k < 0:  # None, or a form we do not know: not JSON mode
-        return False
-    kw = split_kwargs(s, k + 1, group_end(s, k) - 1)
-    if "json_object" in kw and s[slice(*kw["json_object"])] == "True":
-        return True
-    return any(key in kw and s[slice(*kw[key])] != "None" for key in ("json", "json_schema"))
-
-
-def _lora_name(s: str, span: tuple[int, int]) -> str | None:
-    a, b = span
-    k = s.find("(", a, b)
-    if k < 0:
-        return None
-    kw = split_kwargs(s, k + 1, group_end(s, k) - 1)
-    if "lora_name" not in kw:
-        return None
-    la, lb = kw["lora_name"]
-    if la < lb and s[la] in QUOTES:
-        text, end = decode_str(s, la)
-        return text if end == lb else None
-    return None
-
-
-# -- JSON lines: middleware and vLLM's JSON formatter -------------------------
-
-
-# Parse-error reasons for lines that were used but had fields dropped or text
-# escaped (exporter.untrusted); counted per line in
-# vllm_audit_parse_errors_total.
-CHECK_PROBLEMS = ("middleware_invalid_field", "body_invalid_field", "unencodable_text")
-
-
-def _problems(field_reason: str, bad: list[str], escaped: bool) -> list[str]:
-    """Parse-error reasons (metric label values) for a checked JSON object."""
-    return ([field_reason] if bad else []) + (["unencodable_text"] if escaped else [])
-
-
-def _input_flags(bad: list[str], escaped: bool) -> list[str]:
-    """Record flags for the same findings."""
-    return (["invalid_field"] if bad else []) + (["unencodable_text"] if escaped else [])
+# -- JSON lines: vLLM's JSON formatter (our middleware line: middleware_line) --
 
 
 def _parse_json(text: str) -> Event | Ignored:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        return _BAD_MW if '"vllm_audit_middleware' in text else _NOT_VLLM
+        return MALFORMED if '"vllm_audit_middleware' in text else _NOT_VLLM
     if not isinstance(obj, dict):
         return _NOT_VLLM
     kind = obj.get("type")
-    if kind == "vllm_audit_middleware":
-        rid = obj.get("request_id")
-        if not isinstance(rid, str) or not rid:
-            return _BAD_MW
-        line, bad, escaped = check_middleware_line(obj)
-        problems = _problems("middleware_invalid_field", bad, escaped)
-        if problems:
-            line["input_flags"] = _input_flags(bad, escaped)
-        # A line without a usable receive time is still a finished request:
-        # its finish time (or, failing both, the time it was read) stands in.
-        when = parse_iso_utc(line.get("received_at")) or parse_iso_utc(line.get("finished_at"))
-        data = {"line": line, "problems": problems} if problems else {"line": line}
-        return Event(ev.MIDDLEWARE, rid, when, data)
-    if kind == "vllm_audit_middleware_dropped":
-        n = obj.get("dropped")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            return _BAD_MW
-        return Event(ev.MIDDLEWARE_DROPPED, None, parse_iso_utc(obj.get("at")), {"dropped": n})
+    if kind in MIDDLEWARE_TYPES:
+        return middleware_event(obj)
     message = obj.get("message")
     if not isinstance(message, str):
         return _NOT_VLLM

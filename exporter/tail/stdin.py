@@ -1,4 +1,4 @@
-"""``--log -``: lines from a pipe with the :class:`~exporter.tail_lines.Line` interface.
+"""``--log -``: lines from a pipe with the :class:`~exporter.tail.lines.Line` interface.
 
 ``docker logs -f vllm | vllm-audit-exporter run --log -``. Rules:
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 import queue
 import threading
 
-from exporter.tail_lines import Line, TailStats, cut_utf8, decode, strip_cr, strip_eol
-from exporter.tail_position import VERSION
+from exporter.tail.lines import Line, TailStats, cut_utf8, decode, strip_cr, strip_eol
+from exporter.tail.position import VERSION
 
 MiB = 1024 * 1024
 

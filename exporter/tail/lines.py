@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from exporter.tail_position import TAIL_BYTES
+from exporter.tail.position import TAIL_BYTES
 
 _NON_NUL = re.compile(rb"[^\x00]")
 

@@ -3,7 +3,7 @@
 The pipeline is single-threaded: it calls :meth:`FileTailer.poll` in a loop,
 processes the lines and checkpoints ``line.pos`` of the last line it fully
 processed. Handing that dict back as ``position=`` resumes right after that
-line. Identity and position format: :mod:`exporter.tail_position`.
+line. Identity and position format: :mod:`exporter.tail.position`.
 
 Rules:
 
@@ -63,7 +63,7 @@ Rules:
   a file recreated byte-identical up to the offset is read on from there.
 
 Counters and the ``up`` gauge live in :class:`TailStats` (``tailer.stats``);
-``--log -`` is :class:`exporter.tail_stdin.StdinTailer`, same interface.
+``--log -`` is :class:`exporter.tail.stdin.StdinTailer`, same interface.
 """
 
 from __future__ import annotations
@@ -71,14 +71,13 @@ from __future__ import annotations
 import os
 from functools import partial
 
-from exporter.tail_lines import Line, LineCutter, TailStats
-from exporter.tail_position import (
+from exporter.tail.lines import Line, LineCutter, TailStats
+from exporter.tail.position import (
     HEAD_BYTES, TAIL_BYTES, OsFs, build_position, digest, fingerprint_ok,
     locate, new_position, next_after, validate, where_is,
 )
-from exporter.tail_stdin import StdinTailer
 
-__all__ = ["FileTailer", "Line", "StdinTailer", "TailStats"]
+__all__ = ["FileTailer", "Line", "TailStats"]
 
 MiB = 1024 * 1024
 _END_SCAN = MiB  # how far back "start at end" looks for the last newline

@@ -1,0 +1,59 @@
+"""The contract between the middleware (inside vLLM) and the exporter:
+standard library only, imported by both sides.
+
+* the middleware line's type names (its fields: docs/design.md,
+  "Middleware line");
+* the one RFC 3339 writer (``record.ts`` and the line's times);
+* what an OpenAI request body asks for (``params``) and where its prompt
+  is (``prompt_of``): the middleware reads the body it saw, the exporter
+  the body vLLM logged at DEBUG, with the same rules.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+LINE_TYPE = "vllm_audit_middleware"
+DROPPED_TYPE = "vllm_audit_middleware_dropped"
+LINE_VERSION = 1
+
+_JSON_KINDS = ("json_object", "json_schema")
+
+
+def utc_text(epoch_seconds: float) -> str:
+    """RFC 3339, UTC, millisecond precision: ``2026-11-22T10:00:00.123Z``."""
+    stamp = datetime.fromtimestamp(epoch_seconds, timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _first(body: dict, *names):
+    for name in names:
+        if body.get(name) is not None:
+            return body[name]
+    return None
+
+
+def params(body) -> dict:
+    """``max_tokens`` (``max_completion_tokens`` wins over ``max_tokens``;
+    Responses: ``max_output_tokens``), ``temperature``, ``n`` as sent, null
+    when absent; ``json_mode`` true for ``json_object``/``json_schema``
+    (``response_format``, Responses ``text.format``), false when the body was
+    read and asked for neither, null without a body."""
+    if not isinstance(body, dict):
+        return {"max_tokens": None, "temperature": None, "n": None, "json_mode": None}
+    fmt = body.get("response_format")
+    if fmt is None and isinstance(body.get("text"), dict):
+        fmt = body["text"].get("format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    return {"max_tokens": _first(body, "max_completion_tokens", "max_tokens", "max_output_tokens"),
+            "temperature": _first(body, "temperature"), "n": _first(body, "n"),
+            "json_mode": kind in _JSON_KINDS}
+
+
+def prompt_of(endpoint: str, body):
+    """The client's prompt: ``messages`` (chat), ``prompt`` (completions),
+    ``input`` (responses, embeddings)."""
+    if not isinstance(body, dict):
+        return None
+    key = {"chat": "messages", "completion": "prompt"}.get(endpoint, "input")
+    return body.get(key)
