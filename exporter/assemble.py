@@ -20,11 +20,13 @@ Which source wins, field by field (unknown stays null, never a guess):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .correlate import base_id, json_text
+from .correlate import base_id
+from .events import id_count
 from .wire import params as body_params
 from .record import PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
 
@@ -64,65 +66,104 @@ def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
     return out, "log"
 
 
+@dataclass
+class _Sources:
+    """What one entry offers, read once: the middleware line, the client's
+    logged JSON body, and the fields that find the logged prompt."""
+
+    e: dict
+    mw: dict | None
+    body: dict | None
+    ctx: AssembleContext
+    flags: list
+    log_prompt: str | None = None
+    choices: list = None
+    out_origin: str = "log"
+
+    @property
+    def limit(self) -> int | None:
+        return self.ctx.max_log_len
+
+
 def build_record(e: dict, ctx: AssembleContext) -> dict | None:
     """The record for a finished/evicted entry; None if there is no request
-    behind it (a DEBUG JSON body whose id matches nothing)."""
+    behind it (a DEBUG JSON body whose id matches nothing). The steps follow
+    the module docstring's "which source wins", field group by group."""
     mw = e.get("mw")
     has_log = bool(e["received"] or e["details"] or e["outputs"] or e["complete"]
                    or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None)
     if mw is None and not has_log:
         return None
+    src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [])
     rec = new_record()
-    body = e["body"] if isinstance(e["body"], dict) else None
-    mw_body_ok = mw is not None
-    sources = (["vllm_log"] if has_log or body else []) + (["middleware"] if mw_body_ok else [])
-    rec["sources"] = sources
-    flags: list[str] = []
-    limit = ctx.max_log_len
+    rec["sources"] = (["vllm_log"] if has_log or src.body else []) + (["middleware"] if mw is not None else [])
+    _identity(rec, src)
+    _prompt(rec, src)
+    _outputs(rec, src)
+    _params(rec, src)
+    _tokens(rec, src)
+    _outcome(rec, src)
+    _flags(rec, src)
+    return rec
 
-    received_ts = (parse_ts_or_none(mw.get("received_at")) if mw else None) or e["received_t"] or e["first_t"]
+
+def _identity(rec: dict, src: _Sources) -> None:
+    """ts, request_id, endpoint, model, user, stream."""
+    e, mw, body = src.e, src.mw or {}, src.body
+    received_ts = parse_ts_or_none(mw.get("received_at")) or e["received_t"] or e["first_t"]
     rec["ts"] = format_ts(received_ts) if received_ts is not None else None
     log_id = e["log_id"]
-    rec["request_id"] = log_id or (mw or {}).get("response_id") or (mw or {}).get("request_id") or e["key"]
-    endpoint = (mw or {}).get("endpoint") or (base_id(log_id)[1] if log_id else None)
-    rec["endpoint"] = endpoint
-    rec["model"] = (mw or {}).get("model") or (body or {}).get("model") or ctx.model
-    user = (mw or {}).get("user")
+    rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
+    rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
+    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model
+    user = mw.get("user")
     if user is None and body is not None and body.get("user") is not None:
         user = str(body.get("user"))
     rec["user"] = user
-    stream = (mw or {}).get("stream")
+    stream = mw.get("stream")
     if stream is None and body is not None and isinstance(body.get("stream"), bool):
         stream = body["stream"]
     rec["stream"] = e["stream"] if stream is None else stream
 
-    # prompt text
-    log_prompt = (e["details"] or {}).get("prompt") or (e["received"] or {}).get("prompt")
-    if mw is not None and mw.get("prompt") is not None:
-        rec["prompt"] = json_text(mw["prompt"])
+
+def _prompt(rec: dict, src: _Sources) -> None:
+    """The client's messages (middleware) before the rendered prompt vLLM logged."""
+    e = src.e
+    src.log_prompt = (e["details"] or {}).get("prompt") or (e["received"] or {}).get("prompt")
+    if src.mw is not None and src.mw.get("prompt") is not None:
+        rec["prompt"] = json_text(src.mw["prompt"])
     else:
-        rec["prompt"] = log_prompt
-        if _truncated(log_prompt, limit):
-            flags.append("prompt_truncated")
+        rec["prompt"] = src.log_prompt
+        if _truncated(src.log_prompt, src.limit):
+            src.flags.append("prompt_truncated")
 
-    choices, out_origin = _output_texts(e, mw)
-    texts = [c["text"] for c in choices]
+
+def _outputs(rec: dict, src: _Sources) -> None:
+    """output (choice 0) and choices (more than one)."""
+    src.choices, src.out_origin = _output_texts(src.e, src.mw)
+    texts = [c["text"] for c in src.choices]
     rec["output"] = texts[0] if texts else None
-    if out_origin == "log" and any(_truncated(t, limit) for t in texts):
-        flags.append("output_truncated")
-    if len(choices) > 1:
+    if src.out_origin == "log" and any(_truncated(t, src.limit) for t in texts):
+        src.flags.append("output_truncated")
+    if len(src.choices) > 1:
         rec["choices"] = [{"index": c["index"], "text": c["text"],
-                           "finish_reason": c["finish_reason"]} for c in choices]
+                           "finish_reason": c["finish_reason"]} for c in src.choices]
 
-    # params: client-sent first, then vLLM's effective values
+
+def _params(rec: dict, src: _Sources) -> None:
+    """Client-sent first (middleware, then the logged body), then vLLM's effective values."""
     params = dict.fromkeys(PARAM_FIELDS)
-    for src in ((mw or {}).get("params") or {}, body_params(body), (e["received"] or {}).get("params") or {}):
+    for given in ((src.mw or {}).get("params") or {}, body_params(src.body) if src.body is not None else {},
+                  (src.e["received"] or {}).get("params") or {}):
         for k in PARAM_FIELDS:
-            if params[k] is None and src.get(k) is not None:
-                params[k] = src[k]
+            if params[k] is None and given.get(k) is not None:
+                params[k] = given[k]
     rec["params"] = params
 
-    # tokens
+
+def _tokens(rec: dict, src: _Sources) -> None:
+    """prompt_tokens, completion_tokens and the weakest source used."""
+    e, mw, ctx, limit = src.e, src.mw, src.ctx, src.limit
     used: list[str] = []
     usage = (mw or {}).get("usage") or {}
     pt = usage.get("prompt_tokens")
@@ -135,17 +176,17 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
         pt = mw["rejected_prompt_tokens"]
         used.append("usage")
         if "at least" in (mw.get("error") or ""):
-            flags.append("prompt_tokens_at_least")
+            src.flags.append("prompt_tokens_at_least")
     else:
         ids = (e["details"] or {}).get("prompt_token_ids")
         if ids is None:
             ids = (e["received"] or {}).get("prompt_token_ids")
-        n = _len(ids)
+        n = id_count(ids)
         if n is not None and not (limit is not None and n >= limit):
             pt = n
             used.append("logged_ids")
-        elif ctx.count_tokens and log_prompt is not None and not _truncated(log_prompt, limit):
-            pt = ctx.count_tokens(log_prompt, endpoint == "chat")
+        elif ctx.count_tokens and src.log_prompt is not None and not _truncated(src.log_prompt, limit):
+            pt = ctx.count_tokens(src.log_prompt, rec["endpoint"] == "chat")
             if pt is not None:
                 used.append("tokenizer")
     rec["prompt_tokens"] = pt
@@ -154,13 +195,16 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
     if ct is not None:
         used.append("usage")
     else:
-        ct, how = _completion_from_log(e, choices, params.get("n"), limit, ctx, out_origin)
+        ct, how = _completion_from_log(e, src.choices, rec["params"].get("n"), limit, ctx, src.out_origin)
         if ct is not None:
             used.append(how)
     rec["completion_tokens"] = ct
     rec["tokens_source"] = max(used, key=_SOURCE_RANK.__getitem__) if used else None
 
-    # outcome
+
+def _outcome(rec: dict, src: _Sources) -> None:
+    """status, finish_reason, empty_response, latency, TTFT, HTTP status, error, client, identity."""
+    e, mw, choices = src.e, src.mw, src.choices
     if mw is not None:
         status = mw.get("status") or "completed"
     elif e["aborted"]:
@@ -181,6 +225,7 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
         finish = "abort"
     rec["finish_reason"] = finish
 
+    texts = [c["text"] for c in choices]
     if mw is not None and mw.get("empty_response") is not None:
         rec["empty_response"] = bool(mw["empty_response"])
     elif status == "completed" and texts:
@@ -199,15 +244,19 @@ def build_record(e: dict, ctx: AssembleContext) -> dict | None:
     if e["failed"] and rec["error"] is None:
         rec["error"] = e["failed"]
 
-    if pt is not None and pt > ctx.oversized_input_tokens:
+
+def _flags(rec: dict, src: _Sources) -> None:
+    """Data-quality flags (detector findings are added by the pipeline)."""
+    flags = src.flags
+    pt = rec["prompt_tokens"]
+    if pt is not None and pt > src.ctx.oversized_input_tokens:
         flags.append("oversized_input")
-    if ctx.middleware_seen and mw is None:
+    if src.ctx.middleware_seen and src.mw is None:
         flags.append("middleware_missing")
-    for checked in (mw, body):  # what exporter.parse.untrusted dropped or escaped
+    for checked in (src.mw, src.body):  # what exporter.parse.untrusted dropped or escaped
         if checked is not None and checked.get("input_flags"):
             flags.extend(f for f in checked["input_flags"] if f not in flags)
     rec["flags"] = flags
-    return rec
 
 
 def _completion_from_log(e, choices, n, limit, ctx, out_origin):
@@ -231,7 +280,9 @@ def _completion_from_log(e, choices, n, limit, ctx, out_origin):
     return None, None
 
 
-def _len(ids) -> int | None:
-    if ids is None:
-        return None
-    return ids if isinstance(ids, int) else len(ids)
+def json_text(value) -> str | None:
+    """A middleware prompt as the record's text (the parser already made
+    structured prompts JSON text; older checkpoints may hold structures)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

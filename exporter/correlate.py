@@ -32,11 +32,11 @@ In-flight state is bounded (``max_inflight``; the oldest is recorded as
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Callable
 
 from . import events as ev
+from .events import id_count
 from .record import parse_ts_or_none
 
 _TAIL_INDEX = re.compile(r"-\d+$")
@@ -168,40 +168,47 @@ class Correlator:
                 else:
                     self._output_details(entry, event.data)
                 return  # no new entry: the in-flight bound still holds
-        if kind == ev.MIDDLEWARE:
-            line = event.data.get("line") or {}
-            key = str(line.get("request_id") or line.get("response_id") or "")
-            if not key:
-                return
-            self.middleware_seen = True
-            received = parse_ts_or_none(line.get("received_at"))
-            if self._late(key, kind, received):
-                return
-            entry = self._entry(self._slot(key, "mw", received), t, key)
-            entry["mw"] = line
-            entry["precise"] = True
-            # 0.0 when the line gives no time and none was known: the line
-            # is definitive, so the request is recorded, never left waiting.
-            entry["done_t"] = parse_ts_or_none(line.get("finished_at")) or t or 0.0
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(self, event, t)
+
+    def _on_middleware(self, event: ev.Event, t: float | None) -> None:
+        line = event.data.get("line") or {}
+        key = str(line.get("request_id") or line.get("response_id") or "")
+        if not key:
             return
-        rid = event.request_id
+        self.middleware_seen = True
+        received = parse_ts_or_none(line.get("received_at"))
+        if self._late(key, ev.MIDDLEWARE, received):
+            return
+        entry = self._entry(self._slot(key, "mw", received), t, key)
+        entry["mw"] = line
+        entry["precise"] = True
+        # 0.0 when the line gives no time and none was known: the line is
+        # definitive, so the request is recorded, never left waiting.
+        entry["done_t"] = parse_ts_or_none(line.get("finished_at")) or t or 0.0
+
+    def _on_engine(self, event: ev.Event, t: float | None) -> None:
+        """Added / Aborted / Failed / Finished: engine-internal ids, mapped back."""
+        rid, kind = event.request_id, event.kind
         if not rid:
             return
-        if kind in (ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED):
-            ids = event.data.get("ids") or [rid]
-            for one in ids:
-                key = self._find_internal(one)
-                if key is None:
-                    continue
-                entry = self._entry(key, t)
-                if kind == ev.ABORTED:
-                    entry["aborted"] = True
-                    entry["done_t"] = entry["done_t"] or t
-                elif kind == ev.FAILED:
-                    entry["failed"] = event.data.get("reason") or "failed"
-                    entry["done_t"] = entry["done_t"] or t
-                elif kind == ev.FINISHED:
-                    entry["done_t"] = entry["done_t"] or t
+        for one in event.data.get("ids") or [rid]:
+            key = self._find_internal(one)
+            if key is None:
+                continue
+            entry = self._entry(key, t)
+            if kind == ev.ABORTED:
+                entry["aborted"] = True
+            elif kind == ev.FAILED:
+                entry["failed"] = event.data.get("reason") or "failed"
+            if kind != ev.ADDED:
+                entry["done_t"] = entry["done_t"] or t
+
+    def _on_request(self, event: ev.Event, t: float | None) -> None:
+        """The request logger's lines: Received, details, JSON body, Generated."""
+        rid, kind = event.request_id, event.kind
+        if not rid:
             return
         if kind == ev.BODY:
             key, endpoint = rid, None
@@ -231,7 +238,7 @@ class Correlator:
             entry["body"] = event.data.get("body")
         elif kind == ev.OUTPUT:
             self._output(entry, event.data, t)
-        elif kind == ev.OUTPUT_DETAILS:
+        else:
             self._output_details(entry, event.data)
         if len(self.inflight) > self.max_inflight:
             self._bound()
@@ -275,7 +282,7 @@ class Correlator:
         # with empty text are never logged, so summing delta lists
         # under-counts (seen on 0.32: 14 logged of 16 generated).
         if ids is not None and not data.get("stream_info"):
-            n = _count(ids)
+            n = id_count(ids)
             entry["out_ids"] = (entry["out_ids"] or 0) + n
             if self.max_log_len is not None and n >= self.max_log_len:
                 entry["out_ids_truncated"] = True  # a cut list is no count
@@ -290,7 +297,7 @@ class Correlator:
             if ids is None:
                 entry["delta_ids_known"] = False
             else:
-                entry["delta_ids"] += _count(ids)
+                entry["delta_ids"] += id_count(ids)
             if data.get("finish_reason") not in (None, "None", "streaming_complete"):
                 entry["last_finish"] = data.get("finish_reason")
         elif info == "complete":
@@ -301,7 +308,7 @@ class Correlator:
             entry["stream"] = False
             ids = data.get("output_token_ids")
             entry["outputs"].append({"text": text, "finish_reason": data.get("finish_reason"),
-                                     "ids": None if ids is None else _count(ids)})
+                                     "ids": None if ids is None else id_count(ids)})
             entry["done_t"] = entry["done_t"] or t
 
     # --------------------------------------------------------------- output
@@ -372,13 +379,10 @@ class Correlator:
         return self.ready(float("inf"))
 
 
-def _count(ids) -> int:
-    if isinstance(ids, int):
-        return ids
-    return len(ids)
-
-
-def json_text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+# Event kind -> Correlator method (feed's dispatch; OUTPUT lines of a known
+# request take feed's fast path first).
+_HANDLERS = {
+    ev.MIDDLEWARE: Correlator._on_middleware,
+    **dict.fromkeys((ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED), Correlator._on_engine),
+    **dict.fromkeys((ev.RECEIVED, ev.DETAILS, ev.BODY, ev.OUTPUT, ev.OUTPUT_DETAILS), Correlator._on_request),
+}

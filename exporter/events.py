@@ -47,3 +47,10 @@ class Ignored:
     """A line that produced no event; ``reason`` is a metric label value."""
 
     reason: str
+
+
+def id_count(ids: list[int] | int | None) -> int | None:
+    """Length of a logged token-id list (the parser may already hand a count)."""
+    if ids is None:
+        return None
+    return ids if isinstance(ids, int) else len(ids)
