@@ -9,7 +9,9 @@ own alert rules and shows ``VllmEmptyResponses`` firing.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -68,7 +70,12 @@ def run_demo(args) -> int:
 
     host, _, port = args.listen_address.rpartition(":")
     app = create_app(registry=rt.registry, health=rt.health)
-    server, thread, bound = serve_in_thread(app, host or "127.0.0.1", int(port))
+    try:
+        server, thread, bound = serve_in_thread(app, host or "127.0.0.1", int(port))
+    except RuntimeError as exc:
+        print(f"vllm-audit-exporter demo: {exc} (in use? pass --web.listen-address 127.0.0.1:0 "
+              "for any free port)", file=sys.stderr)
+        return 2
     url = f"http://{host or '127.0.0.1'}:{bound}"
     print(f"\n== 4. serving {url}/metrics — excerpt:")
     text = httpx.get(f"{url}/metrics", timeout=10).text
@@ -95,10 +102,20 @@ def _alerts(exporter_url: str) -> None:
         print("\n== 5. (Prometheus/Alertmanager not installed: `bash tools/setup.sh --live` "
               "adds them, then this step shows VllmEmptyResponses firing)")
         return
-    try:
-        from .demo_alerts import show_alert
-    except ImportError:
-        print("\n== 5. alert demo unavailable in this installation")
+    stack = _alert_stack()
+    if stack is None:
+        print("\n== 5. alert demo unavailable in this installation (it needs a checkout: tools/alert_stack.py)")
         return
     print("\n== 5. Prometheus + Alertmanager with the repo's rules (rendered for localhost):")
-    show_alert(exporter_url)
+    stack.show_alert(exporter_url)
+
+
+def _alert_stack():
+    """``tools/alert_stack.py`` of the checkout this package runs from, or None."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "alert_stack.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("vllm_audit_alert_stack", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

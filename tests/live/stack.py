@@ -1,7 +1,7 @@
 """Shared helpers for the live end-to-end tests.
 
-The Prometheus + Alertmanager runner and the webhook receiver live in the
-package (``exporter/demo_alerts.py``, also used by ``vllm-audit-exporter
+The Prometheus + Alertmanager runner and the webhook receiver live in
+``tools/alert_stack.py`` (also used by ``vllm-audit-exporter
 demo``); this module adds what only tests need: failing (never skipping)
 when a binary is missing, the exporter process, bounded waits, archive and
 vLLM ``/metrics`` readers. Nothing here edits the committed configuration:
@@ -26,7 +26,7 @@ for _p in (str(REPO), str(REPO / "tools"), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from exporter.demo_alerts import (  # noqa: E402,F401  (re-exported for the tests)
+from alert_stack import (  # noqa: E402,F401  (re-exported for the tests)
     AlertStack, StackError, WebhookReceiver, alertmanager_binary, free_port, prometheus_binary,
 )
 from loki_server import LokiServer  # noqa: E402,F401

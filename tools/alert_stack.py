@@ -9,8 +9,10 @@ until Alertmanager delivers ``VllmEmptyResponses`` for the replayed empty
 responses, prints it and stops everything.
 
 The runner pieces (``AlertStack``, ``WebhookReceiver``) are shared with the
-live end-to-end test (``tests/live/stack.py`` imports them from here), so the
-package never imports from ``tests/``. Standard library only, apart from
+live end-to-end test (``tests/live/stack.py`` imports them from here). This
+is test and demo infrastructure for a checkout, so it lives in ``tools/``,
+outside the installed package; ``exporter/demo.py`` loads it from the
+checkout when there is one. Standard library only, apart from
 render_stack's PyYAML.
 
 Rules:
@@ -18,8 +20,8 @@ Rules:
   or edited. Only what render_stack offers is changed (addresses, intervals,
   ``for:``, webhook URL); Alertmanager's routing timings (``group_wait`` 30 s
   for warnings, 10 s for critical) are the committed ones.
-- The demo needs a checkout: ``prometheus/`` and ``tools/render_stack.py``
-  next to the ``exporter`` package. Without them it says so and returns.
+- The demo needs a checkout: ``prometheus/`` and ``tools/`` next to the
+  ``exporter`` package. Without them it says so and returns.
 - Processes are started by us and stopped by us (terminate, then kill after
   10 s), by their own handle; their output goes to files in the work dir so
   a failure can show the tail.
