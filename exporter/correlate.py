@@ -94,7 +94,8 @@ class Correlator:
     def restore(self, state: dict | None) -> None:
         if not state:
             return
-        self.inflight = dict(state.get("inflight") or {})
+        # Arrival order is dict order (the oldest first): _bound relies on it.
+        self.inflight = dict(sorted((state.get("inflight") or {}).items(), key=lambda kv: kv[1]["order"]))
         self.middleware_seen = bool(state.get("middleware_seen"))
         self._next_order = int(state.get("next_order") or 0)
         self.recent = {k: v for k, v in state.get("recent") or []}
@@ -314,7 +315,10 @@ class Correlator:
     # --------------------------------------------------------------- output
     def _bound(self) -> None:
         while len(self.inflight) > self.max_inflight:
-            oldest = min(self.inflight.values(), key=lambda e: e["order"])
+            # Entries are inserted in arrival order and never re-inserted, so
+            # the first is the oldest: O(1), where a min() over every
+            # in-flight request made a pile-up quadratic.
+            oldest = next(iter(self.inflight.values()))
             self.on_evict("capacity")
             self._pending_evicted.append(self._pop(oldest.get("slot", oldest["key"])))
 

@@ -67,3 +67,19 @@ def test_late_lines_survive_a_restart():
     event, t = _output(t0 + 2)
     restored.feed(event, t)
     assert restored.drain() == [] and evicted == ["late_event"]
+
+
+def test_capacity_evicts_the_oldest_also_after_a_restore():
+    evicted = []
+    c = Correlator(request_timeout=30, merge_grace=0.5, max_inflight=2, on_evict=evicted.append)
+    t0 = 1_795_314_429.0
+    for i in range(3):
+        c.feed(ev.Event(ev.RECEIVED, f"chatcmpl-r{i}", LT, {}), t0 + i)
+    assert evicted == ["capacity"] and [e["key"] for e in c.ready(t0)] == ["r0"]
+    # a checkpoint whose in-flight map came back in another order
+    state = c.state()
+    state["inflight"] = dict(reversed(list(state["inflight"].items())))
+    d = Correlator(request_timeout=30, merge_grace=0.5, max_inflight=2, on_evict=evicted.append)
+    d.restore(state)
+    d.feed(ev.Event(ev.RECEIVED, "chatcmpl-r3", LT, {}), t0 + 3)
+    assert [e["key"] for e in d.ready(t0)] == ["r1"]
