@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hyp import examples
+from test_middleware import MemorySink
 
 from exporter import checkpoint
 from exporter.assemble import AssembleContext, build_record
@@ -39,20 +40,6 @@ FIXTURE = REPO / "tests" / "fixtures" / "vllm-0.32.0" / "middleware" / "middlewa
 REAL_LINE = json.loads(FIXTURE.read_text().splitlines()[0])
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.data = b""
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def sync(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 ANSWER = (b'{"id":"chatcmpl-hostile-%d","choices":[{"index":0,"message":{"content":"ok"},'
           b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}')
 
@@ -61,7 +48,7 @@ def through_middleware(bodies: list[bytes]) -> bytes:
     """The bytes the real middleware writes for these request bodies (request
     i is ``hostile-i``, answered as ``chatcmpl-hostile-i``)."""
     cfg = MiddlewareConfig.from_env({"VLLM_AUDIT_MIDDLEWARE_FILE": "unused", "VLLM_AUDIT_API_KEY_SALT": "s"})
-    sink = _Sink()
+    sink = MemorySink()
     writer = LineWriter(sink, lambda ex: render(ex, cfg), fallback, clock=time.time, start=False)
 
     async def app(scope, receive, send):
