@@ -53,7 +53,9 @@ def _detector(settings: Settings):
 
 
 def _policy(destination: str, prompt_mode: str, output_mode: str, key: bytes | None):
-    if prompt_mode == "full" and output_mode == "full":
+    # Only the archive keeps identity headers in full; Loki redacts them
+    # whatever its prompt/output modes say, so it always needs the policy.
+    if destination == "archive" and prompt_mode == "full" and output_mode == "full":
         return lambda rec: rec
     from .compliance.policy import make_policy
     return make_policy(destination, prompt_mode, output_mode, key)
