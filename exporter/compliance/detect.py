@@ -22,10 +22,13 @@ from functools import lru_cache
 # span to mask in the original (no offset map). The view
 #
 # - folds what people type on CJK and other keyboards to ASCII: full-width
-#   forms (U+FF01-FF5E: "１３８", "＠", "－"), every Unicode decimal digit
-#   (Arabic-Indic, Devanagari, ...), the ideographic space and full stop, the
-#   small "@", dash and space variants (en dash, minus sign, no-break and
-#   thin spaces);
+#   digits, letters and "＠＋－．＿" ("１３８", "ｂｏｂ＠…"), every Unicode decimal
+#   digit (Arabic-Indic, Devanagari, ...), dash and space variants (en dash,
+#   minus sign, no-break, thin and ideographic spaces) and the small "@".
+#   "（）" become "()" (phone numbers such as "（0755）8888 8888"). Other
+#   full-width punctuation, everywhere in Chinese text (，。：), is not folded,
+#   so that text rarely pays for a rewrite; the e-mail pattern accepts "。"
+#   as a domain dot;
 # - blanks escape sequences ("\n", "\t", "\"", "\\", "\u00e9", also doubled):
 #   a chat prompt is JSON text and vLLM's errors are Python reprs, so a token
 #   typed at the start of a line reads "\nsk-..." there, and the escape's
@@ -39,25 +42,43 @@ _DIGIT_ZEROS = (  # the "0" of every Unicode Nd block (each block is 0-9 in orde
     0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
     0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
 )
-_FOLD: dict[int, str] = {cp: chr(cp - 0xFEE0) for cp in range(0xFF01, 0xFF5F)}
-_FOLD.update({z + i: str(i) for z in _DIGIT_ZEROS for i in range(10)})
-_FOLD.update(dict.fromkeys((0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE58, 0xFE63), "-"))
+_FOLD: dict[int, str] = {z + i: str(i) for z in _DIGIT_ZEROS for i in range(10)}
+_FOLD.update({cp: chr(cp - 0xFEE0) for r in ((0xFF21, 0xFF3B), (0xFF41, 0xFF5B)) for cp in range(*r)})
+_FOLD.update({0xFF20: "@", 0xFF0B: "+", 0xFF0D: "-", 0xFF0E: ".", 0xFF3F: "_", 0xFF08: "(", 0xFF09: ")",
+              0xFE52: ".", 0xFE62: "+", 0xFE63: "-", 0xFE6B: "@"})
+_FOLD.update(dict.fromkeys((0x2010, 0x2011, 0x2012, 0x2013, 0x2212, 0xFE58), "-"))
 _FOLD.update(dict.fromkeys((0x00A0, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000), " "))
-_FOLD.update({0x3002: ".", 0xFF61: ".", 0xFE52: ".", 0xFE6B: "@", 0xFE62: "+"})
 
 
-def _fold_class() -> str:
-    cps = sorted(_FOLD)
+def _char_class(cps: list[int]) -> str:
     ranges, start = [], cps[0]
     for prev, cp in zip(cps, cps[1:] + [None]):
         if cp != prev + 1:
             ranges.append(f"\\U{start:08x}" + (f"-\\U{prev:08x}" if prev != start else ""))
             start = cp
-    return "[" + "".join(ranges) + "]"
+    return "".join(ranges)
 
 
-_FOLDABLE = re.compile(_fold_class())
+# One search per text decides whether anything needs folding; it must be
+# cheap on Chinese text, which is never ASCII. A class of BMP code points is
+# a bitmap test per character; astral ranges would add comparisons per
+# character, so the astral digits are looked for only in text that has an
+# astral character at all (UTF-16 longer than the text), in two ranges
+# (U+104A0..U+1E959, U+1FBF0..U+1FBF9) that leave out the emoji.
+_FOLD_BMP = re.compile("[" + _char_class(sorted(c for c in _FOLD if c < 0x10000)) + "]+")
+_FOLD_ASTRAL = re.compile("[" + _char_class(sorted(c for c in _FOLD if c >= 0x10000)) + "]+")
+_IN_ASTRAL_ZONE = re.compile("[\U000104a0-\U0001e959\U0001fbf0-\U0001fbf9]")
+
+
+def _has_astral(text: str) -> bool:
+    return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
+
+
 _ESCAPE = re.compile(r"\\+(?:u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|x[0-9A-Fa-f]{2}|[nrtbfv\"'/])?")
+
+
+def _fold_run(m: re.Match) -> str:
+    return m.group().translate(_FOLD)
 
 
 def _blank(m: re.Match) -> str:
@@ -67,8 +88,12 @@ def _blank(m: re.Match) -> str:
 def scan_view(text: str) -> str:
     """What the detectors read: ``text`` folded and unescaped in place (same
     length, so spans map back 1:1; see above)."""
-    if not text.isascii() and _FOLDABLE.search(text):
-        text = text.translate(_FOLD)
+    if not text.isascii():
+        # Run by run: a whole-text str.translate costs ~40 ns a character.
+        if _FOLD_BMP.search(text):
+            text = _FOLD_BMP.sub(_fold_run, text)
+        if _has_astral(text) and _IN_ASTRAL_ZONE.search(text):
+            text = _FOLD_ASTRAL.sub(_fold_run, text)
     if "\\" in text:
         text = _ESCAPE.sub(_blank, text)
     return text
@@ -84,20 +109,16 @@ def scan_view(text: str) -> str:
 # match to start at a token boundary means no run of letters glued in front
 # ("xxxx...bob@example.com") can hide the address: its last 64 characters
 # are masked whatever precedes them.
-_EMAIL_AT = re.compile(
-    r"@(?<=[A-Za-z0-9._%+-]@)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}",
-    re.ASCII,
-)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+-]@)(?:" + _LABEL + r"[.。｡]){1,8}[A-Za-z]{2,24}", re.ASCII)
 # The written-out forms "bob [at] example [dot] com", "bob(at)example.com":
-# the "@" and the dots in brackets, one optional space around each.
-_BR_OPEN, _BR_CLOSE = r"[\[({<]", r"[\])}>]"
+# "at"/"dot" in square or round brackets, one optional space around them.
 _EMAIL_OBF = re.compile(
-    _BR_OPEN + r" ?[Aa][Tt] ?" + _BR_CLOSE + r" ?"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.| ?" + _BR_OPEN + r" ?[Dd][Oo][Tt] ?"
-    + _BR_CLOSE + r" ?)){1,8}[A-Za-z]{2,24}",
+    r"[\[(](?:at|AT)[\])] ?(?:" + _LABEL + r"(?:[.。｡]| ?[\[(](?:dot|DOT)[\])] ?)){1,8}[A-Za-z]{2,24}",
     re.ASCII,
 )
-_OBF_AT = re.compile(_BR_OPEN + r" ?[Aa][Tt] ?" + _BR_CLOSE, re.ASCII)
+_OBF_HINT_SQUARE = re.compile(r"\](?<=\[(?:at|AT)\])")
+_OBF_HINT_ROUND = re.compile(r"\)(?<=\((?:at|AT)\))")
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _LOCAL_MAX = 64
 
@@ -117,7 +138,7 @@ def _email_spans(text: str):
         if start < at:
             floor = m.end()
             yield start, m.end()
-    if "@" in text and _OBF_AT.search(text) is None:
+    if not _may_hold_obfuscated(text):
         return
     floor = 0
     for m in _EMAIL_OBF.finditer(text):
@@ -131,18 +152,34 @@ def _email_spans(text: str):
 # Mainland China mobile (optionally +86 / 0086 / 86 / (+86), optional 3-4-4
 # separators); E.164 with its mandatory "+", a single space, dot, dash or
 # bracket between any two digits ("+1 (415) 555-2671", "+44 20 7946 0958");
-# a China landline with its area code ("010-62345678", "(0755) 8888 8888");
-# a North American number with its area code ("(415) 555-2671",
-# "415.555.2671"). Each repetition is bounded, so a start costs O(1).
+# a China landline with its area code ("010-62345678", "(0755) 8888 8888").
+# Each repetition is bounded, so a start costs O(1).
 _PHONE = re.compile(
     r"[+018](?<![0-9+].)(?:(?<=\+)86\)?[ -]?1|(?<=0)086[ -]?1|(?<=8)6[ -]?1|(?<=1))[3-9]\d"
     r"(?:[ .-]?\d{4}){2}(?!\d)"
     r"|\+(?<![0-9+].)[1-9](?:(?:[ .-]|[ .-]?\(|\)[ .-]?)?\d){7,14}(?!\d)"
-    r"|0(?<![0-9].)[1-9]\d{1,2}(?:[ -]|\) ?)[1-9]\d{2,3}[ -]?\d{4}(?!\d)"
-    r"|\((?<![0-9]\()[2-9]\d{2}\) ?[2-9]\d{2}[.-]\d{4}(?!\d)"
-    r"|[2-9](?<![0-9.].)\d{2}([.-])[2-9]\d{2}\1\d{4}(?!\d)",
+    r"|0(?<![0-9].)[1-9]\d{1,2}(?:[ -]|\) ?)[1-9]\d{2,3}[ -]?\d{4}(?!\d)",
     re.ASCII,
 )
+# A North American number with its area code: "(415) 555-2671",
+# "415-555-2671". Found from its "-" or ")" (a literal first character lets
+# the re engine skip to candidates; a digit class would not), the area code
+# checked by lookbehinds, and the span then widened back over it.
+_NANP_DASH = re.compile(r"-(?<=[2-9][0-9]{2}-)(?<![0-9.-][0-9]{3}-)[2-9][0-9]{2}-[0-9]{4}(?![0-9])", re.ASCII)
+_NANP_PAREN = re.compile(r"\)(?<=\([2-9][0-9]{2}\))(?<![0-9]\([0-9]{3}\)) ?[2-9][0-9]{2}-[0-9]{4}(?![0-9])",
+                         re.ASCII)
+
+
+def _nanp_spans(text: str):
+    if "-" not in text:
+        return
+    for m in _NANP_DASH.finditer(text):
+        yield m.start() - 3, m.end()
+    if ")" in text:
+        for m in _NANP_PAREN.finditer(text):
+            yield m.start() - 4, m.end()
+
+
 # Letters may touch an ID or a phone number ("tel13812345678"): recall over
 # precision, these spans feed redaction. An ID may be written 6-8-4.
 _CN_ID = re.compile(r"[1-9](?<![0-9].)\d{5}[ -]?\d{8}[ -]?\d{3}[0-9Xx](?![0-9])", re.ASCII)
@@ -226,21 +263,35 @@ def _card_ok(s: str) -> bool:
 
 
 _DIGIT = re.compile(r"[0-9]")
-_SECRET_MARKERS = ("sk-", "k_live_", "k_test_", "AKIA", "ASIA", "earer", "PRIVATE KEY", "ghp_", "gho_",
-                   "ghu_", "ghs_", "ghr_", "github_pat_", "hf_", "glpat-", "xox", "AIza", "npm_", "pypi-",
-                   "gsk_", "r8_", "pplx-", "eyJ", "uthorization")
+# Where a secret may start, each found from a literal character (the re
+# engine skips to those; an alternation of prefixes would try every one at
+# every position).
+_SECRET_HINT_US = re.compile(r"_(?:(?<=hf_)|(?<=r8_)|(?<=gh[pousr]_)|(?<=npm_)|(?<=gsk_)|(?<=k_live_)"
+                             r"|(?<=k_test_)|(?<=github_pat_))")
+_SECRET_HINT_DASH = re.compile(r"-(?:(?<=sk-)|(?<=xox[abposr]-)|(?<=pypi-)|(?<=pplx-)|(?<=glpat-)"
+                               r"|(?=----BEGIN ))")
+_SECRET_HINT_A = re.compile(r"A(?:KIA|SIA|Iza)")
+_SECRET_MARKERS = ("earer", "eyJ", "uthorization")
 
 
 def _has_digit(text: str) -> bool:
     return _DIGIT.search(text) is not None
 
 
+
+
 def _may_hold_secret(text: str) -> bool:
-    return any(m in text for m in _SECRET_MARKERS)
+    return (any(m in text for m in _SECRET_MARKERS) or _SECRET_HINT_A.search(text) is not None
+            or ("_" in text and _SECRET_HINT_US.search(text) is not None)
+            or ("-" in text and _SECRET_HINT_DASH.search(text) is not None))
+
+
+def _may_hold_obfuscated(text: str) -> bool:
+    return _OBF_HINT_SQUARE.search(text) is not None or _OBF_HINT_ROUND.search(text) is not None
 
 
 def _may_hold_email(text: str) -> bool:
-    return "@" in text or _OBF_AT.search(text) is not None
+    return "@" in text or _may_hold_obfuscated(text)
 
 
 # Order = priority when spans overlap (an e-mail beats the phone number in
@@ -254,9 +305,10 @@ _DETECTORS = (
     ("cn_id", _CN_ID, _cn_id_ok, _has_digit),
     ("bank_card", _CARD, _card_ok, _has_digit),
     ("phone", _PHONE, None, _has_digit),
+    ("phone", _nanp_spans, None, _has_digit),
     ("ipv4", _IPV4, _ipv4_ok, _has_digit),
 )
-SPAN_KINDS = tuple(d[0] for d in _DETECTORS)
+SPAN_KINDS = tuple(dict.fromkeys(d[0] for d in _DETECTORS))
 
 
 def find_spans(text: str) -> list[tuple[int, int, str]]:
