@@ -150,6 +150,7 @@ def test_linear_time_on_adversarial_input(text):
     ("ｂｏｂ＠ｅｘａｍｐｌｅ．ｃｏｍ", None, "email"),  # all full-width
     ("mail bob [at] example [dot] com", "bob [at] example [dot] com", "email"),
     ("mail bob(at)example.com", "bob(at)example.com", "email"),
+    ("mail bob@a.b.c.d.e.f.g.h.i.example.com", "bob@a.b.c.d.e.f.g.h.i.example.com", "email"),  # > 8 labels
     ("卡号４１１１１１１１１１１１１１１１", "４１１１１１１１１１１１１１１１", "bank_card"),
     ("card 4111\u20131111\u20131111\u20131111", "4111\u20131111\u20131111\u20131111", "bank_card"),  # en dashes
     ("amex 3782 822463 10005", "3782 822463 10005", "bank_card"),

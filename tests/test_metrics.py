@@ -379,3 +379,23 @@ def test_user_label_key_is_kept_private_or_derived(tmp_path):
     path.write_text("garbage\n")
     with pytest.raises(ValueError, match="not a user-label key"):
         user_label_key(None, tmp_path)
+
+
+_FULL_WIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+_local = st.text("abcdefghijklmnopqrstuvwxyz0123456789._+-", min_size=1, max_size=20).filter(
+    lambda s: s[0].isalnum() and s[-1].isalnum())
+personal_values = st.one_of(
+    # Addresses as people have them (st.emails() also makes "*@A.AC": valid, never seen).
+    st.builds(lambda local, host: f"{local}@{host}", _local, st.emails().map(lambda e: e.rsplit("@", 1)[1])),
+    st.builds(lambda p, n: f"1{p}{n:09d}", st.sampled_from("3456789"), st.integers(0, 999_999_999)),
+    st.builds(lambda n: f"+{n}", st.integers(10**8, 10**14)),
+).flatmap(lambda v: st.sampled_from([v, v.translate(_FULL_WIDTH), f"user {v}", f"{v} (admin)"]))
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(personal_values)
+def test_no_label_dimension_shows_a_generated_personal_value(value):
+    users, model = UserLabels(key=b"k"), BoundedLabels(limit=10)
+    shown = (users.label(value), model.label(value))
+    assert value[:MAX_LABEL_LENGTH] not in shown and shown[1] == OTHER, (value, shown)
+    assert shown[0].startswith("u:")

@@ -110,11 +110,11 @@ def scan_view(text: str) -> str:
 # ("xxxx...bob@example.com") can hide the address: its last 64 characters
 # are masked whatever precedes them.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+-]@)(?:" + _LABEL + r"[.。｡]){1,8}[A-Za-z]{2,24}", re.ASCII)
+_EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+-]@)(?:" + _LABEL + r"[.。｡]){1,126}[A-Za-z]{2,24}", re.ASCII)
 # The written-out forms "bob [at] example [dot] com", "bob(at)example.com":
 # "at"/"dot" in square or round brackets, one optional space around them.
 _EMAIL_OBF = re.compile(
-    r"[\[(](?:at|AT)[\])] ?(?:" + _LABEL + r"(?:[.。｡]| ?[\[(](?:dot|DOT)[\])] ?)){1,8}[A-Za-z]{2,24}",
+    r"[\[(](?:at|AT)[\])] ?(?:" + _LABEL + r"(?:[.。｡]| ?[\[(](?:dot|DOT)[\])] ?)){1,126}[A-Za-z]{2,24}",
     re.ASCII,
 )
 _OBF_HINT_SQUARE = re.compile(r"\](?<=\[(?:at|AT)\])")
