@@ -24,16 +24,87 @@ Sanitising (``clean``):
   and Loki; two values sharing a 128-character prefix share a series.
 
 The reserved values ``unknown`` and ``__other__`` never take a slot.
+
+No label carries personal data by accident (issue #18): a value in which the
+content detectors find an e-mail address, phone number, ID or card number,
+IP address or secret is never shown raw. In the bounded dimensions
+(``model``, ``finish_reason``, ...) it folds to ``__other__``. The ``user``
+label has a mode (``--user-label-mode``):
+
+- ``pseudonymous`` (default): such a value becomes ``u:<16 hex>``, a keyed
+  HMAC-SHA256 of it, stable across restarts; other values (``alice``, the
+  middleware's ``key:<hash>``) stay readable;
+- ``hashed``: every value becomes ``u:<16 hex>`` (names are personal data
+  too, where that matters);
+- ``raw``: the value as sent, e-mail addresses included.
+
+The key is derived from the archive's HMAC key when there is one (anyone
+holding that key can recompute a user's pseudonym), else it is a random key
+kept in ``STATE_DIR/user-label.key``. An unkeyed hash would not do: the
+e-mail addresses of a company are easily enumerated and hashed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import re
 import threading
+from functools import lru_cache
+from pathlib import Path
 
 UNKNOWN = "unknown"
 OTHER = "__other__"
 MAX_LABEL_LENGTH = 128
 _RESERVED = frozenset((UNKNOWN, OTHER))
+USER_LABEL_MODES = ("pseudonymous", "hashed", "raw")
+PSEUDONYM_PREFIX = "u:"
+# Values that already are pseudonyms (ours, and the middleware's API-key
+# id): kept as they are, so mapping a label again never changes it.
+_PSEUDONYM = re.compile(r"(?:u|key):[0-9a-f]{16}\Z")
+USER_LABEL_KEY_FILE = "user-label.key"
+_KEY_CONTEXT = b"vllm-audit-exporter user label v1"
+
+
+def personal(text: str) -> bool:
+    """True when the content detectors find personal data or a secret in ``text``."""
+    if len(text) > 1024:  # label values are shorter; keep the cache small
+        from exporter.compliance.detect import looks_personal
+        return looks_personal(text)
+    return _personal(text)
+
+
+@lru_cache(maxsize=4096)
+def _personal(text: str) -> bool:
+    from exporter.compliance.detect import looks_personal
+    return looks_personal(text)
+
+
+def user_label_key(hmac_key: bytes | None, state_dir: Path) -> bytes:
+    """The pseudonym key: derived from ``hmac_key``, else read from (or, on
+    a first start, created in) ``state_dir/user-label.key`` (mode 0600)."""
+    if hmac_key:
+        return hmac.new(hmac_key, _KEY_CONTEXT, hashlib.sha256).digest()
+    path = Path(state_dir) / USER_LABEL_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text().strip()
+        if not re.fullmatch(r"[0-9a-f]{64}", text):
+            raise ValueError(f"{path}: not a user-label key (64 hex digits); restore it, or delete "
+                             "it to start new pseudonyms") from None
+        return bytes.fromhex(text)
+    key = os.urandom(32)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key.hex().encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    from exporter.compliance.files import fsync_dir
+    fsync_dir(path.parent)
+    return key
 
 
 def clean(value: object) -> str:
@@ -88,8 +159,19 @@ class BoundedLabels:
         except TypeError:  # unhashable raw value (a list from bad JSON)
             return self._slow(repr(value))
 
+    def public(self, text: str) -> str:
+        """How a cleaned value is shown: personal data folds to ``__other__``."""
+        return OTHER if personal(text) else text
+
+    def relabel(self, stored: str) -> str:
+        """The label, under this configuration, of a value stored by an
+        earlier run (checkpoint restore): an old raw e-mail is not revived."""
+        return stored if stored in _RESERVED else self.public(clean(stored))
+
     def _slow(self, value: object) -> str:
         text = clean(value)
+        if text not in _RESERVED:
+            text = self.public(text)
         if text in _RESERVED:
             result = text
         elif text in self._admitted:
@@ -113,8 +195,9 @@ class BoundedLabels:
         records for the rest fold to ``__other__``)."""
         if not isinstance(state, list) or not all(isinstance(v, str) for v in state):
             raise ValueError(f"label state must be a list of str, got {state!r:.80}")
+        relabelled = (self.relabel(v) for v in state if v not in _RESERVED)
         with self._lock:
-            self._admitted = dict.fromkeys(v for v in state if v not in _RESERVED)
+            self._admitted = dict.fromkeys(v for v in relabelled if v not in _RESERVED)
             if len(self._admitted) > self.limit:
                 self._admitted = dict.fromkeys(list(self._admitted)[: self.limit])
             self._cache = {None: UNKNOWN, "": UNKNOWN}
@@ -122,14 +205,34 @@ class BoundedLabels:
 
 class UserLabels(BoundedLabels):
     """The ``user`` label: ``--max-users`` (default 500), or no label at all
-    with ``--no-user-label`` (``label()`` then returns ``None``).
+    with ``--no-user-label`` (``label()`` then returns ``None``); values are
+    shown per ``mode`` (see the module docstring). Without ``key`` a random
+    one is used: pseudonyms then last only as long as the process.
 
-    >>> u = UserLabels(max_users=2)
-    >>> [u.label(x) for x in ("alice", "bob", "carol", None)]
-    ['alice', 'bob', '__other__', 'unknown']
+    >>> u = UserLabels(max_users=2, key=b"k")
+    >>> [u.label(x) for x in ("alice", "bob@example.com", "carol", None)]
+    ['alice', 'u:3c106b25062f781d', '__other__', 'unknown']
+    >>> UserLabels(mode="raw").label("bob@example.com")
+    'bob@example.com'
     >>> UserLabels(enabled=False).label("alice") is None
     True
     """
 
-    def __init__(self, max_users: int = 500, enabled: bool = True):
+    def __init__(self, max_users: int = 500, enabled: bool = True, mode: str = "pseudonymous",
+                 key: bytes | None = None):
+        if mode not in USER_LABEL_MODES:
+            raise ValueError(f"user label mode must be one of {', '.join(USER_LABEL_MODES)}, got {mode!r}")
         super().__init__(limit=max_users, enabled=enabled)
+        self.mode = mode
+        self._key = key if key is not None else os.urandom(32)
+
+    def pseudonym(self, text: str) -> str:
+        digest = hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+        return PSEUDONYM_PREFIX + digest[:16]
+
+    def public(self, text: str) -> str:
+        if self.mode == "raw" or _PSEUDONYM.match(text):
+            return text
+        if self.mode == "hashed" or personal(text):
+            return self.pseudonym(text)
+        return text

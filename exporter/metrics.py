@@ -309,10 +309,15 @@ class RequestMetrics:
     def _remap(self, name: str, fam: dict) -> list[tuple]:
         old, new = fam["labels"], self.label_names(name)
         width = len(old)
+        # A stored label value goes through today's label rules, so a raw
+        # e-mail saved by an older build or under --user-label-mode raw is
+        # not exposed again (its counts merge into the pseudonym's series).
+        relabel = [self.dims[n].relabel if n in self.dims else None for n in new]
         keys = []
         for row in fam["series"]:
             values = dict(zip(old, row[:width]))
-            keys.append(tuple(values.get(n, OTHER) for n in new))
+            keys.append(tuple(OTHER if n not in values else f(values[n]) if f and isinstance(values[n], str)
+                              else values[n] for n, f in zip(new, relabel)))
         return keys
 
     # -- exposition -------------------------------------------------------

@@ -19,12 +19,12 @@ from .chain import Chain
 from .checkpoint import read_checkpoint
 from .correlate import Correlator
 from .health import Health
-from .labels import UserLabels
+from .labels import UserLabels, user_label_key
 from .logtime import TimeResolver
 from .metrics import RequestMetrics
 from .pipeline import Pipeline, Sinks, Source
 from .selfmetrics import SelfMetrics
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .tail import FileTailer, StdinTailer
 
 
@@ -53,23 +53,35 @@ def _detector(settings: Settings):
 
 
 def _policy(destination: str, prompt_mode: str, output_mode: str, key: bytes | None):
-    if prompt_mode == "full" and output_mode == "full":
+    # Only the archive keeps identity headers in full; Loki redacts them
+    # whatever its prompt/output modes say, so it always needs the policy.
+    if destination == "archive" and prompt_mode == "full" and output_mode == "full":
         return lambda rec: rec
     from .compliance.policy import make_policy
     return make_policy(destination, prompt_mode, output_mode, key)
 
 
+def _user_label_key(settings: Settings) -> bytes | None:
+    if not settings.user_label or settings.user_label_mode == "raw":
+        return None
+    try:
+        return user_label_key(settings.hmac_key, settings.state_dir)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"--user-label-mode: {exc}") from None
+
+
 def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Runtime:
     registry = CollectorRegistry(auto_describe=True)
-    users = UserLabels(settings.max_users, enabled=settings.user_label)
+    settings.archive_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    users = UserLabels(settings.max_users, enabled=settings.user_label, mode=settings.user_label_mode,
+                       key=_user_label_key(settings))
     metrics = RequestMetrics(registry, users=users,
                              oversized_input_tokens=settings.oversized_input_tokens)
     names = settings.logs if live else tuple(f"replay:{Path(f).resolve()}" for f in settings.replay_files)
     selfm = SelfMetrics(registry, sources=tuple(names))
     health = Health(clock=clock)
 
-    settings.archive_dir.mkdir(parents=True, exist_ok=True)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     saved = read_checkpoint(str(checkpoint_path(settings))).state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
                                  saved.get("archive"), clock=clock)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from exporter.labels import USER_LABEL_MODES
+
 ENV_PREFIX = "VLLM_AUDIT_"
 
 
@@ -76,6 +78,9 @@ OPTIONS: tuple[Option, ...] = (
            "users fold into __other__ (sums stay exact, the full user stays in the record)",
            500, "int", _BOTH, "N"),
     Option("--no-user-label", "no_user_label", "drop the 'user' label entirely", False, "bool", _BOTH),
+    Option("--user-label-mode", "user_label_mode", "'user' label values: pseudonymous (an e-mail, "
+           "phone or other personal data becomes u:<keyed hash>), hashed (every user), raw",
+           "pseudonymous", "str", _BOTH, "MODE"),
     Option("--oversized-input-tokens", "oversized_input_tokens", "prompt tokens above which an "
            "input counts as oversized", 2048, "int", _BOTH, "N"),
     Option("--checkpoint-interval", "checkpoint_interval", "seconds between archive fsync + "
@@ -145,6 +150,7 @@ class Settings:
     max_inflight: int = 10000
     max_users: int = 500
     user_label: bool = True
+    user_label_mode: str = "pseudonymous"
     oversized_input_tokens: int = 2048
     checkpoint_interval: float = 0.25
     hmac_key: bytes | None = field(default=None, repr=False)
@@ -260,6 +266,9 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     except (ZoneInfoNotFoundError, ValueError):
         raise SettingsError(f"--server-timezone: unknown zone {v['server_timezone']!r} "
                             "(use an IANA name such as UTC or Asia/Shanghai)") from None
+    if v["user_label_mode"] not in USER_LABEL_MODES:
+        raise SettingsError(f"--user-label-mode: {v['user_label_mode']!r} is not one of "
+                            f"{', '.join(USER_LABEL_MODES)}")
     for dest in ("loki_prompt_policy", "loki_output_policy", "archive_prompt_policy",
                  "archive_output_policy"):
         if v[dest] not in POLICY_MODES:
@@ -334,6 +343,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         max_inflight=v["max_inflight"],
         max_users=v["max_users"],
         user_label=not v.get("no_user_label"),
+        user_label_mode=v["user_label_mode"],
         oversized_input_tokens=v["oversized_input_tokens"],
         checkpoint_interval=v["checkpoint_interval"],
         hmac_key=hmac_key.encode() if isinstance(hmac_key, str) else hmac_key,

@@ -54,6 +54,8 @@ def test_docker_logs_pipe_into_run_log_dash(tmp_path):
     (["run", "--log", "x.log", "--server-timezone", "Mars/Olympus"], {}, "--server-timezone"),
     (["run", "--log", "x.log", "--loki-url", "loki:3100"], {}, "--loki-url"),
     (["run", "--log", "x.log", "--loki-prompt-policy", "scramble"], {}, "--loki-prompt-policy"),
+    (["run", "--log", "x.log", "--user-label-mode", "plain"], {}, "--user-label-mode"),
+    (["run", "--log", "x.log"], {"VLLM_AUDIT_USER_LABEL_MODE": "clear"}, "--user-label-mode"),
     (["run", "--log", "x.log", "--hmac-key-file", "/nonexistent/key"], {}, "--hmac-key-file"),
     (["replay", "/nonexistent/vllm.log"], {}, "no such file"),
 ])
@@ -71,6 +73,8 @@ def test_flags_win_over_environment_and_every_flag_has_an_env_var():
     s = build("replay", ns, env)
     assert (s.model, s.max_users, s.user_label) == ("from-flag", 7, False)
     assert s.loki["url"] == "http://loki:3100"
+    assert s.user_label_mode == "pseudonymous"
+    assert build("replay", ns, {"VLLM_AUDIT_USER_LABEL_MODE": "raw"}).user_label_mode == "raw"
     with pytest.raises(SettingsError, match="VLLM_AUDIT_NO_USER_LABEL"):
         build("replay", ns, {"VLLM_AUDIT_NO_USER_LABEL": "perhaps"})
     help_text = _run("run", "--help").stdout

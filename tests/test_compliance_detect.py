@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -117,6 +118,125 @@ def test_tool_args_parser_edge_cases():
 ])
 def test_linear_time_on_adversarial_input(text):
     # 200 KB per case; a quadratic regex would take minutes here.
+    t = time.perf_counter()
+    find_spans(text)
+    detect({"prompt": text, "output": text})
+    assert time.perf_counter() - t < 2.0
+
+
+# -- everyday spellings (issue #18, item 4) ----------------------------------------------
+# Each of these passed every detector before the scan view and the widened
+# patterns; the expected span is what a person would call the value.
+
+@pytest.mark.parametrize("text,value,kind", [
+    ("电话１３８１２３４５６７８谢谢", "１３８１２３４５６７８", "phone"),  # full-width digits
+    ("手机：１３８－１２３４－５６７８", "１３８－１２３４－５６７８", "phone"),  # full-width dashes
+    ("call 138\u00a01234\u00a05678", "138\u00a01234\u00a05678", "phone"),  # no-break spaces
+    ("tel 138.1234.5678", "138.1234.5678", "phone"),
+    ("call +1 415 555 2671 today", "+1 415 555 2671", "phone"),
+    ("call +1-415-555-2671", "+1-415-555-2671", "phone"),
+    ("office +1 (415) 555-2671", "+1 (415) 555-2671", "phone"),
+    ("London +44 20 7946 0958", "+44 20 7946 0958", "phone"),
+    ("office (415) 555-2671", "(415) 555-2671", "phone"),
+    ("office 415-555-2671", "415-555-2671", "phone"),
+    ("座机 010-62345678", "010-62345678", "phone"),
+    ("座机（0755）8888 8888", "0755）8888 8888", "phone"),
+    ("\u0661\u0663\u0668\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", None, "phone"),  # Arabic-Indic
+    ("😀 \U0001d7cf\U0001d7d1\U0001d7d6\U0001d7cf\U0001d7d0\U0001d7d1\U0001d7d2\U0001d7d3\U0001d7d4\U0001d7d5\U0001d7d6",
+     "\U0001d7cf\U0001d7d1\U0001d7d6\U0001d7cf\U0001d7d0\U0001d7d1\U0001d7d2\U0001d7d3\U0001d7d4\U0001d7d5\U0001d7d6",
+     "phone"),  # mathematical bold digits, next to an emoji
+    ("邮箱 bob＠example.com", "bob＠example.com", "email"),  # full-width "@"
+    ("邮箱 bob@example。com", "bob@example。com", "email"),  # ideographic full stop
+    ("ｂｏｂ＠ｅｘａｍｐｌｅ．ｃｏｍ", None, "email"),  # all full-width
+    ("mail bob [at] example [dot] com", "bob [at] example [dot] com", "email"),
+    ("mail bob(at)example.com", "bob(at)example.com", "email"),
+    ("mail bob@a.b.c.d.e.f.g.h.i.example.com", "bob@a.b.c.d.e.f.g.h.i.example.com", "email"),  # > 8 labels
+    ("卡号４１１１１１１１１１１１１１１１", "４１１１１１１１１１１１１１１１", "bank_card"),
+    ("card 4111\u20131111\u20131111\u20131111", "4111\u20131111\u20131111\u20131111", "bank_card"),  # en dashes
+    ("amex 3782 822463 10005", "3782 822463 10005", "bank_card"),
+    ("身份证 110105 19491231 002X", "110105 19491231 002X", "cn_id"),
+    ("身份证１１０１０５１９４９１２３１００２Ｘ", "１１０１０５１９４９１２３１００２Ｘ", "cn_id"),
+    ("token hf_abcdefghijklmnopqrstuvwxyzABCDEFGH", "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH", "secret"),
+    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", None, "secret"),
+    ("glpat-abcdefghij0123456789", None, "secret"),
+    ("slack xoxb-1234567890-abcdefghijklmnop", "xoxb-1234567890-abcdefghijklmnop", "secret"),
+    ("AIzaSyD-abcdefghijklmnopqrstuvwxyz12345", None, "secret"),
+    ("aws ASIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "secret"),
+    ("stripe sk_live_abcdefghijklmnop1234", "sk_live_abcdefghijklmnop1234", "secret"),
+    ("npm_abcdefghijklmnopqrstuvwxyz0123456789", None, "secret"),
+    ("gsk_abcdefghijklmnopqrstuvwxyz", None, "secret"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0",
+     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0", "secret"),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", None, "secret"),
+])
+def test_everyday_spellings_are_found(text, value, kind):
+    value = text if value is None else value
+    start = text.index(value)
+    assert kinds(text) == [(value, kind)], (text, kinds(text))
+    assert find_spans(text)[0][:2] == (start, start + len(value))  # offsets index the original text
+
+
+@pytest.mark.parametrize("text", [
+    "version 1.2.3 on 2024-05-12 10:00:00", "pages 415-420, between 2-3 and 4-5", "ISBN 978-3-16-148410-0",
+    "Qwen2.5-7B-Instruct", "ts 1732263600000 ms", "order #20240512-0001", "room 0101, id 0001-2345",
+    "uuid 123e4567-e89b-12d3-a456-426614174000", "score +3 to +5", "look at this, meet (at) noon",
+    "[at] the end", "ask-questions-about-everything", "eyJustkidding", "hf_hub_download(repo_id=x)",
+    "basic auth is fine", "(2023) 555-1234", "C:\\new\\temp\\data", "１２：３０，第２章",
+])
+def test_everyday_text_is_not_flagged(text):
+    assert kinds(text) == []
+
+
+@pytest.mark.parametrize("typed,value", [
+    ("key:\nsk-abcdefghijklmnopqrstuvwxyz", "sk-abcdefghijklmnopqrstuvwxyz"),
+    ("x\tBearer abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz"),
+    ("a\nbob@example.com", "bob@example.com"),
+    ('quote"hf_abcdefghijklmnopqrstuvwxyzABCDEFGH', "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH"),
+    ("back\\AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("\n\nghp_" + "a" * 36, "ghp_" + "a" * 36),
+])
+def test_values_after_an_escape_in_json_or_repr_text_are_found(typed, value):
+    # A chat prompt is JSON text and vLLM's errors are Python reprs: the
+    # escape's letter ("\n" -> "n") used to glue to the token and hide it, or
+    # (e-mail) be masked with it, leaving a broken escape behind.
+    from exporter.compliance.policy import redact
+    chat = json.dumps([{"role": "user", "content": typed}], ensure_ascii=False)
+    for encoded in (chat, repr(typed)):
+        out = redact(encoded)
+        assert value not in out and "[" in out, (encoded, out)
+    masked = json.loads(redact(chat))  # still valid JSON: the escape survived
+    assert value not in masked[0]["content"] and masked[0]["content"].startswith(typed[:2])
+
+
+def test_digit_fold_covers_every_unicode_decimal_digit():
+    import unicodedata
+
+    from exporter.compliance.detect import scan_view
+    digits = "".join(chr(cp) for cp in range(0x80, 0x110000) if unicodedata.decimal(chr(cp), None) is not None)
+    view = scan_view(digits)
+    assert len(view) == len(digits) and view.isascii() and view.isdigit(), \
+        "new Unicode digits: add the block's zero to detect._DIGIT_ZEROS"
+    assert [int(c) for c in view] == [unicodedata.decimal(c) for c in digits]
+
+
+@pytest.mark.parametrize("text", [
+    "a@b.cc " * 30_000, "8.8.8.8 " * 25_000, "13812345678 " * 16_000, "Authorization: Basic " * 9_000,
+])
+def test_many_spans_cost_linear_time(text):
+    # The overlap check used to compare every span with every span taken.
+    t = time.perf_counter()
+    assert len(find_spans(text)) > 4_000
+    assert time.perf_counter() - t < 2.0
+
+
+@pytest.mark.parametrize("text", [
+    "+1 " * 66_000, "(415) " * 33_000, "0755-" * 40_000, "415.555." * 25_000, "hf_" * 66_000,
+    " eyJaaaaaaaaaa.eyJaaaaaaaaa" * 7_000, "a [at] b [dot] " * 13_000, "[at]" * 50_000, "\\" * 200_000,
+    "\\n" * 100_000, "１" * 200_000, "１３８－" * 50_000, "110105 " * 28_000, "3782 822463 " * 16_000,
+    "xox" + "a" * 200_000, "(+86)" * 40_000, "-" * 200_000, "415-" * 50_000, "555-555-" * 25_000,
+    "_" * 200_000, "a\u00a0" * 100_000, "\U0001d7cf" * 100_000, "😀" * 100_000,
+])
+def test_linear_time_on_adversarial_input_new_patterns(text):
     t = time.perf_counter()
     find_spans(text)
     detect({"prompt": text, "output": text})

@@ -176,3 +176,62 @@ def test_loki_http_error_is_reported(tmp_path):
     code = export_main(ts_from="2026-11-22", ts_to="2026-11-23", source="loki", loki_url="http://l",
                        http_client=client, out=io.StringIO(), err=err)
     assert code == 1 and "export failed" in err.getvalue()
+
+
+# -- --grep matches what a person typed (issue #18, item 9) --------------------------
+
+TYPED = {
+    "quote": 'she said "hello" twice',
+    "backslash": "path C:\\Users\\li",
+    "newline": "first line\nsecond line",
+    "tab": "col1\tcol2",
+}
+
+
+def _chat_archive(root):
+    # As the middleware records chat prompts: the messages as compact JSON text.
+    w = ArchiveWriter(root, chain=Chain(KEY), clock=lambda: DAY1)
+    for i, text in enumerate(TYPED.values(), 1):
+        r = rec(i, f"2026-11-22T0{i}:00:00.000Z", output="ok")
+        r.update(endpoint="chat", prompt=json.dumps(
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}],
+            ensure_ascii=False, separators=(",", ":")))
+        w.append(r)
+    w.flush()
+    w.close()
+
+
+def test_grep_finds_typed_quote_backslash_newline_and_tab_in_chat_prompts(tmp_path):
+    _chat_archive(tmp_path)
+    for i, (name, text) in enumerate(TYPED.items(), 1):
+        needle = {"quote": '"hello" TWICE', "backslash": "c:\\users\\", "newline": "line\nsecond",
+                  "tab": "col1\tcol2"}[name]
+        code, out, err = run(tmp_path, fmt="jsonl", grep=needle)
+        assert code == 0, err
+        assert [json.loads(x)["request_id"] for x in out.splitlines()] == [f"chatcmpl-{i}"], name
+    # Protocol keys and values are not typed text: "role" and "user" match nothing.
+    for needle in ("role", '"user"', "content"):
+        assert run(tmp_path, fmt="jsonl", grep=needle)[1] == "", needle
+
+
+def test_grep_on_loki_finds_typed_special_characters_client_side(tmp_path):
+    r = rec(1, "2026-11-22T01:00:00.000Z")
+    r.update(endpoint="chat", prompt=json.dumps([{"role": "user", "content": TYPED["quote"]}],
+                                                ensure_ascii=False, separators=(",", ":")))
+    entries = [(int((DAY1 - 5 * 3600) * 1e9), dumps_line(r), "a")]
+    calls, out, err = [], io.StringIO(), io.StringIO()
+    code = export_main(ts_from="2026-11-22T00:00:00Z", ts_to="2026-11-23T00:00:00Z", source="loki",
+                       loki_url="http://loki:3100", grep='"hello"', fmt="jsonl",
+                       http_client=_loki(entries, calls), out=out, err=err)
+    assert code == 0, err.getvalue()
+    assert [json.loads(x)["request_id"] for x in out.getvalue().splitlines()] == ["chatcmpl-1"]
+    assert "|~" not in calls[0]["query"]  # the typed quote is escaped twice in the line
+
+
+def test_typed_texts_keeps_json_looking_prompts_of_other_endpoints():
+    from exporter.compliance.export import typed_texts
+    assert typed_texts('{"a": "b"}', "completion") == ["b", '{"a": "b"}']
+    assert typed_texts("[INST] hi [/INST]", "chat") == ["[INST] hi [/INST]"]
+    assert typed_texts("[" * 500 + '"x"' + "]" * 500, "chat") == ["x"]
+    deep = "[" * 100_000 + "]" * 100_000
+    assert typed_texts(deep, "chat") == [deep]  # too deep for json: searched as it is, no crash

@@ -149,3 +149,88 @@ def test_redaction_never_leaks_a_raw_value(parts, sep, tail):
     out = redact(text)
     for _, _, value in parts:
         assert value not in out, (text, out)
+
+
+# Full-width digits and letters (what a CJK keyboard types) and JSON-escaped
+# context (a chat prompt is JSON text) must not hide a value either.
+_FW = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+
+
+@settings(max_examples=examples(300))
+@given(st.lists(st.tuples(filler, seps, st.one_of(emails, cards, ids, phones), st.booleans()),
+                min_size=1, max_size=5), st.booleans())
+def test_redaction_never_leaks_full_width_or_escaped_values(parts, as_json):
+    import json
+    text, values = "", []
+    for f, s, v, wide in parts:
+        v = v.translate(_FW) if wide else v
+        values.append(v)
+        text += f
+        text += _glue(text, s, v) + v
+    if as_json:
+        text = json.dumps([{"role": "user", "content": text}], ensure_ascii=False)
+    out = redact(text)
+    for value in values:
+        assert value not in out, (text, out)
+
+
+# -- every field that can carry client input (issue #18, item 4) --------------------
+
+def rich_record():
+    r = record()
+    r.update(
+        status="rejected", http_status=400,
+        error="1 validation error: messages.0.content Input should be a valid string "
+              "[input_value='call me: zhang.wei@example.com / 13812345678']",
+        choices=[{"index": 0, "text": "ok", "finish_reason": "tool_calls",
+                  "tool_calls": [{"function": {"name": "send", "arguments": '{"to": "bob@example.com"}'}}],
+                  "reasoning": "the user's card is 4111111111111111"},
+                 {"index": 1, "text": "call 13812345678", "finish_reason": "stop"}],
+        identity={"headers": {"x-openwebui-user-email": "bob@example.com"},
+                  "untrusted_headers": {"x-openwebui-user-email": "mallory@example.com"},
+                  "user_field": "carol@example.com", "api_key_hash": "a" * 64},
+    )
+    return r
+
+
+RAW_IN_RICH = ("zhang.wei@example.com", "13812345678", "bob@example.com", "4111111111111111",
+               "mallory@example.com", "carol@example.com")
+
+
+def test_loki_default_redacts_error_tool_calls_reasoning_and_all_identity_text():
+    r = rich_record()
+    before = copy.deepcopy(r)
+    out = make_policy("loki")(r)
+    assert r == before
+    shipped = repr(out)
+    for value in RAW_IN_RICH:
+        assert value not in shipped, value
+    assert out["error"].endswith("[input_value='call me: [EMAIL] / [PHONE]']")
+    c0 = out["choices"][0]
+    assert (c0["index"], c0["finish_reason"]) == (0, "tool_calls")  # metadata kept
+    assert c0["tool_calls"][0]["function"] == {"name": "send", "arguments": '{"to": "[EMAIL]"}'}
+    assert c0["reasoning"] == "the user's card is [BANK_CARD]"
+    assert out["identity"] == {"headers": {"x-openwebui-user-email": "[EMAIL]"},
+                               "untrusted_headers": {"x-openwebui-user-email": "[EMAIL]"},
+                               "user_field": "[EMAIL]", "api_key_hash": "a" * 64}
+    assert make_policy("archive")(r) == r  # the archive keeps everything
+
+
+def test_error_follows_the_prompt_mode_and_new_fields_the_output_mode():
+    r = rich_record()
+    r["thinking"] = "private notes about 13812345678"  # a field this build does not know
+    out = make_policy("loki", "omit", "hash", b"k")(r)
+    assert out["prompt"] is None and out["error"] is None
+    assert out["thinking"].startswith("hmac-sha256:") and out["output"].startswith("hmac-sha256:")
+    assert out["choices"][0]["reasoning"].startswith("hmac-sha256:")
+    assert out["status"] == "rejected" and out["http_status"] == 400  # metadata untouched
+    assert "13812345678" not in repr(make_policy("loki")(r)["thinking"])
+
+
+def test_loki_full_content_still_redacts_identity_headers():
+    # runtime used to skip the policy for full/full, shipping header e-mails raw.
+    from exporter.runtime import _policy
+    out = _policy("loki", "full", "full", None)(rich_record())
+    assert out["prompt"] == rich_record()["prompt"]
+    assert out["identity"]["headers"] == {"x-openwebui-user-email": "[EMAIL]"}
+    assert _policy("archive", "full", "full", None)(rich_record()) == rich_record()

@@ -143,3 +143,14 @@ def test_settings_mask_secrets_and_validate(tmp_path):
     f.write_text("s3cret\n")
     assert read_secret("env", str(f)) == "s3cret"
     assert read_secret("env", None) == "env" and read_secret("", None) is None
+
+
+def test_personal_model_name_never_becomes_a_stream_label():
+    # The model label comes from the client's body; an e-mail there is not a model.
+    from exporter.labels import OTHER
+    from exporter.loki.entries import build_labels
+    settings = LokiSettings(url="http://loki:3100")
+    labels = dict(build_labels({"model": "bob@example.com", "user": "alice"}, settings, lambda u: u))
+    assert labels["model"] == OTHER
+    assert dict(build_labels({"model": "Qwen2.5-7B-Instruct"}, settings, lambda u: u))["model"] == \
+        "Qwen2.5-7B-Instruct"

@@ -306,3 +306,96 @@ def test_promtool_check_metrics():
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
         done.stdout.decode() + done.stderr.decode())
+
+
+# -- personal data never becomes a label by accident (issue #18, item 4) ----------
+
+PERSONAL_USERS = ("li.na@example.com", "１３８１２３４５６７８", "+1 415 555 2671", "11010519491231002X")
+
+
+def test_user_label_is_pseudonymous_by_default():
+    users = UserLabels(key=b"k")
+    shown = [users.label(u) for u in PERSONAL_USERS]
+    assert all(s.startswith("u:") and len(s) == 18 for s in shown) and len(set(shown)) == len(shown)
+    assert UserLabels(key=b"k").label(PERSONAL_USERS[0]) == shown[0]  # keyed: stable for one key
+    assert UserLabels(key=b"other").label(PERSONAL_USERS[0]) != shown[0]
+    # Names and ids that are not personal data stay readable on dashboards.
+    assert [users.label(u) for u in ("alice", "key:065127ff61eb98eb", "team-7")] == \
+        ["alice", "key:065127ff61eb98eb", "team-7"]
+
+
+def test_user_label_modes_raw_and_hashed():
+    assert [UserLabels(mode="raw").label(u) for u in PERSONAL_USERS] == list(PERSONAL_USERS)
+    hashed = UserLabels(mode="hashed", key=b"k")
+    assert hashed.label("alice").startswith("u:")
+    assert hashed.label(PERSONAL_USERS[0]) == UserLabels(key=b"k").label(PERSONAL_USERS[0])
+    assert hashed.label("key:065127ff61eb98eb") == "key:065127ff61eb98eb"  # already a pseudonym
+    with pytest.raises(ValueError, match="user label mode"):
+        UserLabels(mode="plain")
+
+
+def test_restore_does_not_revive_raw_personal_labels():
+    # A checkpoint written by an older build (or under --user-label-mode raw)
+    # holds raw e-mail labels; restored now they merge into the pseudonym.
+    old, _ = make(UserLabels(mode="raw"))
+    for _ in range(2):
+        old.observe(rec(user="li.na@example.com", prompt_tokens=3))
+    old.observe(rec(user="alice", prompt_tokens=1))
+    snap = json.loads(json.dumps(old.snapshot()))
+    users = UserLabels(key=b"k")
+    new, reg = make(users)
+    users.restore(snap["labels"]["user"])
+    new.restore(snap)
+    new.observe(rec(user="li.na@example.com", prompt_tokens=3))
+    text = generate_latest(reg).decode()
+    pseudonym = users.label("li.na@example.com")
+    assert "li.na@example.com" not in text and "example.com" not in json.dumps(new.snapshot())
+    assert value(reg, "vllm_audit_prompt_tokens_total", model="tiny", user=pseudonym) == 9
+    assert value(reg, "vllm_audit_prompt_tokens_total", model="tiny", user="alice") == 1
+    assert users.state() == [pseudonym, "alice"]
+
+
+def test_other_label_dimensions_fold_personal_values():
+    m, reg = make()
+    m.observe(rec(model="bob@example.com"))  # a client can send any model name
+    assert "bob@example.com" not in generate_latest(reg).decode()
+    assert value(reg, "vllm_audit_requests_total", **dict(REQ, model=OTHER)) == 1
+    restored, reg2 = make()
+    snap = m.snapshot()
+    snap["labels"]["model"] = ["bob@example.com"]
+    restored.restore(snap)
+    assert "bob@example.com" not in generate_latest(reg2).decode()
+
+
+def test_user_label_key_is_kept_private_or_derived(tmp_path):
+    from exporter.labels import USER_LABEL_KEY_FILE, user_label_key
+    first = user_label_key(None, tmp_path)
+    assert user_label_key(None, tmp_path) == first and len(first) == 32
+    path = tmp_path / USER_LABEL_KEY_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    derived = user_label_key(b"archive-key", tmp_path / "elsewhere")
+    assert derived == user_label_key(b"archive-key", tmp_path) != first
+    assert not (tmp_path / "elsewhere").exists()
+    path.write_text("garbage\n")
+    with pytest.raises(ValueError, match="not a user-label key"):
+        user_label_key(None, tmp_path)
+
+
+_FULL_WIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+_local = st.text("abcdefghijklmnopqrstuvwxyz0123456789._+-", min_size=1, max_size=20).filter(
+    lambda s: s[0].isalnum() and s[-1].isalnum())
+personal_values = st.one_of(
+    # Addresses as people have them (st.emails() also makes "*@A.AC": valid, never seen).
+    st.builds(lambda local, host: f"{local}@{host}", _local, st.emails().map(lambda e: e.rsplit("@", 1)[1])),
+    st.builds(lambda p, n: f"1{p}{n:09d}", st.sampled_from("3456789"), st.integers(0, 999_999_999)),
+    st.builds(lambda n: f"+{n}", st.integers(10**8, 10**14)),
+).flatmap(lambda v: st.sampled_from([v, v.translate(_FULL_WIDTH), f"user {v}", f"{v} (admin)"]))
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(personal_values)
+def test_no_label_dimension_shows_a_generated_personal_value(value):
+    users, model = UserLabels(key=b"k"), BoundedLabels(limit=10)
+    shown = (users.label(value), model.label(value))
+    assert value[:MAX_LABEL_LENGTH] not in shown and shown[1] == OTHER, (value, shown)
+    assert shown[0].startswith("u:")

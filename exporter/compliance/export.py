@@ -60,10 +60,48 @@ def _ts(rec: dict) -> float | None:
         return None
 
 
+# Keys whose values are protocol, not something anyone wrote ("role":"user").
+_STRUCTURE_KEYS = frozenset(("role", "type", "id", "tool_call_id"))
+
+
+def typed_texts(prompt: str, endpoint: str | None = None) -> list[str]:
+    """The texts a person (or the model, for earlier turns) wrote in a prompt.
+
+    A chat prompt is the client's messages as JSON text, where a typed quote,
+    backslash, newline or tab is escaped (``\\"``, ``\\n``): searching that text
+    cannot find what was typed. A prompt that is a JSON array or object is
+    decoded and its strings returned (values of protocol keys such as
+    ``role`` left out, so ``--grep user`` does not match every chat). Other
+    endpoints may have been sent a prompt that merely looks like JSON, so
+    their text is kept as well.
+    """
+    decoded = None
+    if prompt[:1] in ("[", "{"):
+        try:
+            decoded = json.loads(prompt)
+        except (ValueError, RecursionError):
+            decoded = None
+    if not isinstance(decoded, (list, dict)):
+        return [prompt]
+    out, stack = [], [decoded]
+    while stack:  # iterative: the nesting depth is the client's choice
+        value = stack.pop()
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+        elif isinstance(value, dict):
+            stack.extend(v for k, v in reversed(value.items()) if k not in _STRUCTURE_KEYS)
+    if endpoint != "chat":
+        out.append(prompt)
+    return out
+
+
 def _texts(rec: dict) -> Iterator[str]:
-    for key in ("prompt", "output"):
-        if isinstance(rec.get(key), str):
-            yield rec[key]
+    if isinstance(rec.get("prompt"), str):
+        yield from typed_texts(rec["prompt"], rec.get("endpoint"))
+    if isinstance(rec.get("output"), str):
+        yield rec["output"]
     for c in rec.get("choices") or ():
         if isinstance(c, dict) and isinstance(c.get("text"), str):
             yield c["text"]
@@ -71,7 +109,7 @@ def _texts(rec: dict) -> Iterator[str]:
 
 def make_filter(t_from: float, t_to: float, user: str | None, model: str | None, grep: str | None):
     """Predicate on a parsed record (exact user/model, case-insensitive grep
-    in prompt/output/choices)."""
+    in prompt/output/choices, on the text as typed: see :func:`typed_texts`)."""
     needle = grep.casefold() if grep else None
 
     def keep(rec: dict) -> bool:

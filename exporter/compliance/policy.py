@@ -1,4 +1,4 @@
-"""Content policy: what prompt/output text each destination receives.
+"""Content policy: what text from the client or the model each destination receives.
 
 Modes per field and destination:
 
@@ -11,14 +11,25 @@ Modes per field and destination:
              an unkeyed hash of a short prompt is reversible by guessing;
 - ``omit``   ``null``.
 
-Defaults: archive ``full``, loki ``redact``. ``identity.headers`` values follow
-``headers_mode`` (default: ``full`` in the archive, ``redact`` elsewhere) so an
-e-mail in ``x-openwebui-user-email`` does not reach Loki in clear.
+Which mode governs which field (every string inside lists and objects too):
+
+- the prompt mode: ``prompt`` and ``error`` (vLLM's 400 validation errors
+  echo up to 200 characters of the client's input);
+- the output mode: ``output``, every ``choices[]`` field but ``index`` and
+  ``finish_reason`` (text, tool calls, reasoning text), and any field this
+  module does not know: a field added to the record later is content until
+  it is listed in :data:`METADATA_FIELDS`, so it is never shipped raw by
+  default;
+- ``headers_mode``: everything in ``identity`` but ``api_key_hash``
+  (trusted and untrusted header values, the body's ``user`` field).
+
+Defaults: archive ``full``, loki ``redact``. ``headers_mode`` defaults to
+``full`` in the archive and ``redact`` elsewhere, so an e-mail in
+``x-openwebui-user-email`` does not reach Loki in clear.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 from exporter.chain import keyed_digest
@@ -68,17 +79,44 @@ def redact(text: str) -> str:
     return text if _mask_once(text) is None else WITHHELD
 
 
+# Fields the exporter itself produced (times, counts, enumerations, hashes)
+# or the identity a record is about (``user``, ``client``: see the README's
+# user-label section for how labels treat them): never rewritten.
+METADATA_FIELDS = frozenset((
+    "ts", "request_id", "model", "user", "endpoint", "stream", "prompt_tokens", "completion_tokens",
+    "tokens_source", "finish_reason", "status", "empty_response", "latency_seconds", "params", "flags",
+    "ttft_seconds", "http_status", "client", "sources", "seq", "prev_hash", "hash",
+))
+PROMPT_FIELDS = ("prompt", "error")
+_CHOICE_METADATA = frozenset(("index", "finish_reason"))
+_IDENTITY_METADATA = frozenset(("api_key_hash",))
+
+
+def _deep(leaf: Callable[[str], object]) -> Callable[[object], object]:
+    """Apply ``leaf`` to every string in a JSON value (keys stay: they are
+    structure, such as header names or ``function``/``arguments``)."""
+    def walk(v):
+        if isinstance(v, str):
+            return leaf(v)
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+    return walk
+
+
 def _transform(mode: str, key: bytes | None) -> Callable[[object], object]:
     if mode == "full":
         return lambda v: v
     if mode == "omit":
-        return lambda v: None
+        return _deep(lambda s: None)
     if mode == "redact":
-        return lambda v: redact(v) if isinstance(v, str) else v
+        return _deep(redact)
     if mode == "hash":
         if key is None:
             raise ValueError("content mode 'hash' needs an HMAC key (--hmac-key-file or VLLM_AUDIT_HMAC_KEY)")
-        return lambda v: keyed_digest(key, v.encode()) if isinstance(v, str) else v
+        return _deep(lambda s: keyed_digest(key, s.encode()))
     raise ValueError(f"unknown content mode {mode!r}; expected one of {', '.join(MODES)}")
 
 
@@ -104,22 +142,27 @@ def make_policy(destination: str, prompt_mode: str | None = None, output_mode: s
     if prompt_mode == output_mode == "full" and identity_untouched:
         return lambda record: dict(record)
 
+    def on_choice(c):
+        if not isinstance(c, dict):
+            return on_output(c)
+        out = {k: v if k in _CHOICE_METADATA else on_output(v) for k, v in c.items()}
+        out.setdefault("text", None)
+        return out
+
     def apply(record: dict) -> dict:
-        out = dict(record)
-        if "prompt" in record:
-            out["prompt"] = on_prompt(record["prompt"])
-        if "output" in record:
-            out["output"] = on_output(record["output"])
-        choices = record.get("choices")
-        if isinstance(choices, list):
-            out["choices"] = [
-                {**c, "text": on_output(c.get("text"))} if isinstance(c, dict) else c for c in choices
-            ]
-        identity = record.get("identity")
-        if not identity_untouched and isinstance(identity, dict) and isinstance(identity.get("headers"), dict):
-            ident = copy.copy(identity)
-            ident["headers"] = {k: on_header(v) for k, v in identity["headers"].items()}
-            out["identity"] = ident
+        out = {}
+        for name, value in record.items():
+            if name in METADATA_FIELDS or value is None:
+                out[name] = value
+            elif name in PROMPT_FIELDS:
+                out[name] = on_prompt(value)
+            elif name == "choices":
+                out[name] = [on_choice(c) for c in value] if isinstance(value, list) else on_output(value)
+            elif name == "identity":
+                out[name] = value if identity_untouched or not isinstance(value, dict) else {
+                    k: v if k in _IDENTITY_METADATA else on_header(v) for k, v in value.items()}
+            else:  # output, and any field not classified above
+                out[name] = on_output(value)
         return out
 
     return apply

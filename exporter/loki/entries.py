@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from exporter.labels import OTHER, personal
 from exporter.record import CHAIN_FIELDS, dumps_line
 
 from .config import LokiSettings, valid_label_name
@@ -76,8 +77,8 @@ def build_labels(record: dict, settings: LokiSettings,
     labels = {"service_name": settings.service_name}
     if settings.job:
         labels["job"] = settings.job
-    model = record.get("model")
-    labels["model"] = sanitize_value(model if isinstance(model, str) else "unknown")
+    model = sanitize_value(record.get("model") if isinstance(record.get("model"), str) else "unknown")
+    labels["model"] = OTHER if personal(model) else model  # as the metric label: never raw PII
     user = label_user(record.get("user") if isinstance(record.get("user"), str) else None)
     if user is not None:
         labels["user"] = sanitize_value(user)
