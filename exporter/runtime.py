@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from .archive import ArchiveWriter
 from .assemble import AssembleContext
 from .chain import Chain
-from .checkpoint import read_checkpoint
+from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
 from .correlate import Correlator
 from .health import Health
 from .labels import UserLabels
@@ -43,7 +43,7 @@ class Runtime:
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    return settings.state_dir / "checkpoint.json"
+    return settings.state_dir / CHECKPOINT_NAME
 
 
 def _detector(settings: Settings):
@@ -70,14 +70,18 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
 
     settings.archive_dir.mkdir(parents=True, exist_ok=True)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    saved = read_checkpoint(str(checkpoint_path(settings))).state or {}
+    # Keyed with the archive key: without the key nobody can hand the exporter
+    # offsets, in-flight requests or an archive cut of their choosing.
+    use_key(checkpoint_path(settings), settings.hmac_key)
+    loaded = read_checkpoint(str(checkpoint_path(settings)))
+    saved = loaded.state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
                                  saved.get("archive"), clock=clock)
     skip_keys = None
     if not saved and archive.state().get("seq", 0) > 0:
         from .recovery import rebuild_from_archive, warn
         skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
-        warn(settings.archive_dir, len(skip_keys))
+        warn(settings.archive_dir, len(skip_keys), reason=loaded.reason)
     if saved.get("users") is not None:
         users.restore(saved["users"])
     if saved.get("metrics") is not None:
