@@ -49,6 +49,7 @@ from typing import NamedTuple
 from .chain import HMAC_PREFIX, SHA_PREFIX, keyed_digest
 
 FORMAT = 2  # written; format 1 is still read
+CHECKPOINT_NAME = "checkpoint.json"  # in the state directory
 MODE = 0o640
 _DIGEST = re.compile(r"^(?:sha256|hmac-sha256):[0-9a-f]{64}$")
 # Insertion order kept: the body is the state exactly as the pipeline built it.

@@ -248,6 +248,37 @@ def test_live_kill_after_every_checkpoint_with_two_sources_gives_the_same_archiv
     assert live.rt.metrics.snapshot() == ref_metrics
 
 
+def test_keyed_exporter_ignores_a_checkpoint_rewritten_without_the_key(tmp_path, capsys):
+    """Someone who can write .state but lacks the HMAC key forges a checkpoint
+    (plain SHA-256 envelope) that would cut the last records off the archive
+    on the next start. The keyed exporter does not take it: it starts as
+    without a checkpoint (rebuild from the archive, skip what is archived)."""
+    from exporter import checkpoint as ckpt
+    archive = tmp_path / "archive"
+
+    def keyed_runtime():
+        args = make_parser().parse_args(["replay", str(CAPTURE), "--archive-dir", str(archive),
+                                         "--model", "tiny", "--no-progress", "--hmac-key", "k3y"])
+        return build(build_settings("replay", args, {}), live=False)
+
+    _to_the_end(keyed_runtime())
+    good = _archive_bytes(archive)
+    path = str(archive / ".state" / "checkpoint.json")
+    state = ckpt.read_checkpoint(path, key=b"k3y").state
+    assert state is not None
+    lines = good.splitlines(keepends=True)
+    last_kept = json.loads(lines[-3])
+    state["archive"].update(size=len(b"".join(lines[:-2])), seq=last_kept["seq"], head_hash=last_kept["hash"])
+    state["sources"] = {}  # and the inputs "already read" to their end
+    ckpt.write_atomic(path, state, key=None)
+    ckpt.write_atomic(path, state, key=None)  # .prev too
+    capsys.readouterr()
+    rt = keyed_runtime()
+    assert "no usable checkpoint (current: not_keyed; prev: not_keyed)" in capsys.readouterr().err
+    _to_the_end(rt)
+    assert _archive_bytes(archive) == good
+
+
 def _request_ids(archive: Path) -> list[str]:
     ids = []
     for p in sorted(archive.glob("audit-*.jsonl")):
