@@ -125,9 +125,14 @@ def cmd_verify(args) -> int:
 
 def cmd_retention(args) -> int:
     from .chain import KeyLoadError, load_key
+    from .compliance.files import DirError, usable_dir
     from .compliance.retention import retention_main
     from .loki.state import load_position
     opts = resolve("retention", args, os.environ)
+    try:
+        usable_dir(Path(args.archive_dir), "retention DIR", write=True)
+    except DirError as exc:
+        raise SettingsError(str(exc)) from None
     try:
         key = load_key(opts["hmac_key_file"], opts["hmac_key"])
     except KeyLoadError as exc:

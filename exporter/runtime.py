@@ -24,7 +24,8 @@ from .logtime import TimeResolver
 from .metrics import RequestMetrics
 from .pipeline import Pipeline, Sinks, Source
 from .selfmetrics import SelfMetrics
-from .settings import Settings
+from .compliance.files import DirError, usable_dir
+from .settings import Settings, SettingsError
 from .tail import FileTailer, StdinTailer
 
 
@@ -68,8 +69,11 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     selfm = SelfMetrics(registry, sources=tuple(names))
     health = Health(clock=clock)
 
-    settings.archive_dir.mkdir(parents=True, exist_ok=True)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    for directory, flag in ((settings.archive_dir, "--archive-dir"), (settings.state_dir, "--state-dir")):
+        try:
+            usable_dir(directory, flag, create=True, write=True)
+        except DirError as exc:
+            raise SettingsError(str(exc)) from None
     # Keyed with the archive key: without the key nobody can hand the exporter
     # offsets, in-flight requests or an archive cut of their choosing.
     use_key(checkpoint_path(settings), settings.hmac_key)

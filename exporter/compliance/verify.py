@@ -33,7 +33,7 @@ from pathlib import Path
 from exporter import checkpoint as ckpt
 from exporter.chain import GENESIS, Chain, KeyLoadError, digest_kind, load_key
 from exporter.compliance import manifest as mf
-from exporter.compliance.files import DayFiles, data_name, iter_lines, list_days
+from exporter.compliance.files import DayFiles, DirError, data_name, iter_lines, list_days, usable_dir
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_UNANCHORED = 0, 1, 2, 3
 
@@ -407,14 +407,10 @@ def verify_main(archive_dir: str, *, hmac_key_file: str | None = None, hmac_key_
 
 def _usable_dir(path: Path, what: str) -> None:
     """A directory verify can list, else a one-line usage error."""
-    if not path.exists():
-        raise VerifyUsageError(f"{what}: {path}: no such directory")
-    if not path.is_dir():
-        raise VerifyUsageError(f"{what}: {path}: not a directory")
     try:
-        os.listdir(path)
-    except OSError as exc:
-        raise VerifyUsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+        usable_dir(path, what)
+    except DirError as exc:
+        raise VerifyUsageError(str(exc)) from None
 
 
 def _first_hash_kind(root: Path) -> str | None:
