@@ -17,6 +17,7 @@ from .archive import ArchiveWriter
 from .assemble import AssembleContext
 from .chain import Chain
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
+from .compliance.files import DirError, usable_dir
 from .correlate import Correlator
 from .health import Health
 from .labels import UserLabels
@@ -24,7 +25,6 @@ from .logtime import TimeResolver
 from .metrics import RequestMetrics
 from .pipeline import Pipeline, Sinks, Source
 from .selfmetrics import SelfMetrics
-from .compliance.files import DirError, usable_dir
 from .settings import Settings, SettingsError
 from .tail import FileTailer, StdinTailer
 
