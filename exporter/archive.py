@@ -18,7 +18,8 @@ from pathlib import Path
 
 from exporter.chain import GENESIS, Chain
 from exporter.compliance import manifest as mf
-from exporter.compliance.files import data_name, day_of, fsync_dir, list_days, manifest_name, parse_name
+from exporter.compliance.files import (data_name, day_of, fsync_dir, list_days, make_dir, manifest_name,
+                                       parse_name)
 from exporter.record import dumps_line
 
 _CHUNK = 1 << 16
@@ -77,7 +78,7 @@ class ArchiveWriter:
         self._fsync_every = max(1, fsync_every)
         self._mode = file_mode
         if not self._root.is_dir():
-            self._root.mkdir(parents=True, mode=0o750)
+            make_dir(self._root)
         self._seq = 0                 # last sealed (maybe still buffered)
         self._head = GENESIS
         self._committed_seq = 0       # last fsynced

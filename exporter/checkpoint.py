@@ -8,10 +8,23 @@ Rules:
   not supported), rename the temp file over ``<path>``, fsync the directory.
   A crash at any point leaves ``<path>`` either the old or the new complete
   file (plus a stray temp file, overwritten by the next write, never read).
-* **Envelope.** The file is ``{"checkpoint": 1, "sha256": <hex>, "state":
-  <obj>}`` where the digest covers the canonical JSON of ``state`` (sorted
-  keys, compact separators). A file that is empty, torn, not JSON, or whose
-  digest does not match is corrupt.
+* **Envelope.** The file is ``{"checkpoint":2,"digest":"<kind>:<hex>","state":
+  <body>}`` on one line. ``<body>`` is the compact JSON of the state *in its
+  own key order* (restoring it gives back dicts in the order they were built,
+  so a request held across a restart is recorded with the same bytes as
+  without one), and the digest covers exactly those bytes:
+  ``hmac-sha256:`` with the archive's HMAC key when one is configured
+  (:func:`use_key`), else ``sha256:``. A file that is empty, torn, not JSON,
+  not byte-for-byte in that layout, or whose digest does not match is
+  corrupt. Format 1 (``{"checkpoint":1,"sha256":<hex>,"state":...}``, the
+  digest over the sorted-keys JSON of the state) is still read.
+* **Keys.** With a key, only a valid ``hmac-sha256`` envelope is accepted:
+  an unkeyed one (format 1, or ``sha256:``) is ``not_keyed``, so someone who
+  can write the state directory but lacks the key cannot hand the exporter
+  offsets, in-flight requests or an archive cut of their choosing (a
+  downgrade, as for records in :mod:`exporter.chain`). Without a key a keyed
+  envelope is ``needs_key``. Either way the file is not used, and the
+  exporter takes its no-checkpoint path (:mod:`exporter.recovery`).
 * **Read** (:func:`read_checkpoint`): the current file if it is good, else
   ``<path>.prev`` if that is good, else nothing. Falling back to the previous
   checkpoint is safe by design: every checkpoint is a consistent snapshot and
@@ -27,12 +40,26 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import hmac
 import json
 import os
+import re
 from typing import NamedTuple
 
-FORMAT = 1
+from .chain import HMAC_PREFIX, SHA_PREFIX, keyed_digest
+
+FORMAT = 2  # written; format 1 is still read
+CHECKPOINT_NAME = "checkpoint.json"  # in the state directory
 MODE = 0o640
+_DIGEST = re.compile(r"^(?:sha256|hmac-sha256):[0-9a-f]{64}$")
+# Insertion order kept: the body is the state exactly as the pipeline built it.
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+# The key each checkpoint path is sealed with. The pipeline calls
+# write_atomic(path, state); the composition root says once which key
+# applies to its path (runtime.build -> use_key).
+_KEYS: dict[str, bytes] = {}
+_REGISTERED = object()
 
 
 class CheckpointError(Exception):
@@ -79,40 +106,72 @@ class OsOps:
             os.close(fd)
 
 
-def _canonical(state: object) -> bytes:
+def use_key(path: str | os.PathLike, key: bytes | None) -> None:
+    """Seal (and read) the checkpoint at ``path`` with ``key`` from now on;
+    None: the unkeyed ``sha256:`` envelope."""
+    name = os.path.abspath(path)
+    if key is None:
+        _KEYS.pop(name, None)
+    else:
+        _KEYS[name] = key
+
+
+def _key_for(path: str | os.PathLike, key) -> bytes | None:
+    return _KEYS.get(os.path.abspath(path)) if key is _REGISTERED else key
+
+
+def _canonical_v1(state: object) -> bytes:
     return json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode()
 
 
-def encode(state: dict) -> bytes:
-    body = _canonical(state)
-    digest = hashlib.sha256(body).hexdigest()
-    return b'{"checkpoint":%d,"sha256":"%s","state":%s}\n' % (FORMAT, digest.encode(), body)
+def _prefix(digest: str) -> bytes:
+    return b'{"checkpoint":%d,"digest":"%s","state":' % (FORMAT, digest.encode())
 
 
-def decode(data: bytes) -> tuple[dict | None, str | None]:
-    """Return ``(state, None)`` or ``(None, reason)``."""
+def encode(state: dict, key: bytes | None = None) -> bytes:
+    body = _BODY_ENCODER(state).encode()
+    return _prefix(keyed_digest(key, body)) + body + b"}\n"
+
+
+def decode(data: bytes, key: bytes | None = None) -> tuple[dict | None, str | None]:
+    """Return ``(state, None)`` or ``(None, reason)`` (module rules on keys)."""
     if not data.strip():
         return None, "empty"
     try:
         obj = json.loads(data)
     except ValueError:
         return None, "not_json"  # torn write or garbage
-    if not isinstance(obj, dict) or obj.get("checkpoint") != FORMAT or "state" not in obj:
+    if not isinstance(obj, dict) or obj.get("checkpoint") not in (1, FORMAT) \
+            or not isinstance(obj.get("state"), dict):
         return None, "bad_format"
     state = obj["state"]
-    if not isinstance(state, dict):
+    if obj["checkpoint"] == 1:
+        if hashlib.sha256(_canonical_v1(state)).hexdigest() != obj.get("sha256"):
+            return None, "bad_digest"
+        return (None, "not_keyed") if key is not None else (state, None)
+    digest = obj.get("digest")
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
         return None, "bad_format"
-    if hashlib.sha256(_canonical(state)).hexdigest() != obj.get("sha256"):
+    prefix = _prefix(digest)
+    if not data.startswith(prefix) or not data.endswith(b"}\n"):
+        return None, "bad_digest"  # reformatted: not the bytes that were sealed
+    body = data[len(prefix):-2]
+    if digest.startswith(HMAC_PREFIX) and key is None:
+        return None, "needs_key"
+    if digest.startswith(SHA_PREFIX) and key is not None:
+        return None, "not_keyed"
+    if not hmac.compare_digest(digest, keyed_digest(key, body)):
         return None, "bad_digest"
     return state, None
 
 
-def write_atomic(path: str, state: dict, *, ops: OsOps | None = None) -> None:
-    """Replace ``path`` with ``state`` atomically and durably (module rules)."""
+def write_atomic(path: str, state: dict, *, ops: OsOps | None = None, key=_REGISTERED) -> None:
+    """Replace ``path`` with ``state`` atomically and durably (module rules).
+    ``key`` defaults to the one registered for ``path`` (:func:`use_key`)."""
     ops = ops or OsOps()
     try:
-        data = encode(state)
+        data = encode(state, _key_for(path, key))
     except (TypeError, ValueError) as e:  # a programming error, but never crash the loop
         raise CheckpointError("not_serialisable", str(e)) from e
     tmp, prev = path + ".tmp", path + ".prev"
@@ -160,20 +219,26 @@ def _keep_prev(ops: OsOps, path: str, prev: str) -> None:
             pass
 
 
-def read_checkpoint(path: str) -> Loaded:
-    """The newest good checkpoint (current, else ``.prev``); never raises."""
+def read_file(name: str, key: bytes | None) -> tuple[dict | None, str | None]:
+    """One checkpoint file: ``(state, None)`` or ``(None, reason)``; reason
+    ``missing``, an errno name, or a :func:`decode` reason. Never raises."""
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, errno.errorcode.get(e.errno, "OSError")
+    return decode(data, key)
+
+
+def read_checkpoint(path: str, key=_REGISTERED) -> Loaded:
+    """The newest good checkpoint (current, else ``.prev``); never raises.
+    ``key`` defaults to the one registered for ``path`` (:func:`use_key`)."""
+    key = _key_for(path, key)
     reasons = []
     for source, name in (("current", path), ("prev", path + ".prev")):
-        try:
-            with open(name, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            reasons.append(f"{source}: missing")
-            continue
-        except OSError as e:
-            reasons.append(f"{source}: {errno.errorcode.get(e.errno, 'OSError')}")
-            continue
-        state, why = decode(data)
+        state, why = read_file(name, key)
         if state is not None:
             return Loaded(state, source, "; ".join(reasons) or None)
         reasons.append(f"{source}: {why}")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .settings import SettingsError, add_options, build as build_settings
+from .settings import SettingsError, add_options, build as build_settings, resolve
 
 PROG = "vllm-audit-exporter"
 
@@ -45,10 +45,12 @@ def make_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check the archive's hash chain and manifests")
     verify.add_argument("archive_dir", metavar="DIR")
     verify.add_argument("--hmac-key-file", default=None, help="HMAC key file [env VLLM_AUDIT_HMAC_KEY]")
+    add_options(verify, "verify")
     retention = sub.add_parser("retention", help="compress or delete old archive days now")
     retention.add_argument("archive_dir", metavar="DIR")
     retention.add_argument("--compress-after-days", type=int, default=None, metavar="DAYS")
     retention.add_argument("--delete-after-days", type=int, default=None, metavar="DAYS")
+    add_options(retention, "retention")
     export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
     _add_export_args(export)
     return parser
@@ -111,29 +113,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Check the chain; with the exporter's checkpoint present, also check that
-    the newest file still ends where the last commit left it (cutting whole
-    records off the end is otherwise invisible from inside the archive)."""
-    from .checkpoint import read_checkpoint
+    """Check the chain, and the end of the newest file against the exporter's
+    checkpoint (cutting whole records off the end is otherwise invisible from
+    inside the archive): exit 3 when there is no checkpoint to trust."""
     from .compliance.verify import verify_main
-    state_dir = Path(args.archive_dir) / ".state"
-    saved = read_checkpoint(str(state_dir / "checkpoint.json")).state or {}
+    opts = resolve("verify", args, os.environ)
     return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
                        hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
-                       expected_state=saved.get("archive"))
+                       state_dir=opts["state_dir"] and str(opts["state_dir"]))
 
 
 def cmd_retention(args) -> int:
+    from .chain import KeyLoadError, load_key
+    from .compliance.files import DirError, usable_dir
     from .compliance.retention import retention_main
     from .loki.state import load_position
+    opts = resolve("retention", args, os.environ)
+    try:
+        usable_dir(Path(args.archive_dir), "retention DIR", write=True)
+    except DirError as exc:
+        raise SettingsError(str(exc)) from None
+    try:
+        key = load_key(opts["hmac_key_file"], opts["hmac_key"])
+    except KeyLoadError as exc:
+        raise SettingsError(f"--hmac-key-file: {exc}") from None
     keep = None
-    loki_state = Path(args.archive_dir) / ".state" / "loki.json"
+    state_dir = Path(opts["state_dir"]) if opts["state_dir"] else Path(args.archive_dir) / ".state"
+    loki_state = state_dir / "loki.json"
     if loki_state.exists():  # Loki is in use: keep what it has not shipped
         name = load_position(loki_state)[0].file
         keep = name[len("audit-"):len("audit-") + 10] if name else ""
     return retention_main(args.archive_dir, compress_after_days=args.compress_after_days,
                           delete_after_days=args.delete_after_days, keep_from_day=keep,
-                          out=sys.stdout)
+                          out=sys.stdout, key=key)
 
 
 # ------------------------------------------------------------------- replay
@@ -279,11 +291,14 @@ def _retention(rt) -> None:
     s = rt.settings
     if not (s.retention_compress_days or s.retention_delete_days):
         return
-    from .compliance.retention import apply_retention
+    from .compliance.retention import RetentionError, apply_retention
     try:
-        apply_retention(s.archive_dir, now=time.time(), compress_after_days=s.retention_compress_days,
-                        delete_after_days=s.retention_delete_days, keep_from_day=_keep_from_day(rt))
-    except OSError as exc:  # retention must never stop auditing
+        for a in apply_retention(s.archive_dir, now=time.time(), compress_after_days=s.retention_compress_days,
+                                 delete_after_days=s.retention_delete_days, keep_from_day=_keep_from_day(rt),
+                                 key=s.hmac_key):
+            if a.action == "refused":
+                print(f"{PROG}: retention refused {a.path}: {a.detail}", file=sys.stderr)
+    except (OSError, RetentionError) as exc:  # retention must never stop auditing
         print(f"{PROG}: retention failed: {exc}", file=sys.stderr)
 
 

@@ -46,7 +46,8 @@ def rebuild_from_archive(root: Path, observe) -> set[tuple[str, str]]:
     return keys
 
 
-def warn(root: Path, count: int, stream=sys.stderr) -> None:
-    print(f"vllm-audit-exporter: no usable checkpoint in {root}/.state but the archive holds "
+def warn(root: Path, count: int, stream=None, reason: str | None = None) -> None:
+    why = f" ({reason})" if reason else ""
+    print(f"vllm-audit-exporter: no usable checkpoint{why} but the archive in {root} holds "
           f"{count} records: rebuilding metrics from the archive and re-reading the inputs from "
-          "their start, skipping requests already archived", file=stream)
+          "their start, skipping requests already archived", file=stream or sys.stderr)

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from .archive import ArchiveWriter
 from .assemble import AssembleContext
 from .chain import Chain
-from .checkpoint import read_checkpoint
+from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
+from .compliance.files import DirError, usable_dir
 from .correlate import Correlator
 from .health import Health
 from .labels import UserLabels, user_label_key
@@ -43,7 +44,7 @@ class Runtime:
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    return settings.state_dir / "checkpoint.json"
+    return settings.state_dir / CHECKPOINT_NAME
 
 
 def _detector(settings: Settings):
@@ -72,8 +73,11 @@ def _user_label_key(settings: Settings) -> bytes | None:
 
 def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Runtime:
     registry = CollectorRegistry(auto_describe=True)
-    settings.archive_dir.mkdir(parents=True, exist_ok=True)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    for directory, flag in ((settings.archive_dir, "--archive-dir"), (settings.state_dir, "--state-dir")):
+        try:
+            usable_dir(directory, flag, create=True, write=True)
+        except DirError as exc:
+            raise SettingsError(str(exc)) from None
     users = UserLabels(settings.max_users, enabled=settings.user_label, mode=settings.user_label_mode,
                        key=_user_label_key(settings))
     metrics = RequestMetrics(registry, users=users,
@@ -82,14 +86,18 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     selfm = SelfMetrics(registry, sources=tuple(names))
     health = Health(clock=clock)
 
-    saved = read_checkpoint(str(checkpoint_path(settings))).state or {}
+    # Keyed with the archive key: without the key nobody can hand the exporter
+    # offsets, in-flight requests or an archive cut of their choosing.
+    use_key(checkpoint_path(settings), settings.hmac_key)
+    loaded = read_checkpoint(str(checkpoint_path(settings)))
+    saved = loaded.state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
                                  saved.get("archive"), clock=clock)
     skip_keys = None
     if not saved and archive.state().get("seq", 0) > 0:
         from .recovery import rebuild_from_archive, warn
         skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
-        warn(settings.archive_dir, len(skip_keys))
+        warn(settings.archive_dir, len(skip_keys), reason=loaded.reason)
     if saved.get("users") is not None:
         users.restore(saved["users"])
     if saved.get("metrics") is not None:

@@ -47,7 +47,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--archive-dir", "archive_dir", "directory of the local audit archive (JSONL, one file "
            "per UTC day) and of the exporter's state", Path("audit-archive"), "path", _BOTH, "DIR"),
     Option("--state-dir", "state_dir", "where checkpoints live (default: ARCHIVE_DIR/.state)",
-           None, "path", _BOTH, "DIR"),
+           None, "path", (*_BOTH, "verify", "retention"), "DIR"),
     Option("--from-start", "from_start", "read log files from their start instead of their end "
            "(backfill); ignored once a checkpoint exists", False, "bool", ("run",)),
     Option("--vllm-url", "vllm_url", "vLLM base URL; its /metrics is scraped for up and "
@@ -87,9 +87,10 @@ OPTIONS: tuple[Option, ...] = (
            "checkpoint (the Loki pusher reads only checkpointed records)", 0.25, "float", _BOTH,
            "SECONDS"),
     Option("--hmac-key-file", "hmac_key_file", "key for the archive's HMAC-SHA256 chain (else env "
-           "VLLM_AUDIT_HMAC_KEY; else a plain, labelled SHA-256 chain)", None, "path", _BOTH, "FILE"),
+           "VLLM_AUDIT_HMAC_KEY; else a plain, labelled SHA-256 chain)", None, "path",
+           (*_BOTH, "retention"), "FILE"),
     Option("--hmac-key", "hmac_key", "HMAC key itself (prefer the env var or --hmac-key-file)",
-           None, "str", _BOTH, "KEY"),
+           None, "str", (*_BOTH, "retention"), "KEY"),
     Option("--loki-url", "loki_url", "Loki base URL; enables pushing every record", None, "str",
            _BOTH, "URL"),
     Option("--loki-tenant", "loki_tenant", "X-Scope-OrgID", None, "str", _BOTH, "ID"),
@@ -224,8 +225,9 @@ def _read_secret_file(path: Path | None, flag: str) -> str | None:
     return value
 
 
-def build(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Merge flags, env and defaults; validate; return the frozen settings."""
+def resolve(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Flag, else env, else default, converted, for each option of ``command``
+    (no validation: the small subcommands take these values as they are)."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         if command not in opt.commands:
@@ -237,7 +239,12 @@ def build(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> S
             values[opt.dest] = _convert(opt, environ[opt.env], f"env {opt.env}")
         else:
             values[opt.dest] = opt.default
-    return _validate(command, values, ns, environ)
+    return values
+
+
+def build(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge flags, env and defaults; validate; return the frozen settings."""
+    return _validate(command, resolve(command, ns, environ), ns, environ)
 
 
 def _positive(values: dict, dest: str, flag: str, allow_zero: bool = False) -> None:

@@ -160,3 +160,73 @@ def test_unreadable_checkpoint_reports_errno(path, tmp_path):
     os.mkdir(path)  # reading a directory fails with EISDIR
     loaded = read_checkpoint(path)
     assert loaded.state is None and loaded.reason == "current: EISDIR; prev: missing"
+
+
+def test_state_comes_back_in_its_own_key_order(path):
+    """Restored dicts keep the order they were built in (a middleware line's
+    identity, prompt messages): the records built from them stay the same."""
+    state = {"z": 1, "inflight": {"b": {"mw": {"prompt": [{"role": "user", "content": "hi"}],
+                                               "identity": {"headers": {}, "user_field": "u",
+                                                            "api_key_hash": None}}}, "a": {}}}
+    write_atomic(path, state)
+    loaded = read_checkpoint(path).state
+    assert json.dumps(loaded) == json.dumps(state)  # order included, at every depth
+
+
+def test_format_1_files_are_still_read_and_replaced_by_format_2(path):
+    import hashlib
+    body = json.dumps(STATE, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"checkpoint":1,"sha256":"%s","state":%s}\n' % (digest, body))
+    assert read_checkpoint(path) == (STATE, "current", None)
+    write_atomic(path, {"n": 2})
+    with open(path, "rb") as f:
+        assert json.loads(f.read())["checkpoint"] == 2
+    os.unlink(path)
+    assert read_checkpoint(path) == (STATE, "prev", "current: missing")  # the old one, as .prev
+
+
+def test_digest_covers_the_exact_bytes(path):
+    write_atomic(path, {"a": 1, "b": 2})
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data.startswith(b'{"checkpoint":2,"digest":"sha256:')
+    with open(path, "wb") as f:  # same JSON value, other bytes: not what was sealed
+        f.write(data.replace(b'"a":1,"b":2', b'"b":2,"a":1'))
+    assert read_checkpoint(path).reason == "current: bad_digest; prev: missing"
+
+
+KEY = b"archive-hmac-key"
+
+
+def test_keyed_envelope_needs_the_key_and_refuses_unkeyed_files(path):
+    write_atomic(path, {"n": 1}, key=KEY)
+    with open(path, "rb") as f:
+        assert f.read().startswith(b'{"checkpoint":2,"digest":"hmac-sha256:')
+    assert read_checkpoint(path, key=KEY) == ({"n": 1}, "current", None)
+    assert read_checkpoint(path, key=None).reason == "current: needs_key; prev: missing"
+    assert read_checkpoint(path, key=b"other").reason == "current: bad_digest; prev: missing"
+    # Someone without the key rewrites the file with a plain SHA-256 envelope
+    # (format 2 or the old format 1): a keyed exporter does not take it.
+    for forged in (encode({"n": 99}), b'{"checkpoint":1,"sha256":"%s","state":{"n":99}}' % (
+            __import__("hashlib").sha256(b'{"n":99}').hexdigest().encode())):
+        with open(path, "wb") as f:
+            f.write(forged)
+        assert read_checkpoint(path, key=KEY).reason == "current: not_keyed; prev: missing"
+        assert read_checkpoint(path, key=None).state == {"n": 99}
+
+
+def test_registered_key_applies_to_writes_and_reads_of_that_path(path, tmp_path):
+    from exporter.checkpoint import use_key
+    use_key(path, KEY)
+    try:
+        write_atomic(path, {"n": 1})  # as the pipeline calls it: no key argument
+        other = str(tmp_path / "other.json")
+        write_atomic(other, {"n": 2})
+        assert read_checkpoint(path) == ({"n": 1}, "current", None)
+        assert read_checkpoint(path, key=None).reason.startswith("current: needs_key")
+        assert read_checkpoint(other) == ({"n": 2}, "current", None)  # unkeyed path
+    finally:
+        use_key(path, None)
+    assert read_checkpoint(path).reason.startswith("current: needs_key")

@@ -81,3 +81,76 @@ def test_flags_win_over_environment_and_every_flag_has_an_env_var():
     for flag in ("--web.listen-address", "--loki-url", "--max-users", "--from-start"):
         env_name = "VLLM_AUDIT_" + flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
         assert env_name in help_text
+
+
+# -- unusable archive/state directories: one line, exit 2, every subcommand ----------
+
+@pytest.fixture
+def dirs(tmp_path):
+    """A regular file, a path under it, a missing path, a directory this
+    process cannot write (root ignores modes: made immutable), a good one."""
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory\n")
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    immutable = False
+    if os.geteuid() == 0:
+        immutable = subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode == 0
+    try:
+        (ro / "probe").write_text("")
+    except OSError:
+        pass
+    else:
+        pytest.skip("cannot make a directory unwritable for this user here")
+    yield {"FILE": afile, "UNDER": afile / "sub", "MISSING": tmp_path / "missing", "RO": ro,
+           "OK": tmp_path / "ok"}
+    if immutable:
+        subprocess.run(["chattr", "-i", str(ro)], check=True)
+    ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["run", "--log", "x.log", "--archive-dir", "FILE"], "--archive-dir"),
+    (["run", "--log", "x.log", "--archive-dir", "UNDER"], "--archive-dir"),
+    (["run", "--log", "x.log", "--archive-dir", "RO"], "--archive-dir"),
+    (["run", "--log", "x.log", "--archive-dir", "OK", "--state-dir", "FILE"], "--state-dir"),
+    (["run", "--log", "x.log", "--archive-dir", "OK", "--state-dir", "UNDER"], "--state-dir"),
+    (["run", "--log", "x.log", "--archive-dir", "OK", "--state-dir", "RO"], "--state-dir"),
+    (["replay", str(CAPTURE), "--archive-dir", "FILE"], "--archive-dir"),
+    (["replay", str(CAPTURE), "--archive-dir", "RO"], "--archive-dir"),
+    (["replay", str(CAPTURE), "--archive-dir", "OK", "--state-dir", "UNDER"], "--state-dir"),
+    (["demo", "--archive-dir", "FILE", "--no-alerts"], "--archive-dir"),
+    (["demo", "--archive-dir", "RO", "--no-alerts"], "--archive-dir"),
+    (["verify", "FILE"], "DIR"),
+    (["verify", "MISSING"], "DIR"),
+    (["verify", "RO", "--state-dir", "FILE"], "--state-dir"),
+    (["retention", "FILE", "--delete-after-days", "3"], "retention DIR"),
+    (["retention", "MISSING", "--delete-after-days", "3"], "retention DIR"),
+    (["retention", "RO", "--delete-after-days", "3"], "retention DIR"),
+    (["export", "--archive-dir", "FILE", "--from", "2026-01-01", "--to", "2026-01-02"], "--archive-dir"),
+    (["export", "--archive-dir", "MISSING", "--from", "2026-01-01", "--to", "2026-01-02"], "--archive-dir"),
+])
+def test_unusable_directory_is_one_line_and_exit_2(dirs, argv, named, capsys):
+    from exporter.cli import main
+    argv = [str(dirs[a]) if a in dirs else a for a in argv]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0], lines
+
+
+def test_directories_are_created_0750_whatever_the_umask(tmp_path):
+    from exporter.cli import main
+    from exporter.loki.state import DeadLetters
+    for umask, name in ((0o022, "a"), (0o077, "b")):
+        old = os.umask(umask)
+        try:
+            archive = tmp_path / name / "new" / "archive"
+            assert main(["replay", str(CAPTURE), "--archive-dir", str(archive), "--model", "tiny",
+                         "--no-progress", "--state-dir", str(tmp_path / name / "state" / "here")]) == 0
+            DeadLetters(archive / "dead-letter", clock=lambda: 1.8e9).write([{"request_id": "x"}])
+        finally:
+            os.umask(old)
+        for d in (tmp_path / name / "new", archive, tmp_path / name / "state",
+                  tmp_path / name / "state" / "here", archive / "dead-letter"):
+            assert oct(os.stat(d).st_mode & 0o777) == oct(0o750), d

@@ -100,7 +100,7 @@ def test_export_reads_gz_and_reports_deleted_days(tmp_path):
     assert [a.action for a in acts] == ["compressed", "compressed"]
     code, out, _ = run(tmp_path, fmt="jsonl")
     assert code == 0 and len(out.splitlines()) == 4
-    apply_retention(tmp_path, now=DAY1 + 40 * 86400, delete_after_days=30)
+    apply_retention(tmp_path, now=DAY1 + 40 * 86400, delete_after_days=30, key=KEY)
     code, out, err = run(tmp_path, fmt="jsonl")
     assert out == "" and "deleted by retention" in err
 

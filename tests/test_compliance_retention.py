@@ -35,7 +35,7 @@ def test_compress_then_delete_keeps_chain_verifiable(tmp_path):
     gz = tmp_path / "audit-2026-11-22.jsonl.gz"
     assert stat.S_IMODE(gz.stat().st_mode) == 0o640 and gzip.decompress(gz.read_bytes()).count(b"\n") == 1
     assert verify_archive(tmp_path, KEY).ok
-    acts = apply_retention(tmp_path, now=NOW, delete_after_days=9)  # before 11-23
+    acts = apply_retention(tmp_path, now=NOW, delete_after_days=9, key=KEY)  # before 11-23
     assert [(a.day, a.action) for a in acts] == [("2026-11-22", "deleted")]
     assert "audit-2026-11-22.manifest.json" in names(tmp_path)
     report = verify_archive(tmp_path, KEY)
@@ -45,10 +45,11 @@ def test_compress_then_delete_keeps_chain_verifiable(tmp_path):
 def test_never_touches_newest_unsealed_or_kept_days(tmp_path):
     build(tmp_path)
     (tmp_path / "audit-2026-11-23.manifest.json").unlink()  # unsealed: must stay
-    acts = apply_retention(tmp_path, now=NOW + 100 * 86400, delete_after_days=1, keep_from_day="2026-11-24")
+    acts = apply_retention(tmp_path, now=NOW + 100 * 86400, delete_after_days=1, keep_from_day="2026-11-24",
+                           key=KEY)
     assert [a.day for a in acts] == ["2026-11-22"]
     assert {"audit-2026-11-23.jsonl", "audit-2026-11-24.jsonl", "audit-2026-11-25.jsonl"} <= set(names(tmp_path))
-    again = apply_retention(tmp_path, now=NOW + 100 * 86400, delete_after_days=1)
+    again = apply_retention(tmp_path, now=NOW + 100 * 86400, delete_after_days=1, key=KEY)
     assert [a.day for a in again] == ["2026-11-24"]  # 11-23 unsealed, 11-25 newest: both stay
     assert {"audit-2026-11-23.jsonl", "audit-2026-11-25.jsonl"} <= set(names(tmp_path))
 
@@ -66,5 +67,5 @@ def test_retention_main_prints_actions(tmp_path, capsys):
     build(tmp_path)
     import sys
     assert retention_main(str(tmp_path), compress_after_days=None, delete_after_days=8,
-                          clock=lambda: NOW, out=sys.stdout) == 0
+                          clock=lambda: NOW, out=sys.stdout, key=KEY) == 0
     assert capsys.readouterr().out.count("deleted ") == 2

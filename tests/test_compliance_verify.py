@@ -6,6 +6,8 @@ import pytest
 
 from exporter.archive import ArchiveWriter
 from exporter.chain import GENESIS, Chain
+from exporter import checkpoint as ckpt
+from exporter.compliance.retention import apply_retention
 from exporter.compliance.verify import verify_archive, verify_main
 from exporter.record import dumps_line, new_record
 
@@ -42,9 +44,12 @@ def rw(path, fn):
     path.write_bytes(b"".join(fn(lines)))
 
 
+STATE_OF: dict = {}  # archive dir -> the writer's final state (what the checkpoint holds)
+
+
 @pytest.fixture
 def arch(tmp_path):
-    build(tmp_path)
+    STATE_OF[tmp_path] = build(tmp_path)
     return tmp_path
 
 
@@ -132,11 +137,41 @@ def test_delete_first_file_and_manifest(arch):
     check(arch, "missing_file", D2, 1)
 
 
-def test_retention_gap_with_manifest_is_accepted(arch):
+def test_data_file_deleted_with_manifest_kept_is_not_passed_as_retention(arch):
     (arch / D2).unlink()
+    p = check(arch, "deleted_file", D2)
+    assert "no retention record" in p.detail and p.seq == 5
+
+
+def test_deletion_recorded_by_retention_is_accepted(arch):
+    acts = apply_retention(arch, now=DAY1 + 10 * 86400, delete_after_days=8, key=KEY)
+    assert [(a.day, a.action) for a in acts] == [("2026-11-22", "deleted"), ("2026-11-23", "deleted")]
     report = verify_archive(arch, KEY)
     assert report.ok, str(report.problem)
-    assert report.retained_days == ["2026-11-23"] and report.records == 12
+    assert report.retained_days == ["2026-11-22", "2026-11-23"] and report.records == 12
+
+
+def test_retention_record_forged_without_the_key_is_caught(arch):
+    (arch / D2).unlink()
+    path = arch / "audit-2026-11-23.manifest.json"
+    m = json.loads(path.read_text())
+    m["retention"] = {"deleted": D2, "at": "2026-12-30T00:00:00.000Z", "delete_after_days": 1}
+    path.write_text(json.dumps(m))
+    check(arch, "manifest_mismatch", "audit-2026-11-23.manifest.json")
+
+
+def test_retention_record_that_retention_settings_do_not_explain(tmp_path):
+    """Keyless archive: anybody can write the record, but it has to be one
+    retention could have written (the day older than delete_after_days then)."""
+    build(tmp_path, key=None)
+    apply_retention(tmp_path, now=DAY1 + 10 * 86400, delete_after_days=9)
+    assert verify_archive(tmp_path, None).ok
+    path = tmp_path / "audit-2026-11-22.manifest.json"
+    m = json.loads(path.read_text())
+    m["retention"]["at"] = "2026-11-25T00:00:00.000Z"  # 3 days later: 9-day retention keeps the day
+    path.write_text(json.dumps(m))
+    p = check(tmp_path, "deleted_file", D1, key=None)
+    assert "would not have deleted" in p.detail
 
 
 def test_gzipped_day_is_read_transparently(arch):
@@ -211,8 +246,15 @@ def test_verify_main_exit_codes_and_messages(arch, tmp_path_factory):
     keyfile = tmp_path_factory.mktemp("k") / "key"
     keyfile.write_bytes(KEY + b"\n")
     out, err = io.StringIO(), io.StringIO()
+    assert verify_main(str(arch), hmac_key_file=str(keyfile), out=out, err=err) == 3
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "OK: 3 file(s), 12 record(s), seq 1..12, chain hmac-sha256"
+    assert lines[1].startswith(f"WARNING: no state directory {arch / '.state'}: records cut from the end")
+    out = io.StringIO()
+    (arch / ".state").mkdir()
+    ckpt.write_atomic(str(arch / ".state" / "checkpoint.json"), {"archive": STATE_OF[arch]}, key=KEY)
     assert verify_main(str(arch), hmac_key_file=str(keyfile), out=out, err=err) == 0
-    assert out.getvalue().startswith("OK: 3 file(s), 12 record(s), seq 1..12, chain hmac-sha256")
+    assert out.getvalue() == "OK: 3 file(s), 12 record(s), seq 1..12, chain hmac-sha256\n"
     assert verify_main(str(arch), out=out, err=err) == 2  # keyed archive, no key
     assert "hmac-key-file" in err.getvalue()
     out = io.StringIO()
@@ -225,3 +267,83 @@ def test_verify_main_exit_codes_and_messages(arch, tmp_path_factory):
     out = io.StringIO()
     assert verify_main(str(arch), hmac_key_file=str(keyfile), out=out, err=err) == 1
     assert out.getvalue().startswith(f"BROKEN: {D2} line 2 seq 7: deleted")
+
+
+# -- the end of the archive, against the exporter's checkpoint ------------------------
+
+def _main(root, key=KEY, **kw):
+    out, err = io.StringIO(), io.StringIO()
+    code = verify_main(str(root), hmac_key_env=key and key.decode(), out=out, err=err, **kw)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def anchored(arch):
+    """The archive with the checkpoint the exporter would have written (keyed)."""
+    (arch / ".state").mkdir()
+    ckpt.write_atomic(str(arch / ".state" / "checkpoint.json"), {"archive": STATE_OF[arch]}, key=KEY)
+    assert _main(arch)[0] == 0
+    return arch
+
+
+def test_cutting_the_newest_records_is_caught_by_the_keyed_checkpoint(anchored):
+    rw(anchored / D3, lambda ls: ls[:-2])
+    code, out, _ = _main(anchored)
+    assert code == 1 and out.startswith("BROKEN: ") and ": truncated: archive ends at seq 10, " \
+        "the checkpoint committed seq 12" in out
+
+
+def test_rewriting_the_checkpoint_to_match_a_cut_does_not_pass(anchored):
+    rw(anchored / D3, lambda ls: ls[:-2])
+    rec = json.loads((anchored / D3).read_bytes().splitlines()[-1])
+    forged = {"file": D3, "size": (anchored / D3).stat().st_size, "seq": rec["seq"], "head_hash": rec["hash"]}
+    path = str(anchored / ".state" / "checkpoint.json")
+    # 1. with the unkeyed envelope the old exporter wrote (anyone can compute it)
+    ckpt.write_atomic(path, {"archive": forged}, key=None)
+    code, out, _ = _main(anchored)
+    assert code == 3 and "WARNING: " in out and "is not keyed with the archive key" in out
+    # 2. a keyed-looking envelope without the key
+    data = ckpt.encode({"archive": forged}, key=b"attacker")
+    with open(path, "wb") as f:
+        f.write(data)
+    code, out, _ = _main(anchored)
+    assert code == 1 and "checkpoint: its HMAC does not match" in out
+    # 3. the genuine keyed checkpoint edited in place
+    ckpt.write_atomic(path, {"archive": STATE_OF[anchored]}, key=KEY)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data.replace(b'"seq":12', b'"seq":10'))
+    assert _main(anchored)[0] == 1
+
+
+def test_without_the_state_directory_the_end_is_not_ruled_out(anchored):
+    import shutil
+    rw(anchored / D3, lambda ls: ls[:-2])
+    shutil.rmtree(anchored / ".state")
+    code, out, _ = _main(anchored)
+    assert code == 3 and out.splitlines()[0].startswith("OK: ") and "cannot be ruled out" in out
+
+
+def test_only_the_previous_checkpoint_left_is_a_warning(anchored):
+    path = anchored / ".state" / "checkpoint.json"
+    ckpt.write_atomic(str(path), {"archive": STATE_OF[anchored]}, key=KEY)  # now .prev too
+    path.unlink()
+    code, out, _ = _main(anchored)
+    assert code == 3 and "checkpoint.json.prev" in out
+
+
+def test_state_dir_elsewhere(anchored, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("state")
+    (anchored / ".state" / "checkpoint.json").rename(elsewhere / "checkpoint.json")
+    assert _main(anchored)[0] == 3
+    assert _main(anchored, state_dir=str(elsewhere))[0] == 0
+
+
+def test_keyless_archive_with_its_checkpoint_is_ok(tmp_path):
+    state = build(tmp_path, key=None)
+    (tmp_path / ".state").mkdir()
+    ckpt.write_atomic(str(tmp_path / ".state" / "checkpoint.json"), {"archive": state}, key=None)
+    assert _main(tmp_path, key=None)[0] == 0
+    rw(tmp_path / D3, lambda ls: ls[:-1])
+    assert _main(tmp_path, key=None)[0] == 1

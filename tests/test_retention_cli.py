@@ -40,5 +40,53 @@ def test_retention_keeps_unshipped_days_and_verify_still_passes(tmp_path, capsys
     assert remaining == files[2:]  # Loki's day and later untouched
     assert compressed == [f + ".gz" for f in files[:2]]
     capsys.readouterr()
-    assert main(["verify", str(root)]) == 0
-    assert "OK" in capsys.readouterr().out
+    # intact, but written without an exporter checkpoint: its end is not anchored
+    assert main(["verify", str(root)]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("OK") and "WARNING: no checkpoint in" in out
+
+
+KEY = "retention-cli-key"
+
+
+def _keyed_archive(root: Path, days: int, start: float) -> None:
+    clock = {"t": start}
+    writer = ArchiveWriter(root, chain=Chain(KEY.encode()), clock=lambda: clock["t"])
+    for d in range(days):
+        clock["t"] = start + d * DAY
+        rec = new_record()
+        rec.update(request_id=f"r{d}", status="completed")
+        writer.append(rec)
+        writer.flush()
+    writer.close()
+
+
+def test_retention_deletes_a_keyed_archive_only_with_the_key(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "archive"
+    _keyed_archive(root, days=4, start=1_700_000_000.0)
+    before = sorted(p.name for p in root.iterdir())
+    monkeypatch.delenv("VLLM_AUDIT_HMAC_KEY", raising=False)
+    assert main(["retention", str(root), "--delete-after-days", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HMAC-chained" in err[0] and "--hmac-key-file" in err[0]
+    assert sorted(p.name for p in root.iterdir()) == before  # nothing deleted
+    keyfile = tmp_path / "key"
+    keyfile.write_text(KEY + "\n")
+    assert main(["retention", str(root), "--delete-after-days", "1", "--hmac-key-file", str(keyfile)]) == 0
+    assert capsys.readouterr().out.count("deleted ") == 3
+    monkeypatch.setenv("VLLM_AUDIT_HMAC_KEY", KEY)
+    assert main(["verify", str(root)]) == 3  # chain and recorded deletions fine; no checkpoint
+    assert "3 day(s) deleted by retention" in capsys.readouterr().out
+
+
+def test_retention_key_from_the_environment_and_a_wrong_key_refuses(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "archive"
+    _keyed_archive(root, days=3, start=1_700_000_000.0)
+    monkeypatch.setenv("VLLM_AUDIT_HMAC_KEY", "not-the-key")
+    assert main(["retention", str(root), "--delete-after-days", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("refused ") == 2 and "does not verify with this key" in err
+    assert len(list(root.glob("audit-*.jsonl"))) == 3  # evidence kept
+    monkeypatch.setenv("VLLM_AUDIT_HMAC_KEY", KEY)
+    assert main(["retention", str(root), "--delete-after-days", "1"]) == 0
+    assert len(list(root.glob("audit-*.jsonl"))) == 1

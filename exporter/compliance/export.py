@@ -26,7 +26,7 @@ from pathlib import Path
 
 from exporter.chain import HMAC_PREFIX, KeyLoadError, load_key
 from exporter.compliance import manifest as mf
-from exporter.compliance.files import fsync_dir, iter_lines, list_days
+from exporter.compliance.files import DirError, fsync_dir, iter_lines, list_days, usable_dir
 from exporter.record import RECORD_FIELDS, dumps_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -250,8 +250,12 @@ def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, use
         key = load_key(hmac_key_file, hmac_key_env)
         keep = make_filter(t_from, t_to, user, model, grep)
         if source == "archive":
-            if not archive_dir or not Path(archive_dir).is_dir():
-                raise ExportUsageError(f"archive directory not found: {archive_dir}")
+            if not archive_dir:
+                raise ExportUsageError("--archive-dir: no archive directory given")
+            try:
+                usable_dir(Path(archive_dir), "--archive-dir")
+            except DirError as exc:
+                raise ExportUsageError(str(exc)) from None
             records = (r for r in iter_archive(Path(archive_dir), t_from, t_to,
                                                warn=lambda m: print(m, file=err)) if keep(r))
         elif source == "loki":

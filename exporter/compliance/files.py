@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -80,6 +81,57 @@ def iter_lines(path: Path) -> Iterator[bytes]:
     """Raw lines including their ``\\n`` (the last one may lack it: torn)."""
     with open_binary(path) as fh:
         yield from fh
+
+
+DIR_MODE = 0o750  # archive, state and dead-letter directories (docs/compliance.md)
+
+
+class DirError(Exception):
+    """A directory the exporter cannot use; the message is one line naming it."""
+
+
+def make_dir(path: Path, mode: int = DIR_MODE) -> None:
+    """Create ``path`` and its missing parents with ``mode``, set exactly
+    (chmod after mkdir, whatever the umask). Existing directories keep theirs."""
+    missing = []
+    p = Path(path)
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: leave its mode
+        os.chmod(d, mode)
+
+
+def usable_dir(path: Path, what: str, *, create: bool = False, write: bool = False) -> None:
+    """Raise :class:`DirError` (one line, naming ``what``) unless ``path`` is a
+    directory that can be listed (and, with ``write``, written: a temp file is
+    created and removed, which also catches read-only mounts and immutable
+    directories, whoever runs this). With ``create``, a missing one is made."""
+    path = Path(path)
+    if create and not os.path.lexists(path):
+        try:
+            make_dir(path)
+        except OSError as exc:
+            raise DirError(f"{what}: cannot create {path}: {exc.strerror or exc}") from None
+    if not path.exists():
+        raise DirError(f"{what}: {path}: no such directory")
+    if not path.is_dir():
+        raise DirError(f"{what}: {path}: not a directory")
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise DirError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if write:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".vllm-audit-write-test-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise DirError(f"{what}: {path} is not writable: {exc.strerror or exc}") from None
 
 
 def fsync_dir(path: Path) -> None:

@@ -12,6 +12,12 @@
 deleted; ``ts_min``/``ts_max`` let export skip days. ``sha256`` is over the
 uncompressed bytes, so it still holds after retention gzips the file.
 ``hmac`` covers the canonical JSON of all other fields.
+
+Before retention deletes a day's data file it adds the record of that
+deletion, ``"retention": {"deleted": "<file name>", "at": "<RFC 3339>",
+"delete_after_days": N}``, and seals the manifest again (:func:`record_deletion`):
+verify accepts a missing data file only with that record, which someone
+without the key cannot write into a keyed manifest.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ MANIFEST_FIELDS = (
     "file", "count", "first_seq", "last_seq", "first_prev_hash", "first_hash",
     "last_hash", "ts_min", "ts_max", "sha256", "chain",
 )
+RETENTION_FIELD = "retention"
 
 
 def _canonical(manifest: dict) -> bytes:
@@ -81,6 +88,17 @@ def summarize(path: Path, name: str, chain_kind: str) -> dict:
 
 def seal(manifest: dict, key: bytes | None) -> dict:
     out = {k: manifest.get(k) for k in MANIFEST_FIELDS}
+    out["hmac"] = keyed_digest(key, _canonical(out)) if key is not None else None
+    return out
+
+
+def record_deletion(manifest: dict, *, deleted: str, at: str, delete_after_days: int,
+                    key: bytes | None) -> dict:
+    """``manifest`` plus the record of retention deleting ``deleted``, sealed
+    again (with ``key`` for a keyed archive; the caller has checked the old
+    seal, so a tampered manifest is never re-signed)."""
+    out = {k: v for k, v in manifest.items() if k != "hmac"}
+    out[RETENTION_FIELD] = {"deleted": deleted, "at": at, "delete_after_days": delete_after_days}
     out["hmac"] = keyed_digest(key, _canonical(out)) if key is not None else None
     return out
 

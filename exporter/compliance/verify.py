@@ -5,8 +5,17 @@ continuity and ``prev_hash`` links within and across files (also across days
 whose data file retention deleted, through their manifest), and compares
 closed days to their manifests. Stops at the FIRST broken link and names it.
 
-Exit codes: 0 intact, 1 broken (tampered, truncated, missing), 2 cannot
-verify (no archive, unreadable key, keyed archive without a key).
+The end of the newest file is checked against the exporter's checkpoint
+(``STATE_DIR/checkpoint.json``, see :func:`read_anchor`): cutting whole
+records off the end leaves nothing inside the archive to show it. A day
+whose data file is gone is accepted only when its manifest holds the record
+that a retention run wrote before deleting it (keyed like the manifest).
+
+Exit codes: 0 intact, 1 broken (tampered, truncated, missing, a deletion no
+retention run recorded, a checkpoint that fails its HMAC), 2 cannot verify
+(no archive, unreadable key or directory, keyed archive without a key), 3
+the chain is intact but its end cannot be checked (no checkpoint, or one
+that cannot be trusted): records cut from the end are not ruled out.
 """
 
 from __future__ import annotations
@@ -17,18 +26,21 @@ import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from exporter import checkpoint as ckpt
 from exporter.chain import GENESIS, Chain, KeyLoadError, digest_kind, load_key
 from exporter.compliance import manifest as mf
-from exporter.compliance.files import DayFiles, data_name, iter_lines, list_days
+from exporter.compliance.files import DayFiles, DirError, data_name, iter_lines, list_days, usable_dir
 
-EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_UNANCHORED = 0, 1, 2, 3
 
 # Problem kinds (stable strings, documented in docs/compliance.md).
 EDITED, DELETED, INSERTED, REORDERED, BROKEN_LINK = "edited", "deleted", "inserted", "reordered", "broken_link"
 TRUNCATED, TORN, MISSING_FILE, MISSING_MANIFEST = "truncated", "torn_line", "missing_file", "missing_manifest"
 MANIFEST_MISMATCH, UNREADABLE = "manifest_mismatch", "unreadable"
+DELETED_FILE, CHECKPOINT = "deleted_file", "checkpoint"
 
 
 class VerifyUsageError(Exception):
@@ -58,6 +70,9 @@ class Report:
     last_seq: int | None = None
     chain: str | None = None
     retained_days: list[str] = field(default_factory=list)
+    # Why the end of the archive could not be checked (exit 3); empty when
+    # a trusted checkpoint anchored it.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -209,6 +224,9 @@ class _Walk:
 
     def manifest_only(self, day: DayFiles, m: dict) -> Problem | None:
         name = data_name(day.day)
+        why = _unexplained_deletion(day.day, m)
+        if why:
+            return Problem(DELETED_FILE, name, None, m.get("first_seq"), why)
         if m.get("first_seq") != self.exp or m.get("first_prev_hash") != self.head:
             kind = MISSING_FILE if isinstance(m.get("first_seq"), int) and m["first_seq"] > self.exp else BROKEN_LINK
             return Problem(kind, name, None, m.get("first_seq"), f"file deleted by retention; its manifest "
@@ -217,6 +235,27 @@ class _Walk:
         self.r.retained_days.append(day.day)
         self.r.records += int(m.get("count") or 0)
         return None
+
+
+def _unexplained_deletion(day: str, m: dict) -> str | None:
+    """Why the manifest does not account for its day's missing data file
+    (None: a retention run recorded deleting it, consistently)."""
+    rec = m.get(mf.RETENTION_FIELD)
+    if not isinstance(rec, dict):
+        return ("data file is gone but its manifest holds no retention record (deleted by hand "
+                "or by an attacker, or by an exporter that did not yet record its deletions)")
+    at, days = rec.get("at"), rec.get("delete_after_days")
+    try:
+        when = datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if rec.get("deleted") not in (data_name(day), data_name(day) + ".gz") or when is None \
+            or not isinstance(days, int) or days < 1:
+        return f"data file is gone and its manifest's retention record is malformed: {rec!r}"
+    if day >= (when - timedelta(days=days)).astimezone(timezone.utc).strftime("%Y-%m-%d"):
+        return (f"data file is gone, but retention at {at} with delete_after_days={days} would not "
+                "have deleted this day")
+    return None
 
 
 def verify_archive(root: Path, key: bytes | None, *, expected_state: dict | None = None) -> Report:
@@ -276,26 +315,101 @@ def _check_day(walk: _Walk, day: DayFiles, *, is_newest: bool, key: bytes | None
     return problem or pass_problem
 
 
+@dataclass
+class Anchor:
+    """What the exporter's checkpoint says about the end of the archive."""
+
+    state: dict | None = None   # its ArchiveWriter.state(): file, size, seq, head_hash
+    trusted: bool = False       # keyed with the archive key (or: a keyless archive)
+    warning: str | None = None  # why the end cannot be fully checked
+    problem: Problem | None = None  # the checkpoint itself was tampered with
+
+
+def read_anchor(state_dir: Path, key: bytes | None) -> Anchor:
+    """The checkpoint as an external anchor for the end of the archive.
+
+    Trusted: ``checkpoint.json`` with a valid envelope, keyed with ``key``
+    when the archive is keyed. A keyed envelope that fails its HMAC, or a
+    digest that does not match, is tampering (BROKEN). An unkeyed envelope
+    in a keyed archive (an exporter older than keyed checkpoints, or a
+    rewrite by someone without the key), only ``.prev`` left, or nothing at
+    all: the state found (if any) is still checked, but the end of the
+    archive is not anchored (a warning). An unreadable file (permissions) is
+    a usage error: verify cannot do what was asked.
+    """
+    name = state_dir / ckpt.CHECKPOINT_NAME
+    state, why = ckpt.read_file(str(name), key)
+    if state is not None:
+        return Anchor(state.get("archive"), trusted=True)
+    if why == "bad_digest":
+        detail = ("its HMAC does not match (rewritten, or written with another key)" if key is not None
+                  else "its digest does not match its content (edited)")
+        return Anchor(problem=Problem(CHECKPOINT, str(name), None, None, detail))
+    if why == "not_keyed":
+        state, _ = ckpt.read_file(str(name), None)
+        return Anchor((state or {}).get("archive"), warning=(
+            f"{name} is not keyed with the archive key (written by an exporter older than keyed "
+            "checkpoints, or replaced by someone without the key): records cut from the end "
+            "cannot be ruled out"))
+    if why not in ("missing", "empty", "not_json", "bad_format", "needs_key"):
+        raise VerifyUsageError(f"cannot read {name}: {why}")
+    prev, _ = ckpt.read_file(str(name) + ".prev", key)
+    if prev is not None:
+        return Anchor(prev.get("archive"), warning=(
+            f"{name} is {why.replace('_', ' ')}; checked against {name.name}.prev, so records "
+            "committed after it cannot be checked"))
+    where = f"no checkpoint in {state_dir}" if state_dir.is_dir() else f"no state directory {state_dir}"
+    return Anchor(warning=f"{where}: records cut from the end of the newest file cannot be ruled out "
+                          "(pass --state-dir if the exporter keeps its state elsewhere)")
+
+
 def verify_main(archive_dir: str, *, hmac_key_file: str | None = None, hmac_key_env: str | None = None,
-                expected_state: dict | None = None, out=None, err=None) -> int:
-    """CLI entry point for ``verify DIR [--hmac-key-file F]``; returns the exit code."""
+                expected_state: dict | None = None, state_dir: str | None = None, out=None,
+                err=None) -> int:
+    """CLI entry point for ``verify DIR [--hmac-key-file F] [--state-dir S]``;
+    returns the exit code. ``expected_state`` (an archive state the caller
+    trusts) replaces reading the checkpoint from ``state_dir`` (default
+    ``DIR/.state``)."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
         key = load_key(hmac_key_file, hmac_key_env)
         root = Path(archive_dir)
+        _usable_dir(root, "DIR")
         if key is None and _first_hash_kind(root) == "hmac-sha256":
             raise VerifyUsageError("archive is HMAC-chained: pass --hmac-key-file or set VLLM_AUDIT_HMAC_KEY")
-        report = verify_archive(root, key, expected_state=expected_state)
+        if expected_state is not None:
+            anchor = Anchor(expected_state, trusted=True)
+        else:
+            sdir = Path(state_dir) if state_dir else root / ".state"
+            if sdir.exists():
+                _usable_dir(sdir, "--state-dir")
+            anchor = read_anchor(sdir, key)
+        report = verify_archive(root, key, expected_state=anchor.state)
     except (KeyLoadError, VerifyUsageError) as exc:
         print(f"verify: {exc}", file=err)
         return EXIT_USAGE
+    if report.problem is None and anchor.problem is not None:
+        report.problem = anchor.problem
     if report.problem is not None:
         print(f"BROKEN: {report.problem}", file=out)
         return EXIT_BROKEN
     gaps = f", {len(report.retained_days)} day(s) deleted by retention (manifests kept)" if report.retained_days else ""
     seqs = f"seq {report.first_seq}..{report.last_seq}" if report.last_seq else "no records"
     print(f"OK: {report.files} file(s){gaps}, {report.records} record(s), {seqs}, chain {report.chain}", file=out)
+    if not anchor.trusted:
+        report.warnings.append(anchor.warning or "the end of the archive is not anchored")
+        for warning in report.warnings:
+            print(f"WARNING: {warning}", file=out)
+        return EXIT_UNANCHORED
     return EXIT_OK
+
+
+def _usable_dir(path: Path, what: str) -> None:
+    """A directory verify can list, else a one-line usage error."""
+    try:
+        usable_dir(path, what)
+    except DirError as exc:
+        raise VerifyUsageError(str(exc)) from None
 
 
 def _first_hash_kind(root: Path) -> str | None:

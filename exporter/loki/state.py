@@ -13,7 +13,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..compliance.files import fsync_dir
+from ..compliance.files import fsync_dir, make_dir
 from ..compliance.files import write_atomic as write_bytes_atomic
 from .archive_reader import Position
 
@@ -21,7 +21,7 @@ FILE_MODE = 0o640
 
 
 def write_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     write_bytes_atomic(path, json.dumps(obj, separators=(",", ":")).encode(), FILE_MODE)
 
 
@@ -64,7 +64,7 @@ class DeadLetters:
         if not items:
             return
         now = self._clock()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dir(self.directory)
         path = self.path_for(now)
         stamp = datetime.fromtimestamp(now, tz=timezone.utc).isoformat(timespec="milliseconds")
         data = b"".join(
