@@ -24,7 +24,7 @@ Rules:
   offsets, in-flight requests or an archive cut of their choosing (a
   downgrade, as for records in :mod:`exporter.chain`). Without a key a keyed
   envelope is ``needs_key``. Either way the file is not used, and the
-  exporter takes its no-checkpoint path (:mod:`exporter.recovery`).
+  exporter takes its no-checkpoint path (:mod:`exporter.archive.recovery`).
 * **Read** (:func:`read_checkpoint`): the current file if it is good, else
   ``<path>.prev`` if that is good, else nothing. Falling back to the previous
   checkpoint is safe by design: every checkpoint is a consistent snapshot and
@@ -47,6 +47,7 @@ import re
 from typing import NamedTuple
 
 from .chain import HMAC_PREFIX, SHA_PREFIX, keyed_digest
+from .durable import fsync_dir
 
 FORMAT = 2  # written; format 1 is still read
 CHECKPOINT_NAME = "checkpoint.json"  # in the state directory
@@ -99,11 +100,7 @@ class OsOps:
         os.unlink(path)
 
     def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path)
 
 
 def use_key(path: str | os.PathLike, key: bytes | None) -> None:

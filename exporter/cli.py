@@ -125,7 +125,7 @@ def cmd_verify(args) -> int:
 
 def cmd_retention(args) -> int:
     from .chain import KeyLoadError, load_key
-    from .compliance.files import DirError, usable_dir
+    from exporter.durable import DirError, usable_dir
     from .compliance.retention import retention_main
     from .loki.state import load_position
     opts = resolve("retention", args, os.environ)

@@ -102,7 +102,7 @@ def user_label_key(hmac_key: bytes | None, state_dir: Path) -> bytes:
         os.fsync(fd)
     finally:
         os.close(fd)
-    from exporter.compliance.files import fsync_dir
+    from exporter.durable import fsync_dir
     fsync_dir(path.parent)
     return key
 

@@ -92,7 +92,7 @@ class Pipeline:
         self.committed_archive: dict | None = None
         self._dirty = False  # something read or recorded since the last commit
         # (request_id, ts) already archived: set only when starting without a
-        # usable checkpoint over a non-empty archive (exporter/recovery.py).
+        # usable checkpoint over a non-empty archive (exporter/archive/recovery.py).
         self.skip_keys: set | None = None
         self._when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
         self.records_emitted = 0

@@ -17,7 +17,7 @@ from .archive import ArchiveWriter
 from .assemble import AssembleContext
 from .chain import Chain
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
-from .compliance.files import DirError, usable_dir
+from exporter.durable import DirError, usable_dir
 from .correlate import Correlator
 from .health import Health
 from .labels import UserLabels, user_label_key
@@ -95,7 +95,7 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
                                  saved.get("archive"), clock=clock)
     skip_keys = None
     if not saved and archive.state().get("seq", 0) > 0:
-        from .recovery import rebuild_from_archive, warn
+        from .archive.recovery import rebuild_from_archive, warn
         skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
         warn(settings.archive_dir, len(skip_keys), reason=loaded.reason)
     if saved.get("users") is not None:

@@ -25,8 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from exporter.chain import HMAC_PREFIX, KeyLoadError, load_key
-from exporter.compliance import manifest as mf
-from exporter.compliance.files import DirError, fsync_dir, iter_lines, list_days, usable_dir
+from exporter.archive import manifest as mf
+from exporter.archive.layout import iter_lines, list_days
+from exporter.durable import DirError, fsync_dir, usable_dir
 from exporter.record import RECORD_FIELDS, dumps_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -6,7 +6,7 @@ so a day without one is never deleted. Manifests themselves are never
 deleted (a few hundred bytes per day).
 
 Before a data file is deleted, its manifest gets the record of that deletion
-(:func:`exporter.compliance.manifest.record_deletion`), sealed with the
+(:func:`exporter.archive.manifest.record_deletion`), sealed with the
 archive key: verify accepts a missing data file only with it. In a keyed
 archive this needs the key (:class:`RetentionError` without it), and a
 manifest whose seal does not verify under the key is never re-sealed: that
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from exporter.compliance import manifest as mf
-from exporter.compliance.files import fsync_dir, list_days
+from exporter.archive import manifest as mf
+from exporter.archive.layout import list_days
+from exporter.durable import fsync_dir
 from exporter.record import format_ts
 
 

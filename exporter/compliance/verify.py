@@ -31,8 +31,9 @@ from pathlib import Path
 
 from exporter import checkpoint as ckpt
 from exporter.chain import GENESIS, Chain, KeyLoadError, digest_kind, load_key
-from exporter.compliance import manifest as mf
-from exporter.compliance.files import DayFiles, DirError, data_name, iter_lines, list_days, usable_dir
+from exporter.archive import manifest as mf
+from exporter.archive.layout import DayFiles, data_name, iter_lines, list_days
+from exporter.durable import DirError, usable_dir
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_UNANCHORED = 0, 1, 2, 3
 

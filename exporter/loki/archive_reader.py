@@ -8,14 +8,13 @@ being written (or will be cut back by the pipeline's recovery).
 
 from __future__ import annotations
 
-import os
 import threading
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-ARCHIVE_NAME = re.compile(r"^audit-\d{4}-\d\d-\d\d\.jsonl$")
+from exporter.archive.layout import list_days
+
 _CHUNK = 256 * 1024
 
 
@@ -37,11 +36,9 @@ class RawLine:
 
 
 def archive_files(directory: Path) -> list[str]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if ARCHIVE_NAME.match(n))
+    """The uncompressed data files, oldest first (retention compresses only
+    days Loki has shipped)."""
+    return [d.jsonl.name for d in list_days(directory) if d.jsonl is not None]
 
 
 class ArchiveReader:

@@ -13,8 +13,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..compliance.files import fsync_dir, make_dir
-from ..compliance.files import write_atomic as write_bytes_atomic
+from exporter.durable import fsync_dir, make_dir
+from exporter.durable import write_atomic as write_bytes_atomic
 from .archive_reader import Position
 
 FILE_MODE = 0o640

@@ -93,7 +93,7 @@ import re
 
 from exporter import events as ev
 from exporter.events import Event, Ignored
-from exporter.parse.header import Header, access_fields, body_start, clean, json_header, parse_iso_utc, text_header
+from exporter.parse.header import Header, access_fields, body_start, clean, json_header, text_header
 from exporter.parse.middleware_line import MALFORMED, MIDDLEWARE_TYPES, middleware_event
 from exporter.parse.untrusted import check_body, clean_text, findings
 from exporter.parse.pyrepr import (

@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from .compliance.files import iter_lines, list_days
+from exporter.archive.layout import iter_lines, list_days
 
 
 def rebuild_from_archive(root: Path, observe) -> set[tuple[str, str]]:

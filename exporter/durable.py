@@ -1,88 +1,22 @@
-"""Archive file naming and the small I/O helpers shared by the archive,
-manifests, verify, export and retention.
+"""Durable writes and the directories they go to: one copy of the rules the
+"nothing lost" promise rests on (checkpoint, archive, manifests, Loki state,
+exports, retention, the user-label key).
 
-Layout: ``audit-YYYY-MM-DD.jsonl`` (maybe ``.jsonl.gz`` after retention) and
-``audit-YYYY-MM-DD.manifest.json`` per UTC day.
+* A file is replaced atomically: written to a temp file beside it, fsynced,
+  renamed over, and the directory fsynced, so a crash leaves the old or the
+  new file, never a torn one; modes are set with chmod after create so a
+  permissive umask cannot widen them.
+* Directories the exporter makes are 0750 (docs/compliance.md); one that
+  cannot be used is a one-line :class:`DirError` naming the flag.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import re
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-_NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.(jsonl|jsonl\.gz|manifest\.json)$")
-
-
-def day_of(epoch_seconds: float) -> str:
-    """UTC calendar day ``YYYY-MM-DD`` of an epoch time."""
-    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).strftime("%Y-%m-%d")
-
-
-def data_name(day: str) -> str:
-    return f"audit-{day}.jsonl"
-
-
-def manifest_name(day: str) -> str:
-    return f"audit-{day}.manifest.json"
-
-
-def parse_name(name: str) -> tuple[str, str] | None:
-    """``(day, kind)`` with kind ``jsonl``/``jsonl.gz``/``manifest.json``, or None."""
-    m = _NAME.match(name)
-    return (m.group(1), m.group(2)) if m else None
-
-
-@dataclass
-class DayFiles:
-    day: str
-    jsonl: Path | None = None
-    gz: Path | None = None
-    manifest: Path | None = None
-
-    @property
-    def data(self) -> Path | None:
-        # A crash between retention's rename and unlink leaves both; the
-        # plain file is the original, the .gz an identical copy.
-        return self.jsonl or self.gz
-
-
-def list_days(root: Path) -> list[DayFiles]:
-    """Archive files grouped by day, oldest first; other files are ignored."""
-    days: dict[str, DayFiles] = {}
-    try:
-        names = os.listdir(root)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        parsed = parse_name(name)
-        if parsed is None:
-            continue
-        day, kind = parsed
-        entry = days.setdefault(day, DayFiles(day))
-        attr = {"jsonl": "jsonl", "jsonl.gz": "gz", "manifest.json": "manifest"}[kind]
-        setattr(entry, attr, root / name)
-    return [days[d] for d in sorted(days)]
-
-
-def open_binary(path: Path):
-    """Open an archive data file for reading, transparently gunzipping."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def iter_lines(path: Path) -> Iterator[bytes]:
-    """Raw lines including their ``\\n`` (the last one may lack it: torn)."""
-    with open_binary(path) as fh:
-        yield from fh
-
-
+FILE_MODE = 0o640
 DIR_MODE = 0o750  # archive, state and dead-letter directories (docs/compliance.md)
 
 
@@ -143,7 +77,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Write ``data`` to ``path`` via a temp file + rename, durable, ``mode``.
 
     chmod after create so a permissive umask cannot widen the mode.

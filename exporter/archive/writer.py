@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter.chain import GENESIS, Chain
-from exporter.compliance import manifest as mf
-from exporter.compliance.files import (data_name, day_of, fsync_dir, list_days, make_dir, manifest_name,
-                                       parse_name)
+from exporter.archive import manifest as mf
+from exporter.archive.layout import data_name, day_of, list_days, manifest_name, parse_name
+from exporter.durable import fsync_dir, make_dir
 from exporter.record import dumps_line
 
 _CHUNK = 1 << 16

@@ -28,7 +28,8 @@ import json
 from pathlib import Path
 
 from exporter.chain import HMAC_PREFIX, keyed_digest
-from exporter.compliance.files import iter_lines, write_atomic
+from exporter.archive.layout import iter_lines
+from exporter.durable import write_atomic
 
 MANIFEST_FIELDS = (
     "file", "count", "first_seq", "last_seq", "first_prev_hash", "first_hash",
