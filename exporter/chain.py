@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from pathlib import Path
 
 from exporter.record import canonical_bytes
+from exporter.secrets import SecretError, read_secret
 
 # A readable sentinel rather than 64 zeros: it cannot be confused with a real
 # digest and it says what it is in a hexdump.
@@ -33,24 +33,15 @@ class KeyLoadError(ValueError):
 
 
 def load_key(key_file: str | os.PathLike | None, env_value: str | None) -> bytes | None:
-    """The HMAC key from ``--hmac-key-file`` (preferred) or ``VLLM_AUDIT_HMAC_KEY``.
-
-    The file's bytes are used as-is except for trailing CR/LF, so ``echo`` and
-    editors that add a newline give the same key. An empty environment
-    variable counts as unset (compose files often define empty variables), but
-    a configured file that is empty or unreadable is an error: silently
-    falling back to an unkeyed chain would weaken the audit trail.
-    """
+    """The HMAC key from ``--hmac-key-file`` (preferred; read by
+    :func:`exporter.secrets.read_secret`, like every secret) or
+    ``VLLM_AUDIT_HMAC_KEY``. An empty environment variable counts as unset
+    (compose files often define empty variables)."""
     if key_file:
-        path = Path(key_file)
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise KeyLoadError(f"cannot read HMAC key file {path}: {exc.strerror or exc}") from None
-        data = data.rstrip(b"\r\n")
-        if not data:
-            raise KeyLoadError(f"HMAC key file {path} is empty")
-        return data
+            return read_secret(key_file, "HMAC key file")
+        except SecretError as exc:
+            raise KeyLoadError(str(exc)) from None
     if env_value:
         return env_value.encode()
     return None

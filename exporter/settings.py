@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from exporter.labels import USER_LABEL_MODES
+from exporter.secrets import SecretError, read_secret, read_secret_text
 
 ENV_PREFIX = "VLLM_AUDIT_"
 
@@ -213,16 +214,14 @@ def _convert(opt: Option, raw: Any, origin: str) -> Any:
         raise SettingsError(f"{opt.flag} ({origin}): {exc}") from None
 
 
-def _read_secret_file(path: Path | None, flag: str) -> str | None:
+def _read_secret_file(path: Path | None, flag: str, *, text: bool = False) -> bytes | str | None:
+    """The one secret reader (:mod:`exporter.secrets`), errors as SettingsError."""
     if path is None:
         return None
     try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise SettingsError(f"{flag}: cannot read {path}: {exc.strerror}") from None
-    if not value:
-        raise SettingsError(f"{flag}: {path} is empty")
-    return value
+        return read_secret_text(path, flag) if text else read_secret(path, flag)
+    except SecretError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def resolve(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -313,9 +312,9 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if v.get("loki_url"):
         if not v["loki_url"].startswith(("http://", "https://")):
             raise SettingsError(f"--loki-url: expected an http(s) URL, got {v['loki_url']!r}")
-        password = _read_secret_file(v.get("loki_password_file"), "--loki-password-file") \
+        password = _read_secret_file(v.get("loki_password_file"), "--loki-password-file", text=True) \
             or v.get("loki_password")
-        token = _read_secret_file(v.get("loki_bearer_token_file"), "--loki-bearer-token-file") \
+        token = _read_secret_file(v.get("loki_bearer_token_file"), "--loki-bearer-token-file", text=True) \
             or v.get("loki_bearer_token")
         if password and not v.get("loki_username"):
             raise SettingsError("--loki-password given without --loki-username")

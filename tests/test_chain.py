@@ -71,3 +71,28 @@ def test_load_key_file_env_and_errors(tmp_path):
         load_key(empty, None)
     with pytest.raises(KeyLoadError, match="cannot read"):
         load_key(tmp_path / "missing", None)
+
+
+def test_one_secret_reader_for_every_subcommand(tmp_path):
+    """A key file ending in spaces gave `replay` and `verify` different keys
+    (verify reported a good archive BROKEN), and a binary key crashed `run`
+    with a traceback: one reader now, the same bytes everywhere."""
+    from exporter.cli import make_parser
+    from exporter.settings import build as build_settings
+    for raw in (b"key with trailing spaces   \n", b"\xff\x00\xfebinary\r\n"):
+        f = tmp_path / "key"
+        f.write_bytes(raw)
+        argv = ["replay", str(tmp_path / "key"), "--archive-dir", str(tmp_path / "a"), "--hmac-key-file", str(f)]
+        replay_key = build_settings("replay", make_parser().parse_args(argv), {}).hmac_key
+        assert replay_key == load_key(f, None) == raw.rstrip(b"\r\n")
+
+
+def test_a_loki_password_file_that_is_not_text_is_one_line_error(tmp_path):
+    from exporter.cli import make_parser
+    from exporter.settings import SettingsError, build as build_settings
+    f = tmp_path / "pw"
+    f.write_bytes(b"\xff\xfe")
+    argv = ["replay", str(f), "--archive-dir", str(tmp_path / "a"), "--loki-url", "http://loki:3100",
+            "--loki-username", "u", "--loki-password-file", str(f)]
+    with pytest.raises(SettingsError, match="--loki-password-file: .* is not UTF-8 text"):
+        build_settings("replay", make_parser().parse_args(argv), {})

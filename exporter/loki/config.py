@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 from urllib.parse import urlsplit
+
+from exporter.secrets import read_secret_text
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -86,11 +87,10 @@ class LokiSettings:
 
 
 def read_secret(value: str | None, file: str | None) -> str | None:
-    """A secret from its variable or from its ``*_FILE`` (file wins; one
-    trailing newline stripped, as written by ``echo`` and Kubernetes)."""
+    """A secret from its variable or from its ``*_FILE`` (the file wins; read
+    by :func:`exporter.secrets.read_secret_text`, like every secret)."""
     if file:
-        text = Path(file).read_text(encoding="utf-8")
-        return text[:-1] if text.endswith("\n") else text
+        return read_secret_text(file, "Loki secret file")
     return value or None
 
 
