@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .settings import SettingsError, add_options, build as build_settings, resolve
+from .settings import SettingsError, add_options, build as build_settings, loki_settings, resolve
 
 PROG = "vllm-audit-exporter"
 
@@ -53,6 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_options(retention, "retention")
     export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
     _add_export_args(export)
+    add_options(export, "export")
     return parser
 
 
@@ -72,10 +73,6 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="write here (and FILE.sha256 / FILE.hmac beside it); default stdout")
     p.add_argument("--source", choices=("archive", "loki"), default="archive")
-    p.add_argument("--loki-url", default=os.environ.get("VLLM_AUDIT_LOKI_URL"),
-                   help="with --source loki [env VLLM_AUDIT_LOKI_URL]")
-    p.add_argument("--loki-tenant", default=os.environ.get("VLLM_AUDIT_LOKI_TENANT"),
-                   help="X-Scope-OrgID [env VLLM_AUDIT_LOKI_TENANT]")
     p.add_argument("--hmac-key-file", default=None, help="sign the export [env VLLM_AUDIT_HMAC_KEY]")
 
 
@@ -99,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_retention(args)
         if args.command == "export":
             from .compliance.export import export_main
+            opts = resolve("export", args, os.environ)
             return export_main(
                 ts_from=args.time_from, ts_to=args.time_to, archive_dir=args.archive_dir,
                 user=args.user, model=args.model, grep=args.grep, fmt=args.format, bom=args.bom,
-                output=args.output, source=args.source, loki_url=args.loki_url,
-                loki_org_id=args.loki_tenant, hmac_key_file=args.hmac_key_file,
-                hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"))
+                output=args.output, source=args.source, loki_url=opts["loki_url"],
+                loki=loki_settings(opts) if args.source == "loki" else None,
+                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"))
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

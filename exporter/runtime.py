@@ -152,9 +152,9 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
 def build_loki(settings: Settings, registry, users: UserLabels, health: Health, committed=None):
     # Users must already be restored (build() does it first): a resent record
     # has to land in the same stream as before, or Loki would store it twice.
-    from .loki import LokiPusher, LokiSettings
+    from .loki import LokiPusher
     policy = _policy("loki", settings.loki_prompt_policy, settings.loki_output_policy,
                      settings.hmac_key)
-    return LokiPusher(LokiSettings(**settings.loki), settings.archive_dir, registry,
+    return LokiPusher(settings.loki, settings.archive_dir, registry,
                       label_user=users.label, policy=policy, state_dir=settings.state_dir,
                       committed=committed)

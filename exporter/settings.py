@@ -42,6 +42,7 @@ class Option:
 
 
 _BOTH = ("run", "replay")
+_LOKI = (*_BOTH, "export")  # the connection: the pusher and export --source loki share it
 OPTIONS: tuple[Option, ...] = (
     Option("--log", "logs", "vLLM log file to tail (repeatable; '-' = stdin). Give the audit "
            "middleware's JSONL file here too.", [], "list", ("run",), "FILE"),
@@ -92,21 +93,21 @@ OPTIONS: tuple[Option, ...] = (
            (*_BOTH, "retention"), "FILE"),
     Option("--hmac-key", "hmac_key", "HMAC key itself (prefer the env var or --hmac-key-file)",
            None, "str", (*_BOTH, "retention"), "KEY"),
-    Option("--loki-url", "loki_url", "Loki base URL; enables pushing every record", None, "str",
-           _BOTH, "URL"),
-    Option("--loki-tenant", "loki_tenant", "X-Scope-OrgID", None, "str", _BOTH, "ID"),
-    Option("--loki-username", "loki_username", "basic auth user", None, "str", _BOTH, "USER"),
+    Option("--loki-url", "loki_url", "Loki base URL: run/replay push every record to it, export --source loki reads from it", None, "str",
+           _LOKI, "URL"),
+    Option("--loki-tenant", "loki_tenant", "X-Scope-OrgID", None, "str", _LOKI, "ID"),
+    Option("--loki-username", "loki_username", "basic auth user", None, "str", _LOKI, "USER"),
     Option("--loki-password-file", "loki_password_file", "basic auth password file (or env "
-           "VLLM_AUDIT_LOKI_PASSWORD)", None, "path", _BOTH, "FILE"),
+           "VLLM_AUDIT_LOKI_PASSWORD)", None, "path", _LOKI, "FILE"),
     Option("--loki-password", "loki_password", "basic auth password (prefer the file)", None,
-           "str", _BOTH, "SECRET"),
+           "str", _LOKI, "SECRET"),
     Option("--loki-bearer-token-file", "loki_bearer_token_file", "bearer token file", None, "path",
-           _BOTH, "FILE"),
+           _LOKI, "FILE"),
     Option("--loki-bearer-token", "loki_bearer_token", "bearer token (prefer the file)", None,
-           "str", _BOTH, "SECRET"),
-    Option("--loki-ca-file", "loki_ca_file", "CA bundle for Loki's TLS", None, "path", _BOTH, "FILE"),
+           "str", _LOKI, "SECRET"),
+    Option("--loki-ca-file", "loki_ca_file", "CA bundle for Loki's TLS", None, "path", _LOKI, "FILE"),
     Option("--loki-insecure-skip-verify", "loki_insecure_skip_verify", "do not verify Loki's TLS "
-           "certificate", False, "bool", _BOTH),
+           "certificate", False, "bool", _LOKI),
     Option("--loki-structured-metadata", "loki_structured_metadata", "send request_id and user "
            "as structured metadata (Loki >= 3)", False, "bool", _BOTH),
     Option("--loki-batch-wait", "loki_batch_wait", "max seconds a record waits for a batch",
@@ -156,7 +157,7 @@ class Settings:
     oversized_input_tokens: int = 2048
     checkpoint_interval: float = 0.25
     hmac_key: bytes | None = field(default=None, repr=False)
-    loki: dict | None = field(default=None, repr=False)
+    loki: object | None = field(default=None, repr=False)  # exporter.loki.LokiSettings
     archive_prompt_policy: str = "full"
     archive_output_policy: str = "full"
     loki_prompt_policy: str = "redact"
@@ -254,6 +255,38 @@ def _positive(values: dict, dest: str, flag: str, allow_zero: bool = False) -> N
         raise SettingsError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
+def loki_settings(v: dict[str, Any]):
+    """The typed, validated Loki connection (:class:`exporter.loki.LokiSettings`)
+    from resolved option values, or None without ``--loki-url``: built here
+    once, for ``run``/``replay`` (push) and ``export --source loki`` (query),
+    so both reach a Loki with the same auth and TLS."""
+    if not v.get("loki_url"):
+        return None
+    from exporter.loki.config import LokiSettings
+    if not v["loki_url"].startswith(("http://", "https://")):
+        raise SettingsError(f"--loki-url: expected an http(s) URL, got {v['loki_url']!r}")
+    password = _read_secret_file(v.get("loki_password_file"), "--loki-password-file", text=True) \
+        or v.get("loki_password")
+    token = _read_secret_file(v.get("loki_bearer_token_file"), "--loki-bearer-token-file", text=True) \
+        or v.get("loki_bearer_token")
+    if password and not v.get("loki_username"):
+        raise SettingsError("--loki-password given without --loki-username")
+    if password and token:
+        raise SettingsError("Loki: choose basic auth or a bearer token, not both")
+    if v.get("loki_ca_file") is not None and not Path(v["loki_ca_file"]).is_file():
+        raise SettingsError(f"--loki-ca-file: {v['loki_ca_file']}: no such file")
+    push = {"structured_metadata": bool(v.get("loki_structured_metadata")),
+            "batch_wait": v["loki_batch_wait"], "batch_bytes": v["loki_batch_bytes"]} \
+        if "loki_batch_wait" in v else {}
+    try:
+        return LokiSettings(url=v["loki_url"].rstrip("/"), tenant=v.get("loki_tenant"),
+                            username=v.get("loki_username"), password=password, bearer_token=token,
+                            ca_file=v.get("loki_ca_file") and str(v["loki_ca_file"]),
+                            insecure=bool(v.get("loki_insecure_skip_verify")), **push)
+    except ValueError as exc:
+        raise SettingsError(f"Loki: {exc}") from None
+
+
 def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     for dest, flag in (("scrape_interval", "--scrape-interval"), ("request_timeout", "--request-timeout"),
                        ("max_inflight", "--max-inflight"), ("max_users", "--max-users"),
@@ -308,27 +341,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     hmac_key = v.get("hmac_key")
     if v.get("hmac_key_file") is not None:
         hmac_key = _read_secret_file(v["hmac_key_file"], "--hmac-key-file")
-    loki = None
-    if v.get("loki_url"):
-        if not v["loki_url"].startswith(("http://", "https://")):
-            raise SettingsError(f"--loki-url: expected an http(s) URL, got {v['loki_url']!r}")
-        password = _read_secret_file(v.get("loki_password_file"), "--loki-password-file", text=True) \
-            or v.get("loki_password")
-        token = _read_secret_file(v.get("loki_bearer_token_file"), "--loki-bearer-token-file", text=True) \
-            or v.get("loki_bearer_token")
-        if password and not v.get("loki_username"):
-            raise SettingsError("--loki-password given without --loki-username")
-        if password and token:
-            raise SettingsError("Loki: choose basic auth or a bearer token, not both")
-        if v.get("loki_ca_file") is not None and not Path(v["loki_ca_file"]).is_file():
-            raise SettingsError(f"--loki-ca-file: {v['loki_ca_file']}: no such file")
-        loki = {
-            "url": v["loki_url"].rstrip("/"), "tenant": v.get("loki_tenant"),
-            "username": v.get("loki_username"), "password": password, "bearer_token": token,
-            "ca_file": v.get("loki_ca_file"), "insecure": bool(v.get("loki_insecure_skip_verify")),
-            "structured_metadata": bool(v.get("loki_structured_metadata")),
-            "batch_wait": v["loki_batch_wait"], "batch_bytes": v["loki_batch_bytes"],
-        }
+    loki = loki_settings(v)
     archive_dir = Path(v["archive_dir"])
     return Settings(
         command=command,

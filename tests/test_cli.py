@@ -72,7 +72,7 @@ def test_flags_win_over_environment_and_every_flag_has_an_env_var():
            "VLLM_AUDIT_NO_USER_LABEL": "true", "VLLM_AUDIT_LOKI_URL": "http://loki:3100"}
     s = build("replay", ns, env)
     assert (s.model, s.max_users, s.user_label) == ("from-flag", 7, False)
-    assert s.loki["url"] == "http://loki:3100"
+    assert s.loki.url == "http://loki:3100"
     assert s.user_label_mode == "pseudonymous"
     assert build("replay", ns, {"VLLM_AUDIT_USER_LABEL_MODE": "raw"}).user_label_mode == "raw"
     with pytest.raises(SettingsError, match="VLLM_AUDIT_NO_USER_LABEL"):

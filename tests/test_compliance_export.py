@@ -9,7 +9,7 @@ import httpx
 from exporter.archive import ArchiveWriter
 from exporter.chain import Chain
 from exporter.compliance.export import export_main, neutralise
-from exporter.compliance.loki_query import build_query, query_range
+from exporter.loki.query import build_query, query_range
 from exporter.compliance.retention import apply_retention
 from exporter.record import dumps_line, new_record
 

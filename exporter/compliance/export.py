@@ -2,7 +2,7 @@
 
 Sources: the local archive (default; ``.jsonl`` and ``.jsonl.gz`` days, days
 skipped by their manifest's ``ts_min``/``ts_max``) or Loki ``query_range``
-(:mod:`exporter.compliance.loki_query`). The time window is on the record's
+(:mod:`exporter.loki.query`). The time window is on the record's
 ``ts`` (request received), half-open ``[from, to)``.
 
 CSV is meant for Excel: UTF-8 (optional BOM), RFC 4180 quoting, CRLF, and
@@ -237,7 +237,7 @@ def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: b
 def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, user: str | None = None,
                 model: str | None = None, grep: str | None = None, fmt: str = "csv", bom: bool = False,
                 output: str | None = None, source: str = "archive", loki_url: str | None = None,
-                loki_selector: str | None = None, loki_org_id: str | None = None,
+                loki_selector: str | None = None, loki_org_id: str | None = None, loki=None,
                 hmac_key_file: str | None = None, hmac_key_env: str | None = None,
                 http_client=None, out=None, err=None) -> int:
     """CLI entry point for ``export``; returns the exit code."""
@@ -260,12 +260,15 @@ def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, use
             records = (r for r in iter_archive(Path(archive_dir), t_from, t_to,
                                                warn=lambda m: print(m, file=err)) if keep(r))
         elif source == "loki":
-            if not loki_url:
+            if not loki_url and loki is None:
                 raise ExportUsageError("--source loki needs --loki-url")
-            from exporter.compliance import loki_query
+            from exporter.loki import query as loki_query
+            from exporter.loki.config import LokiSettings
+            # ``loki``: the typed settings the CLI built (auth, TLS, tenant).
+            conn = loki or LokiSettings(url=loki_url, tenant=loki_org_id)
             records = (r for r in loki_query.records(
-                loki_url, t_from, t_to, user=user, model=model, grep=grep, selector=loki_selector,
-                org_id=loki_org_id, client=http_client) if keep(r))
+                conn, t_from, t_to, user=user, model=model, grep=grep, selector=loki_selector,
+                client=http_client) if keep(r))
         else:
             raise ExportUsageError(f"unknown source {source!r} (archive or loki)")
     except (ExportUsageError, KeyLoadError) as exc:

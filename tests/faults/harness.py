@@ -29,6 +29,7 @@ The invariant (:func:`assert_exactly_once`), for every case:
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import hashlib
 import json
 import re
@@ -43,7 +44,7 @@ import pytest
 
 from exporter import runtime as runtime_mod
 from exporter.cli import make_parser, replay_into
-from exporter.loki import LokiPusher, LokiSettings
+from exporter.loki import LokiPusher
 from exporter.settings import build as build_settings
 
 try:
@@ -275,7 +276,7 @@ class Exporter:
         # short HTTP timeout (LokiSettings fields the CLI does not expose).
         policy = runtime_mod._policy("loki", settings.loki_prompt_policy, settings.loki_output_policy,
                                      settings.hmac_key)
-        return LokiPusher(LokiSettings(**{**settings.loki, **self.loki_overrides}), settings.archive_dir,
+        return LokiPusher(dataclasses.replace(settings.loki, **self.loki_overrides), settings.archive_dir,
                           registry, label_user=users.label, policy=policy, state_dir=settings.state_dir,
                           clock=self.clock, sleep=self.clock.sleep, rng=lambda: 1.0,
                           committed=committed)

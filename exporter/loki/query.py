@@ -15,6 +15,9 @@ from collections.abc import Iterator
 
 import httpx
 
+from exporter.loki.client import auth_headers, build_http_client
+from exporter.loki.config import LokiSettings
+
 DEFAULT_SELECTOR = '{service_name="vllm-audit"}'
 _DAY_NS = 86_400 * 10**9
 _RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
@@ -76,15 +79,17 @@ def query_range(client: httpx.Client, base_url: str, query: str, start_ns: int, 
         start = boundary_ts if new else boundary_ts + 1
 
 
-def records(base_url: str, t_from: float, t_to: float, *, user: str | None = None, model: str | None = None,
-            grep: str | None = None, selector: str | None = None, org_id: str | None = None,
+def records(settings: LokiSettings, t_from: float, t_to: float, *, user: str | None = None,
+            model: str | None = None, grep: str | None = None, selector: str | None = None,
             client: httpx.Client | None = None, limit: int = 1000) -> Iterator[dict]:
-    """Parsed records from Loki for ``[t_from, t_to)`` (by entry timestamp)."""
+    """Parsed records from Loki for ``[t_from, t_to)`` (by entry timestamp),
+    with the same tenant, auth and TLS the pusher uses (one Loki client)."""
     own = client is None
-    client = client or httpx.Client(timeout=30.0)
-    headers = {"X-Scope-OrgID": org_id} if org_id else None
+    client = client or build_http_client(settings)
+    headers = auth_headers(settings) or None
     query = build_query(selector, user=user, model=model, grep=grep)
     start, end = int(t_from * 10**9), int(t_to * 10**9)
+    base_url = settings.url.removesuffix("/loki/api/v1/push")
     try:
         while start < end:
             piece_end = min(start + _DAY_NS, end)
