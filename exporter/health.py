@@ -11,7 +11,10 @@ Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
    are being lost or delayed right now;
 2. the most recent checkpoint write failed: a restart would re-read and the
    archive cannot advance its committed size;
-3. a vLLM scraper is configured and its most recent scrape failed.
+3. a vLLM scraper is configured and its most recent scrape failed;
+4. the archive cannot be written (disk full, read-only): the records wait in
+   memory and, once its bound is reached, no input is read until a write
+   succeeds again (``archive.ingestion_paused``).
 
 Not judged: lag and ``at_eof`` (an idle vLLM is normal), a vLLM scraper that
 has not run yet (reported as ``"up": null``), and Loki (shown for operators;
@@ -58,6 +61,24 @@ class SourceHealth:
     error: str | None = None  # why it is not up
 
 
+@dataclass
+class ArchiveHealth:
+    """The archive writer as the pipeline last saw it."""
+
+    write_error: str | None = None  # why the last write failed; None once one succeeds
+    failing_since_unix: float | None = None
+    pending_records: int = 0  # sealed, waiting in memory for the disk
+    ingestion_paused: bool = False  # no input is read until a write succeeds
+
+    def problem(self) -> str | None:
+        if self.write_error is None:
+            return None
+        what = (f"{self.pending_records} records wait in memory; ingestion paused until a write "
+                "succeeds (it resumes by itself; nothing is lost)") if self.ingestion_paused else \
+            f"{self.pending_records} records wait in memory"
+        return f"archive: cannot be written ({self.write_error}); {what}"
+
+
 class Health:
     """Shared health state; see the module docstring for the rule."""
 
@@ -73,6 +94,7 @@ class Health:
         self.scraper = scraper
         # Placeholder for the Loki pusher: any JSON-serialisable dict, shown as is.
         self.loki: dict | None = None
+        self.archive = ArchiveHealth()
 
     def add_source(self, name: str, path: str | None = None, *, required: bool = True) -> SourceHealth:
         source = self.sources[name] = SourceHealth(name=name, path=path, required=required)
@@ -98,6 +120,9 @@ class Health:
         status = getattr(self.scraper, "last_scrape", None)
         if status is not None and status.up is False:
             found.append(f"vllm: scrape failing ({status.error})")
+        problem = self.archive.problem()
+        if problem:
+            found.append(problem)
         return found
 
     def report(self) -> tuple[bool, dict]:
@@ -117,5 +142,6 @@ class Health:
             },
             "vllm": status.as_dict() if status is not None else None,
             "loki": self.loki,
+            "archive": asdict(self.archive),
         }
         return not problems, body

@@ -90,6 +90,8 @@ class Pipeline:
         self.skip_keys: set | None = None
         self._when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
         self.records_emitted = 0
+        self.commits = 0  # successful commits by this pipeline
+        self._archive_failures_seen = 0
         for src in sources:
             src.metrics = selfm.source(src.name)
 
@@ -108,7 +110,20 @@ class Pipeline:
 
     # ---------------------------------------------------------------- loop
     def step(self) -> int:
-        """Read one batch, record what is ready, commit when due. Returns lines read."""
+        """Read one batch, record what is ready, commit when due. Returns lines read.
+
+        While the archive refuses writes with its buffer at its bound
+        (``ArchiveWriter.full``: disk full, read-only), nothing is read or
+        recorded: the step only retries the commit at the checkpoint cadence.
+        The input stays where it is (the log file, the stdin pipe), so
+        ingestion resumes where it stopped as soon as a write succeeds.
+        """
+        if getattr(self.sinks.archive, "full", False):
+            if self.clock() - self._last_commit >= self.checkpoint_interval:
+                self.commit()
+            if getattr(self.sinks.archive, "full", False):
+                self._archive_health(paused=True)
+                return 0
         if self.live:
             todo = self.sources
         else:
@@ -131,6 +146,8 @@ class Pipeline:
         self._dirty = self._dirty or n > 0 or self.records_emitted != emitted
         if self._dirty and self.clock() - self._last_commit >= self.checkpoint_interval:
             self.commit()
+        else:
+            self._archive_health()
         return n
 
     def done(self) -> bool:
@@ -298,12 +315,34 @@ class Pipeline:
             self.selfm.checkpoint_failed()
             if self.health is not None:
                 self.health.checkpoint_failed(str(exc))
+            self._archive_health()
             return False
         now = self.clock()
+        self.commits += 1
         self.selfm.checkpoint_written(now)
         if self.health is not None:
             self.health.checkpoint_ok(now)
+        self._archive_health()
         return True
+
+    def _archive_health(self, paused: bool = False) -> None:
+        """Export the archive writer's state: pending records, write failures,
+        whether ingestion is paused (gauges, counter, /health)."""
+        archive = self.sinks.archive
+        pending = int(getattr(archive, "pending", 0) or 0)
+        failures = int(getattr(archive, "write_failures", 0) or 0)
+        selfm = self.selfm
+        if failures > self._archive_failures_seen:
+            selfm.archive_write_failures.inc(failures - self._archive_failures_seen)
+        self._archive_failures_seen = failures
+        selfm.archive_pending.set(pending)
+        selfm.ingestion_paused.set(1 if paused else 0)
+        if self.health is not None:
+            h = self.health.archive
+            h.write_error = getattr(archive, "write_error", None)
+            h.failing_since_unix = getattr(archive, "failing_since", None)
+            h.pending_records = pending
+            h.ingestion_paused = paused
 
     def finish(self) -> None:
         """End of a replay: record everything still held, then commit."""

@@ -104,6 +104,16 @@ class SelfMetrics:
             "vllm_audit_middleware_dropped",
             "Middleware lines the in-vLLM middleware dropped on queue overflow (as it reported).",
             registry=r)
+        self.archive_write_failures = Counter(
+            "vllm_audit_archive_write_failures",
+            "Archive batch writes (write + fsync) that failed (disk full, read-only...).", registry=r)
+        self.archive_pending = Gauge(
+            "vllm_audit_archive_pending_records",
+            "Records sealed but not yet written to the archive file.", registry=r)
+        self.ingestion_paused = Gauge(
+            "vllm_audit_ingestion_paused",
+            "1 while no input is read because the archive cannot be written (resumes by itself).",
+            registry=r)
         self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
