@@ -153,6 +153,11 @@ class Pipeline:
     def done(self) -> bool:
         return all(s.finished for s in self.sources)
 
+    @property
+    def dirty(self) -> bool:
+        """Something was read or recorded since the last successful commit."""
+        return self._dirty
+
     def watermark(self) -> float:
         marks = []
         for s in self.sources:

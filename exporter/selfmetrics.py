@@ -114,6 +114,14 @@ class SelfMetrics:
             "vllm_audit_ingestion_paused",
             "1 while no input is read because the archive cannot be written (resumes by itself).",
             registry=r)
+        self.thread_up = Gauge(
+            "vllm_audit_thread_up",
+            "1 while a worker thread (pipeline, loki) runs normally; 0 after an unexpected "
+            "failure until it has made progress again, and when it gave up.", ["thread"], registry=r)
+        self.thread_restarts = Counter(
+            "vllm_audit_thread_restarts",
+            "Worker threads restarted after an unexpected exception (the pipeline from its last "
+            "checkpoint).", ["thread"], registry=r)
         self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
@@ -124,6 +132,7 @@ class SelfMetrics:
             self.parse_errors.labels(reason)
         for reason in eviction_reasons:
             self.evictions.labels(reason)
+        self.thread("pipeline")
         self._sources: dict[str, SourceMetrics] = {}
         for name in sources:
             self.source(name)
@@ -138,6 +147,10 @@ class SelfMetrics:
                 up=self.log_file_up.labels(name),
                 checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name))
         return found
+
+    def thread(self, name: str) -> tuple[Gauge, Counter]:
+        """(up gauge, restarts counter) of one worker thread, created at 0."""
+        return self.thread_up.labels(name), self.thread_restarts.labels(name)
 
     def checkpoint_written(self, unix_time: float) -> None:
         self.checkpoint_writes.inc()

@@ -356,7 +356,7 @@ class Exporter:
             rt.loki.close()
 
     def stop(self) -> None:
-        """Graceful stop: the final commit of cli._pipeline_loop."""
+        """Graceful stop: the final commit of the service's pipeline loop."""
         self.pipeline.commit()
         self.crash()
 
