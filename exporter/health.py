@@ -17,7 +17,10 @@ Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
    it gave up (the process is exiting non-zero), or it ended unexpectedly;
 5. the archive cannot be written (disk full, read-only): the records wait in
    memory and, once its bound is reached, no input is read until a write
-   succeeds again (``archive.ingestion_paused``).
+   succeeds again (``archive.ingestion_paused``);
+6. a log's header times are off UTC by a whole number of quarter hours
+   (``sources.*.time_offset_seconds``): ``--server-timezone`` is not the
+   zone vLLM logs in, so requests are timed out early or held for hours.
 
 Not judged: lag and ``at_eof`` (an idle vLLM is normal), a vLLM scraper that
 has not run yet (reported as ``"up": null``), and Loki (shown for operators;
@@ -66,6 +69,10 @@ class SourceHealth:
     lag_bytes: int = 0  # size - position, never negative
     last_line_unix: float | None = None  # wall time the last line was read
     error: str | None = None  # why it is not up
+    # Header times minus UTC as measured (quarter hours; 0 = consistent), and
+    # the operator-facing explanation when not 0 (pipeline's ClockCheck).
+    time_offset_seconds: int = 0
+    time_offset_note: str | None = None
 
 
 @dataclass
@@ -171,6 +178,9 @@ class Health:
         problem = self.archive.problem()
         if problem:
             found.append(problem)
+        for src in list(self.sources.values()):
+            if src.time_offset_seconds and src.time_offset_note:
+                found.append(f"source {src.name}: {src.time_offset_note}")
         return found
 
     def report(self) -> tuple[bool, dict]:

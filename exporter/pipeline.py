@@ -18,12 +18,20 @@ still reading a backlog contributes the time of its last event; a caught-up
 live source contributes "now"; a finished replay file contributes +inf. In
 replay the source furthest behind is read next, so files are merged in time
 order rather than one after another.
+
+Zone check: each source has a :class:`~exporter.logtime.ClockCheck` fed
+with ``resolved - UTC`` samples (a vLLM ``Received`` line against the
+middleware line of the same request; live, a batch read right after the
+source was caught up against the clock). Its verdict is reported (warning,
+``vllm_audit_log_time_offset_seconds``, ``/health``), never applied.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,10 +39,20 @@ from typing import Callable
 from . import events as ev
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
-from .correlate import Correlator
+from .correlate import Correlator, base_id
+from .logtime import ClockCheck, offset_note
 from .parse import parse_line
 
 CHECKPOINT_VERSION = 1
+PAIR_MEMORY = 1024  # unpaired receive times kept per side for the zone check
+
+log = logging.getLogger("exporter.pipeline")
+
+
+def _remember(table: OrderedDict, key, value) -> None:
+    table[key] = value
+    if len(table) > PAIR_MEMORY:
+        table.popitem(last=False)
 
 
 @dataclass
@@ -47,6 +65,9 @@ class Source:
     finished: bool = False  # replay: read to EOF
     cr: bool = False  # the last line ended in \r\n: the next one is a continuation
     seen: dict = field(default_factory=dict)  # tailer counter values already exported
+    when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
+    zoneless_t: float | None = None  # last resolved time of a zone-less line in the batch
+    clock_check: object | None = None  # logtime.ClockCheck of this source's zone
 
 
 @dataclass
@@ -88,12 +109,17 @@ class Pipeline:
         # (request_id, ts) already archived: set only when starting without a
         # usable checkpoint over a non-empty archive (exporter/recovery.py).
         self.skip_keys: set | None = None
-        self._when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
+        # Zone check (logtime.ClockCheck): base id -> (source, resolved time) of
+        # recent vLLM "Received" lines, and base id -> time of recent middleware
+        # lines, paired by request; bounded. Only reports, never changes a record.
+        self._recent_received: OrderedDict = OrderedDict()
+        self._recent_mw: OrderedDict = OrderedDict()
         self.records_emitted = 0
         self.commits = 0  # successful commits by this pipeline
         self._archive_failures_seen = 0
         for src in sources:
             src.metrics = selfm.source(src.name)
+            src.clock_check = ClockCheck()
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:
@@ -104,7 +130,8 @@ class Pipeline:
         continued = state.get("continued") or {}
         for src in self.sources:
             src.cr = bool(continued.get(src.name))
-        self._when_cache = (None, None)
+        for src in self.sources:
+            src.when_cache = (None, None)
         if state.get("time") is not None:
             self.resolver.restore(state["time"])
 
@@ -132,9 +159,12 @@ class Pipeline:
                 if pending else []
         n = 0
         for src in todo:
+            fresh = self.live and src.tailer.at_eof  # caught up: what comes now was just written
             lines = src.tailer.poll(self.batch_lines)
             if lines:
                 self._lines(src, lines)
+                if fresh and src.zoneless_t is not None:
+                    self._check_clock(src, src.zoneless_t - self.clock(), "the exporter's clock")
             n += len(lines)
             if not self.live and not lines and src.tailer.at_eof:
                 src.finished = True
@@ -187,8 +217,11 @@ class Pipeline:
         # Lines of one second share one header time: resolve it once. The
         # resolver's answer and its state depend only on ``when`` and the last
         # resolved (year, month), which the same ``when`` leaves unchanged.
-        last_when, last_t = self._when_cache
+        last_when, last_t = src.when_cache
         src_t = src.last_t
+        name, resolve = src.name, self.resolver.resolve
+        timed = False
+        received, mw_kind = ev.RECEIVED, ev.MIDDLEWARE
         prefix, continued = self.logging_prefix, src.cr
         for line in lines:
             if line.truncated:  # over --max-line-bytes: cannot be parsed whole
@@ -217,19 +250,69 @@ class Pipeline:
             elif when == last_when:
                 t = last_t
             else:
-                t = last_t = self.resolver.resolve(when)
+                t = last_t = resolve(when, name)
                 last_when = when
+            timed = timed or t is not None
             if t is not None and (src_t is None or t > src_t):
                 src_t = src.last_t = t
+            if kind == received or kind == mw_kind:
+                self._pair(src, result, t)
             feed(result, t)
         src.cr = continued
-        self._when_cache = (last_when, last_t)
+        src.when_cache = (last_when, last_t)
+        # The newest header time of this batch, if the line had no zone of its own.
+        src.zoneless_t = last_t if timed and last_when.utc_offset is None else None
         selfm = self.selfm
         for reason, count in ignored.items():
             if reason.startswith("malformed"):
                 selfm.parse_errors.labels(reason).inc(count)
             else:
                 selfm.lines_ignored.labels(reason).inc(count)
+
+    # ----------------------------------------------------------- zone check
+    def _pair(self, src: Source, event, t: float | None) -> None:
+        """Pair a vLLM ``Received`` line with the middleware line of the same
+        request: the difference of their receive times is the vLLM log's
+        zone error (plus the second or so vLLM takes to log the request)."""
+        when = event.when
+        if t is None or when is None:
+            return
+        if event.kind == ev.MIDDLEWARE:
+            if when.utc_offset is None:
+                return
+            line = event.data.get("line") or {}
+            key = line.get("request_id")
+            if not isinstance(key, str) or not key:
+                return
+            other = self._recent_received.pop(key, None)
+            if other is not None:
+                self._check_clock(other[0], other[1] - t, "the middleware's UTC times")
+            else:
+                _remember(self._recent_mw, key, t)
+            return
+        if when.utc_offset is not None or not event.request_id:
+            return
+        key = base_id(event.request_id)[0]
+        mw_t = self._recent_mw.pop(key, None)
+        if mw_t is not None:
+            self._check_clock(src, t - mw_t, "the middleware's UTC times")
+        else:
+            _remember(self._recent_received, key, (src, t))
+
+    def _check_clock(self, src: Source, delta: float, against: str) -> None:
+        check = src.clock_check
+        if check is None or not check.observe(delta):
+            return
+        offset = check.offset
+        src.metrics.time_offset.set(offset)
+        note = offset_note(offset, self.resolver.tz, self.clock(), against) if offset else None
+        if src.health is not None:
+            src.health.time_offset_seconds = offset
+            src.health.time_offset_note = note
+        if offset:
+            log.warning("source %s: %s", src.name, note)
+        else:
+            log.warning("source %s: log times agree with UTC again", src.name)
 
     def _emit(self, entries: list[dict]) -> None:
         if not entries:

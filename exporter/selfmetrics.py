@@ -56,6 +56,7 @@ class SourceMetrics:
     truncations: Counter
     up: Gauge
     checkpoint_lag_bytes: Gauge
+    time_offset: Gauge
 
 
 class SelfMetrics:
@@ -122,6 +123,11 @@ class SelfMetrics:
             "vllm_audit_thread_restarts",
             "Worker threads restarted after an unexpected exception (the pipeline from its last "
             "checkpoint).", ["thread"], registry=r)
+        self.log_time_offset = Gauge(
+            "vllm_audit_log_time_offset_seconds",
+            "Whole-quarter-hour offset found between a log's header times and UTC (the "
+            "middleware's times, the exporter's clock); 0 when they agree. Not 0: "
+            "--server-timezone is not vLLM's zone.", ["source"], registry=r)
         self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
@@ -145,7 +151,8 @@ class SelfMetrics:
                 lines=self.log_lines.labels(name), bytes=self.log_bytes.labels(name),
                 rotations=self.rotations.labels(name), truncations=self.truncations.labels(name),
                 up=self.log_file_up.labels(name),
-                checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name))
+                checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name),
+                time_offset=self.log_time_offset.labels(name))
         return found
 
     def thread(self, name: str) -> tuple[Gauge, Counter]:
