@@ -143,10 +143,15 @@ class Pipeline:
         (``ArchiveWriter.full``: disk full, read-only), nothing is read or
         recorded: the step only retries the commit at the checkpoint cadence.
         The input stays where it is (the log file, the stdin pipe), so
-        ingestion resumes where it stopped as soon as a write succeeds.
+        ingestion resumes where it stopped as soon as a write succeeds. (A
+        replay raises the archive's ``OSError`` instead.)
         """
         if getattr(self.sinks.archive, "full", False):
-            if self.clock() - self._last_commit >= self.checkpoint_interval:
+            if not self.live:
+                # A replay is a batch job: fail with the disk's error (its
+                # checkpoint lets the next replay resume) rather than wait.
+                self.sinks.archive.flush()
+            elif self.clock() - self._last_commit >= self.checkpoint_interval:
                 self.commit()
             if getattr(self.sinks.archive, "full", False):
                 self._archive_health(paused=True)

@@ -138,7 +138,6 @@ class SelfMetrics:
             self.parse_errors.labels(reason)
         for reason in eviction_reasons:
             self.evictions.labels(reason)
-        self.thread("pipeline")
         self._sources: dict[str, SourceMetrics] = {}
         for name in sources:
             self.source(name)
@@ -156,7 +155,8 @@ class SelfMetrics:
         return found
 
     def thread(self, name: str) -> tuple[Gauge, Counter]:
-        """(up gauge, restarts counter) of one worker thread, created at 0."""
+        """(up gauge, restarts counter) of one supervised worker thread, created
+        at 0 when ``run`` starts supervising it (replay has no such threads)."""
         return self.thread_up.labels(name), self.thread_restarts.labels(name)
 
     def checkpoint_written(self, unix_time: float) -> None:

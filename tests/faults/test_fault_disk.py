@@ -122,3 +122,22 @@ def test_31_disk_full_with_a_backlog_over_256_records_resumes_by_itself(make_exp
     expected = reference_ids(written, ref_dir)
     assert len(expected) == 16 * 22
     assert_exactly_once(exp, expected, loki=loki)
+
+
+def test_31_replay_onto_a_full_disk_fails_with_the_error_instead_of_waiting(tmp_path, disk):
+    """A backfill is a batch job: it stops with the disk's error (its
+    checkpoint lets the next replay resume), it does not wait for space."""
+    from exporter.cli import make_parser
+    from exporter.runtime import build
+    from exporter.settings import build as build_settings
+    log = tmp_path / "backfill.log"
+    log.write_bytes(b"".join(b"".join(p) for p in copies(14)))
+    args = make_parser().parse_args(["replay", str(log), "--archive-dir", str(tmp_path / "a"),
+                                     "--model", "tiny", "--no-progress"])
+    rt = build(build_settings("replay", args, {}), live=False)
+    disk.full = True
+    with pytest.raises(OSError) as err:
+        for _ in range(10_000):  # bounded: a regression would spin here, not hang the suite
+            rt.pipeline.step()
+    assert err.value.errno == errno.ENOSPC
+    assert rt.archive.full and rt.pipeline.records_emitted >= 256
