@@ -154,7 +154,7 @@ class Pipeline:
             elif self.clock() - self._last_commit >= self.checkpoint_interval:
                 self.commit()
             if getattr(self.sinks.archive, "full", False):
-                self._archive_health(paused=True)
+                self._archive_health()
                 return 0
         if self.live:
             todo = self.sources
@@ -220,8 +220,8 @@ class Pipeline:
         ignored_cls = ev.Ignored
         access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
         # Lines of one second share one header time: resolve it once. The
-        # resolver's answer and its state depend only on ``when`` and the last
-        # resolved (year, month), which the same ``when`` leaves unchanged.
+        # resolver's answer and its state depend only on ``when`` and this
+        # source's previous resolved line, which the same ``when`` leaves as is.
         last_when, last_t = src.when_cache
         src_t = src.last_t
         name, resolve = src.name, self.resolver.resolve
@@ -418,10 +418,11 @@ class Pipeline:
         self._archive_health()
         return True
 
-    def _archive_health(self, paused: bool = False) -> None:
+    def _archive_health(self) -> None:
         """Export the archive writer's state: pending records, write failures,
         whether ingestion is paused (gauges, counter, /health)."""
         archive = self.sinks.archive
+        paused = self.live and bool(getattr(archive, "full", False))
         pending = int(getattr(archive, "pending", 0) or 0)
         failures = int(getattr(archive, "write_failures", 0) or 0)
         selfm = self.selfm

@@ -135,18 +135,25 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
     saved = read_checkpoint(str(checkpoint_path(settings))).state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
                                  saved.get("archive"), clock=clock)
-    if rebuild:  # back to the store as the checkpoint (or nothing) left it
-        users.restore([])
-        metrics.restore(rt.empty_metrics)
     skip_keys = None
     if not saved and archive.state().get("seq", 0) > 0:
         from .recovery import rebuild_from_archive, warn
+        if rebuild:
+            users.restore([])
+            metrics.restore(rt.empty_metrics)
         skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
         warn(settings.archive_dir, len(skip_keys))
+    # A rebuild puts the store back where the checkpoint (or nothing) left it,
+    # in one atomic restore each: a concurrent scrape or Loki push never sees
+    # an emptied store or label set in between.
     if saved.get("users") is not None:
         users.restore(saved["users"])
+    elif rebuild and skip_keys is None:
+        users.restore([])
     if saved.get("metrics") is not None:
         metrics.restore(saved["metrics"])
+    elif rebuild and skip_keys is None:
+        metrics.restore(rt.empty_metrics)
 
     names = settings.logs if live else tuple(f"replay:{Path(f).resolve()}" for f in settings.replay_files)
     positions = saved.get("sources") or (rt.start_positions if skip_keys is None else None) or {}

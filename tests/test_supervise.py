@@ -278,3 +278,33 @@ def test_real_process_exits_non_zero_instead_of_serving_ok(tmp_path):
     assert "Traceback" in err  # the cause is logged, not swallowed
     state = json.loads((tmp_path / "archive" / ".state" / "checkpoint.json").read_text())["state"]
     assert state["archive"]["seq"] == 0  # nothing half-done was committed
+
+
+def test_rebuild_before_any_checkpoint_resumes_where_the_start_began(tmp_path):
+    """No checkpoint on disk yet (the first commit failed, say): the rebuild
+    starts the inputs where this process started them, not at their end now."""
+    from tests.faults.harness import FakeClock, START, split_at_requests
+    old, new = split_at_requests(LINES, 0.5)
+    log = tmp_path / "vllm.log"
+    log.write_bytes(b"".join(old))  # before the start: skipped (no --from-start)
+    argv = ["run", "--log", str(log), "--archive-dir", str(tmp_path / "archive"), "--model", "tiny",
+            "--merge-grace", "0", "--request-timeout", "10", "--checkpoint-interval", "3600"]
+    clock = FakeClock(START + 3600)
+    rt = runtime_mod.build(build_settings("run", make_parser().parse_args(argv), {}), live=True,
+                           clock=clock)
+    with log.open("ab") as f:
+        f.write(b"".join(new))
+    while rt.pipeline.step():
+        pass
+    assert rt.pipeline.records_emitted > 0 and not (tmp_path / "archive" / ".state" /
+                                                     "checkpoint.json").exists()
+    runtime_mod.rebuild_pipeline(rt)  # nothing committed: everything read is re-read
+    while rt.pipeline.step():
+        pass
+    clock.now += 60
+    rt.pipeline.step()
+    assert rt.pipeline.commit()
+    got = archive_ids(tmp_path / "archive")
+    expected = reference_ids(b"".join(new), tmp_path / "reference")
+    assert sorted(got) == sorted(expected) and len(set(got)) == len(got)
+    assert requests_total(rt.registry) == len(got)
