@@ -129,30 +129,38 @@ class ClockCheck:
     that exist, ±``max_offset``) votes for that multiple; others (a line read
     from a backlog, a request that took long to log) are ignored. The verdict
     moves to a value once ``confirm`` consecutive votes agree on it, so a
-    single odd sample never raises (or clears) the alarm.
+    single odd sample never raises (or clears) the alarm, and — with
+    ``min_span`` — only once those votes span that many seconds of ``at``
+    (the sample's clock time): a real zone error stays put while the clock
+    moves on, a backlog streaming past (``docker logs -f`` replaying its
+    history into stdin) does not.
     """
 
     def __init__(self, *, confirm: int = 3, tolerance: float = 120.0,
-                 max_offset: float = 15 * 3600) -> None:
+                 max_offset: float = 15 * 3600, min_span: float = 0.0) -> None:
         self.confirm = confirm
         self.tolerance = tolerance
         self.max_offset = max_offset
+        self.min_span = min_span
         self.offset = 0  # seconds; 0: consistent (or not enough samples yet)
+        self.decided = False  # a verdict has been reached at least once
         self._vote: int | None = None
         self._votes = 0
+        self._since = 0.0
 
-    def observe(self, delta: float) -> bool:
+    def observe(self, delta: float, at: float = 0.0) -> bool:
         q = int(round(delta / QUARTER_HOUR)) * QUARTER_HOUR
         if abs(delta - q) > self.tolerance or abs(q) > self.max_offset:
             return False
         if q == self._vote:
             self._votes += 1
         else:
-            self._vote, self._votes = q, 1
-        if self._votes >= self.confirm and q != self.offset:
-            self.offset = q
-            return True
-        return False
+            self._vote, self._votes, self._since = q, 1, at
+        if self._votes < self.confirm or at - self._since < self.min_span:
+            return False
+        changed = q != self.offset or not self.decided
+        self.offset, self.decided = q, True
+        return changed
 
 
 def offset_note(offset: int, tz: tzinfo, at: float, against: str) -> str:

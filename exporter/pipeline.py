@@ -45,6 +45,7 @@ from .parse import parse_line
 
 CHECKPOINT_VERSION = 1
 PAIR_MEMORY = 1024  # unpaired receive times kept per side for the zone check
+CLOCK_CHECK_SPAN = 10.0  # s of clock time the clock check's agreeing samples must span
 
 log = logging.getLogger("exporter.pipeline")
 
@@ -67,7 +68,11 @@ class Source:
     seen: dict = field(default_factory=dict)  # tailer counter values already exported
     when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
     zoneless_t: float | None = None  # last resolved time of a zone-less line in the batch
-    clock_check: object | None = None  # logtime.ClockCheck of this source's zone
+    # Zone check of this source (logtime.ClockCheck): against the middleware's
+    # times for the same requests (authoritative once decided), against the clock.
+    pair_check: object | None = None
+    clock_check: object | None = None
+    time_offset: int = 0  # the verdict reported
 
 
 @dataclass
@@ -119,7 +124,8 @@ class Pipeline:
         self._archive_failures_seen = 0
         for src in sources:
             src.metrics = selfm.source(src.name)
-            src.clock_check = ClockCheck()
+            src.pair_check = ClockCheck()
+            src.clock_check = ClockCheck(min_span=CLOCK_CHECK_SPAN)
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:
@@ -169,7 +175,9 @@ class Pipeline:
             if lines:
                 self._lines(src, lines)
                 if fresh and src.zoneless_t is not None:
-                    self._check_clock(src, src.zoneless_t - self.clock(), "the exporter's clock")
+                    now = self.clock()
+                    if src.clock_check.observe(src.zoneless_t - now, now):
+                        self._zone_verdict(src)
             n += len(lines)
             if not self.live and not lines and src.tailer.at_eof:
                 src.finished = True
@@ -291,7 +299,8 @@ class Pipeline:
                 return
             other = self._recent_received.pop(key, None)
             if other is not None:
-                self._check_clock(other[0], other[1] - t, "the middleware's UTC times")
+                if other[0].pair_check.observe(other[1] - t):
+                    self._zone_verdict(other[0])
             else:
                 _remember(self._recent_mw, key, t)
             return
@@ -300,15 +309,22 @@ class Pipeline:
         key = base_id(event.request_id)[0]
         mw_t = self._recent_mw.pop(key, None)
         if mw_t is not None:
-            self._check_clock(src, t - mw_t, "the middleware's UTC times")
+            if src.pair_check.observe(t - mw_t):
+                self._zone_verdict(src)
         else:
             _remember(self._recent_received, key, (src, t))
 
-    def _check_clock(self, src: Source, delta: float, against: str) -> None:
-        check = src.clock_check
-        if check is None or not check.observe(delta):
+    def _zone_verdict(self, src: Source) -> None:
+        """Report the source's zone offset: the middleware comparison wins once
+        it has decided (it measures vLLM's log alone, whatever the exporter's
+        own clock says), else the clock comparison."""
+        if src.pair_check.decided:
+            offset, against = src.pair_check.offset, "the middleware's UTC times"
+        else:
+            offset, against = src.clock_check.offset, "the exporter's clock"
+        if offset == src.time_offset:
             return
-        offset = check.offset
+        src.time_offset = offset
         src.metrics.time_offset.set(offset)
         note = offset_note(offset, self.resolver.tz, self.clock(), against) if offset else None
         if src.health is not None:

@@ -142,3 +142,18 @@ def test_offset_note_names_the_zone_vllm_logs_in():
     note = offset_note(8 * 3600, ZoneInfo("UTC"), utc(2026, 12, 1), "the exporter's clock")
     assert "8h00m ahead of the exporter's clock" in note and "UTC+08:00" in note
     assert "--server-timezone=UTC" in note and "held back" in note
+
+
+def test_clock_check_ignores_a_backlog_streaming_past():
+    """``docker logs -f`` replays its history into stdin first: lines hours old
+    read as fast as the pipe goes. Their offsets drift within seconds of clock
+    time, a zone error stays put while the clock moves on."""
+    c = ClockCheck(confirm=3, min_span=10.0)
+    now = 1_800_000_000.0
+    for i in range(50):  # history two hours old, 30 s of it per 10 ms of clock
+        c.observe(-7200 + 30 * i, at=now + 0.01 * i)
+    assert not c.decided and c.offset == 0
+    for i in range(3):  # a real 2 h zone error, seconds apart
+        changed = c.observe(-7200 - 0.5, at=now + 4 * i)
+    assert not changed  # 3 votes over 8 s: not yet
+    assert c.observe(-7200.2, at=now + 11) and c.offset == -7200

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import types
 
 import pytest
@@ -18,26 +17,8 @@ from exporter import checkpoint as ckpt_mod
 from exporter import pipeline as pipeline_mod
 
 from .harness import (
-    Writer, archive_ids, assert_exactly_once, capture_lines, reference_ids, sample, shift_times,
+    Writer, archive_ids, assert_exactly_once, copies, reference_ids, sample,
 )
-
-LINES = capture_lines()
-_ID = re.compile(rb"\b(?:chatcmpl|cmpl)-([0-9a-f]{16})")
-
-
-def copies(n: int, *, first: int = 0) -> list[list[bytes]]:
-    """``n`` copies of the capture, each with its own request ids and 30 s
-    later than the previous one (the capture spans 24 s)."""
-    ids = sorted({m.group(1) for ln in LINES for m in _ID.finditer(ln)})
-    out = []
-    for k in range(first, first + n):
-        def rename(line: bytes, k=k) -> bytes:
-            for old in ids:
-                if old in line:
-                    line = line.replace(old, b"%04x" % (k + 1) + old[4:])
-            return line.replace(b"fixture-req-0001", b"fixture-req-%04x" % (k + 0x100))
-        out.append(shift_times([rename(ln) for ln in LINES], 30 * k))
-    return out
 
 
 class DiskFull:

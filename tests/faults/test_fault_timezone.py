@@ -20,7 +20,8 @@ from exporter.cli import make_parser, replay_into
 from exporter.settings import build as build_settings
 
 from .harness import (
-    FIXTURES, START, YEAR, Exporter, FakeClock, Writer, capture_lines, header_epoch, sample, shift_times, split_at_requests,
+    FIXTURES, START, YEAR, Exporter, FakeClock, Writer, capture_lines, copies, header_epoch, sample,
+    shift_times, split_at_requests,
 )
 
 LINES = capture_lines()
@@ -32,12 +33,21 @@ def _archive_bytes(archive) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(archive.glob("audit-*.jsonl")))
 
 
-def _run_live(exp, lines, offset):
-    """vLLM writes ``lines`` (header times in a zone ``offset`` s from UTC)
-    in chunks; the exporter's clock is the true UTC time just after each."""
+def _parts(offset):
+    """Three copies of the capture (90 s of traffic), each in two parts with
+    requests in both, header times in a zone ``offset`` s from UTC."""
+    out = []
+    for copy in copies(3):
+        out += split_at_requests(shift_times(copy, offset), 0.5)
+    return out
+
+
+def _run_live(exp, parts, offset):
+    """vLLM writes ``parts`` one after another; the exporter's clock is the
+    true UTC time just after each."""
     w = Writer(exp.log)
     exp.start()
-    for part in split_at_requests(lines, 0.2, 0.4, 0.6, 0.8):  # requests in every part
+    for part in parts:
         data = w.write(part)
         times = [t for t in (header_epoch(ln, YEAR) for ln in data.splitlines()) if t is not None]
         exp.clock.now = max(exp.clock.now, max(times) - offset + 1)
@@ -47,10 +57,9 @@ def _run_live(exp, lines, offset):
 
 @pytest.mark.parametrize("zone", [None, "America/New_York"])
 def test_32_vllm_on_new_york_time_is_detected_against_the_clock(make_exporter, caplog, zone):
-    lines = shift_times(LINES, NEW_YORK)  # vLLM's local wall time
     exp = make_exporter(loki=None, extra=["--server-timezone", zone] if zone else [])
     with caplog.at_level(logging.WARNING, logger="exporter.pipeline"):
-        _run_live(exp, lines, NEW_YORK)
+        _run_live(exp, _parts(NEW_YORK), NEW_YORK)  # vLLM's local wall time
     reg, health = exp.rt.registry, exp.rt.health
     source = str(exp.log)
     if zone is not None:  # configured right: nothing to say
@@ -69,18 +78,17 @@ def test_32_vllm_on_new_york_time_is_detected_against_the_clock(make_exporter, c
 
 
 def test_32_detection_does_not_change_a_record(make_exporter, tmp_path, monkeypatch):
-    lines = shift_times(LINES, NEW_YORK)
     exp = make_exporter(loki=None)
-    _run_live(exp, lines, NEW_YORK)
+    _run_live(exp, _parts(NEW_YORK), NEW_YORK)
     assert sample(exp.rt.registry, "vllm_audit_log_time_offset_seconds", source=str(exp.log)) != 0
     with_check = _archive_bytes(exp.archive)
     assert with_check
 
-    monkeypatch.setattr(logtime_mod.ClockCheck, "observe", lambda self, delta: False)
+    monkeypatch.setattr(logtime_mod.ClockCheck, "observe", lambda self, delta, at=0.0: False)
     (tmp_path / "again").mkdir()
     exp2 = Exporter(tmp_path / "again", FakeClock(START))  # the same run, the check disabled
     try:
-        _run_live(exp2, lines, NEW_YORK)
+        _run_live(exp2, _parts(NEW_YORK), NEW_YORK)
         assert sample(exp2.rt.registry, "vllm_audit_log_time_offset_seconds",
                       source=str(exp2.log)) == 0
     finally:
@@ -116,7 +124,7 @@ def test_32_vllm_on_shanghai_time_is_detected_against_the_middleware(tmp_path, m
                   source=f"replay:{log_ok.resolve()}") == 0
     assert rt_ok.health.report()[0]
 
-    monkeypatch.setattr(logtime_mod.ClockCheck, "observe", lambda self, delta: False)
+    monkeypatch.setattr(logtime_mod.ClockCheck, "observe", lambda self, delta, at=0.0: False)
     _replay(tmp_path, "unchecked", shift_times(vllm, SHANGHAI))
     assert _archive_bytes(tmp_path / "unchecked-archive") == detected  # same bytes, check or not
 
