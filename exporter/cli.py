@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -206,47 +205,37 @@ def cmd_replay(settings) -> int:
 
 # ---------------------------------------------------------------------- run
 def cmd_run(settings) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until a worker thread gave up
+    after ``--max-thread-restarts`` failed restarts (exit 1; exporter/service.py)."""
     import uvicorn
 
     from .httpapp import create_app
-    from .runtime import build
+    from .service import Service
 
-    rt = build(settings, live=True)
-    stop = threading.Event()
-    threads = [threading.Thread(target=_pipeline_loop, args=(rt, stop), name="pipeline", daemon=True)]
-    if settings.vllm_url:
-        from .scrape import VllmScraper
-        rt.scraper = VllmScraper(settings.vllm_url, rt.registry)
-        rt.health.scraper = rt.scraper
-        threads.append(threading.Thread(target=_scrape_loop, args=(rt, stop), name="scrape", daemon=True))
-    if rt.loki is not None:
-        threads.append(threading.Thread(target=rt.loki.run, args=(stop,), name="loki", daemon=True))
-    for t in threads:
-        t.start()
+    service = Service(settings)
+    rt = service.rt
     app = create_app(registry=rt.registry, health=rt.health)
     # Bounded shutdown: a scraper holding a connection open must not keep the
     # exporter alive after SIGTERM (orchestrators send SIGKILL soon after).
     config = uvicorn.Config(app, host=settings.listen_host, port=settings.listen_port,
                             log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     server = _graceful_server(config)
+
+    def exit_now():
+        server.should_exit = True
+    service.on_fatal = exit_now
+    service.start()
+    if service.fatal:  # gave up before the server was up
+        exit_now()
     try:
-        server.run()  # returns on SIGINT/SIGTERM
+        server.run()  # returns on SIGINT/SIGTERM, or when a thread gave up
     finally:
-        stop.set()
         # The pipeline commits within a poll interval (past the deadline we exit
         # anyway: nothing uncommitted is lost, it is re-derived on the next
         # start). A Loki push in flight then gets 2 s: an unacknowledged batch is
         # simply sent again on the next start, and Loki deduplicates it.
-        deadline = time.monotonic() + 8
-        for t in threads:
-            if t.name != "loki":
-                t.join(timeout=max(0.1, deadline - time.monotonic()))
-        for t in threads:
-            if t.name == "loki":
-                t.join(timeout=2)
-        if rt.loki is not None:
-            rt.loki.close()
-    return 0
+        service.shutdown()
+    return service.exit_code
 
 
 def _graceful_server(config):
@@ -274,53 +263,6 @@ def _graceful_server(config):
                     signal.signal(sig, handler)
 
     return Server(config)
-
-
-def _keep_from_day(rt) -> str | None:
-    """Retention never touches a day Loki has not finished shipping (the
-    pusher reads plain .jsonl files only)."""
-    if rt.loki is None:
-        return None
-    name = rt.loki.position.file
-    return name[len("audit-"):len("audit-") + 10] if name else ""
-
-
-def _retention(rt) -> None:
-    s = rt.settings
-    if not (s.retention_compress_days or s.retention_delete_days):
-        return
-    from .compliance.retention import RetentionError, apply_retention
-    try:
-        for a in apply_retention(s.archive_dir, now=time.time(), compress_after_days=s.retention_compress_days,
-                                 delete_after_days=s.retention_delete_days, keep_from_day=_keep_from_day(rt),
-                                 key=s.hmac_key):
-            if a.action == "refused":
-                print(f"{PROG}: retention refused {a.path}: {a.detail}", file=sys.stderr)
-    except (OSError, RetentionError) as exc:  # retention must never stop auditing
-        print(f"{PROG}: retention failed: {exc}", file=sys.stderr)
-
-
-def _pipeline_loop(rt, stop: threading.Event) -> None:
-    pipeline = rt.pipeline
-    next_retention = 0.0
-    try:
-        while not stop.is_set():
-            if time.monotonic() >= next_retention:
-                _retention(rt)
-                next_retention = time.monotonic() + 3600
-            n = pipeline.step()
-            if rt.loki is not None:
-                rt.health.loki = rt.loki.status.report()
-            if n == 0:
-                stop.wait(0.2)
-    finally:
-        pipeline.commit()  # graceful stop: persist what was processed
-
-
-def _scrape_loop(rt, stop: threading.Event) -> None:
-    while not stop.is_set():
-        rt.scraper.scrape_once()
-        stop.wait(rt.settings.scrape_interval)
 
 
 if __name__ == "__main__":

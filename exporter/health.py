@@ -11,7 +11,16 @@ Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
    are being lost or delayed right now;
 2. the most recent checkpoint write failed: a restart would re-read and the
    archive cannot advance its committed size;
-3. a vLLM scraper is configured and its most recent scrape failed.
+3. a vLLM scraper is configured and its most recent scrape failed;
+4. a worker thread (``pipeline``, ``loki``) is not running normally: it failed
+   with an unexpected exception and has not made progress since its restart,
+   it gave up (the process is exiting non-zero), or it ended unexpectedly;
+5. the archive cannot be written (disk full, read-only): the records wait in
+   memory and, once its bound is reached, no input is read until a write
+   succeeds again (``archive.ingestion_paused``);
+6. a log's header times are off UTC by a whole number of quarter hours
+   (``sources.*.time_offset_seconds``): ``--server-timezone`` is not the
+   zone vLLM logs in, so requests are timed out early or held for hours.
 
 Not judged: lag and ``at_eof`` (an idle vLLM is normal), a vLLM scraper that
 has not run yet (reported as ``"up": null``), and Loki (shown for operators;
@@ -30,14 +39,18 @@ Example body::
      "checkpoint": {"last_success_unix": 1790000000.0, "last_error": null,
                     "consecutive_failures": 0},
      "vllm": {"up": true, "last_success_unix": 1790000000.1, "error": null, ...},
-     "loki": null}
+     "loki": null,
+     "threads": {"pipeline": {"state": "running", "restarts": 0, "consecutive_failures": 0,
+                              "last_error": null, "last_error_unix": null}},
+     "archive": {"write_error": null, "failing_since_unix": null, "pending_records": 0,
+                 "ingestion_paused": false}}
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from exporter import __version__
 
@@ -56,6 +69,60 @@ class SourceHealth:
     lag_bytes: int = 0  # size - position, never negative
     last_line_unix: float | None = None  # wall time the last line was read
     error: str | None = None  # why it is not up
+    # Header times minus UTC as measured (quarter hours; 0 = consistent), and
+    # the operator-facing explanation when not 0 (pipeline's ClockCheck).
+    time_offset_seconds: int = 0
+    time_offset_note: str | None = None
+
+
+@dataclass
+class ThreadHealth:
+    """One supervised worker thread, written by its supervisor."""
+
+    name: str
+    state: str = "starting"  # running, restarting, failed (gave up), stopped (asked to)
+    restarts: int = 0
+    consecutive_failures: int = 0  # failures since the last progress
+    last_error: str | None = None
+    last_error_unix: float | None = None
+    # Liveness of the OS thread itself (threading.Thread.is_alive); None: not started.
+    alive: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    def problem(self) -> str | None:
+        if self.state in ("starting", "stopped"):
+            return None
+        if self.state == "failed":
+            return (f"thread {self.name}: gave up after {self.consecutive_failures} failure(s) in a "
+                    f"row ({self.last_error}); the process exits non-zero")
+        if self.alive is not None and not self.alive():
+            return f"thread {self.name}: not running (ended unexpectedly)"
+        if self.consecutive_failures:
+            return (f"thread {self.name}: failed {self.consecutive_failures} time(s) in a row "
+                    f"({self.last_error}); restarted, no progress yet")
+        return None
+
+    def as_dict(self) -> dict:
+        return {"state": self.state, "restarts": self.restarts,
+                "consecutive_failures": self.consecutive_failures,
+                "last_error": self.last_error, "last_error_unix": self.last_error_unix}
+
+
+@dataclass
+class ArchiveHealth:
+    """The archive writer as the pipeline last saw it."""
+
+    write_error: str | None = None  # why the last write failed; None once one succeeds
+    failing_since_unix: float | None = None
+    pending_records: int = 0  # sealed, waiting in memory for the disk
+    ingestion_paused: bool = False  # no input is read until a write succeeds
+
+    def problem(self) -> str | None:
+        if self.write_error is None:
+            return None
+        what = (f"{self.pending_records} records wait in memory; ingestion paused until a write "
+                "succeeds (it resumes by itself; nothing is lost)") if self.ingestion_paused else \
+            f"{self.pending_records} records wait in memory"
+        return f"archive: cannot be written ({self.write_error}); {what}"
 
 
 class Health:
@@ -73,10 +140,16 @@ class Health:
         self.scraper = scraper
         # Placeholder for the Loki pusher: any JSON-serialisable dict, shown as is.
         self.loki: dict | None = None
+        self.threads: dict[str, ThreadHealth] = {}
+        self.archive = ArchiveHealth()
 
     def add_source(self, name: str, path: str | None = None, *, required: bool = True) -> SourceHealth:
         source = self.sources[name] = SourceHealth(name=name, path=path, required=required)
         return source
+
+    def add_thread(self, name: str) -> ThreadHealth:
+        thread = self.threads[name] = ThreadHealth(name=name)
+        return thread
 
     def checkpoint_ok(self, unix_time: float) -> None:
         self.checkpoint_last_success_unix = unix_time
@@ -98,6 +171,16 @@ class Health:
         status = getattr(self.scraper, "last_scrape", None)
         if status is not None and status.up is False:
             found.append(f"vllm: scrape failing ({status.error})")
+        for thread in list(self.threads.values()):
+            problem = thread.problem()
+            if problem:
+                found.append(problem)
+        problem = self.archive.problem()
+        if problem:
+            found.append(problem)
+        for src in list(self.sources.values()):
+            if src.time_offset_seconds and src.time_offset_note:
+                found.append(f"source {src.name}: {src.time_offset_note}")
         return found
 
     def report(self) -> tuple[bool, dict]:
@@ -117,5 +200,7 @@ class Health:
             },
             "vllm": status.as_dict() if status is not None else None,
             "loki": self.loki,
+            "threads": {name: t.as_dict() for name, t in list(self.threads.items())},
+            "archive": asdict(self.archive),
         }
         return not problems, body

@@ -18,12 +18,20 @@ still reading a backlog contributes the time of its last event; a caught-up
 live source contributes "now"; a finished replay file contributes +inf. In
 replay the source furthest behind is read next, so files are merged in time
 order rather than one after another.
+
+Zone check: each source has a :class:`~exporter.logtime.ClockCheck` fed
+with ``resolved - UTC`` samples (a vLLM ``Received`` line against the
+middleware line of the same request; live, a batch read right after the
+source was caught up against the clock). Its verdict is reported (warning,
+``vllm_audit_log_time_offset_seconds``, ``/health``), never applied.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,10 +39,21 @@ from typing import Callable
 from . import events as ev
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
-from .correlate import Correlator
+from .correlate import Correlator, base_id
+from .logtime import ClockCheck, offset_note
 from .parse import CHECK_PROBLEMS, parse_line
 
 CHECKPOINT_VERSION = 1
+PAIR_MEMORY = 1024  # unpaired receive times kept per side for the zone check
+CLOCK_CHECK_SPAN = 10.0  # s of clock time the clock check's agreeing samples must span
+
+log = logging.getLogger("exporter.pipeline")
+
+
+def _remember(table: OrderedDict, key, value) -> None:
+    table[key] = value
+    if len(table) > PAIR_MEMORY:
+        table.popitem(last=False)
 
 
 @dataclass
@@ -53,6 +72,13 @@ class Source:
     base_cr: int | None = None
     failed_head: str | None = None
     seen: dict = field(default_factory=dict)  # tailer counter values already exported
+    when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
+    zoneless_t: float | None = None  # last resolved time of a zone-less line in the batch
+    # Zone check of this source (logtime.ClockCheck): against the middleware's
+    # times for the same requests (authoritative once decided), against the clock.
+    pair_check: object | None = None
+    clock_check: object | None = None
+    time_offset: int = 0  # the verdict reported
 
 
 @dataclass
@@ -94,10 +120,18 @@ class Pipeline:
         # (request_id, ts) already archived: set only when starting without a
         # usable checkpoint over a non-empty archive (exporter/archive/recovery.py).
         self.skip_keys: set | None = None
-        self._when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
+        # Zone check (logtime.ClockCheck): base id -> (source, resolved time) of
+        # recent vLLM "Received" lines, and base id -> time of recent middleware
+        # lines, paired by request; bounded. Only reports, never changes a record.
+        self._recent_received: OrderedDict = OrderedDict()
+        self._recent_mw: OrderedDict = OrderedDict()
         self.records_emitted = 0
+        self.commits = 0  # successful commits by this pipeline
+        self._archive_failures_seen = 0
         for src in sources:
             src.metrics = selfm.source(src.name)
+            src.pair_check = ClockCheck()
+            src.clock_check = ClockCheck(min_span=CLOCK_CHECK_SPAN)
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:
@@ -110,13 +144,31 @@ class Pipeline:
         for src in self.sources:
             src.cr = int(continued.get(src.name) or 0)
             src.base_cr, src.failed_head = ends.get(src.name) or (None, None)
-        self._when_cache = (None, None)
+            src.when_cache = (None, None)
         if state.get("time") is not None:
             self.resolver.restore(state["time"])
 
     # ---------------------------------------------------------------- loop
     def step(self) -> int:
-        """Read one batch, record what is ready, commit when due. Returns lines read."""
+        """Read one batch, record what is ready, commit when due. Returns lines read.
+
+        While the archive refuses writes with its buffer at its bound
+        (``ArchiveWriter.full``: disk full, read-only), nothing is read or
+        recorded: the step only retries the commit at the checkpoint cadence.
+        The input stays where it is (the log file, the stdin pipe), so
+        ingestion resumes where it stopped as soon as a write succeeds. (A
+        replay raises the archive's ``OSError`` instead.)
+        """
+        if getattr(self.sinks.archive, "full", False):
+            if not self.live:
+                # A replay is a batch job: fail with the disk's error (its
+                # checkpoint lets the next replay resume) rather than wait.
+                self.sinks.archive.flush()
+            elif self.clock() - self._last_commit >= self.checkpoint_interval:
+                self.commit()
+            if getattr(self.sinks.archive, "full", False):
+                self._archive_health()
+                return 0
         if self.live:
             todo = self.sources
         else:
@@ -125,9 +177,14 @@ class Pipeline:
                 if pending else []
         n = 0
         for src in todo:
+            fresh = self.live and src.tailer.at_eof  # caught up: what comes now was just written
             lines = src.tailer.poll(self.batch_lines)
             if lines:
                 self._lines(src, lines)
+                if fresh and src.zoneless_t is not None:
+                    now = self.clock()
+                    if src.clock_check.observe(src.zoneless_t - now, now):
+                        self._zone_verdict(src)
             n += len(lines)
             if not self.live and not lines and src.tailer.at_eof:
                 src.finished = True
@@ -139,10 +196,17 @@ class Pipeline:
         self._dirty = self._dirty or n > 0 or self.records_emitted != emitted
         if self._dirty and self.clock() - self._last_commit >= self.checkpoint_interval:
             self.commit()
+        else:
+            self._archive_health()
         return n
 
     def done(self) -> bool:
         return all(s.finished for s in self.sources)
+
+    @property
+    def dirty(self) -> bool:
+        """Something was read or recorded since the last successful commit."""
+        return self._dirty
 
     def watermark(self) -> float:
         marks = []
@@ -170,11 +234,11 @@ class Pipeline:
         feed = self.correlator.feed
         ignored_cls = ev.Ignored
         access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
-        checked_kind, body_kind, failed_kind = ev.MIDDLEWARE, ev.BODY, ev.FAILED
+        body_kind, failed_kind = ev.BODY, ev.FAILED
         # Lines of one second share one header time: resolve it once. The
-        # resolver's answer and its state depend only on ``when`` and the last
-        # resolved (year, month), which the same ``when`` leaves unchanged.
-        last_when, last_t = self._when_cache
+        # resolver's answer and its state depend only on ``when`` and this
+        # source's previous resolved line, which the same ``when`` leaves as is.
+        last_when, last_t = src.when_cache
         src_t = src.last_t
         # Continuation lines of a multi-line vLLM record (an exception text
         # can carry client input, so they must never count as records):
@@ -187,6 +251,9 @@ class Pipeline:
         #    message from a file allowed to alter a record, "Request X
         #    failed due to <exception>", is followed by lines repeating its
         #    exact header: those are continuations too.
+        name, resolve = src.name, self.resolver.resolve
+        timed = False
+        received, mw_kind = ev.RECEIVED, ev.MIDDLEWARE
         prefix, prev_cr, base_cr, head = self.logging_prefix, src.cr, src.base_cr, src.failed_head
         for line in lines:
             cr = line.cr
@@ -220,30 +287,88 @@ class Pipeline:
             if kind == failed_kind:
                 k = line.text.find("] Request ")
                 head = line.text[:k + 2] if k >= 0 else None
-            if (kind == checked_kind or kind == body_kind) and "problems" in result.data:
+            if (kind == mw_kind or kind == body_kind) and "problems" in result.data:
                 for reason in result.data["problems"]:
                     ignored[reason] = ignored.get(reason, 0) + 1
             when = result.when
             if when is None:
                 # A middleware line without a usable time: the time this
                 # source had reached stands in, so it is recorded, not stuck.
-                t = src_t if kind == checked_kind else None
+                t = src_t if kind == mw_kind else None
             elif when == last_when:
                 t = last_t
             else:
-                t = last_t = self.resolver.resolve(when)
+                t = last_t = resolve(when, name)
                 last_when = when
+            timed = timed or t is not None
             if t is not None and (src_t is None or t > src_t):
                 src_t = src.last_t = t
+            if kind == received or kind == mw_kind:
+                self._pair(src, result, t)
             feed(result, t)
         src.cr, src.base_cr, src.failed_head = prev_cr, base_cr, head
-        self._when_cache = (last_when, last_t)
+        src.when_cache = (last_when, last_t)
+        # The newest header time of this batch, if the line had no zone of its own.
+        src.zoneless_t = last_t if timed and last_when.utc_offset is None else None
         selfm = self.selfm
         for reason, count in ignored.items():
             if reason.startswith("malformed") or reason in CHECK_PROBLEMS:
                 selfm.parse_errors.labels(reason).inc(count)
             else:
                 selfm.lines_ignored.labels(reason).inc(count)
+
+    # ----------------------------------------------------------- zone check
+    def _pair(self, src: Source, event, t: float | None) -> None:
+        """Pair a vLLM ``Received`` line with the middleware line of the same
+        request: the difference of their receive times is the vLLM log's
+        zone error (plus the second or so vLLM takes to log the request)."""
+        when = event.when
+        if t is None or when is None:
+            return
+        if event.kind == ev.MIDDLEWARE:
+            if when.utc_offset is None:
+                return
+            line = event.data.get("line") or {}
+            key = line.get("request_id")
+            if not isinstance(key, str) or not key:
+                return
+            other = self._recent_received.pop(key, None)
+            if other is not None:
+                if other[0].pair_check.observe(other[1] - t):
+                    self._zone_verdict(other[0])
+            else:
+                _remember(self._recent_mw, key, t)
+            return
+        if when.utc_offset is not None or not event.request_id:
+            return
+        key = base_id(event.request_id)[0]
+        mw_t = self._recent_mw.pop(key, None)
+        if mw_t is not None:
+            if src.pair_check.observe(t - mw_t):
+                self._zone_verdict(src)
+        else:
+            _remember(self._recent_received, key, (src, t))
+
+    def _zone_verdict(self, src: Source) -> None:
+        """Report the source's zone offset: the middleware comparison wins once
+        it has decided (it measures vLLM's log alone, whatever the exporter's
+        own clock says), else the clock comparison."""
+        if src.pair_check.decided:
+            offset, against = src.pair_check.offset, "the middleware's UTC times"
+        else:
+            offset, against = src.clock_check.offset, "the exporter's clock"
+        if offset == src.time_offset:
+            return
+        src.time_offset = offset
+        src.metrics.time_offset.set(offset)
+        note = offset_note(offset, self.resolver.tz, self.clock(), against) if offset else None
+        if src.health is not None:
+            src.health.time_offset_seconds = offset
+            src.health.time_offset_note = note
+        if offset:
+            log.warning("source %s: %s", src.name, note)
+        else:
+            log.warning("source %s: log times agree with UTC again", src.name)
 
     def _emit(self, entries: list[dict]) -> None:
         if not entries:
@@ -335,12 +460,35 @@ class Pipeline:
             self.selfm.checkpoint_failed()
             if self.health is not None:
                 self.health.checkpoint_failed(str(exc))
+            self._archive_health()
             return False
         now = self.clock()
+        self.commits += 1
         self.selfm.checkpoint_written(now)
         if self.health is not None:
             self.health.checkpoint_ok(now)
+        self._archive_health()
         return True
+
+    def _archive_health(self) -> None:
+        """Export the archive writer's state: pending records, write failures,
+        whether ingestion is paused (gauges, counter, /health)."""
+        archive = self.sinks.archive
+        paused = self.live and bool(getattr(archive, "full", False))
+        pending = int(getattr(archive, "pending", 0) or 0)
+        failures = int(getattr(archive, "write_failures", 0) or 0)
+        selfm = self.selfm
+        if failures > self._archive_failures_seen:
+            selfm.archive_write_failures.inc(failures - self._archive_failures_seen)
+        self._archive_failures_seen = failures
+        selfm.archive_pending.set(pending)
+        selfm.ingestion_paused.set(1 if paused else 0)
+        if self.health is not None:
+            h = self.health.archive
+            h.write_error = getattr(archive, "write_error", None)
+            h.failing_since_unix = getattr(archive, "failing_since", None)
+            h.pending_records = pending
+            h.ingestion_paused = paused
 
     def finish(self) -> None:
         """End of a replay: record everything still held, then commit."""

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -37,10 +38,19 @@ class Runtime:
     metrics: RequestMetrics
     selfm: SelfMetrics
     health: Health
-    pipeline: Pipeline
-    archive: ArchiveWriter
+    pipeline: Pipeline | None
+    archive: ArchiveWriter | None
     loki: object | None = None
     scraper: object | None = None
+    live: bool = True
+    clock: Callable[[], float] = time.time
+    ctx: AssembleContext | None = None
+    # Kept across rebuilds (rebuild_pipeline): the metric store before any
+    # record, the input positions a first start began at (used only while no
+    # checkpoint exists), and stdin (which cannot be re-read).
+    empty_metrics: dict | None = None
+    start_positions: dict | None = None
+    stdin_tailer: object | None = None
 
 
 def checkpoint_path(settings: Settings) -> Path:
@@ -89,33 +99,6 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     # Keyed with the archive key: without the key nobody can hand the exporter
     # offsets, in-flight requests or an archive cut of their choosing.
     use_key(checkpoint_path(settings), settings.hmac_key)
-    loaded = read_checkpoint(str(checkpoint_path(settings)))
-    saved = loaded.state or {}
-    archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
-                                 saved.get("archive"), clock=clock)
-    skip_keys = None
-    if not saved and archive.state().get("seq", 0) > 0:
-        from .archive.recovery import rebuild_from_archive, warn
-        skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
-        warn(settings.archive_dir, len(skip_keys), reason=loaded.reason)
-    if saved.get("users") is not None:
-        users.restore(saved["users"])
-    if saved.get("metrics") is not None:
-        metrics.restore(saved["metrics"])
-
-    positions = saved.get("sources") or {}
-    sources: list[Source] = []
-    paths = settings.logs if live else settings.replay_files
-    for name, path in zip(names, paths):
-        if path == "-":
-            tailer = StdinTailer(stdin if stdin is not None else sys.stdin.buffer)
-            sh = health.add_source(name, None)
-        else:
-            tailer = FileTailer(path, position=positions.get(name),
-                                from_start=settings.from_start or not live or skip_keys is not None)
-            sh = health.add_source(name, str(path))
-        sources.append(Source(name=name, tailer=tailer, health=sh))
-
     count_tokens = None
     if settings.tokenizer is not None:
         from .tokens import TokenCounter
@@ -125,6 +108,92 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     ctx = AssembleContext(model=settings.model, max_log_len=settings.max_log_len,
                           oversized_input_tokens=settings.oversized_input_tokens,
                           count_tokens=count_tokens)
+    rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
+                 selfm=selfm, health=health, pipeline=None, archive=None, live=live,
+                 clock=clock, ctx=ctx, empty_metrics=metrics.snapshot())
+    _assemble(rt, stdin=stdin)
+    if settings.loki:
+        rt.loki = build_loki(settings, registry, users, health,
+                             committed=lambda: rt.pipeline.committed_archive)
+    return rt
+
+
+def rebuild_pipeline(rt: Runtime) -> Pipeline:
+    """Replace ``rt.pipeline`` by one built from the last checkpoint on disk.
+
+    The in-memory pipeline is thrown away unsaved (after an unexpected
+    exception its state may be half-updated): tailers closed, the archive's
+    uncommitted buffer dropped. What follows is exactly a process restart
+    inside the process: the archive is cut back to the checkpointed size and
+    reading resumes at the checkpointed positions with the restored
+    correlator, time resolver, metric store and user labels, so the records
+    after the checkpoint are re-derived byte-identically. Per-process self
+    metrics keep counting (lines re-read are counted again).
+    """
+    old = rt.pipeline
+    if old is not None:
+        for src in old.sources:
+            if src.tailer is not rt.stdin_tailer:
+                try:
+                    src.tailer.close()
+                except OSError:
+                    pass
+        old.sinks.archive.abandon()
+    _assemble(rt, rebuild=True)
+    if old is not None and old.skip_keys is not None and rt.pipeline.skip_keys is None:
+        # Started without a checkpoint over a non-empty archive: the records
+        # archived before this process started are still to be skipped.
+        rt.pipeline.skip_keys = old.skip_keys
+    return rt.pipeline
+
+
+def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
+    """Archive, sources and pipeline from the checkpoint on disk (see build)."""
+    settings, clock, live = rt.settings, rt.clock, rt.live
+    users, metrics, selfm, health = rt.users, rt.metrics, rt.selfm, rt.health
+    loaded = read_checkpoint(str(checkpoint_path(settings)))
+    saved = loaded.state or {}
+    archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
+                                 saved.get("archive"), clock=clock)
+    skip_keys = None
+    if not saved and archive.state().get("seq", 0) > 0:
+        from .archive.recovery import rebuild_from_archive, warn
+        if rebuild:
+            users.restore([])
+            metrics.restore(rt.empty_metrics)
+        skip_keys = rebuild_from_archive(settings.archive_dir, metrics.observe)
+        warn(settings.archive_dir, len(skip_keys), reason=loaded.reason)
+    # A rebuild puts the store back where the checkpoint (or nothing) left it,
+    # in one atomic restore each: a concurrent scrape or Loki push never sees
+    # an emptied store or label set in between.
+    if saved.get("users") is not None:
+        users.restore(saved["users"])
+    elif rebuild and skip_keys is None:
+        users.restore([])
+    if saved.get("metrics") is not None:
+        metrics.restore(saved["metrics"])
+    elif rebuild and skip_keys is None:
+        metrics.restore(rt.empty_metrics)
+
+    names = settings.logs if live else tuple(f"replay:{Path(f).resolve()}" for f in settings.replay_files)
+    positions = saved.get("sources") or (rt.start_positions if skip_keys is None else None) or {}
+    sources: list[Source] = []
+    paths = settings.logs if live else settings.replay_files
+    for name, path in zip(names, paths):
+        if path == "-":
+            if rt.stdin_tailer is None:
+                rt.stdin_tailer = StdinTailer(stdin if stdin is not None else sys.stdin.buffer)
+            tailer = rt.stdin_tailer
+            sh = health.add_source(name, None)
+        else:
+            tailer = FileTailer(path, position=positions.get(name),
+                                from_start=settings.from_start or not live or skip_keys is not None)
+            sh = health.add_source(name, str(path))
+        sources.append(Source(name=name, tailer=tailer, health=sh))
+    if not saved and rt.start_positions is None:
+        rt.start_positions = {s.name: s.tailer.position() for s in sources
+                              if s.tailer is not rt.stdin_tailer}
+
     correlator = Correlator(request_timeout=settings.request_timeout,
                             merge_grace=settings.merge_grace,
                             max_inflight=settings.max_inflight,
@@ -135,18 +204,13 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
                   archive_policy=_policy("archive", settings.archive_prompt_policy,
                                          settings.archive_output_policy, settings.hmac_key))
     pipeline = Pipeline(sources=sources, correlator=correlator, resolver=resolver, sinks=sinks,
-                        selfm=selfm, ctx=ctx, checkpoint_path=checkpoint_path(settings),
+                        selfm=selfm, ctx=rt.ctx, checkpoint_path=checkpoint_path(settings),
                         users=users, live=live, clock=clock,
                         checkpoint_interval=settings.checkpoint_interval, health=health,
                         logging_prefix=settings.vllm_logging_prefix)
     pipeline.restore(saved)
     pipeline.skip_keys = skip_keys
-    rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
-                 selfm=selfm, health=health, pipeline=pipeline, archive=archive)
-    if settings.loki:
-        rt.loki = build_loki(settings, registry, users, health,
-                             committed=lambda: pipeline.committed_archive)
-    return rt
+    rt.pipeline, rt.archive = pipeline, archive
 
 
 def build_loki(settings: Settings, registry, users: UserLabels, health: Health, committed=None):

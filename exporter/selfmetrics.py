@@ -58,6 +58,7 @@ class SourceMetrics:
     truncations: Counter
     up: Gauge
     checkpoint_lag_bytes: Gauge
+    time_offset: Gauge
 
 
 class SelfMetrics:
@@ -106,6 +107,29 @@ class SelfMetrics:
             "vllm_audit_middleware_dropped",
             "Middleware lines the in-vLLM middleware dropped on queue overflow (as it reported).",
             registry=r)
+        self.archive_write_failures = Counter(
+            "vllm_audit_archive_write_failures",
+            "Archive batch writes (write + fsync) that failed (disk full, read-only...).", registry=r)
+        self.archive_pending = Gauge(
+            "vllm_audit_archive_pending_records",
+            "Records sealed but not yet written to the archive file.", registry=r)
+        self.ingestion_paused = Gauge(
+            "vllm_audit_ingestion_paused",
+            "1 while no input is read because the archive cannot be written (resumes by itself).",
+            registry=r)
+        self.thread_up = Gauge(
+            "vllm_audit_thread_up",
+            "1 while a worker thread (pipeline, loki) runs normally; 0 after an unexpected "
+            "failure until it has made progress again, and when it gave up.", ["thread"], registry=r)
+        self.thread_restarts = Counter(
+            "vllm_audit_thread_restarts",
+            "Worker threads restarted after an unexpected exception (the pipeline from its last "
+            "checkpoint).", ["thread"], registry=r)
+        self.log_time_offset = Gauge(
+            "vllm_audit_log_time_offset_seconds",
+            "Whole-quarter-hour offset found between a log's header times and UTC (the "
+            "middleware's times, the exporter's clock); 0 when they agree. Not 0: "
+            "--server-timezone is not vLLM's zone.", ["source"], registry=r)
         self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
@@ -128,8 +152,14 @@ class SelfMetrics:
                 lines=self.log_lines.labels(name), bytes=self.log_bytes.labels(name),
                 rotations=self.rotations.labels(name), truncations=self.truncations.labels(name),
                 up=self.log_file_up.labels(name),
-                checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name))
+                checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name),
+                time_offset=self.log_time_offset.labels(name))
         return found
+
+    def thread(self, name: str) -> tuple[Gauge, Counter]:
+        """(up gauge, restarts counter) of one supervised worker thread, created
+        at 0 when ``run`` starts supervising it (replay has no such threads)."""
+        return self.thread_up.labels(name), self.thread_restarts.labels(name)
 
     def checkpoint_written(self, unix_time: float) -> None:
         self.checkpoint_writes.inc()

@@ -126,6 +126,9 @@ OPTIONS: tuple[Option, ...] = (
            ("run",), "DAYS"),
     Option("--retention-delete-days", "retention_delete_days", "delete archive days older than "
            "this (their manifests stay)", None, "int", ("run",), "DAYS"),
+    Option("--max-thread-restarts", "max_thread_restarts", "restarts of a worker thread "
+           "(pipeline, Loki pusher) after unexpected failures without progress in between "
+           "before the process exits with status 1 (0: exit on the first)", 5, "int", ("run",), "N"),
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
 )
 
@@ -166,6 +169,7 @@ class Settings:
     vllm_logging_prefix: str = ""
     retention_compress_days: int | None = None
     retention_delete_days: int | None = None
+    max_thread_restarts: int = 5
 
     @property
     def tz(self) -> ZoneInfo:
@@ -297,6 +301,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     _positive(v, "merge_grace", "--merge-grace", allow_zero=True)
     _positive(v, "retention_compress_days", "--retention-compress-days")
     _positive(v, "retention_delete_days", "--retention-delete-days")
+    _positive(v, "max_thread_restarts", "--max-thread-restarts", allow_zero=True)
     if (v.get("retention_compress_days") and v.get("retention_delete_days")
             and v["retention_delete_days"] <= v["retention_compress_days"]):
         raise SettingsError("--retention-delete-days must be greater than --retention-compress-days")
@@ -375,6 +380,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         vllm_logging_prefix=v.get("vllm_logging_prefix") or "",
         retention_compress_days=v.get("retention_compress_days"),
         retention_delete_days=v.get("retention_delete_days"),
+        max_thread_restarts=v.get("max_thread_restarts", 5),
     )
 
 

@@ -189,3 +189,59 @@ def test_open_with_state_reopens_sealed_day(tmp_path):
     w2.append(rec(2))
     w2.flush()
     assert verify_archive(tmp_path, None).ok
+
+
+def test_full_disk_keeps_sealed_records_buffered_and_recovers(tmp_path, monkeypatch):
+    """ENOSPC on the implicit flush (the buffer's bound) used to raise out of
+    append() and so out of the pipeline; now the record stays buffered, the
+    writer says it is full, and the next flush that succeeds writes all."""
+    import errno
+
+    from exporter.archive import writer as archive_mod
+    w = ArchiveWriter(tmp_path, chain=Chain(KEY), clock=Clock(), fsync_every=2)
+    w.append(rec(0))
+    w.flush()
+    committed = w.state()
+    real_write, full = os.write, [True]
+
+    def write(fd, data):
+        if full[0]:
+            real_write(fd, bytes(data[:10]))  # a partial write, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+    monkeypatch.setattr(archive_mod.os, "write", write)
+    sealed = [w.append(rec(i)) for i in (1, 2, 3)]  # the 2nd reaches the bound: no raise
+    assert w.full and w.pending == 3 and w.write_failures == 1
+    assert w.write_error == "ENOSPC: No space left on device" and w.failing_since == DAY1
+    assert w.state() == committed  # nothing committed, nothing half-written on disk
+    assert (tmp_path / committed["file"]).stat().st_size == committed["size"]
+    with pytest.raises(OSError):
+        w.flush()  # an explicit flush (the pipeline's commit) does raise
+    assert w.write_failures == 2
+    full[0] = False
+    w.flush()
+    assert not w.full and w.write_error is None and w.failing_since is None
+    assert [r["seq"] for r in lines(tmp_path / committed["file"])] == [1, 2, 3, 4]
+    assert lines(tmp_path / committed["file"])[1:] == sealed
+
+
+def test_failed_day_switch_is_retried_on_the_next_flush(tmp_path, monkeypatch):
+    clock = Clock()
+    w = ArchiveWriter(tmp_path, chain=Chain(KEY), clock=clock)
+    w.append(rec(1))
+    w.flush()
+    clock.t += 86400
+    w.append(rec(2))
+    real_open_fd, fail = w._open_fd, [True]
+
+    def open_fd():
+        if fail[0]:
+            raise OSError(28, "No space left on device")
+        real_open_fd()
+    monkeypatch.setattr(w, "_open_fd", open_fd)
+    with pytest.raises(OSError):
+        w.flush()  # the old day is sealed, the new file could not be created
+    fail[0] = False
+    w.flush()
+    assert [r["seq"] for r in lines(tmp_path / "audit-2026-11-23.jsonl")] == [2]
+    assert verify_archive(tmp_path, key=KEY).ok

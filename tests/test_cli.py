@@ -58,6 +58,7 @@ def test_docker_logs_pipe_into_run_log_dash(tmp_path):
     (["run", "--log", "x.log"], {"VLLM_AUDIT_USER_LABEL_MODE": "clear"}, "--user-label-mode"),
     (["run", "--log", "x.log", "--hmac-key-file", "/nonexistent/key"], {}, "--hmac-key-file"),
     (["replay", "/nonexistent/vllm.log"], {}, "no such file"),
+    (["run", "--log", "x.log"], {"VLLM_AUDIT_MAX_THREAD_RESTARTS": "-1"}, "--max-thread-restarts"),
 ])
 def test_bad_configuration_exits_2_naming_the_flag(argv, env, named):
     result = _run(*argv, env=env)

@@ -86,7 +86,8 @@ def test_health_sources(setup):
     body = resp.json()
     assert body["sources"]["vllm"] == {
         "name": "vllm", "path": "/var/log/vllm.log", "required": True, "up": True, "at_eof": True,
-        "position": 0, "size": None, "lag_bytes": 0, "last_line_unix": 1_789_999_999.5, "error": None}
+        "position": 0, "size": None, "lag_bytes": 0, "last_line_unix": 1_789_999_999.5, "error": None,
+        "time_offset_seconds": 0, "time_offset_note": None}
     assert body["sources"]["middleware"]["up"] is opt.up is False
 
 
@@ -125,3 +126,32 @@ def test_health_reports_loki_and_uptime_without_judging_loki(setup):
     assert resp.status_code == 200
     assert resp.json()["loki"] == {"last_error": "HTTP 502", "backlog_records": 40}
     assert resp.json()["uptime_seconds"] == 12.5
+
+
+def test_health_threads_and_archive(setup):
+    h = setup.health
+    t = h.add_thread("pipeline")
+    alive = [True]
+    t.alive = lambda: alive[0]
+    t.state = "running"
+    assert setup.client.get("/health").status_code == 200
+    t.state, t.consecutive_failures, t.last_error = "restarting", 1, "RuntimeError: boom"
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["problems"] == [
+        "thread pipeline: failed 1 time(s) in a row (RuntimeError: boom); restarted, no progress yet"]
+    assert resp.json()["threads"]["pipeline"]["state"] == "restarting"
+    t.state, t.consecutive_failures = "running", 0
+    alive[0] = False
+    assert setup.client.get("/health").json()["problems"] == [
+        "thread pipeline: not running (ended unexpectedly)"]
+    t.state = "stopped"  # asked to stop: not a problem
+    assert setup.client.get("/health").status_code == 200
+    h.archive.write_error, h.archive.pending_records, h.archive.ingestion_paused = \
+        "ENOSPC: No space left on device", 300, True
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["problems"] == [
+        "archive: cannot be written (ENOSPC: No space left on device); 300 records wait in memory; "
+        "ingestion paused until a write succeeds (it resumes by itself; nothing is lost)"]
+    assert resp.json()["archive"]["ingestion_paused"] is True

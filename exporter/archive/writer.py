@@ -10,6 +10,7 @@ the same records from the checkpointed log offsets.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -87,6 +88,11 @@ class ArchiveWriter:
         self._size = 0
         self._fd: int | None = None
         self._buf: list[str] = []
+        # The last flush failed (disk full, read-only...): its error, and since when.
+        # Cleared by the next flush that succeeds.
+        self.write_error: str | None = None
+        self.failing_since: float | None = None
+        self.write_failures = 0  # flushes that failed, ever (a counter for metrics)
 
     # -- recovery -----------------------------------------------------------------
 
@@ -181,28 +187,56 @@ class ArchiveWriter:
 
         Flushes by itself every ``fsync_every`` records to bound memory; the
         pipeline normally flushes (and then checkpoints) on its own cadence.
+        That flush never raises: a record once sealed stays buffered, the
+        error is kept in :attr:`write_error` and :attr:`full` tells the
+        pipeline to stop taking records until a flush succeeds again (its
+        commit retries). While failing, no further implicit flush is tried.
         """
         sealed = self._chain.seal(record, self._seq + 1, self._head)
         self._seq, self._head = sealed["seq"], sealed["hash"]
         self._buf.append(dumps_line(sealed) + "\n")
-        if len(self._buf) >= self._fsync_every:
-            self.flush()
+        if len(self._buf) >= self._fsync_every and self.write_error is None:
+            try:
+                self.flush()
+            except OSError:
+                pass  # kept in write_error; the pipeline pauses and retries
         return sealed
 
     @property
     def pending(self) -> int:
         return len(self._buf)
 
+    @property
+    def full(self) -> bool:
+        """The buffer is at its bound and the disk refuses it: take no more
+        records (read no more input) until :meth:`flush` succeeds."""
+        return self.write_error is not None and len(self._buf) >= self._fsync_every
+
     def flush(self) -> None:
         """Write and fsync the buffered lines, switching day files first."""
         if not self._buf:
             return
+        try:
+            self._write_buffer()
+        except OSError as exc:
+            self.write_failures += 1
+            if self.write_error is None:
+                self.failing_since = self._clock()
+            name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+            self.write_error = f"{name + ': ' if name else ''}{exc.strerror or exc}"
+            raise
+        self.write_error = self.failing_since = None
+
+    def _write_buffer(self) -> None:
         today = day_of(self._clock())
         current = parse_name(self._file)[0] if self._file else None
         # Only ever move forward: a clock stepping back keeps the open file
         # rather than reopening a sealed day.
         if current is None or today > current:
             self._switch(today)
+        elif self._fd is None:  # a day switch that failed after sealing the old day
+            self._open_fd()
+            self._size = os.fstat(self._fd).st_size
         data = "".join(self._buf).encode()
         try:
             view = memoryview(data)
@@ -230,6 +264,18 @@ class ArchiveWriter:
         self.flush()
         if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
+
+    def abandon(self) -> None:
+        """Close without writing what is buffered (it was never committed):
+        the pipeline is being rebuilt from its last checkpoint, which
+        re-derives those records."""
+        self._buf.clear()
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
             self._fd = None
 
     def __enter__(self) -> "ArchiveWriter":

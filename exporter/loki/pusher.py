@@ -120,9 +120,16 @@ class LokiPusher:
         the number of entries Loki acknowledged. Retries until delivered."""
         return self._step(flush=True)
 
-    def run(self, stop_event: threading.Event) -> None:
+    def run(self, stop_event: threading.Event,
+            on_progress: Callable[[], None] | None = None) -> None:
         """Loop for a thread until ``stop_event`` is set. Nothing is lost on
-        stop: only acknowledged records are behind the saved position."""
+        stop: only acknowledged records are behind the saved position.
+
+        An unexpected exception (a local disk error, a bug) is noted in the
+        status and raised: the thread's supervisor (exporter/supervise.py)
+        counts it, calls :meth:`reset` and enters ``run`` again after a
+        backoff. ``on_progress`` is called after every step that had a batch
+        acknowledged or left nothing to send."""
         self._stop = stop_event
         try:
             while not stop_event.is_set():
@@ -130,17 +137,23 @@ class LokiPusher:
                     acked = self._step(flush=False)
                 except _Stopped:
                     break
-                except Exception as exc:  # disk errors etc.: keep the thread alive, say so
-                    log.exception("loki: pusher step failed")
+                except Exception as exc:
                     self._note_error("internal", None, f"{type(exc).__name__}: {exc}")
-                    self._pause(self._backoff())
-                    continue
+                    raise
+                if on_progress is not None and (acked or self.status.backlog_records == 0):
+                    on_progress()
                 if not acked and not self._pending_ready():
                     self._pause(self.settings.poll_interval_seconds)
         except _Stopped:
             pass
         finally:
             self._stop = None
+
+    def reset(self) -> None:
+        """Forget the read-ahead: the next step re-reads from the acknowledged
+        position (after an unexpected exception, before ``run`` again)."""
+        self._pending, self._pending_bytes, self._pending_since = [], 0, None
+        self._read_pos = self._acked
 
     def close(self) -> None:
         self._client.close()

@@ -2,7 +2,7 @@
 
 Everything here runs on vLLM's event loop, so it only copies references and
 reads clocks; all parsing happens later in the writer thread
-(``middleware_render``).
+(``line``).
 
 Rules:
 - ``BoundedBuffer`` keeps the first ``cap`` bytes and, when ``tail`` > 0, the

@@ -126,6 +126,25 @@ def written_now(lines: list[bytes], now: float | None = None) -> list[bytes]:
     return shift_times(lines, int((time.time() if now is None else now) - first))
 
 
+_ID = re.compile(rb"\b(?:chatcmpl|cmpl)-([0-9a-f]{16})")
+
+
+def copies(n: int, *, first: int = 0, lines: list[bytes] | None = None) -> list[list[bytes]]:
+    """``n`` copies of the capture, each with its own request ids and 30 s
+    later than the previous one (the capture spans 24 s)."""
+    lines = capture_lines() if lines is None else lines
+    ids = sorted({m.group(1) for ln in lines for m in _ID.finditer(ln)})
+    out = []
+    for k in range(first, first + n):
+        def rename(line: bytes, k=k) -> bytes:
+            for old in ids:
+                if old in line:
+                    line = line.replace(old, b"%04x" % (k + 1) + old[4:])
+            return line.replace(b"fixture-req-0001", b"fixture-req-%04x" % (k + 0x100))
+        out.append(shift_times([rename(ln) for ln in lines], 30 * k))
+    return out
+
+
 # ------------------------------------------------------------ the reference
 _REFERENCE: dict[str, list[str]] = {}
 
@@ -357,7 +376,7 @@ class Exporter:
             rt.loki.close()
 
     def stop(self) -> None:
-        """Graceful stop: the final commit of cli._pipeline_loop."""
+        """Graceful stop: the final commit of the service's pipeline loop."""
         self.pipeline.commit()
         self.crash()
 
