@@ -72,6 +72,7 @@ class Source:
     base_cr: int | None = None
     failed_head: str | None = None
     seen: dict = field(default_factory=dict)  # tailer counter values already exported
+    last_line_unix: float | None = None  # clock time the last line was read (for /health)
     when_cache: tuple = (None, None)  # (LogTime, epoch seconds) last resolved
     zoneless_t: float | None = None  # last resolved time of a zone-less line in the batch
     # Zone check of this source (logtime.ClockCheck): against the middleware's
@@ -180,6 +181,7 @@ class Pipeline:
             fresh = self.live and src.tailer.at_eof  # caught up: what comes now was just written
             lines = src.tailer.poll(self.batch_lines)
             if lines:
+                src.last_line_unix = self.clock()
                 self._lines(src, lines)
                 if fresh and src.zoneless_t is not None:
                     now = self.clock()
@@ -423,6 +425,8 @@ class Pipeline:
         h = src.health
         if h is not None:
             h.up = up
+            h.error = None if up else getattr(stats, "error", None)
+            h.last_line_unix = src.last_line_unix
             h.at_eof = bool(t.at_eof)
             pos = t.position() or {}
             h.position = int(pos.get("offset", 0) or 0)

@@ -25,7 +25,7 @@ from .labels import UserLabels, user_label_key
 from .logtime import TimeResolver
 from .metrics import RequestMetrics
 from .pipeline import Pipeline, Sinks, Source
-from .selfmetrics import SelfMetrics
+from .selfmetrics import SelfMetrics, TailStatsCollector
 from .settings import Settings, SettingsError
 from .tail import FileTailer, StdinTailer
 
@@ -112,6 +112,7 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
                  selfm=selfm, health=health, pipeline=None, archive=None, live=live,
                  clock=clock, ctx=ctx, empty_metrics=metrics.snapshot())
     _assemble(rt, stdin=stdin)
+    TailStatsCollector(lambda: rt.pipeline.sources if rt.pipeline is not None else (), registry)
     if settings.loki:
         rt.loki = build_loki(settings, registry, users, health,
                              committed=lambda: rt.pipeline.committed_archive)

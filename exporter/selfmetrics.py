@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
@@ -167,3 +168,44 @@ class SelfMetrics:
 
     def checkpoint_failed(self) -> None:
         self.checkpoint_write_failures.inc()
+
+
+# TailStats counters without a metric of their own above, exported by
+# TailStatsCollector: (TailStats field, metric name, help).
+TAIL_COUNTERS = (
+    ("open_errors", "vllm_audit_tail_open_errors",
+     "Opens or reads of a log source that failed for another reason than a missing file."),
+    ("lost_files", "vllm_audit_tail_lost_files",
+     "Saved positions whose file was gone at start (its unread tail is lost; README, tailer rules)."),
+    ("position_resets", "vllm_audit_tail_position_resets",
+     "Saved positions that could not be used (file gone, rewritten or replaced)."),
+    ("invalid_utf8", "vllm_audit_tail_invalid_utf8_lines",
+     "Lines with bytes that are not UTF-8 (replaced by U+FFFD before parsing)."),
+    ("nul_bytes", "vllm_audit_tail_nul_byte_lines", "Lines that contained NUL bytes."),
+    ("long_lines", "vllm_audit_tail_long_lines", "Lines over --max-line-bytes (cut, not parsed)."),
+    ("partial_lines", "vllm_audit_tail_partial_lines",
+     "Last lines without a newline, emitted when their file ended for us (rotation, stdin end)."),
+)
+
+
+class TailStatsCollector:
+    """Every tailer counter, read at scrape time from the sources the
+    pipeline holds now (``sources``: a callable, the pipeline may be rebuilt),
+    like prometheus_client's ProcessCollector. Tailers count from 0 in each
+    process, so these reset with it, as counters do."""
+
+    def __init__(self, sources, registry: CollectorRegistry | None = None):
+        self._sources = sources
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self):
+        return [CounterMetricFamily(name, doc, labels=["source"]) for _, name, doc in TAIL_COUNTERS]
+
+    def collect(self):
+        families = [(attr, CounterMetricFamily(name, doc, labels=["source"])) for attr, name, doc in TAIL_COUNTERS]
+        for src in self._sources() or ():
+            stats = getattr(src.tailer, "stats", None)
+            for attr, family in families:
+                family.add_metric([src.name], float(getattr(stats, attr, 0) if stats is not None else 0))
+        return [family for _, family in families]

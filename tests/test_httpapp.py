@@ -155,3 +155,31 @@ def test_health_threads_and_archive(setup):
         "archive: cannot be written (ENOSPC: No space left on device); 300 records wait in memory; "
         "ingestion paused until a write succeeds (it resumes by itself; nothing is lost)"]
     assert resp.json()["archive"]["ingestion_paused"] is True
+
+
+def test_every_tailer_counter_is_exported_and_health_says_why_a_source_is_down(tmp_path):
+    """7 of 12 tailer counters were counted and dropped, and /health never
+    said why a source was down."""
+    from prometheus_client import generate_latest
+
+    from exporter.cli import make_parser
+    from exporter.runtime import build
+    from exporter.settings import build as build_settings
+    log = tmp_path / "vllm.log"
+    log.write_bytes(b"INFO 11-22 10:00:00 [x.py:1] bad \xff byte\nno newline at the end")
+    missing = tmp_path / "not-yet.log"
+    argv = ["run", "--log", str(log), "--log", str(missing), "--from-start", "--archive-dir",
+            str(tmp_path / "a"), "--web.listen-address", "127.0.0.1:0"]
+    rt = build(build_settings("run", make_parser().parse_args(argv), {}), live=True)
+    rt.pipeline.step()
+    text = generate_latest(rt.registry).decode()
+    for name in ("open_errors", "lost_files", "position_resets", "invalid_utf8_lines", "nul_byte_lines",
+                 "long_lines", "partial_lines"):
+        assert f"vllm_audit_tail_{name}_total" in text, name
+    assert f'vllm_audit_tail_invalid_utf8_lines_total{{source="{log}"}} 1.0' in text
+    healthy, report = rt.health.report()
+    assert not healthy and any("no such file" in p for p in report["problems"])
+    down = next(s for s in report["sources"].values() if s["path"] == str(missing))
+    assert down["up"] is False and "no such file" in down["error"]
+    up = next(s for s in report["sources"].values() if s["path"] == str(log))
+    assert up["error"] is None and up["last_line_unix"] is not None

@@ -71,7 +71,7 @@ from __future__ import annotations
 import os
 from functools import partial
 
-from exporter.tail.lines import Line, LineCutter, TailStats
+from exporter.tail.lines import Line, LineCutter, TailStats, describe_error
 from exporter.tail.position import (
     HEAD_BYTES, TAIL_BYTES, OsFs, build_position, digest, fingerprint_ok,
     locate, new_position, next_after, validate, where_is,
@@ -200,6 +200,7 @@ class FileTailer:
         except OSError as e:
             self.stats.up = False
             self.stats.open_errors += not isinstance(e, FileNotFoundError)
+            self.stats.error = describe_error(e, self.path)
             if self._start == "end":  # not readable when we started: all of it is new
                 self._start = "start"
             return False
@@ -268,8 +269,9 @@ class FileTailer:
                 return fs.pread(f, k, self._read_off - k) != self._rtail and self._truncated()
             self._mtime = mtime
             data = fs.pread(f, k + self.read_size, self._read_off - k)
-        except OSError:
+        except OSError as e:
             self.stats.open_errors += 1
+            self.stats.error = describe_error(e, self.path)
             return False
         if data[:k] != self._rtail:  # rewritten under us
             return self._truncated()
@@ -330,6 +332,7 @@ class FileTailer:
             f = fs.open(nxt)
         except OSError as e:
             self.stats.open_errors += not isinstance(e, FileNotFoundError)
+            self.stats.error = describe_error(e, nxt)
             self.stats.up = self.stats.up and nxt != self.path
             return False
         here = self._make_pos(self._read_off, self._rtail)()

@@ -55,7 +55,8 @@ class Line:
 
 @dataclass(slots=True)
 class TailStats:
-    """Per-source counters (monotonic) and gauges, read by the pipeline."""
+    """Per-source counters (monotonic) and gauges, read by the pipeline and
+    exported, every one (selfmetrics.TailStatsCollector)."""
 
     up: bool = False  # path exists and could be opened at the last look
     lines: int = 0
@@ -71,6 +72,7 @@ class TailStats:
     lost_files: int = 0  # the saved position's file was not found
     size: int = 0  # gauge: size of the file being read
     offset: int = 0  # gauge: read offset in it (lag = size - offset)
+    error: str | None = None  # why the source is not up (the last open/read failure), for /health
 
 
 def decode(body: bytes, stats: TailStats) -> str:
@@ -211,3 +213,10 @@ class LineCutter:
             self.stats.partial_lines += 1
             self.ready.append(Line(decode(strip_eol(raw), self.stats), len(raw),
                                    self.make_pos(self.line_off, self.tail), partial=True))
+
+
+def describe_error(exc: OSError, path: str) -> str:
+    """One line for /health: what failed on which file."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file (waiting for it)"
+    return f"{path}: {exc.strerror or type(exc).__name__}"

@@ -68,8 +68,9 @@ class StdinTailer:
                         total += len(more)
                         nl = more.endswith(b"\n")
                 self._q.put((raw, total, total > self.max_line_bytes, not nl))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             self.stats.open_errors += 1  # closed or failing stream: treat as its end
+            self.stats.error = f"stdin: {exc}"
         finally:
             self._q.put(_EOF)
 
@@ -90,6 +91,7 @@ class StdinTailer:
                 break
             if item is _EOF:
                 self.at_eof, self.stats.up = True, False
+                self.stats.error = self.stats.error or "stdin: end of stream (the writer closed it)"
                 break
             raw, total, truncated, partial = item
             body = strip_eol(raw)
