@@ -9,7 +9,7 @@ Usage::
 
 The log is made by ``bench/make_big_log.py`` from a real vLLM 0.32 capture
 (``--capture debug``, the richest, or ``info``). The exporter runs in this
-process through ``exporter.cli.replay_into``: FileTailer → parse_line →
+process through ``exporter.replay.replay_into``: FileTailer → parse_line →
 Correlator → build_record → detectors → RequestMetrics → ArchiveWriter
 (hash chain, fsync) → checkpoint, exactly what ``vllm-audit-exporter replay``
 does (the summary hook included).
@@ -84,7 +84,8 @@ def bare_loops(path: Path) -> dict:
 def replay(path: Path, workdir: Path, *, profile: int = 0, extra: list[str] | None = None) -> dict:
     # Import everything the replay touches before the clock starts.
     from exporter import runtime, summary  # noqa: F401
-    from exporter.cli import make_parser, replay_into
+    from exporter.cli import make_parser
+    from exporter.replay import replay_into
     from exporter.compliance import detect  # noqa: F401
     from exporter.settings import build
 

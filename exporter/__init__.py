@@ -6,3 +6,4 @@ FastAPI, prometheus_client or transformers.
 """
 
 __version__ = "0.1.0"
+PROG = "vllm-audit-exporter"  # the command's name, in messages and --help

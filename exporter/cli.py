@@ -1,6 +1,7 @@
-"""Command line: ``run``, ``replay``, ``demo``, ``verify``, ``export``.
+"""Command line: the argparse tree and the dispatch of ``run`` (exporter.service),
+``replay`` (exporter.replay), ``demo``, ``verify``, ``retention`` and ``export``.
 
-The settings object is built here, once, from flags and ``VLLM_AUDIT_*``
+The settings object is built once, from flags and ``VLLM_AUDIT_*``
 environment variables (:mod:`exporter.settings`); bad configuration exits 2
 with one readable line before anything starts.
 """
@@ -10,13 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-from . import __version__
+from . import PROG, __version__
 from .settings import SettingsError, add_options, build as build_settings, loki_settings, resolve
 
-PROG = "vllm-audit-exporter"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -83,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "run":
-            return cmd_run(build_settings("run", args, os.environ))
+            from .service import serve
+            return serve(build_settings("run", args, os.environ))
         if args.command == "replay":
+            from .replay import cmd_replay
             return cmd_replay(build_settings("replay", args, os.environ))
         if args.command == "demo":
             from .demo import run_demo
@@ -143,126 +144,6 @@ def cmd_retention(args) -> int:
     return retention_main(args.archive_dir, compress_after_days=args.compress_after_days,
                           delete_after_days=args.delete_after_days, keep_from_day=keep,
                           out=sys.stdout, key=key)
-
-
-# ------------------------------------------------------------------- replay
-class Progress:
-    """A one-line progress bar on stderr for large replays (bytes read)."""
-
-    def __init__(self, total: int, enabled: bool, stream=sys.stderr):
-        self.total = max(total, 1)
-        self.enabled = enabled and total > 8 * 1024 * 1024
-        self.stream = stream
-        self._last = 0.0
-
-    def update(self, done: int, records: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.5):
-            return
-        self._last = now
-        frac = min(1.0, done / self.total)
-        bar = "#" * int(frac * 30)
-        self.stream.write(f"\r[{bar:<30}] {frac:6.1%} {done / 2**20:9.1f} MiB {records:>10,} records")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-
-
-def replay_into(settings, *, quiet: bool = False):
-    """Run a replay to the end; returns (runtime, summary)."""
-    from .runtime import build
-    from .summary import Summary
-    rt = build(settings, live=False)
-    summary = Summary()
-    rt.pipeline.sinks.on_record.append(summary.add)
-    total = sum(Path(f).stat().st_size for f in settings.replay_files if f != "-")
-    progress = Progress(total, settings.progress and not quiet)
-    while not rt.pipeline.done():
-        rt.pipeline.step()
-        done = sum(int((s.tailer.position() or {}).get("offset", 0) or 0) for s in rt.pipeline.sources)
-        progress.update(done, rt.pipeline.records_emitted)
-    rt.pipeline.finish()
-    progress.update(total, rt.pipeline.records_emitted, force=True)
-    progress.close()
-    return rt, summary
-
-
-def cmd_replay(settings) -> int:
-    rt, summary = replay_into(settings)
-    if rt.loki is not None:
-        print("pushing to Loki ...", file=sys.stderr)
-        # Backfill: push until Loki has acknowledged everything (retries back
-        # off inside run_once); Ctrl-C leaves the acknowledged position saved.
-        while rt.loki.backlog() > 0:
-            rt.loki.run_once()
-        rt.loki.close()
-    print(summary.render())
-    print(f"archive: {settings.archive_dir}")
-    return 0
-
-
-# ---------------------------------------------------------------------- run
-def cmd_run(settings) -> int:
-    """Serve until SIGTERM/SIGINT (exit 0) or until a worker thread gave up
-    after ``--max-thread-restarts`` failed restarts (exit 1; exporter/service.py)."""
-    import uvicorn
-
-    from .httpapp import create_app
-    from .service import Service
-
-    service = Service(settings)
-    rt = service.rt
-    app = create_app(registry=rt.registry, health=rt.health)
-    # Bounded shutdown: a scraper holding a connection open must not keep the
-    # exporter alive after SIGTERM (orchestrators send SIGKILL soon after).
-    config = uvicorn.Config(app, host=settings.listen_host, port=settings.listen_port,
-                            log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    server = _graceful_server(config)
-
-    def exit_now():
-        server.should_exit = True
-    service.on_fatal = exit_now
-    service.start()
-    if service.fatal:  # gave up before the server was up
-        exit_now()
-    try:
-        server.run()  # returns on SIGINT/SIGTERM, or when a thread gave up
-    finally:
-        # The pipeline commits within a poll interval (past the deadline we exit
-        # anyway: nothing uncommitted is lost, it is re-derived on the next
-        # start). A Loki push in flight then gets 2 s: an unacknowledged batch is
-        # simply sent again on the next start, and Loki deduplicates it.
-        service.shutdown()
-    return service.exit_code
-
-
-def _graceful_server(config):
-    """A uvicorn.Server whose SIGINT/SIGTERM only ask it to stop.
-
-    uvicorn re-raises the signal after its own shutdown, which would end the
-    process before the pipeline's final commit; here the signal just sets
-    ``should_exit`` and ``run()`` returns normally.
-    """
-    import contextlib
-    import signal
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self):
-            def ask_to_stop(signum, frame):
-                self.should_exit = True
-            previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return Server(config)
 
 
 if __name__ == "__main__":

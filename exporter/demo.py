@@ -18,8 +18,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .cli import make_parser, replay_into
-from .settings import build as build_settings
+from .replay import replay_into
+from .settings import load as load_settings
 
 SHOWN = ("vllm_audit_requests_total", "vllm_audit_prompt_tokens_total",
          "vllm_audit_completion_tokens_total", "vllm_audit_empty_responses_total",
@@ -55,8 +55,8 @@ def run_demo(args) -> int:
     files = bundled_capture()
     archive = args.archive_dir or Path(tempfile.mkdtemp(prefix="vllm-audit-demo-"))
     print(f"== 1. replaying the bundled real vLLM 0.32 capture: {', '.join(f.name for f in files)}")
-    argv = ["replay", *map(str, files), "--archive-dir", str(archive), "--model", "tiny", "--no-progress"]
-    settings = build_settings("replay", make_parser().parse_args(argv), {})
+    settings = load_settings("replay", [*map(str, files), "--archive-dir", str(archive), "--model", "tiny",
+                                        "--no-progress"], {})
     rt, summary = replay_into(settings, quiet=True)
     print(summary.render())
     first = sorted(archive.glob("audit-*.jsonl"))

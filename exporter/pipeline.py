@@ -19,19 +19,15 @@ live source contributes "now"; a finished replay file contributes +inf. In
 replay the source furthest behind is read next, so files are merged in time
 order rather than one after another.
 
-Zone check: each source has a :class:`~exporter.logtime.ClockCheck` fed
-with ``resolved - UTC`` samples (a vLLM ``Received`` line against the
-middleware line of the same request; live, a batch read right after the
-source was caught up against the clock). Its verdict is reported (warning,
-``vllm_audit_log_time_offset_seconds``, ``/health``), never applied.
+Beside the loop: the zone check (:mod:`exporter.zonecheck`, reports only)
+and the status bridge (:mod:`exporter.status`: tailer and archive state →
+self metrics and /health).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,21 +35,12 @@ from typing import Callable
 from . import events as ev
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
-from .correlate import Correlator, base_id
-from .logtime import ClockCheck, offset_note
+from .correlate import Correlator
 from .parse import CHECK_PROBLEMS, parse_line
+from .status import StatusBridge
+from .zonecheck import ZoneCheck
 
 CHECKPOINT_VERSION = 1
-PAIR_MEMORY = 1024  # unpaired receive times kept per side for the zone check
-CLOCK_CHECK_SPAN = 10.0  # s of clock time the clock check's agreeing samples must span
-
-log = logging.getLogger("exporter.pipeline")
-
-
-def _remember(table: OrderedDict, key, value) -> None:
-    table[key] = value
-    if len(table) > PAIR_MEMORY:
-        table.popitem(last=False)
 
 
 @dataclass
@@ -121,18 +108,12 @@ class Pipeline:
         # (request_id, ts) already archived: set only when starting without a
         # usable checkpoint over a non-empty archive (exporter/archive/recovery.py).
         self.skip_keys: set | None = None
-        # Zone check (logtime.ClockCheck): base id -> (source, resolved time) of
-        # recent vLLM "Received" lines, and base id -> time of recent middleware
-        # lines, paired by request; bounded. Only reports, never changes a record.
-        self._recent_received: OrderedDict = OrderedDict()
-        self._recent_mw: OrderedDict = OrderedDict()
         self.records_emitted = 0
         self.commits = 0  # successful commits by this pipeline
-        self._archive_failures_seen = 0
         for src in sources:
             src.metrics = selfm.source(src.name)
-            src.pair_check = ClockCheck()
-            src.clock_check = ClockCheck(min_span=CLOCK_CHECK_SPAN)
+        self.zone = ZoneCheck(sources, tz=resolver.tz, clock=clock)  # reports, never changes a record
+        self.status = StatusBridge(selfm, health, live=live)
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:
@@ -168,7 +149,7 @@ class Pipeline:
             elif self.clock() - self._last_commit >= self.checkpoint_interval:
                 self.commit()
             if getattr(self.sinks.archive, "full", False):
-                self._archive_health()
+                self.status.archive(self.sinks.archive)
                 return 0
         if self.live:
             todo = self.sources
@@ -183,14 +164,12 @@ class Pipeline:
             if lines:
                 src.last_line_unix = self.clock()
                 self._lines(src, lines)
-                if fresh and src.zoneless_t is not None:
-                    now = self.clock()
-                    if src.clock_check.observe(src.zoneless_t - now, now):
-                        self._zone_verdict(src)
+                if fresh:
+                    self.zone.clock_sample(src)
             n += len(lines)
             if not self.live and not lines and src.tailer.at_eof:
                 src.finished = True
-            self._source_health(src)
+            self.status.source(src)
         emitted = self.records_emitted
         self._emit(self.correlator.ready(self.watermark()))
         self.selfm.inflight.set(len(self.correlator.inflight))
@@ -199,7 +178,7 @@ class Pipeline:
         if self._dirty and self.clock() - self._last_commit >= self.checkpoint_interval:
             self.commit()
         else:
-            self._archive_health()
+            self.status.archive(self.sinks.archive)
         return n
 
     def done(self) -> bool:
@@ -220,9 +199,6 @@ class Pipeline:
             else:
                 marks.append(s.last_t if s.last_t is not None else -math.inf)
         return min(marks) if marks else math.inf
-
-    def _line(self, src: Source, line) -> None:
-        self._lines(src, (line,))
 
     def _lines(self, src: Source, lines) -> None:
         """Parse and file one batch. Hot loop: per-line work is one parse, one
@@ -306,7 +282,7 @@ class Pipeline:
             if t is not None and (src_t is None or t > src_t):
                 src_t = src.last_t = t
             if kind == received or kind == mw_kind:
-                self._pair(src, result, t)
+                self.zone.pair(src, result, t)
             feed(result, t)
         src.cr, src.base_cr, src.failed_head = prev_cr, base_cr, head
         src.when_cache = (last_when, last_t)
@@ -318,59 +294,6 @@ class Pipeline:
                 selfm.parse_errors.labels(reason).inc(count)
             else:
                 selfm.lines_ignored.labels(reason).inc(count)
-
-    # ----------------------------------------------------------- zone check
-    def _pair(self, src: Source, event, t: float | None) -> None:
-        """Pair a vLLM ``Received`` line with the middleware line of the same
-        request: the difference of their receive times is the vLLM log's
-        zone error (plus the second or so vLLM takes to log the request)."""
-        when = event.when
-        if t is None or when is None:
-            return
-        if event.kind == ev.MIDDLEWARE:
-            if when.utc_offset is None:
-                return
-            line = event.data.get("line") or {}
-            key = line.get("request_id")
-            if not isinstance(key, str) or not key:
-                return
-            other = self._recent_received.pop(key, None)
-            if other is not None:
-                if other[0].pair_check.observe(other[1] - t):
-                    self._zone_verdict(other[0])
-            else:
-                _remember(self._recent_mw, key, t)
-            return
-        if when.utc_offset is not None or not event.request_id:
-            return
-        key = base_id(event.request_id)[0]
-        mw_t = self._recent_mw.pop(key, None)
-        if mw_t is not None:
-            if src.pair_check.observe(t - mw_t):
-                self._zone_verdict(src)
-        else:
-            _remember(self._recent_received, key, (src, t))
-
-    def _zone_verdict(self, src: Source) -> None:
-        """Report the source's zone offset: the middleware comparison wins once
-        it has decided (it measures vLLM's log alone, whatever the exporter's
-        own clock says), else the clock comparison."""
-        if src.pair_check.decided:
-            offset, against = src.pair_check.offset, "the middleware's UTC times"
-        else:
-            offset, against = src.clock_check.offset, "the exporter's clock"
-        if offset == src.time_offset:
-            return
-        src.time_offset = offset
-        src.metrics.time_offset.set(offset)
-        note = offset_note(offset, self.resolver.tz, self.clock(), against) if offset else None
-        if src.health is not None:
-            src.health.time_offset_seconds = offset
-            src.health.time_offset_note = note
-        if offset:
-            log.warning("source %s: %s", src.name, note)
-        else:
-            log.warning("source %s: log times agree with UTC again", src.name)
 
     def _emit(self, entries: list[dict]) -> None:
         if not entries:
@@ -410,31 +333,6 @@ class Pipeline:
                 self.selfm.records.inc(done)
                 self.records_emitted += done
 
-    def _source_health(self, src: Source) -> None:
-        t = src.tailer
-        m = src.metrics
-        up = bool(getattr(t, "up", True))
-        m.up.set(1 if up else 0)
-        stats = getattr(t, "stats", None)
-        if stats is not None:  # the tailer counts; export what is new since last time
-            for attr, counter in (("rotations", m.rotations), ("truncations", m.truncations)):
-                value = getattr(stats, attr, 0)
-                if value > src.seen.get(attr, 0):
-                    counter.inc(value - src.seen.get(attr, 0))
-                src.seen[attr] = value
-        h = src.health
-        if h is not None:
-            h.up = up
-            h.error = None if up else getattr(stats, "error", None)
-            h.last_line_unix = src.last_line_unix
-            h.at_eof = bool(t.at_eof)
-            pos = t.position() or {}
-            h.position = int(pos.get("offset", 0) or 0)
-            size = getattr(t, "size", None)
-            h.size = size
-            h.lag_bytes = max(0, (size or 0) - h.position) if size is not None else 0
-            m.checkpoint_lag_bytes.set(h.lag_bytes)
-
     # -------------------------------------------------------------- commit
     def state(self) -> dict:
         return {
@@ -464,35 +362,15 @@ class Pipeline:
             self.selfm.checkpoint_failed()
             if self.health is not None:
                 self.health.checkpoint_failed(str(exc))
-            self._archive_health()
+            self.status.archive(self.sinks.archive)
             return False
         now = self.clock()
         self.commits += 1
         self.selfm.checkpoint_written(now)
         if self.health is not None:
             self.health.checkpoint_ok(now)
-        self._archive_health()
+        self.status.archive(self.sinks.archive)
         return True
-
-    def _archive_health(self) -> None:
-        """Export the archive writer's state: pending records, write failures,
-        whether ingestion is paused (gauges, counter, /health)."""
-        archive = self.sinks.archive
-        paused = self.live and bool(getattr(archive, "full", False))
-        pending = int(getattr(archive, "pending", 0) or 0)
-        failures = int(getattr(archive, "write_failures", 0) or 0)
-        selfm = self.selfm
-        if failures > self._archive_failures_seen:
-            selfm.archive_write_failures.inc(failures - self._archive_failures_seen)
-        self._archive_failures_seen = failures
-        selfm.archive_pending.set(pending)
-        selfm.ingestion_paused.set(1 if paused else 0)
-        if self.health is not None:
-            h = self.health.archive
-            h.write_error = getattr(archive, "write_error", None)
-            h.failing_since_unix = getattr(archive, "failing_since", None)
-            h.pending_records = pending
-            h.ingestion_paused = paused
 
     def finish(self) -> None:
         """End of a replay: record everything still held, then commit."""

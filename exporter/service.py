@@ -20,9 +20,9 @@ import threading
 import time
 from typing import Callable
 
+from . import PROG
 from .supervise import EXIT_THREAD_FAILED, Supervisor
 
-PROG = "vllm-audit-exporter"
 IDLE_PROGRESS_SECONDS = 60.0  # a restarted pipeline idle and clean this long is up again
 
 
@@ -162,3 +162,64 @@ def _retention(rt) -> None:
                 print(f"{PROG}: retention refused {a.path}: {a.detail}", file=sys.stderr)
     except (OSError, RetentionError) as exc:  # retention must never stop auditing
         print(f"{PROG}: retention failed: {exc}", file=sys.stderr)
+
+
+# ------------------------------------------------ the command, with its HTTP server
+def serve(settings) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until a worker thread gave up
+    after ``--max-thread-restarts`` failed restarts (exit 1; exporter/service.py)."""
+    import uvicorn
+
+    from .httpapp import create_app
+
+    service = Service(settings)
+    rt = service.rt
+    app = create_app(registry=rt.registry, health=rt.health)
+    # Bounded shutdown: a scraper holding a connection open must not keep the
+    # exporter alive after SIGTERM (orchestrators send SIGKILL soon after).
+    config = uvicorn.Config(app, host=settings.listen_host, port=settings.listen_port,
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    server = _graceful_server(config)
+
+    def exit_now():
+        server.should_exit = True
+    service.on_fatal = exit_now
+    service.start()
+    if service.fatal:  # gave up before the server was up
+        exit_now()
+    try:
+        server.run()  # returns on SIGINT/SIGTERM, or when a thread gave up
+    finally:
+        # The pipeline commits within a poll interval (past the deadline we exit
+        # anyway: nothing uncommitted is lost, it is re-derived on the next
+        # start). A Loki push in flight then gets 2 s: an unacknowledged batch is
+        # simply sent again on the next start, and Loki deduplicates it.
+        service.shutdown()
+    return service.exit_code
+
+
+def _graceful_server(config):
+    """A uvicorn.Server whose SIGINT/SIGTERM only ask it to stop.
+
+    uvicorn re-raises the signal after its own shutdown, which would end the
+    process before the pipeline's final commit; here the signal just sets
+    ``should_exit`` and ``run()`` returns normally.
+    """
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def ask_to_stop(signum, frame):
+                self.should_exit = True
+            previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)

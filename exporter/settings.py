@@ -229,6 +229,18 @@ def _read_secret_file(path: Path | None, flag: str, *, text: bool = False) -> by
         raise SettingsError(str(exc)) from None
 
 
+def load(command: str, argv: list[str], environ: Mapping[str, str]) -> Settings:
+    """The validated settings of ``command`` (``run`` or ``replay``) from an
+    argv as the CLI takes it after the subcommand: for the demo, benchmarks
+    and tests, without the CLI's whole parser (``replay``'s file arguments
+    are its one positional)."""
+    parser = argparse.ArgumentParser(prog=f"vllm-audit-exporter {command}")
+    if command == "replay":
+        parser.add_argument("files", nargs="*", metavar="FILE")
+    add_options(parser, command)
+    return build(command, parser.parse_args(argv), environ)
+
+
 def resolve(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
     """Flag, else env, else default, converted, for each option of ``command``
     (no validation: the small subcommands take these values as they are)."""

@@ -24,7 +24,8 @@ from test_middleware import MemorySink
 
 from exporter import checkpoint
 from exporter.assemble import AssembleContext, build_record
-from exporter.cli import make_parser, replay_into
+from exporter.cli import make_parser
+from exporter.replay import replay_into
 from exporter.correlate import Correlator
 from exporter.events import Event
 from exporter.middleware import AuditMiddleware, MiddlewareConfig

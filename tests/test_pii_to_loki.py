@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import time
 
-from exporter.cli import make_parser, replay_into
+from exporter.cli import make_parser
+from exporter.replay import replay_into
 from exporter.record import format_ts
 from exporter.settings import build as build_settings
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import make_parser, replay_into
+from exporter.cli import make_parser
+from exporter.replay import replay_into
 from exporter.settings import build as build_settings
 
 SETUP = Path(__file__).parent / "fixtures" / "vllm-0.32.0" / "middleware"

@@ -18,7 +18,7 @@ clock). :meth:`Exporter.finish` then moves the clock past
 The invariant (:func:`assert_exactly_once`), for every case:
 
 * archive: the request ids == the ids of a clean one-pass replay
-  (``exporter.cli.replay_into``) of the bytes the exporter could see, each
+  (``exporter.replay.replay_into``) of the bytes the exporter could see, each
   exactly once;
 * Loki (after its dedup): each record exactly once (plus, for cases where
   Loki refuses an entry, the dead-letter file holds exactly the rest);
@@ -43,7 +43,8 @@ from unittest import mock
 import pytest
 
 from exporter import runtime as runtime_mod
-from exporter.cli import make_parser, replay_into
+from exporter.cli import make_parser
+from exporter.replay import replay_into
 from exporter.loki import LokiPusher
 from exporter.settings import build as build_settings
 

@@ -16,7 +16,8 @@ import logging
 import pytest
 
 from exporter import logtime as logtime_mod
-from exporter.cli import make_parser, replay_into
+from exporter.cli import make_parser
+from exporter.replay import replay_into
 from exporter.settings import build as build_settings
 
 from .harness import (
