@@ -363,8 +363,14 @@ def test_loki_has_every_record_exactly_once_labelled_by_user(e2e):
     for labels, _ts, line, _sm in e2e.loki_entries:
         rec = json.loads(line)
         got.setdefault(rec["request_id"], []).append((labels.get("user"), labels.get("model"), rec["user"]))
-    want = {r["request_id"]: [(r["user"], MODEL, r["user"])] for r in e2e.records}
+    # The stream label is the user as --user-label-mode shows it (default
+    # pseudonymous: an e-mail address is u:<keyed hash> with the key the
+    # exporter keeps in its state directory); the line keeps the record's user.
+    from exporter.labels import UserLabels, user_label_key
+    shown = UserLabels(key=user_label_key(None, e2e.tmp / "archive" / ".state")).label
+    want = {r["request_id"]: [(shown(r["user"]), MODEL, r["user"])] for r in e2e.records}
     assert got == want
+    assert any(label.startswith("u:") and "@" in user for v in got.values() for label, _, user in v)
     assert e2e.loki_received == len(e2e.records), "every record pushed once (no resend was needed)"
 
 
