@@ -106,6 +106,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--loki-bearer-token", "loki_bearer_token", "bearer token (prefer the file)", None,
            "str", _LOKI, "SECRET"),
     Option("--loki-ca-file", "loki_ca_file", "CA bundle for Loki's TLS", None, "path", _LOKI, "FILE"),
+    Option("--loki-client-cert-file", "loki_client_cert_file", "client certificate for Loki's TLS (mTLS)",
+           None, "path", _LOKI, "FILE"),
+    Option("--loki-client-key-file", "loki_client_key_file", "its private key (if not in the certificate "
+           "file)", None, "path", _LOKI, "FILE"),
+    Option("--loki-timeout", "loki_timeout", "seconds a Loki request may take", 10.0, "float", _LOKI,
+           "SECONDS"),
+    Option("--loki-job", "loki_job", "optional extra `job` stream label", None, "str", _BOTH, "NAME"),
     Option("--loki-insecure-skip-verify", "loki_insecure_skip_verify", "do not verify Loki's TLS "
            "certificate", False, "bool", _LOKI),
     Option("--loki-structured-metadata", "loki_structured_metadata", "send request_id and user "
@@ -289,16 +296,22 @@ def loki_settings(v: dict[str, Any]):
         raise SettingsError("--loki-password given without --loki-username")
     if password and token:
         raise SettingsError("Loki: choose basic auth or a bearer token, not both")
-    if v.get("loki_ca_file") is not None and not Path(v["loki_ca_file"]).is_file():
-        raise SettingsError(f"--loki-ca-file: {v['loki_ca_file']}: no such file")
-    push = {"structured_metadata": bool(v.get("loki_structured_metadata")),
+    for dest in ("loki_ca_file", "loki_client_cert_file", "loki_client_key_file"):
+        if v.get(dest) is not None and not Path(v[dest]).is_file():
+            raise SettingsError(f"--{dest.replace('_', '-')}: {v[dest]}: no such file")
+    if v.get("loki_timeout") is not None and v["loki_timeout"] <= 0:
+        raise SettingsError(f"--loki-timeout: must be > 0, got {v['loki_timeout']}")
+    push = {"structured_metadata": bool(v.get("loki_structured_metadata")), "job": v.get("loki_job"),
             "batch_wait": v["loki_batch_wait"], "batch_bytes": v["loki_batch_bytes"]} \
         if "loki_batch_wait" in v else {}
     try:
         return LokiSettings(url=v["loki_url"].rstrip("/"), tenant=v.get("loki_tenant"),
                             username=v.get("loki_username"), password=password, bearer_token=token,
                             ca_file=v.get("loki_ca_file") and str(v["loki_ca_file"]),
-                            insecure=bool(v.get("loki_insecure_skip_verify")), **push)
+                            insecure=bool(v.get("loki_insecure_skip_verify")),
+                            client_cert_file=v.get("loki_client_cert_file") and str(v["loki_client_cert_file"]),
+                            client_key_file=v.get("loki_client_key_file") and str(v["loki_client_key_file"]),
+                            timeout_seconds=v.get("loki_timeout") or 10.0, **push)
     except ValueError as exc:
         raise SettingsError(f"Loki: {exc}") from None
 

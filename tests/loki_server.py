@@ -79,7 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/ready":
             return self._send(200, b"ready")
         if url.path == "/loki/api/v1/query_range":
-            status, body = self.server.loki._query(parse_qs(url.query))
+            loki, h = self.server.loki, {k.lower(): v for k, v in self.headers.items()}
+            # Queries go through the same auth and tenant checks as pushes.
+            if loki.authorization is not None and h.get("authorization") != loki.authorization:
+                return self._send(401, b"unauthorized")
+            if loki.tenant is not None and h.get("x-scope-orgid") != loki.tenant:
+                return self._send(401, b"no org id")
+            status, body = loki._query(parse_qs(url.query))
             return self._send(status, body, "application/json")
         self._send(404, b"404 page not found")
 

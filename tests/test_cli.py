@@ -156,3 +156,18 @@ def test_directories_are_created_0750_whatever_the_umask(tmp_path):
         for d in (tmp_path / name / "new", archive, tmp_path / name / "state",
                   tmp_path / name / "state" / "here", archive / "dead-letter"):
             assert oct(os.stat(d).st_mode & 0o777) == oct(0o750), d
+
+
+def test_every_loki_setting_the_docs_advertise_is_reachable(tmp_path):
+    """docs/loki.md advertises a client certificate, the job label and a
+    timeout: each has a flag and a VLLM_AUDIT_* variable now."""
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("cert"), key.write_text("key")
+    argv = ["replay", str(CAPTURE), "--archive-dir", str(tmp_path / "a"), "--loki-url", "https://loki:3100",
+            "--loki-client-cert-file", str(cert), "--loki-timeout", "3.5"]
+    env = {"VLLM_AUDIT_LOKI_CLIENT_KEY_FILE": str(key), "VLLM_AUDIT_LOKI_JOB": "vllm-audit-eu"}
+    loki = build("replay", make_parser().parse_args(argv), env).loki
+    assert (loki.client_cert_file, loki.client_key_file, loki.timeout_seconds, loki.job) == \
+        (str(cert), str(key), 3.5, "vllm-audit-eu")
+    with pytest.raises(SettingsError, match="--loki-client-cert-file: .*: no such file"):
+        build("replay", make_parser().parse_args([*argv[:6], "--loki-client-cert-file", "/nope"]), {})
