@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from dataclasses import asdict, dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -35,28 +33,3 @@ class LokiMetrics:
             self.failures.labels(reason=r)
         for r in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason=r)
-
-
-@dataclass
-class LokiStatus:
-    """Shown under ``"loki"`` in /health. Plain values, no secrets."""
-
-    url: str
-    last_success_unix: float | None = None
-    last_error: str | None = None  # "reason: status message", Loki's text only
-    last_error_unix: float | None = None
-    consecutive_failures: int = 0
-    auth_failing: bool = False
-    backlog_records: int = 0
-    position: dict | None = None
-    dead_letters: int = 0
-    note: str | None = None  # start-up fallbacks (clamped offset, corrupt state)
-
-    def __post_init__(self):
-        self._lock = threading.Lock()
-
-    def report(self) -> dict:
-        with self._lock:
-            out = {k: v for k, v in asdict(self).items()}
-        out["ok"] = self.consecutive_failures == 0
-        return out

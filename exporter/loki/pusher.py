@@ -30,7 +30,8 @@ from .archive_reader import ArchiveReader, Position, RawLine
 from .client import SPLIT_REASONS, LokiClient, PushResult
 from .config import LokiSettings
 from .entries import Entry, EntryError, build_entry, encode_push
-from .metrics import LokiMetrics, LokiStatus
+from .metrics import LokiMetrics
+from .status import LokiStatus
 from .state import DeadLetters, load_position, save_position
 
 log = logging.getLogger("exporter.loki")
@@ -247,10 +248,7 @@ class LokiPusher:
         self.metrics.entries.inc(len(items))
         self.metrics.bytes.inc(sum(i.entry.size for i in items))
         self.metrics.last_success.set(now)
-        with self.status._lock:
-            self.status.last_success_unix = now
-            self.status.consecutive_failures = 0
-            self.status.auth_failing = False
+        self.status.record_success(now)
         if self._last_log is not None:
             log.info("loki: pushing again after %s", self._last_log[0])
             self._last_log = None
@@ -280,8 +278,7 @@ class LokiPusher:
         self._dead.write(rows)
         for i in items:
             self.metrics.dead_letters.labels(reason=i.error.reason).inc()
-        with self.status._lock:
-            self.status.dead_letters += len(items)
+        self.status.record_dead_letters(len(items))
         log.warning("loki: dead-lettered %d record(s): %s", len(items),
                     ", ".join(sorted({i.error.reason for i in items})))
 
@@ -314,13 +311,7 @@ class LokiPusher:
     def _note_error(self, reason: str, status: int | None, message: str, quiet: bool = False) -> None:
         now = self._clock()
         text = f"{reason}: {'HTTP %d ' % status if status else ''}{message}".strip()
-        with self.status._lock:
-            self.status.last_error = text[:600]
-            self.status.last_error_unix = now
-            if not quiet:
-                self.status.consecutive_failures += 1
-            if reason == "auth":
-                self.status.auth_failing = True
+        self.status.record_error(text, now, counted=not quiet, auth=reason == "auth")
         if quiet:
             return
         last = self._last_log
@@ -331,6 +322,4 @@ class LokiPusher:
 
     def _publish_backlog(self) -> None:
         n = self.backlog()
-        with self.status._lock:
-            self.status.backlog_records = n
-            self.status.position = self._acked.to_json()
+        self.status.record_backlog(n, self._acked.to_json())
