@@ -40,7 +40,6 @@ class AssembleContext:
     max_log_len: int | None = None
     oversized_input_tokens: int = 2048
     count_tokens: Callable[[str, bool], int | None] | None = None  # (text, is_chat)
-    middleware_seen: bool = False
 
 
 def _truncated(value, limit: int | None) -> bool:
@@ -76,6 +75,7 @@ class _Sources:
     body: dict | None
     ctx: AssembleContext
     flags: list
+    middleware_seen: bool = False
     log_prompt: str | None = None
     choices: list = None
     out_origin: str = "log"
@@ -85,16 +85,18 @@ class _Sources:
         return self.ctx.max_log_len
 
 
-def build_record(e: dict, ctx: AssembleContext) -> dict | None:
+def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
     """The record for a finished/evicted entry; None if there is no request
     behind it (a DEBUG JSON body whose id matches nothing). The steps follow
-    the module docstring's "which source wins", field group by group."""
+    the module docstring's "which source wins", field group by group.
+    ``middleware_seen``: a middleware source exists (the correlator's), so a
+    record without its line is flagged ``middleware_missing``."""
     mw = e.get("mw")
     has_log = bool(e["received"] or e["details"] or e["outputs"] or e["complete"]
                    or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None)
     if mw is None and not has_log:
         return None
-    src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [])
+    src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [], middleware_seen)
     rec = new_record()
     rec["sources"] = (["vllm_log"] if has_log or src.body else []) + (["middleware"] if mw is not None else [])
     _identity(rec, src)
@@ -251,7 +253,7 @@ def _flags(rec: dict, src: _Sources) -> None:
     pt = rec["prompt_tokens"]
     if pt is not None and pt > src.ctx.oversized_input_tokens:
         flags.append("oversized_input")
-    if src.ctx.middleware_seen and src.mw is None:
+    if src.middleware_seen and src.mw is None:
         flags.append("middleware_missing")
     for checked in (src.mw, src.body):  # what exporter.parse.untrusted dropped or escaped
         if checked is not None and checked.get("input_flags"):

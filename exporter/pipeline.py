@@ -298,10 +298,7 @@ class Pipeline:
     def _emit(self, entries: list[dict]) -> None:
         if not entries:
             return
-        ctx = self.ctx
-        if ctx.middleware_seen != self.correlator.middleware_seen:
-            ctx = self.ctx = AssembleContext(**{**ctx.__dict__,
-                                                "middleware_seen": self.correlator.middleware_seen})
+        ctx, seen = self.ctx, self.correlator.middleware_seen
         sinks = self.sinks
         detect, observe = sinks.detect, sinks.metrics.observe
         append, policy, hooks = sinks.archive.append, sinks.archive_policy, sinks.on_record
@@ -309,7 +306,7 @@ class Pipeline:
         skip = self.skip_keys
         try:
             for entry in entries:
-                rec = build_record(entry, ctx)
+                rec = build_record(entry, ctx, middleware_seen=seen)
                 if rec is None:
                     unmatched += 1
                     continue

@@ -308,7 +308,6 @@ _DETECTORS = (
     ("phone", _nanp_spans, None, _has_digit),
     ("ipv4", _IPV4, _ipv4_ok, _has_digit),
 )
-SPAN_KINDS = tuple(dict.fromkeys(d[0] for d in _DETECTORS))
 
 
 def find_spans(text: str) -> list[tuple[int, int, str]]:

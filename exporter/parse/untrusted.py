@@ -23,6 +23,8 @@ import json
 import math
 import re
 
+from exporter.record import STATUSES
+
 # Parse-error reasons for lines that were used but had fields dropped or text
 # escaped; counted per line in vllm_audit_parse_errors_total.
 CHECK_PROBLEMS = ("middleware_invalid_field", "body_invalid_field", "unencodable_text")
@@ -131,7 +133,6 @@ _TEXT_FIELDS = ("response_id", "received_at", "finished_at", "method", "path", "
 _BOOL_FIELDS = ("request_id_generated", "stream", "empty_response", "aborted", "request_truncated",
                 "response_truncated")
 _INT_FIELDS = ("v", "status_code", "rejected_prompt_tokens", "content_deltas")
-_STATUSES = ("completed", "aborted", "rejected", "error", "incomplete")
 
 
 def check_middleware_line(obj: dict) -> tuple[dict, list[str], bool]:
@@ -146,7 +147,7 @@ def check_middleware_line(obj: dict) -> tuple[dict, list[str], bool]:
         check = _LINE_CHECKS.get(name)
         if check is not None:
             out[name] = check(c, name, value)
-    if out.get("status") is not None and out["status"] not in _STATUSES:
+    if out.get("status") is not None and out["status"] not in STATUSES:
         c.bad.append("status")
         out["status"] = None
     return out, c.bad, c.escaped
