@@ -84,6 +84,10 @@ _COUNTERS = {
         "Completion tokens of served requests, summed over choices.", ("model", "user")),
     "vllm_audit_user_request_duration_seconds_total": (
         "Sum of request latencies, per user.", ("model", "user")),
+    # The denominator of the per-user mean latency: requests_total also counts
+    # records whose latency is unknown (null), which would make the mean read low.
+    "vllm_audit_user_timed_requests_total": (
+        "Requests with a known latency, per user (they make up the duration sum).", ("model", "user")),
     "vllm_audit_empty_responses_total": (
         "Requests that returned no output text.", ("model", "user")),
     "vllm_audit_oversized_inputs_total": (
@@ -157,6 +161,7 @@ class RequestMetrics:
         self._c_prompt = c["vllm_audit_prompt_tokens_total"]
         self._c_completion = c["vllm_audit_completion_tokens_total"]
         self._c_user_duration = c["vllm_audit_user_request_duration_seconds_total"]
+        self._c_user_timed = c["vllm_audit_user_timed_requests_total"]
         self._c_empty = c["vllm_audit_empty_responses_total"]
         self._c_oversized = c["vllm_audit_oversized_inputs_total"]
         self._c_flags = c["vllm_audit_flags_total"]
@@ -213,6 +218,8 @@ class RequestMetrics:
                 lat = lat if lat > 0 else 0.0
                 c = self._c_user_duration
                 c[mu] = c.get(mu, 0.0) + lat
+                c = self._c_user_timed
+                c[mu] = c.get(mu, 0) + 1
                 self._h_duration.observe((model, endpoint), lat)
 
             ttft = rec.get("ttft_seconds")

@@ -425,9 +425,9 @@ def users() -> dict:
         "currencyUSD", stack=True), 12, 8))
     p.append(lay.place(timeseries(
         "Mean latency per user", "`vllm_audit_user_request_duration_seconds_total` / "
-        "`vllm_audit_requests_total`.",
+        "`vllm_audit_user_timed_requests_total` (requests with a known latency only).",
         [prom(f'sum by (user) (rate(vllm_audit_user_request_duration_seconds_total{{{u}}}[$__rate_interval])) '
-              f'/ sum by (user) (rate(vllm_audit_requests_total{{{u}}}[$__rate_interval]))', "{{user}}")],
+              f'/ sum by (user) (rate(vllm_audit_user_timed_requests_total{{{u}}}[$__rate_interval]))', "{{user}}")],
         "s"), 12, 8))
     p.append(lay.place(timeseries(
         "Empty responses and oversized inputs per user", "`vllm_audit_empty_responses_total`, "

@@ -173,8 +173,9 @@ def test_families_exposed_when_empty():
         "vllm_audit_requests", "vllm_audit_prompt_tokens", "vllm_audit_completion_tokens",
         "vllm_audit_request_prompt_tokens", "vllm_audit_request_completion_tokens",
         "vllm_audit_request_duration_seconds", "vllm_audit_time_to_first_token_seconds",
-        "vllm_audit_user_request_duration_seconds", "vllm_audit_empty_responses",
-        "vllm_audit_consecutive_empty_responses", "vllm_audit_oversized_inputs", "vllm_audit_flags"}
+        "vllm_audit_user_request_duration_seconds", "vllm_audit_user_timed_requests",
+        "vllm_audit_empty_responses", "vllm_audit_consecutive_empty_responses",
+        "vllm_audit_oversized_inputs", "vllm_audit_flags"}
 
 
 def test_registering_twice_fails():
@@ -399,3 +400,18 @@ def test_no_label_dimension_shows_a_generated_personal_value(value):
     shown = (users.label(value), model.label(value))
     assert value[:MAX_LABEL_LENGTH] not in shown and shown[1] == OTHER, (value, shown)
     assert shown[0].startswith("u:")
+
+
+def test_per_user_mean_latency_counts_only_requests_with_a_latency():
+    """The users dashboard divided the latency sum by requests_total, which
+    also counts records whose latency is null: the mean read low."""
+    from exporter.record import new_record
+    m, reg = make()
+    for lat in (2.0, None, 4.0, None):
+        r = new_record()
+        r.update(model="tiny", user="alice", endpoint="chat", status="completed", latency_seconds=lat)
+        m.observe(r)
+    text = generate_latest(reg).decode()
+    assert 'vllm_audit_user_timed_requests_total{model="tiny",user="alice"} 2.0' in text
+    assert 'vllm_audit_user_request_duration_seconds_total{model="tiny",user="alice"} 6.0' in text
+    assert 'vllm_audit_requests_total{' in text  # 4 requests: dividing by it gave 1.5 s, not 3 s
