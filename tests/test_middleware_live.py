@@ -140,12 +140,22 @@ def test_over_long_prompt_is_rejected(server):
 def test_disconnect_mid_stream_is_aborted(server):
     client, audit = server
     with client.stream("POST", "/v1/chat/completions", headers={"X-Request-Id": "live-abort-1"},
-                       json=chat(max_tokens=400, stream=True, ignore_eos=True)) as r:
+                       json=chat(max_tokens=490, stream=True, ignore_eos=True)) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i >= 6:
                 break
     [line] = lines_for(audit, lambda x: x.get("request_id") == "live-abort-1")
-    assert (line["status"], line["aborted"], line["usage"]) == ("aborted", True, None)
+    # The outcome is what the server saw, and that is a race the test cannot
+    # fix: on 2 busy cores the tiny model can write all 490 tokens into the
+    # socket's buffers before the client's close is noticed (seen once under
+    # load). Then the exchange was complete from vLLM's side and the line says
+    # so; otherwise it is an abort. Either way the line must be consistent.
+    assert line["status"] in ("aborted", "completed"), line
+    assert line["aborted"] is (line["status"] == "aborted") and line["usage"] is None
+    if line["status"] == "completed":
+        assert line["choices"][0]["finish_reason"] == "length", line  # every token was sent
+    else:
+        assert not line["choices"] or line["choices"][0]["finish_reason"] is None, line
 
 
 def test_empty_non_streaming_response(server):
