@@ -157,6 +157,8 @@ _FW = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
 
 
 @settings(max_examples=examples(300))
+# Found by the 10 000-example exploration: a "+" after another "+" hid the number.
+@example(parts=[("++", "", "13000000000", False)], as_json=False)
 @given(st.lists(st.tuples(filler, seps, st.one_of(emails, cards, ids, phones), st.booleans()),
                 min_size=1, max_size=5), st.booleans())
 def test_redaction_never_leaks_full_width_or_escaped_values(parts, as_json):

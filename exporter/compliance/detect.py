@@ -154,10 +154,12 @@ def _email_spans(text: str):
 # bracket between any two digits ("+1 (415) 555-2671", "+44 20 7946 0958");
 # a China landline with its area code ("010-62345678", "(0755) 8888 8888").
 # Each repetition is bounded, so a start costs O(1).
+# A "+" may follow another "+" ("++13800138000" is still a number): only a
+# digit before the first character means the match starts inside a longer one.
 _PHONE = re.compile(
-    r"[+018](?<![0-9+].)(?:(?<=\+)86\)?[ -]?1|(?<=0)086[ -]?1|(?<=8)6[ -]?1|(?<=1))[3-9]\d"
+    r"[+018](?<![0-9].)(?:(?<=\+)86\)?[ -]?1|(?<=0)086[ -]?1|(?<=8)6[ -]?1|(?<=1))[3-9]\d"
     r"(?:[ .-]?\d{4}){2}(?!\d)"
-    r"|\+(?<![0-9+].)[1-9](?:(?:[ .-]|[ .-]?\(|\)[ .-]?)?\d){7,14}(?!\d)"
+    r"|\+(?<![0-9].)[1-9](?:(?:[ .-]|[ .-]?\(|\)[ .-]?)?\d){7,14}(?!\d)"
     r"|0(?<![0-9].)[1-9]\d{1,2}(?:[ -]|\) ?)[1-9]\d{2,3}[ -]?\d{4}(?!\d)",
     re.ASCII,
 )
