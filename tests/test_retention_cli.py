@@ -90,3 +90,28 @@ def test_retention_key_from_the_environment_and_a_wrong_key_refuses(tmp_path, ca
     monkeypatch.setenv("VLLM_AUDIT_HMAC_KEY", KEY)
     assert main(["retention", str(root), "--delete-after-days", "1"]) == 0
     assert len(list(root.glob("audit-*.jsonl"))) == 1
+
+
+def test_standalone_retention_with_state_dir_keeps_what_loki_has_not_shipped(tmp_path, capsys):
+    """With the exporter's state elsewhere (--state-dir, as `run` was given
+    it), standalone retention looked for Loki's position under DIR/.state
+    only, and compressed days Loki had not shipped: they never reached Loki."""
+    root, state = tmp_path / "archive", tmp_path / "state"
+    _archive(root, days=4, start=1_700_000_000.0)
+    files = sorted(p.name for p in root.glob("audit-*.jsonl"))
+    state.mkdir()
+    (state / "loki.json").write_text(json.dumps({"file": files[1], "offset": 10}))
+    assert main(["retention", str(root), "--compress-after-days", "1", "--state-dir", str(state)]) == 0
+    assert sorted(p.name for p in root.glob("audit-*.jsonl")) == files[1:]
+    assert sorted(p.name for p in root.glob("audit-*.jsonl.gz")) == [files[0] + ".gz"]
+    # the same through the environment, as the compose service sets it
+    root2 = tmp_path / "archive2"
+    _archive(root2, days=4, start=1_700_000_000.0)
+    import os
+    os.environ["VLLM_AUDIT_STATE_DIR"] = str(state)
+    try:
+        (state / "loki.json").write_text(json.dumps({"file": files[1], "offset": 10}))
+        assert main(["retention", str(root2), "--compress-after-days", "1"]) == 0
+    finally:
+        del os.environ["VLLM_AUDIT_STATE_DIR"]
+    assert sorted(p.name for p in root2.glob("audit-*.jsonl")) == files[1:]
