@@ -125,6 +125,7 @@ def cmd_retention(args) -> int:
     from .chain import KeyLoadError, load_key
     from exporter.durable import DirError, usable_dir
     from .compliance.retention import retention_main
+    from .archive.layout import loki_keep_from
     from .loki.state import load_position
     opts = resolve("retention", args, os.environ)
     try:
@@ -139,8 +140,7 @@ def cmd_retention(args) -> int:
     state_dir = Path(opts["state_dir"]) if opts["state_dir"] else Path(args.archive_dir) / ".state"
     loki_state = state_dir / "loki.json"
     if loki_state.exists():  # Loki is in use: keep what it has not shipped
-        name = load_position(loki_state)[0].file
-        keep = name[len("audit-"):len("audit-") + 10] if name else ""
+        keep = loki_keep_from(load_position(loki_state)[0].file)
     return retention_main(args.archive_dir, compress_after_days=args.compress_after_days,
                           delete_after_days=args.delete_after_days, keep_from_day=keep,
                           out=sys.stdout, key=key)

@@ -145,8 +145,8 @@ def _keep_from_day(rt) -> str | None:
     pusher reads plain .jsonl files only)."""
     if rt.loki is None:
         return None
-    name = rt.loki.position.file
-    return name[len("audit-"):len("audit-") + 10] if name else ""
+    from .archive.layout import loki_keep_from
+    return loki_keep_from(rt.loki.position.file)
 
 
 def _retention(rt) -> None:

@@ -81,3 +81,11 @@ def iter_lines(path: Path) -> Iterator[bytes]:
     """Raw lines including their ``\\n`` (the last one may lack it: torn)."""
     with open_binary(path) as fh:
         yield from fh
+
+
+def loki_keep_from(name: str | None) -> str:
+    """The first day retention must keep while Loki is shipping the data file
+    ``name`` (its position): that file's day; "" (keep every day) before Loki
+    has a file, or for a name that is not an archive data file."""
+    parsed = parse_name(name) if name else None
+    return parsed[0] if parsed else ""

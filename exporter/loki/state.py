@@ -13,11 +13,10 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from exporter.durable import fsync_dir, make_dir
+from exporter.durable import FILE_MODE, fsync_dir, make_dir
 from exporter.durable import write_atomic as write_bytes_atomic
 from .archive_reader import Position
 
-FILE_MODE = 0o640
 
 
 def write_atomic(path: Path, obj: object) -> None:
