@@ -57,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     # The flag names are pinned by the export contract (README, "Export").
-    p.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR", "audit-archive"),
+    p.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR") or "audit-archive",
                    help="archive to read [env VLLM_AUDIT_ARCHIVE_DIR]")
     p.add_argument("--from", dest="time_from", required=True, metavar="T",
                    help="start time, RFC 3339 or YYYY-MM-DD (inclusive)")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 user=args.user, model=args.model, grep=args.grep, fmt=args.format, bom=args.bom,
                 output=args.output, source=args.source, loki_url=opts["loki_url"],
                 loki=loki_settings(opts) if args.source == "loki" else None,
-                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"))
+                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None)
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +117,7 @@ def cmd_verify(args) -> int:
     from .compliance.verify import verify_main
     opts = resolve("verify", args, os.environ)
     return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
-                       hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
+                       hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None,
                        state_dir=opts["state_dir"] and str(opts["state_dir"]))
 
 

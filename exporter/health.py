@@ -8,7 +8,11 @@ the ``/health`` JSON.
 Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
 
 1. a *required* log source is not up (file missing or unreadable): records
-   are being lost or delayed right now;
+   are being lost or delayed right now. A file that has not existed since the
+   exporter started, with no checkpoint naming one, is only *waiting*
+   (``"waiting": true``): nothing was written there yet, so nothing is lost.
+   A fresh, idle stack is healthy although vLLM's middleware creates
+   ``middleware.jsonl`` only at the first audited request;
 2. the most recent checkpoint write failed: a restart would re-read and the
    archive cannot advance its committed size;
 3. a vLLM scraper is configured and its most recent scrape failed;
@@ -69,6 +73,7 @@ class SourceHealth:
     lag_bytes: int = 0  # size - position, never negative
     last_line_unix: float | None = None  # wall time the last line was read
     error: str | None = None  # why it is not up
+    waiting: bool = False  # never existed yet: not a problem (rule 1)
     # Header times minus UTC as measured (quarter hours; 0 = consistent), and
     # the operator-facing explanation when not 0 (pipeline's ClockCheck).
     time_offset_seconds: int = 0
@@ -163,7 +168,7 @@ class Health:
     def problems(self) -> list[str]:
         found = []
         for src in list(self.sources.values()):
-            if src.required and not src.up:
+            if src.required and not src.up and not src.waiting:
                 found.append(f"source {src.name}: not up" + (f" ({src.error})" if src.error else ""))
         if self.checkpoint_consecutive_failures:
             found.append(f"checkpoint: last {self.checkpoint_consecutive_failures} write(s) failed"

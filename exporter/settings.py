@@ -50,8 +50,14 @@ OPTIONS: tuple[Option, ...] = (
            "per UTC day) and of the exporter's state", Path("audit-archive"), "path", _BOTH, "DIR"),
     Option("--state-dir", "state_dir", "where checkpoints live (default: ARCHIVE_DIR/.state)",
            None, "path", (*_BOTH, "verify", "retention"), "DIR"),
-    Option("--from-start", "from_start", "read log files from their start instead of their end "
-           "(backfill); ignored once a checkpoint exists", False, "bool", ("run",)),
+    # First start (no checkpoint): read what vLLM already wrote, so nothing it
+    # served before the exporter's first start is lost. --from-end opts out.
+    Option("--from-start", "from_start", "on the first start (no checkpoint) read existing log "
+           "files from their start; this is the default, kept for old command lines", False,
+           "bool", ("run",)),
+    Option("--from-end", "from_end", "on the first start (no checkpoint) skip what the log "
+           "files already hold and read only new lines; ignored once a checkpoint exists",
+           False, "bool", ("run",)),
     Option("--vllm-url", "vllm_url", "vLLM base URL; its /metrics is scraped for up and "
            "audit completeness (empty: no scrape)", None, "str", ("run",), "URL"),
     Option("--scrape-interval", "scrape_interval", "seconds between vLLM /metrics scrapes",
@@ -149,7 +155,7 @@ class Settings:
     replay_files: tuple[str, ...] = ()
     archive_dir: Path = Path("audit-archive")
     state_dir: Path = Path("audit-archive/.state")
-    from_start: bool = False
+    from_start: bool = True  # no checkpoint: read existing files from 0 (--from-end: from EOF)
     vllm_url: str | None = None
     scrape_interval: float = 15.0
     listen_host: str = "127.0.0.1"
@@ -258,7 +264,9 @@ def resolve(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) ->
         raw = getattr(ns, opt.dest, None)
         if raw is not None:
             values[opt.dest] = _convert(opt, raw, "flag")
-        elif opt.env in environ:
+        elif environ.get(opt.env, "").strip():
+            # An empty variable means the default (compose passes `${VAR:-}`
+            # through as ""), the same rule as the middleware's.
             values[opt.dest] = _convert(opt, environ[opt.env], f"env {opt.env}")
         else:
             values[opt.dest] = opt.default
@@ -344,6 +352,8 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
             flag = "--" + dest.replace("_", "-")
             raise SettingsError(f"{flag}: {v[dest]!r} is not one of {', '.join(POLICY_MODES)}")
 
+    if v.get("from_start") and v.get("from_end"):
+        raise SettingsError("--from-start and --from-end: choose one")
     host, port = "127.0.0.1", 9400
     if command == "run":
         if not v["logs"]:
@@ -379,7 +389,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         replay_files=replay_files,
         archive_dir=archive_dir,
         state_dir=Path(v["state_dir"]) if v.get("state_dir") else archive_dir / ".state",
-        from_start=bool(v.get("from_start")),
+        from_start=not v.get("from_end"),
         vllm_url=(v.get("vllm_url") or None),
         scrape_interval=v.get("scrape_interval") or 15.0,
         listen_host=host, listen_port=port,

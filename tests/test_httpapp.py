@@ -87,7 +87,7 @@ def test_health_sources(setup):
     assert body["sources"]["vllm"] == {
         "name": "vllm", "path": "/var/log/vllm.log", "required": True, "up": True, "at_eof": True,
         "position": 0, "size": None, "lag_bytes": 0, "last_line_unix": 1_789_999_999.5, "error": None,
-        "time_offset_seconds": 0, "time_offset_note": None}
+        "time_offset_seconds": 0, "time_offset_note": None, "waiting": False}
     assert body["sources"]["middleware"]["up"] is opt.up is False
 
 
@@ -178,8 +178,15 @@ def test_every_tailer_counter_is_exported_and_health_says_why_a_source_is_down(t
         assert f"vllm_audit_tail_{name}_total" in text, name
     assert f'vllm_audit_tail_invalid_utf8_lines_total{{source="{log}"}} 1.0' in text
     healthy, report = rt.health.report()
-    assert not healthy and any("no such file" in p for p in report["problems"])
+    # never existed since the start: waiting, not a problem (fresh idle stack)
+    assert healthy, report["problems"]
     down = next(s for s in report["sources"].values() if s["path"] == str(missing))
-    assert down["up"] is False and "no such file" in down["error"]
+    assert down["up"] is False and down["waiting"] is True and "no such file" in down["error"]
+    missing.write_text("")
+    rt.pipeline.step()
+    missing.unlink()
+    rt.pipeline.step()
+    healthy, report = rt.health.report()
+    assert not healthy and any("no such file" in p for p in report["problems"])
     up = next(s for s in report["sources"].values() if s["path"] == str(log))
     assert up["error"] is None and up["last_line_unix"] is not None

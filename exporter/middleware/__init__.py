@@ -57,7 +57,9 @@ def uuid4_hex() -> str:
 
 
 def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if raw is None:
+    # Unset and empty both mean the default: compose passes `${VAR:-}` as "".
+    # (To capture no user header at all, name one nobody sends.)
+    if raw is None or not raw.strip():
         return default
     return tuple(n.strip().lower() for n in raw.split(",") if n.strip())
 
