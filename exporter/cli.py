@@ -49,6 +49,12 @@ def make_parser() -> argparse.ArgumentParser:
     retention.add_argument("--compress-after-days", type=int, default=None, metavar="DAYS")
     retention.add_argument("--delete-after-days", type=int, default=None, metavar="DAYS")
     add_options(retention, "retention")
+    alert_log = sub.add_parser("alert-log", help="receive Alertmanager notifications: print, "
+                               "keep, forward (the stack's default receiver)",
+                               description="Print every Alertmanager notification (one line per "
+                               "alert), optionally keep it as JSON and forward it to a webhook, "
+                               "Slack or e-mail.")
+    add_options(alert_log, "alert-log")
     export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
     _add_export_args(export)
     add_options(export, "export")
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "retention":
             return cmd_retention(args)
+        if args.command == "alert-log":
+            from .alertlog import main as alert_log_main
+            from .settings import alert_log_options
+            return alert_log_main(*alert_log_options(args, os.environ))
         if args.command == "export":
             from .compliance.export import export_main
             opts = resolve("export", args, os.environ)

@@ -62,8 +62,9 @@ OPTIONS: tuple[Option, ...] = (
            "audit completeness (empty: no scrape)", None, "str", ("run",), "URL"),
     Option("--scrape-interval", "scrape_interval", "seconds between vLLM /metrics scrapes",
            15.0, "float", ("run",), "SECONDS"),
-    Option("--web.listen-address", "listen_address", "address for /metrics, /health and /",
-           "127.0.0.1:9400", "str", ("run",), "HOST:PORT"),
+    Option("--web.listen-address", "listen_address", "address for /metrics, /health and / "
+           "(alert-log: where Alertmanager posts)", "127.0.0.1:9400", "str", ("run", "alert-log"),
+           "HOST:PORT"),
     Option("--model", "model", "served model name to record when the log does not say "
            "(vLLM serves one model; INFO logs never name it)", None, "str", _BOTH, "NAME"),
     Option("--server-timezone", "server_timezone", "IANA zone of vLLM's log timestamps (its "
@@ -143,6 +144,25 @@ OPTIONS: tuple[Option, ...] = (
            "(pipeline, Loki pusher) after unexpected failures without progress in between "
            "before the process exits with status 1 (0: exit on the first)", 5, "int", ("run",), "N"),
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
+    # alert-log: the stack's default Alertmanager receiver (exporter/alertlog.py)
+    Option("--alert-log-file", "alert_log_file", "also append every notification as JSON here",
+           None, "path", ("alert-log",), "FILE"),
+    Option("--alert-webhook-url", "alert_webhook_url", "forward each notification's JSON to this "
+           "webhook", None, "str", ("alert-log",), "URL"),
+    Option("--alert-slack-webhook-url", "alert_slack_webhook_url", "forward to this Slack "
+           "incoming webhook", None, "str", ("alert-log",), "URL"),
+    Option("--alert-email-to", "alert_email_to", "forward by e-mail to this address (SMTP "
+           "below)", None, "str", ("alert-log",), "ADDR"),
+    Option("--alert-smtp-host", "alert_smtp_host", "SMTP server", "localhost:25", "str",
+           ("alert-log",), "HOST:PORT"),
+    Option("--alert-smtp-from", "alert_smtp_from", "sender address", "vllm-audit@localhost", "str",
+           ("alert-log",), "ADDR"),
+    Option("--alert-smtp-username", "alert_smtp_username", "SMTP login", None, "str",
+           ("alert-log",), "USER"),
+    Option("--alert-smtp-password-file", "alert_smtp_password_file", "SMTP password file", None,
+           "path", ("alert-log",), "FILE"),
+    Option("--alert-smtp-starttls", "alert_smtp_starttls", "STARTTLS before login", False, "bool",
+           ("alert-log",)),
 )
 
 POLICY_MODES = ("full", "redact", "hash", "omit")
@@ -422,3 +442,19 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
 def env_table() -> list[tuple[str, str, str]]:
     """(flag, env var, commands) rows for the README."""
     return [(o.flag, o.env, ",".join(o.commands)) for o in OPTIONS]
+
+
+def alert_log_options(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[dict, str | None]:
+    """The alert-log command's resolved options and its SMTP password, validated."""
+    v = resolve("alert-log", ns, environ)
+    host, sep, port = v["listen_address"].rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"--web.listen-address: expected HOST:PORT, got {v['listen_address']!r}")
+    for dest in ("alert_webhook_url", "alert_slack_webhook_url"):
+        if v.get(dest) and not v[dest].startswith(("http://", "https://")):
+            raise SettingsError(f"--{dest.replace('_', '-')}: expected an http(s) URL, got {v[dest]!r}")
+    if v.get("alert_email_to") and "@" not in v["alert_email_to"]:
+        raise SettingsError(f"--alert-email-to: not an e-mail address: {v['alert_email_to']!r}")
+    password = _read_secret_file(v.get("alert_smtp_password_file"), "--alert-smtp-password-file",
+                                 text=True)
+    return v, password
