@@ -15,7 +15,11 @@ Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
    ``middleware.jsonl`` only at the first audited request;
 2. the most recent checkpoint write failed: a restart would re-read and the
    archive cannot advance its committed size;
-3. a vLLM scraper is configured and its most recent scrape failed;
+3. a vLLM scraper is configured and its most recent scrape failed, once one
+   has succeeded since the exporter started: until vLLM first answers (a
+   model download or load takes minutes, and compose starts both at once)
+   the exporter is not the one at fault and nothing is lost, so it stays
+   healthy and ``vllm`` shows the failures (``VllmDown`` alerts on them);
 4. a worker thread (``pipeline``, ``loki``) is not running normally: it failed
    with an unexpected exception and has not made progress since its restart,
    it gave up (the process is exiting non-zero), or it ended unexpectedly;
@@ -174,7 +178,7 @@ class Health:
             found.append(f"checkpoint: last {self.checkpoint_consecutive_failures} write(s) failed"
                          f" ({self.checkpoint_last_error})")
         status = getattr(self.scraper, "last_scrape", None)
-        if status is not None and status.up is False:
+        if status is not None and status.up is False and status.last_success_unix is not None:
             found.append(f"vllm: scrape failing ({status.error})")
         for thread in list(self.threads.values()):
             problem = thread.problem()

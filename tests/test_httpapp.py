@@ -109,14 +109,20 @@ def test_health_vllm_scrape(setup):
     h.scraper = SimpleNamespace(last_scrape=ScrapeStatus())
     resp = setup.client.get("/health")
     assert resp.status_code == 200 and resp.json()["vllm"]["up"] is None  # not scraped yet
+    # vLLM still loading its model: never answered since the start, not the exporter's fault
     h.scraper.last_scrape = ScrapeStatus(up=False, attempts=1, consecutive_failures=1,
                                          error="ConnectError: refused")
     resp = setup.client.get("/health")
-    assert resp.status_code == 503
-    assert resp.json()["problems"] == ["vllm: scrape failing (ConnectError: refused)"]
+    assert resp.status_code == 200 and resp.json()["vllm"]["error"] == "ConnectError: refused"
     h.scraper.last_scrape = ScrapeStatus(up=True, attempts=2, last_success_unix=1_790_000_001.0,
                                          requests_finished=12.0)
     assert setup.client.get("/health").json()["vllm"]["requests_finished"] == 12.0
+    # answered once, fails now: unhealthy
+    h.scraper.last_scrape = ScrapeStatus(up=False, attempts=3, consecutive_failures=1,
+                                         last_success_unix=1_790_000_001.0, error="ConnectError: refused")
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["problems"] == ["vllm: scrape failing (ConnectError: refused)"]
 
 
 def test_health_reports_loki_and_uptime_without_judging_loki(setup):
