@@ -234,3 +234,67 @@ def test_renamed_token_header():
     env = {"VLLM_AUDIT_OPENWEBUI_JWT_HEADER": "X-Corp-Jwt"}
     line, raw = jwt_line([("x-corp-jwt", mint())], env)
     assert line["identity_source"] == "jwt" and mint() not in raw
+
+
+# -- through the exporter: parse (type checks) -> correlate -> record ---------------
+
+def _records(lines: list[dict]) -> list[dict]:
+    from exporter.assemble import AssembleContext, build_record
+    from exporter.correlate import Correlator
+    from exporter.parse import parse_line
+    corr = Correlator(merge_grace=0)
+    for line in lines:
+        corr.feed(parse_line(json.dumps(line)), NOW)
+    return [build_record(e, AssembleContext(model="tiny")) for e in corr.drain()]
+
+
+def test_record_carries_identity_source_claims_and_the_invalid_flag():
+    good, _ = jwt_line([("x-openwebui-user-jwt", mint()), ("x-openwebui-task", "title_generation")] + CHAT_ID)
+    bad, _ = jwt_line([("x-openwebui-user-jwt", mint(now=NOW - 3600)), ("x-request-id", "rid-2")])
+    bad["request_id"] = "rid-2"
+    ok, expired = _records([good, bad])
+    assert (ok["user"], ok["identity_source"], ok["flags"]) == ("ana@example.org", "jwt", [])
+    assert ok["identity"]["jwt"]["role"] == "user"
+    assert ok["identity"]["openwebui"] == {"chat_id": "c-9", "message_id": None, "user_message_id": None,
+                                           "task": "title_generation"}
+    assert (expired["user"], expired["identity_source"]) == (None, None)
+    assert expired["identity"]["invalid_reason"] == "expired" and "identity_invalid" in expired["flags"]
+
+
+def test_hostile_identity_fields_are_type_checked():
+    line, _ = jwt_line([("x-openwebui-user-jwt", mint())])
+    line.update(identity_source="root", user="mallory")
+    line["identity"].update(jwt={"sub": ["x"], "email": "a", "extra": "dropped"},
+                            openwebui="chat", invalid_reason="because")
+    [rec] = _records([line])
+    assert rec["identity_source"] is None and "invalid_field" in rec["flags"]
+    assert rec["identity"]["jwt"] == {"sub": None, "email": "a"}
+    assert rec["identity"]["openwebui"] is None
+    # An unknown reason is still a refusal: the flag survives, the value is bounded.
+    assert rec["identity"]["invalid_reason"] == "malformed" and "identity_invalid" in rec["flags"]
+
+
+def test_log_only_user_field_and_legacy_lines():
+    from exporter.assemble import _legacy_source
+    assert _legacy_source("ana", {"headers": {"x-openwebui-user-name": "ana"}, "user_field": "ana"}) is None
+    assert _legacy_source("bob", {"headers": {}, "user_field": "bob"}) == "user_field"
+    assert _legacy_source("key:abcd", {"headers": {}, "api_key_hash": "abcdef"}) == "api_key"
+    line, _ = jwt_line([("authorization", "Bearer k")], {"VLLM_AUDIT_OPENWEBUI_JWT_SECRET": ""})
+    del line["identity_source"]  # a line written before the field existed
+    [rec] = _records([line])
+    assert (rec["user"][:4], rec["identity_source"]) == ("key:", "api_key")
+
+
+def test_log_only_record_takes_the_body_user_as_user_field():
+    from exporter.assemble import AssembleContext, build_record
+    from exporter.correlate import Correlator
+    from exporter.parse import parse_line
+    body = {"model": "tiny", "messages": [], "user": "carol"}
+    corr = Correlator(merge_grace=0)
+    for text in (f"INFO 11-22 10:00:00 [request_logger.py:84] Request w1 JSON body: {json.dumps(body)}",
+                 "INFO 11-22 10:00:00 [request_logger.py:65] Received request chatcmpl-w1: params: "
+                 "SamplingParams(n=1, temperature=1.0, max_tokens=9), lora_request: None."):
+        corr.feed(parse_line(text), NOW)
+    [entry] = corr.drain()
+    rec = build_record(entry, AssembleContext(model="tiny"))
+    assert (rec["user"], rec["identity_source"]) == ("carol", "user_field")
