@@ -142,6 +142,9 @@ def test_valid_token_is_the_user_and_never_written():
     token = mint()
     session = [("x-openwebui-message-id", "m-1"), ("x-openwebui-user-message-id", "um-1"),
                ("x-openwebui-task", "title_generation")]
+    line, _ = jwt_line([("x-openwebui-user-jwt", token), ("x-openwebui-task", "")] + CHAT_ID)
+    assert line["identity"]["openwebui"] == {"chat_id": "c-9", "message_id": None,  # "" = no value
+                                             "user_message_id": None, "task": None}
     line, raw = jwt_line([("x-openwebui-user-jwt", token), ("authorization", "Bearer shared")]
                          + CHAT_ID + session)
     assert (line["user"], line["identity_source"]) == ("ana@example.org", "jwt")

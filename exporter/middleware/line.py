@@ -130,7 +130,8 @@ def identity(cfg, headers: dict, auth: bytes | None, body, now: float) -> tuple[
         if source is None and (cfg.jwt_secret is None or reason == "missing"):
             user = next((present[h] for h in cfg.user_headers if present.get(h)), None)
             source = ("header" if secret_ok is None else "header_secret") if user else None
-        session = {field: _text(headers[h.encode()]) if h.encode() in headers else None
+        # Open WebUI fills a template it has no value for with "": unknown, so null.
+        session = {field: _text(headers[h.encode()]) or None if h.encode() in headers else None
                    for field, h in SESSION_HEADERS}
         if any(v is not None for v in session.values()):
             ident["openwebui"] = session
