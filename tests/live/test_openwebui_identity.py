@@ -128,27 +128,44 @@ def direct(base_url: str, token: str, rid: str) -> httpx.Response:
                       json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
 
 
+# Class-scoped: each deployment is stopped before the next class starts one.
+@pytest.fixture(scope="class")
+def secure(tmp_path_factory):
+    require()
+    root = tmp_path_factory.mktemp("owui-jwt")
+    owui_env = {"ENABLE_FORWARD_USER_INFO_HEADERS": "true", "FORWARD_USER_INFO_HEADER_JWT_SECRET": SECRET}
+    with Deployment(root, {"VLLM_AUDIT_OPENWEBUI_JWT_SECRET": SECRET}, owui_env) as dep:
+        sent = dep.chats()
+        now = int(time.time())
+        claims = {"sub": "u-x", "email": "ana@example.org", "name": "Ana", "role": "admin",
+                  "iss": "open-webui"}
+        forged = jwt.encode({**claims, "iat": now, "exp": now + 300}, "guessed-secret-guessed-secret-!!",
+                            algorithm="HS256")
+        # Minted by the right secret as Open WebUI does, 10 minutes ago: past its 300 s life.
+        expired = jwt.encode({**claims, "iat": now - 600, "exp": now - 300}, SECRET, algorithm="HS256")
+        for rid, token in (("forged-1", forged), ("expired-1", expired)):
+            assert direct(dep.vllm.base_url, token, rid).status_code == 200
+        lines = dep.lines(len(sent) + 2)
+        records, registry = dep.records()
+        yield {"sent": sent, "lines": lines, "records": records, "registry": registry,
+               "tokens": (forged, expired)}
+
+
+@pytest.fixture(scope="class")
+def plain(tmp_path_factory):
+    require()
+    root = tmp_path_factory.mktemp("owui-plain")
+    with Deployment(root, {}, {"ENABLE_FORWARD_USER_INFO_HEADERS": "true"}) as dep:
+        sent = dep.chats()
+        dep.lines(len(sent))
+        records, _ = dep.records()
+        yield {"sent": sent, "records": records}
+
+
 class TestSecureMode:
-    @pytest.fixture(scope="class")
-    def run(self, tmp_path_factory):
-        require()
-        root = tmp_path_factory.mktemp("owui-jwt")
-        owui_env = {"ENABLE_FORWARD_USER_INFO_HEADERS": "true", "FORWARD_USER_INFO_HEADER_JWT_SECRET": SECRET}
-        with Deployment(root, {"VLLM_AUDIT_OPENWEBUI_JWT_SECRET": SECRET}, owui_env) as dep:
-            sent = dep.chats()
-            now = int(time.time())
-            claims = {"sub": "u-x", "email": "ana@example.org", "name": "Ana", "role": "admin",
-                      "iss": "open-webui"}
-            forged = jwt.encode({**claims, "iat": now, "exp": now + 300}, "guessed-secret-guessed-secret-!!",
-                                algorithm="HS256")
-            # Minted by the right secret as Open WebUI does, 10 minutes ago: past its 300 s life.
-            expired = jwt.encode({**claims, "iat": now - 600, "exp": now - 300}, SECRET, algorithm="HS256")
-            for rid, token in (("forged-1", forged), ("expired-1", expired)):
-                assert direct(dep.vllm.base_url, token, rid).status_code == 200
-            lines = dep.lines(len(sent) + 2)
-            records, registry = dep.records()
-            yield {"sent": sent, "lines": lines, "records": records, "registry": registry,
-                   "tokens": (forged, expired)}
+    @pytest.fixture
+    def run(self, secure):
+        return secure
 
     def test_every_chat_is_one_record_of_its_user_verified_by_jwt(self, run):
         by_id = {r["request_id"]: r for r in run["records"]}
@@ -192,15 +209,9 @@ class TestSecureMode:
 
 
 class TestPlainHeaders:
-    @pytest.fixture(scope="class")
-    def run(self, tmp_path_factory):
-        require()
-        root = tmp_path_factory.mktemp("owui-plain")
-        with Deployment(root, {}, {"ENABLE_FORWARD_USER_INFO_HEADERS": "true"}) as dep:
-            sent = dep.chats()
-            dep.lines(len(sent))
-            records, _ = dep.records()
-            yield {"sent": sent, "records": records}
+    @pytest.fixture
+    def run(self, plain):
+        return plain
 
     def test_plain_headers_are_attributed_but_marked_unverified(self, run):
         by_id = {r["request_id"]: r for r in run["records"]}
