@@ -301,3 +301,13 @@ def test_log_only_record_takes_the_body_user_as_user_field():
     [entry] = corr.drain()
     rec = build_record(entry, AssembleContext(model="tiny"))
     assert (rec["user"], rec["identity_source"]) == ("carol", "user_field")
+
+
+def test_loki_copy_redacts_the_claims_and_keeps_the_provenance():
+    from exporter.compliance.policy import make_policy
+    good, _ = jwt_line([("x-openwebui-user-jwt", mint())])
+    bad, _ = jwt_line([("x-openwebui-user-jwt", "garbage"), ("x-request-id", "rid-2")])
+    bad["request_id"] = "rid-2"
+    ok, refused = (make_policy("loki")(r) for r in _records([good, bad]))
+    assert ok["identity"]["jwt"]["email"] == "[EMAIL]" and ok["identity_source"] == "jwt"
+    assert refused["identity"]["invalid_reason"] == "malformed" and "identity_invalid" in refused["flags"]
