@@ -19,6 +19,7 @@ vLLM + one Open WebUI per case (class-scoped fixtures, run one after the other).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def secure(tmp_path_factory):
         lines = dep.lines(len(sent) + 2)
         records, registry = dep.records()
         yield {"sent": sent, "lines": lines, "records": records, "registry": registry,
-               "tokens": (forged, expired)}
+               "tokens": (forged, expired), "vllm_log": (root / "vllm.log").read_text(errors="replace")}
 
 
 @pytest.fixture(scope="class")
@@ -201,10 +202,12 @@ class TestSecureMode:
                                     {"model": "tiny", "source": "jwt"}) == len(run["sent"])
 
     def test_no_token_or_key_is_written(self, run):
-        raw = json.dumps(run["lines"]) + json.dumps(run["records"])
+        raw = json.dumps(run["lines"]) + json.dumps(run["records"]) + run["vllm_log"]
         assert VLLM_KEY not in raw and SECRET not in raw
         for token in run["tokens"]:
             assert token not in raw and token.split(".")[2] not in raw
+        # ... nor any of the tokens Open WebUI minted for the chats (JWTs start eyJ: base64 of '{"').
+        assert re.search(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+", raw) is None
         assert "x-openwebui-user-jwt" not in raw.lower()
 
 
