@@ -76,6 +76,8 @@ def test_expiry_with_clock_skew_allowance():
     assert check(token, now=NOW + 301, leeway=0) == (None, "expired")
     assert check(mint(exp=None)) == (None, "malformed")  # Open WebUI always sets exp
     assert check(mint(exp="tomorrow")) == (None, "malformed")
+    forever = signed({"alg": "HS256"}, {"iss": "open-webui", "exp": float("inf")})  # JSON "Infinity"
+    assert check(forever) == (None, "malformed")
 
 
 def test_token_from_the_future_is_refused_beyond_the_skew():
@@ -311,3 +313,33 @@ def test_loki_copy_redacts_the_claims_and_keeps_the_provenance():
     ok, refused = (make_policy("loki")(r) for r in _records([good, bad]))
     assert ok["identity"]["jwt"]["email"] == "[EMAIL]" and ok["identity_source"] == "jwt"
     assert refused["identity"]["invalid_reason"] == "malformed" and "identity_invalid" in refused["flags"]
+
+
+# -- property: hostile tokens -------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hyp import examples  # noqa: E402
+
+_PART = st.one_of(st.binary(max_size=64).map(lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")),
+                  st.binary(max_size=32), st.sampled_from([b"", b"e30", b"eyJhbGciOiJIUzI1NiJ9"]))
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.lists(_PART, min_size=1, max_size=4).map(b".".join), st.binary(max_size=40))
+def test_any_token_bytes_give_a_known_reason_and_never_raise(token, key):
+    claims, reason = verify(token, key, NOW, 60)
+    # Without the key nobody can produce a valid token by chance.
+    assert claims is None and reason in INVALID_REASONS
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.dictionaries(st.sampled_from(["iss", "exp", "iat", "nbf", "email", "sub"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+                                 st.lists(st.integers(), max_size=2))))
+def test_any_signed_claims_never_raise(claims):
+    # Signed with the right key (a buggy or hostile holder of the secret): still only known outcomes.
+    got, reason = check(signed({"alg": "HS256"}, claims))
+    assert (got is None) == (reason is not None) and reason in (None, *INVALID_REASONS)
+    if got is not None:
+        assert got["iss"] == "open-webui" and NOW <= got["exp"] + 60 < float("inf")

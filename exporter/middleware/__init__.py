@@ -19,6 +19,11 @@ Rules:
   clocks; parsing, hashing and JSON encoding happen in the writer thread.
 - Fail open: no exception of the middleware's own reaches vLLM (they are
   counted in ``errors``); every exception of vLLM's passes through untouched.
+- Identity (``line.identity``): with ``VLLM_AUDIT_OPENWEBUI_JWT_SECRET`` (or
+  ``_FILE``) Open WebUI's signed token is verified off the loop
+  (``openwebui.verify``) and is the only source of ``user``; the token, the
+  bearer key and the secrets are captured only to be checked or hashed,
+  never written.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 
 ISSUER = "open-webui"
@@ -74,7 +75,8 @@ def _json_object(part: bytes) -> dict | None:
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite JSON number (Python's decoder also accepts NaN and Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def verify(token: bytes, key: bytes, now: float, leeway: float,
