@@ -670,3 +670,10 @@ def test_write_errors_are_counted_and_reported_as_dropped(clock):
     lines = written(writer, sink)
     assert (writer.write_errors, lines[0]["type"], lines[0]["dropped"], len(lines)) == (
         1, "vllm_audit_middleware_dropped", 1, 2)
+
+
+def test_empty_header_lists_mean_the_defaults():
+    # compose.yaml passes `${VLLM_AUDIT_USER_HEADERS:-}` as "" when .env leaves it unset.
+    line, _ = identity_line({"VLLM_AUDIT_USER_HEADERS": "", "VLLM_AUDIT_TRUSTED_HEADERS": " "}, OWUI)
+    assert (line["user"], line["identity_source"]) == ("ana@example.org", "header")
+    assert line["identity"]["headers"] == OWUI_HEADERS

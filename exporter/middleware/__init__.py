@@ -65,7 +65,9 @@ def uuid4_hex() -> str:
 
 
 def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if raw is None:
+    # Empty counts as unset: compose passes `${VAR:-}` through as "", which
+    # would otherwise switch off every user header.
+    if raw is None or not raw.strip():
         return default
     return tuple(n.strip().lower() for n in raw.split(",") if n.strip())
 
