@@ -1,0 +1,286 @@
+"""A C2SP tlog-witness: cosigns a log's checkpoints only if they extend what it saw.
+
+``POST /add-checkpoint`` (https://c2sp.org/tlog-witness), byte for byte: the
+body is ``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank
+line, then the signed checkpoint note. The answers the spec prescribes:
+
+* 400 malformed body, or old size larger than the checkpoint's;
+* 404 unknown origin; 403 no valid signature by a trusted key of that log
+  (a trusted key's signature that fails is also 403);
+* 409 ``Content-Type: text/x.tlog.size``, body ``<latest size>\\n``: the old
+  size is not the size this witness last cosigned (a rolled-back log, or a
+  client that must re-sync);
+* 422 the consistency proof does not verify, or same size with another root
+  (a fork), or a size-0 checkpoint without the empty tree's root;
+* 200 one cosignature/v1 line (Ed25519, timestamped) over the checkpoint.
+
+State: the latest cosigned checkpoint per origin, as the note itself (the
+log's signatures plus this witness's cosignature) in
+``STATE_DIR/<sha256(origin) hex>.checkpoint``, replaced atomically and
+fsynced *before* the answer, under one lock with the check (the race the spec
+describes: a slow request must never roll the state back). A state file that
+does not parse stops the witness at start-up: starting again from zero would
+let the log roll back. Validly signed checkpoints the witness refuses are
+kept in ``STATE_DIR/refused.log`` (append-only): two conflicting checkpoints
+signed by the same log key are proof of the log's misbehaviour.
+
+``GET /<sha256(origin) hex>/checkpoint`` serves the latest cosigned checkpoint
+(the monitoring API the spec recommends).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+from exporter.durable import FILE_MODE, fsync_dir, usable_dir, write_atomic
+
+from . import merkle, note
+
+MAX_BODY = 256 * 1024  # 63 hashes and a checkpoint with many (even post-quantum) signatures
+MAX_PROOF = 63
+SIZE_TYPE = "text/x.tlog.size"
+_OLD = re.compile(r"old (0|[1-9][0-9]*)")
+
+
+class WitnessError(Exception):
+    """A refused add-checkpoint request: HTTP ``status`` and a one-line reason."""
+
+    def __init__(self, status: int, reason: str, body: str | None = None, content_type: str = "text/plain; charset=utf-8"):
+        super().__init__(reason)
+        self.status, self.body, self.content_type = status, body if body is not None else reason + "\n", content_type
+
+
+def origin_hash(origin: str) -> str:
+    return hashlib.sha256(origin.encode("utf-8")).hexdigest()
+
+
+def cosigning_key(signer: note.Signer) -> note.Signer:
+    """``signer`` as a cosignature/v1 key. A plain Ed25519 note key (0x01, as
+    Go's ``note.GenerateKey`` writes for witnesses) is the same Ed25519 key
+    used for cosignatures, with the key id of type 0x04 (as
+    ``transparency-dev/formats`` ``NewSignerForCosignatureV1`` does)."""
+    if signer.alg == note.ALG_COSIGNATURE_V1:
+        return signer
+    return note.Signer(signer.name, note.ALG_COSIGNATURE_V1, signer.seed)
+
+
+def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
+    """(old size, consistency proof, checkpoint note) of an add-checkpoint body."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WitnessError(400, "body is not UTF-8") from None
+    head, sep, rest = text.partition("\n")
+    m = _OLD.fullmatch(head)
+    if not sep or not m:
+        raise WitnessError(400, "first line must be 'old <size>'")
+    proof: list[bytes] = []
+    while True:
+        line, sep, rest = rest.partition("\n")
+        if not sep:
+            raise WitnessError(400, "no blank line before the checkpoint")
+        if line == "":
+            break
+        if len(proof) == MAX_PROOF:
+            raise WitnessError(400, f"more than {MAX_PROOF} consistency proof lines")
+        try:
+            h = base64.b64decode(line.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise WitnessError(400, "consistency proof line is not base64") from None
+        if len(h) != 32:
+            raise WitnessError(400, "consistency proof hash is not 32 bytes")
+        proof.append(h)
+    return int(m.group(1)), proof, rest
+
+
+@dataclass
+class Witness:
+    """The protocol without HTTP: configured logs, durable state, one lock."""
+
+    signer: note.Signer
+    logs: dict[str, list[note.Verifier]]  # origin -> the log's trusted keys
+    state_dir: Path
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _latest: dict[str, tuple[note.Checkpoint, str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.signer = cosigning_key(self.signer)
+        for origin in self.logs:
+            path = self._path(origin)
+            if path.exists():
+                self._latest[origin] = (self._load(path, origin), path.read_text("utf-8"))
+
+    def _path(self, origin: str) -> Path:
+        return self.state_dir / f"{origin_hash(origin)}.checkpoint"
+
+    def _load(self, path: Path, origin: str) -> note.Checkpoint:
+        try:
+            cp = note.parse_checkpoint(note.split_note(path.read_text("utf-8"))[0])
+            if cp.origin != origin:
+                raise note.NoteError(f"holds origin {cp.origin!r}")
+        except (OSError, UnicodeDecodeError, note.NoteError) as exc:
+            # Never fall back to "nothing seen": that is exactly a rollback.
+            raise ValueError(f"witness state {path} is unusable ({exc}); restore it from a backup") from None
+        return cp
+
+    def latest(self, origin: str) -> str | None:
+        """The latest cosigned checkpoint note for ``origin``, or None."""
+        with self._lock:
+            got = self._latest.get(origin)
+        return got[1] if got else None
+
+    def add_checkpoint(self, body: bytes) -> str:
+        """The cosignature line for a valid request; :class:`WitnessError` otherwise."""
+        old, proof, signed = parse_request(body)
+        try:
+            text, sigs = note.split_note(signed)
+            cp = note.parse_checkpoint(text)
+        except note.NoteError as exc:
+            raise WitnessError(400, f"checkpoint: {exc}") from None
+        keys = self.logs.get(cp.origin)
+        if keys is None:
+            raise WitnessError(404, f"unknown log origin {cp.origin!r}")
+        self._check_signed(text, sigs, keys)
+        if old > cp.size:
+            raise WitnessError(400, f"old size {old} is larger than the checkpoint size {cp.size}")
+        with self._lock:  # check and persist atomically (tlog-witness, the race of requests A and B)
+            prev = self._latest.get(cp.origin)
+            seen = prev[0].size if prev else 0
+            if old != seen:
+                if cp.size < seen:  # a signed smaller tree: the log rolled back (a stale client is not evidence)
+                    self._refused(cp.origin, 409, f"checkpoint size {cp.size} < latest cosigned {seen}", body)
+                raise WitnessError(409, f"old size {old} is not the latest cosigned size {seen}",
+                                   f"{seen}\n", SIZE_TYPE)
+            try:
+                if cp.size == 0 and cp.root != merkle.EMPTY_ROOT:
+                    raise merkle.ProofError("a size-0 checkpoint must have the empty tree's root")
+                if old == 0 and proof:
+                    raise merkle.ProofError("a proof from size 0 must be empty")
+                if prev is not None:
+                    merkle.verify_consistency(old, cp.size, prev[0].root, cp.root, proof)
+            except merkle.ProofError as exc:
+                self._refused(cp.origin, 422, str(exc), body)
+                raise WitnessError(422, f"inconsistent checkpoint: {exc}") from None
+            timestamp = max(1, int(self.clock()))  # the spec forbids a zero timestamp
+            line = note.cosign(text, self.signer, timestamp).line()
+            stored = text + "\n" + "".join(s.line() for s in sigs
+                                           if (s.name, s.id) in {(k.name, k.id) for k in keys}) + line
+            write_atomic(self._path(cp.origin), stored.encode("utf-8"))
+            self._latest[cp.origin] = (cp, stored)
+        return line
+
+    def _check_signed(self, text: str, sigs: list[note.Signature], keys: list[note.Verifier]) -> None:
+        trusted = {(k.name, k.id): k for k in keys}
+        good = False
+        for sig in sigs:  # unknown keys are ignored; a known key that fails rejects the note
+            key = trusted.get((sig.name, sig.id))
+            if key is None:
+                continue
+            if not key.verify(text.encode("utf-8"), sig.data):
+                raise WitnessError(403, f"signature by {key.name} does not verify")
+            good = True
+        if not good:
+            raise WitnessError(403, "no signature by a trusted key of this log")
+
+    def _refused(self, origin: str, status: int, reason: str, body: bytes) -> None:
+        """Keep a validly signed checkpoint this witness refused: the evidence of a fork or rollback."""
+        entry = {"time": int(self.clock()), "origin": origin, "status": status, "reason": reason,
+                 "request": body.decode("utf-8")}
+        path = self.state_dir / "refused.log"
+        new = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            os.write(fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            fsync_dir(self.state_dir)
+
+
+def make_handler(witness: Witness, log: Callable[[str], None]):
+    by_hash = {origin_hash(o): o for o in witness.logs}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the spec recommends
+        server_version = "vllm-audit-witness"
+
+        def _send(self, status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
+            data = body.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            if self.path != "/add-checkpoint":
+                return self._send(404, "not found\n")
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self.close_connection = True
+                return self._send(411, "Content-Length required\n")
+            if int(length) > MAX_BODY:
+                self.close_connection = True
+                return self._send(413, "request body too large\n")
+            body = self.rfile.read(int(length))
+            try:
+                line = witness.add_checkpoint(body)
+            except WitnessError as exc:
+                log(f"add-checkpoint {exc.status}: {exc}")
+                return self._send(exc.status, exc.body, exc.content_type)
+            log(f"add-checkpoint 200: cosigned {line.split(' ', 2)[1]}")
+            self._send(200, line)
+
+        def do_GET(self):  # noqa: N802
+            parts = self.path.strip("/").split("/")
+            origin = by_hash.get(parts[0]) if len(parts) == 2 and parts[1] == "checkpoint" else None
+            latest = witness.latest(origin) if origin else None
+            if latest is None:
+                return self._send(404, "not found\n")
+            self._send(200, latest)
+
+        def log_message(self, format, *args):  # one line per request is done above
+            pass
+
+    return Handler
+
+
+def serve(witness: Witness, host: str, port: int, *, ready: Callable[[ThreadingHTTPServer], None] | None = None,
+          log: Callable[[str], None] | None = None) -> ThreadingHTTPServer:
+    """An HTTP server for ``witness`` (not started: call ``serve_forever``)."""
+    def stderr(msg: str) -> None:
+        print(f"witness: {msg}", file=sys.stderr, flush=True)
+
+    server = ThreadingHTTPServer((host, port), make_handler(witness, log or stderr))
+    server.daemon_threads = True
+    if ready:
+        ready(server)
+    return server
+
+
+def init_key(key_file: Path, name: str) -> note.Signer:
+    """Write a new cosignature/v1 witness key to ``key_file`` (0600) and its
+    one-line verifier key to ``key_file`` with suffix ``.pub``; refuse to
+    overwrite an existing key (that would orphan every cosignature made)."""
+    signer = note.Signer.generate(name, note.ALG_COSIGNATURE_V1)
+    pub = key_file.with_suffix(".pub")
+    if key_file.exists() or pub.exists():
+        raise FileExistsError(f"{key_file if key_file.exists() else pub} exists; not overwriting a witness key")
+    usable_dir(key_file.parent, "--key-file", create=True, write=True)
+    write_atomic(key_file, (signer.text() + "\n").encode("ascii"), mode=0o600)
+    write_atomic(pub, (signer.verifier.text() + "\n").encode("ascii"), mode=0o644)
+    return signer
