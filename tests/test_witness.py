@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.transparency import note
+from exporter.transparency import merkle, note
 from exporter.transparency.witness import Witness, WitnessError, origin_hash
 from tests.tlog_helpers import ORIGIN, FakeLog, WitnessServer, body
 
@@ -129,7 +129,7 @@ def test_remembers_across_a_restart(setup, tmp_path):
 def test_a_state_file_that_does_not_parse_stops_the_witness(tmp_path):
     log = FakeLog()
     wkey = note.Signer.generate("w", note.ALG_COSIGNATURE_V1)
-    (tmp_path / f"{origin_hash(ORIGIN)}.checkpoint").write_text("garbage\n")
+    (tmp_path / f"{origin_hash(ORIGIN)}.json").write_text("garbage\n")
     with pytest.raises(ValueError, match="unusable"):
         Witness(wkey, {ORIGIN: [log.signer.verifier]}, tmp_path)
 
@@ -235,4 +235,39 @@ def test_cli_init_key_then_serve(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
-    assert (tmp_path / "s" / f"{origin_hash(ORIGIN)}.checkpoint").exists()
+    assert (tmp_path / "s" / f"{origin_hash(ORIGIN)}.json").exists()
+
+
+def test_follows_the_logs_certified_key_epochs(tmp_path):
+    # exporter.transparency.keys: the first checkpoint of a day is signed by the
+    # old key and a new one it names; later ones by the new key only.
+    day1 = note.Signer.generate("audit.example-vllm-audit")
+    day2 = note.Signer.generate("audit.example-vllm-audit")
+    log = FakeLog(day1)
+    wkey = note.Signer.generate("witness.example/w1", note.ALG_COSIGNATURE_V1)
+    w = Witness(wkey, {ORIGIN: [day1.verifier]}, tmp_path, clock=lambda: NOW)
+    log.append(2)
+    w.add_checkpoint(body(0, [], log.sign()))
+
+    def signed(size, *signers, ext=()):
+        cp = note.Checkpoint(ORIGIN, size, merkle.root(log.hashes[:size]), tuple(ext))
+        return note.sign_note(cp.text(), *signers)
+    log.append(1)
+    with pytest.raises(WitnessError) as exc:  # not yet certified
+        w.add_checkpoint(body(2, log.consistency_proof(2, 3), signed(3, day2)))
+    assert exc.value.status == 403
+    rotation = signed(3, day1, day2, ext=[f"vllm-audit-epoch 2026-12-03 {day2.verifier.text()}"])
+    w.add_checkpoint(body(2, log.consistency_proof(2, 3), rotation))
+    log.append(1)
+    w.add_checkpoint(body(3, log.consistency_proof(3, 4), signed(4, day2)))
+    # Remembered across a restart; a key named without its signature is not learnt.
+    w = Witness(wkey, {ORIGIN: [day1.verifier]}, tmp_path, clock=lambda: NOW)
+    log.append(1)
+    day3 = note.Signer.generate("audit.example-vllm-audit")
+    w.add_checkpoint(body(4, log.consistency_proof(4, 5),
+                          signed(5, day2, ext=[f"vllm-audit-epoch 2026-12-04 {day3.verifier.text()}"])))
+    log.append(1)
+    with pytest.raises(WitnessError) as exc:
+        w.add_checkpoint(body(5, log.consistency_proof(5, 6), signed(6, day3)))
+    assert exc.value.status == 403
+    assert w.add_checkpoint(body(5, log.consistency_proof(5, 6), signed(6, day2)))

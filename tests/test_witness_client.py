@@ -230,3 +230,32 @@ def test_a_cosignature_that_cannot_be_kept_is_asked_for_again(tmp_path):
     finally:
         pool.close()
         srv.stop()
+
+
+def test_a_key_epoch_checkpoint_is_not_skipped_while_a_witness_is_down(tmp_path):
+    from exporter.transparency import merkle
+    day1, day2 = note.Signer.generate("log-key"), note.Signer.generate("log-key")
+    log, reg = FakeLog(day1), CollectorRegistry()
+    key, srv = witness(tmp_path, log, port=free_port())  # trusts day1 only, down for now
+    pool = pool_for(log, [(key, srv)], reg)
+    try:
+        log.append(2)
+        log.sign()
+        assert eventually(lambda: value(reg, "vllm_audit_witness_failures_total",
+                                        witness=key.name, reason="unreachable") >= 1)
+        log.append(1)
+        ext = (f"vllm-audit-epoch 2026-12-03 {day2.verifier.text()}",)
+        rotation = note.Checkpoint(ORIGIN, 3, merkle.root(log.hashes), ext).text()
+        pool.submit(note.sign_note(rotation, day1, day2))
+        log.signer = day2  # the old key is erased: from now on only day2 signs
+        for _ in range(5):
+            log.append(1)
+            log.sign()
+        srv.start()
+        latest = log.checkpoint_text()
+        assert log.wait_for(lambda: cosigned_by(log, latest, key) == 1)
+        assert cosigned_by(log, rotation, key) == 1  # delivered first, so the witness learnt day2
+        assert value(reg, "vllm_audit_witness_failures_total", witness=key.name, reason="rejected") == 0
+    finally:
+        pool.close()
+        srv.stop()

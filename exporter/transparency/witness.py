@@ -14,10 +14,17 @@ line, then the signed checkpoint note. The answers the spec prescribes:
   (a fork), or a size-0 checkpoint without the empty tree's root;
 * 200 one cosignature/v1 line (Ed25519, timestamped) over the checkpoint.
 
-State: the latest cosigned checkpoint per origin, as the note itself (the
-log's signatures plus this witness's cosignature) in
-``STATE_DIR/<sha256(origin) hex>.checkpoint``, replaced atomically and
-fsynced *before* the answer, under one lock with the check (the race the spec
+Key epochs (this project's forward-secure logs, ``exporter.transparency.keys``):
+a checkpoint signed by a trusted key that names the log's next key in a
+``vllm-audit-epoch <day> <verifier key>`` extension line, and is signed by
+that key too, makes that key trusted for the origin from then on (beside
+the configured keys; the previously learnt epoch key is dropped, its private
+half is erased on the log host). Plain C2SP logs never send that line.
+
+State: per origin, the latest cosigned checkpoint (the note with the log's
+trusted signatures plus this witness's cosignature) and the learnt epoch key,
+in ``STATE_DIR/<sha256(origin) hex>.json``, replaced atomically and fsynced
+*before* the answer, under one lock with the check (the race the spec
 describes: a slow request must never roll the state back). A state file that
 does not parse stops the witness at start-up: starting again from zero would
 let the log roll back. Validly signed checkpoints the witness refuses are
@@ -105,6 +112,16 @@ def parse_request(body: bytes) -> tuple[int, list[bytes], str]:
     return int(m.group(1)), proof, rest
 
 
+EPOCH_EXT = "vllm-audit-epoch"  # "<day> <verifier key>": the log's next key, certified (keys.py)
+
+
+@dataclass
+class _State:
+    checkpoint: note.Checkpoint
+    note: str  # the log's trusted signatures and this witness's cosignature
+    epoch_key: note.Verifier | None = None  # the log's current key, learnt from its epoch lines
+
+
 @dataclass
 class Witness:
     """The protocol without HTTP: configured logs, durable state, one lock."""
@@ -114,33 +131,43 @@ class Witness:
     state_dir: Path
     clock: Callable[[], float] = time.time
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _latest: dict[str, tuple[note.Checkpoint, str]] = field(default_factory=dict, repr=False)
+    _latest: dict[str, _State] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.signer = cosigning_key(self.signer)
         for origin in self.logs:
             path = self._path(origin)
             if path.exists():
-                self._latest[origin] = (self._load(path, origin), path.read_text("utf-8"))
+                self._latest[origin] = self._load(path, origin)
 
     def _path(self, origin: str) -> Path:
-        return self.state_dir / f"{origin_hash(origin)}.checkpoint"
+        return self.state_dir / f"{origin_hash(origin)}.json"
 
-    def _load(self, path: Path, origin: str) -> note.Checkpoint:
+    def _load(self, path: Path, origin: str) -> _State:
         try:
-            cp = note.parse_checkpoint(note.split_note(path.read_text("utf-8"))[0])
-            if cp.origin != origin:
+            doc = json.loads(path.read_text("utf-8"))
+            signed = doc["checkpoint"]
+            cp = note.parse_checkpoint(note.split_note(signed)[0])
+            if cp.origin != origin or doc.get("origin") != origin:
                 raise note.NoteError(f"holds origin {cp.origin!r}")
-        except (OSError, UnicodeDecodeError, note.NoteError) as exc:
+            epoch = note.parse_verifier(doc["epoch_key"]) if doc.get("epoch_key") else None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             # Never fall back to "nothing seen": that is exactly a rollback.
             raise ValueError(f"witness state {path} is unusable ({exc}); restore it from a backup") from None
-        return cp
+        return _State(cp, signed, epoch)
 
     def latest(self, origin: str) -> str | None:
         """The latest cosigned checkpoint note for ``origin``, or None."""
         with self._lock:
             got = self._latest.get(origin)
-        return got[1] if got else None
+        return got.note if got else None
+
+    def _trusted(self, origin: str, got: _State | None) -> list[note.Verifier]:
+        """The configured keys of ``origin`` and the epoch key it certified last."""
+        keys = list(self.logs.get(origin, ()))
+        if got and got.epoch_key and got.epoch_key not in keys:
+            keys.append(got.epoch_key)
+        return keys
 
     def add_checkpoint(self, body: bytes) -> str:
         """The cosignature line for a valid request; :class:`WitnessError` otherwise."""
@@ -150,15 +177,15 @@ class Witness:
             cp = note.parse_checkpoint(text)
         except note.NoteError as exc:
             raise WitnessError(400, f"checkpoint: {exc}") from None
-        keys = self.logs.get(cp.origin)
-        if keys is None:
+        if cp.origin not in self.logs:
             raise WitnessError(404, f"unknown log origin {cp.origin!r}")
-        self._check_signed(text, sigs, keys)
-        if old > cp.size:
-            raise WitnessError(400, f"old size {old} is larger than the checkpoint size {cp.size}")
         with self._lock:  # check and persist atomically (tlog-witness, the race of requests A and B)
             prev = self._latest.get(cp.origin)
-            seen = prev[0].size if prev else 0
+            keys = self._trusted(cp.origin, prev)
+            self._check_signed(text, sigs, keys)
+            if old > cp.size:
+                raise WitnessError(400, f"old size {old} is larger than the checkpoint size {cp.size}")
+            seen = prev.checkpoint.size if prev else 0
             if old != seen:
                 if cp.size < seen:  # a signed smaller tree: the log rolled back (a stale client is not evidence)
                     self._refused(cp.origin, 409, f"checkpoint size {cp.size} < latest cosigned {seen}", body)
@@ -170,16 +197,21 @@ class Witness:
                 if old == 0 and proof:
                     raise merkle.ProofError("a proof from size 0 must be empty")
                 if prev is not None:
-                    merkle.verify_consistency(old, cp.size, prev[0].root, cp.root, proof)
+                    merkle.verify_consistency(old, cp.size, prev.checkpoint.root, cp.root, proof)
             except merkle.ProofError as exc:
                 self._refused(cp.origin, 422, str(exc), body)
                 raise WitnessError(422, f"inconsistent checkpoint: {exc}") from None
             timestamp = max(1, int(self.clock()))  # the spec forbids a zero timestamp
             line = note.cosign(text, self.signer, timestamp).line()
-            stored = text + "\n" + "".join(s.line() for s in sigs
-                                           if (s.name, s.id) in {(k.name, k.id) for k in keys}) + line
-            write_atomic(self._path(cp.origin), stored.encode("utf-8"))
-            self._latest[cp.origin] = (cp, stored)
+            known = {(k.name, k.id) for k in keys}
+            epoch = _certified_key(cp, text, sigs) or (prev.epoch_key if prev else None)
+            if epoch is not None:
+                known.add((epoch.name, epoch.id))
+            state = _State(cp, text + "\n" + "".join(s.line() for s in sigs if (s.name, s.id) in known) + line,
+                           epoch)
+            doc = {"origin": cp.origin, "checkpoint": state.note, "epoch_key": epoch.text() if epoch else None}
+            write_atomic(self._path(cp.origin), (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+            self._latest[cp.origin] = state
         return line
 
     def _check_signed(self, text: str, sigs: list[note.Signature], keys: list[note.Verifier]) -> None:
@@ -209,6 +241,23 @@ class Witness:
             os.close(fd)
         if new:
             fsync_dir(self.state_dir)
+
+
+def _certified_key(cp: note.Checkpoint, text: str, sigs: list[note.Signature]) -> note.Verifier | None:
+    """The next key a (trusted-signed) checkpoint certifies in a ``vllm-audit-epoch``
+    line, if that key signed the checkpoint too (it holds the private half)."""
+    for line in cp.extensions:
+        name, _, rest = line.partition(" ")
+        if name != EPOCH_EXT:
+            continue
+        try:
+            key = note.parse_verifier(rest.rpartition(" ")[2])
+        except note.NoteError:
+            continue
+        if key.alg == note.ALG_ED25519 and any(
+                (s.name, s.id) == (key.name, key.id) and key.verify(text.encode("utf-8"), s.data) for s in sigs):
+            return key
+    return None
 
 
 def make_handler(witness: Witness, log: Callable[[str], None]):
