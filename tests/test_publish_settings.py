@@ -14,7 +14,7 @@ from exporter.cli import make_parser
 from exporter.settings import SettingsError, build, split_key
 from exporter.transparency import note, tsa
 from exporter.transparency.publish import attach
-from tests.tlog_helpers import ORIGIN, FakeLog, WitnessServer
+from tests.witness_helpers import ORIGIN, FakeLog, WitnessServer
 from tests.tsa_server import LocalTsa
 
 W1 = note.Signer.generate("witness.example/w1", note.ALG_COSIGNATURE_V1)

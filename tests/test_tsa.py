@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.transparency import tsa
-from tests.tlog_helpers import FakeLog
+from tests.witness_helpers import FakeLog
 from tests.tsa_server import LocalTsa, make_ca
 
 

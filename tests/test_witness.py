@@ -19,7 +19,7 @@ import pytest
 
 from exporter.transparency import merkle, note
 from exporter.transparency.witness import Witness, WitnessError, origin_hash
-from tests.tlog_helpers import ORIGIN, FakeLog, WitnessServer, body
+from tests.witness_helpers import ORIGIN, FakeLog, WitnessServer, body
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = 1_780_000_000

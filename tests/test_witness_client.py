@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.transparency import note
 from exporter.transparency.witness_client import WitnessPool
-from tests.tlog_helpers import ORIGIN, FakeLog, WitnessServer
+from tests.witness_helpers import ORIGIN, FakeLog, WitnessServer
 
 NOW = 1_780_000_000
 
