@@ -42,7 +42,7 @@ def witness(tmp_path, log, name="witness.example/w1", port=0, state=None):
 
 def pool_for(log, servers, reg, **kw):
     pool = WitnessPool([(srv.url, key.verifier) for key, srv in servers], log.consistency_proof,
-                       log.add_cosignatures, reg, initial_backoff=0.05, max_backoff=0.5, **kw)
+                       log.add_cosignatures, reg, lambda: NOW + 7, initial_backoff=0.05, max_backoff=0.5, **kw)
     log.add_listener(pool.submit)
     return pool
 
@@ -78,6 +78,7 @@ def test_two_witnesses_cosign_each_latest_checkpoint(tmp_path):
         for key, _ in servers:  # (the gauges follow the kept cosignature)
             assert eventually(lambda: value(reg, "vllm_audit_witness_cosigned_size", witness=key.name) == 8)
             assert value(reg, "vllm_audit_witness_cosigned_timestamp_seconds", witness=key.name) == NOW
+            assert value(reg, "vllm_audit_witness_clock_skew_seconds", witness=key.name) == NOW - (NOW + 7)
             assert value(reg, "vllm_audit_witness_up", witness=key.name) == 1
             assert sum(value(reg, "vllm_audit_witness_failures_total", witness=key.name, reason=r)
                        for r in ("unreachable", "conflict", "rejected", "bad_response")) == 0

@@ -265,6 +265,7 @@ def make_handler(witness: Witness, log: Callable[[str], None]):
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the spec recommends
+        timeout = 30  # seconds a connection may idle or dribble: a slow client cannot hold a thread forever
         server_version = "vllm-audit-witness"
 
         def _send(self, status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:

@@ -29,6 +29,7 @@ Metrics (label ``witness`` = the witness key's name)::
     vllm_audit_witness_cosigned_size         tree size of the last cosigned checkpoint
     vllm_audit_witness_cosigned_timestamp_seconds  its cosignature's time
     vllm_audit_witness_up                    1 if the last attempt succeeded
+    vllm_audit_witness_clock_skew_seconds    cosignature time minus our clock (``clock``)
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ class WitnessPool:
                           "Time in the witness's latest cosignature.", label, registry=registry)
         self.up = Gauge("vllm_audit_witness_up", "1 if the last submission to the witness succeeded.",
                         label, registry=registry)
+        self.skew = Gauge("vllm_audit_witness_clock_skew_seconds",
+                          "Witness cosignature time minus this host's clock at receipt (a witness clock "
+                          "far off makes its cosignatures weak evidence of time).", label, registry=registry)
         self._witnesses = [_Witness(url.rstrip("/"), key) for url, key in witnesses]
         self._epochs: list[str] = []  # epoch-starting checkpoints, in order (few: one a day)
         self._lock = threading.Lock()
         targets = []
         for w in self._witnesses:
-            for c in (self.requests, self.cosignatures, self.size, self.time, self.up):
+            for c in (self.requests, self.cosignatures, self.size, self.time, self.up, self.skew):
                 c.labels(w.key.name)
             for reason in FAILURE_REASONS:
                 self.failures.labels(w.key.name, reason)
@@ -146,6 +150,7 @@ class WitnessPool:
         self.cosignatures.labels(name).inc()
         self.size.labels(name).set(cp.size)
         self.time.labels(name).set(ts)
+        self.skew.labels(name).set(ts - self.clock())
         self.up.labels(name).set(1)
         return True
 
