@@ -483,6 +483,10 @@ def _tsa_url(v: dict) -> str | None:
     url = v.get("tsa_url") or None
     if url and not url.startswith(("http://", "https://")):
         raise SettingsError(f"--tsa-url: expected an http(s) URL, got {url!r}")
+    if url:
+        import shutil
+        if shutil.which("openssl") is None:
+            raise SettingsError("--tsa-url: the openssl command is needed for RFC 3161 (apt-get install openssl)")
     _positive(v, "tsa_interval", "--tsa-interval")
     if v.get("tsa_ca_file") is not None and not Path(v["tsa_ca_file"]).is_file():
         raise SettingsError(f"--tsa-ca-file: {v['tsa_ca_file']}: no such file")

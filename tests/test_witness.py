@@ -271,3 +271,30 @@ def test_follows_the_logs_certified_key_epochs(tmp_path):
         w.add_checkpoint(body(5, log.consistency_proof(5, 6), signed(6, day3)))
     assert exc.value.status == 403
     assert w.add_checkpoint(body(5, log.consistency_proof(5, 6), signed(6, day2)))
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["witness"], "--key-file"),
+    (["witness", "--key-file", "/nonexistent/witness.key", "--state-dir", "S", "--log-key", "LOG"], "--key-file"),
+    (["witness", "--key-file", "KEY", "--log-key", "LOG"], "--state-dir"),
+    (["witness", "--key-file", "KEY", "--state-dir", "S"], "--log-key"),
+    (["witness", "--key-file", "KEY", "--state-dir", "S", "--log-key", "WITNESSKEY"], "--log-key"),
+    (["witness", "--key-file", "LOG", "--state-dir", "S", "--log-key", "LOG"], "--key-file"),  # a verifier, not a key
+    (["witness", "--key-file", "KEY", "--state-dir", "S", "--log-key", "LOG", "--listen", "7380"], "--listen"),
+    (["witness", "--key-file", "KEY", "--state-dir", "FILE", "--log-key", "LOG"], "--state-dir"),
+])
+def test_bad_witness_configuration_is_one_line_exit_2(tmp_path, argv, named):
+    wkey = note.Signer.generate("witness.example/w1", note.ALG_COSIGNATURE_V1)
+    (tmp_path / "key").write_text(wkey.text() + "\n")
+    (tmp_path / "log.pub").write_text(FakeLog().signer.verifier.text() + "\n")
+    (tmp_path / "file").write_text("x")
+    subst = {"KEY": str(tmp_path / "key"), "LOG": FakeLog().signer.verifier.text(), "S": str(tmp_path / "s"),
+             "WITNESSKEY": wkey.verifier.text(), "FILE": str(tmp_path / "file")}
+    argv = [subst.get(a, a) for a in argv]
+    if "--key-file" in argv and argv[argv.index("--key-file") + 1] == subst["LOG"]:
+        argv[argv.index("--key-file") + 1] = str(tmp_path / "log.pub")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_AUDIT_")}
+    result = subprocess.run([sys.executable, "-m", "exporter", *argv], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
