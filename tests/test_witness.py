@@ -11,14 +11,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from exporter.transparency import merkle, note
 from exporter.transparency.witness import Witness, WitnessError, origin_hash
+from tests.hyp import examples
 from tests.witness_helpers import ORIGIN, FakeLog, WitnessServer, body
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,3 +301,67 @@ def test_bad_witness_configuration_is_one_line_exit_2(tmp_path, argv, named):
                             capture_output=True, text=True, timeout=60)
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
+
+
+# -- whatever the key holder sends, the cosigned checkpoints form one history --
+
+
+@hsettings(max_examples=examples(60), deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["honest", "fork", "stale", "lie"]), st.integers(0, 12),
+                          st.integers(0, 20)), min_size=1, max_size=12))
+def test_no_two_cosigned_checkpoints_are_inconsistent(tmp_path_factory, steps):
+    # The attacker holds the log's key: it signs the honest tree, a rewritten
+    # one, and any old size and proof it likes. Every cosigned checkpoint must
+    # be a prefix of every later one (the witness's only promise).
+    honest = FakeLog()
+    honest.append(40)
+    forged = FakeLog(honest.signer, salt=b"rewritten")
+    forged.append(40)
+    w = Witness(note.Signer.generate("w", note.ALG_COSIGNATURE_V1), {ORIGIN: [honest.signer.verifier]},
+                tmp_path_factory.mktemp("w"), clock=lambda: NOW)
+    cosigned: list[tuple[int, bytes, FakeLog]] = []
+    for kind, grow, old_pick in steps:
+        seen = cosigned[-1][0] if cosigned else 0
+        tree = forged if kind == "fork" else honest
+        size = min(40, seen + grow) if kind != "stale" else max(0, seen - grow)
+        old = seen if kind in ("honest", "fork") else min(old_pick, size)
+        proof = tree.consistency_proof(old, size) if kind != "lie" else honest.consistency_proof(min(old, size), size)[::-1]
+        try:
+            w.add_checkpoint(body(old, proof, tree.sign(size)))
+        except WitnessError as exc:
+            assert exc.status in (400, 409, 422)
+            continue
+        cosigned.append((size, merkle.root(tree.hashes[:size]), tree))
+    for (a, ra, _), (b, rb, tb) in zip(cosigned, cosigned[1:]):
+        assert a <= b
+        merkle.verify_consistency(a, b, ra, rb, tb.consistency_proof(a, b))
+
+
+def test_concurrent_submissions_never_roll_the_state_back(tmp_path):
+    log = FakeLog()
+    log.append(200)
+    w = Witness(note.Signer.generate("w", note.ALG_COSIGNATURE_V1), {ORIGIN: [log.signer.verifier]}, tmp_path,
+                clock=lambda: NOW)
+    done, lock = [], threading.Lock()
+
+    def client(seed: int):
+        for i in range(25):
+            latest = w.latest(ORIGIN)
+            seen = note.parse_checkpoint(note.split_note(latest)[0]).size if latest else 0
+            size = min(200, seen + 1 + (seed * 7 + i) % 5)
+            try:
+                w.add_checkpoint(body(seen, log.consistency_proof(seen, size), log.sign(size)))
+            except WitnessError as exc:
+                assert exc.status == 409  # someone else moved it first
+                continue
+            with lock:
+                done.append(size)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    final = note.parse_checkpoint(note.split_note(w.latest(ORIGIN))[0]).size
+    assert done and final == max(done)
+    reloaded = Witness(w.signer, w.logs, tmp_path)
+    assert note.parse_checkpoint(note.split_note(reloaded.latest(ORIGIN))[0]).size == final
