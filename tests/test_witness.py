@@ -337,14 +337,27 @@ def test_no_two_cosigned_checkpoints_are_inconsistent(tmp_path_factory, steps):
         merkle.verify_consistency(a, b, ra, rb, tb.consistency_proof(a, b))
 
 
-def test_concurrent_submissions_never_roll_the_state_back(tmp_path):
+def test_concurrent_submissions_never_roll_the_state_back(tmp_path, monkeypatch):
+    import exporter.transparency.witness as wmod
+    real_write = wmod.write_atomic
+
+    def slow_write(path, data, *a, **kw):  # widen the check-to-persist window the spec warns about
+        threading.Event().wait(0.002)
+        real_write(path, data, *a, **kw)
+    monkeypatch.setattr(wmod, "write_atomic", slow_write)
     log = FakeLog()
     log.append(200)
     w = Witness(note.Signer.generate("w", note.ALG_COSIGNATURE_V1), {ORIGIN: [log.signer.verifier]}, tmp_path,
                 clock=lambda: NOW)
-    done, lock = [], threading.Lock()
+    done, errors, lock = [], [], threading.Lock()
 
     def client(seed: int):
+        try:
+            submit(seed)
+        except BaseException as exc:  # noqa: BLE001 (reported below, not lost in the thread)
+            errors.append(exc)
+
+    def submit(seed: int):
         for i in range(25):
             latest = w.latest(ORIGIN)
             seen = note.parse_checkpoint(note.split_note(latest)[0]).size if latest else 0
@@ -361,6 +374,7 @@ def test_concurrent_submissions_never_roll_the_state_back(tmp_path):
         t.start()
     for t in threads:
         t.join(120)
+    assert not errors, errors
     final = note.parse_checkpoint(note.split_note(w.latest(ORIGIN))[0]).size
     assert done and final == max(done)
     reloaded = Witness(w.signer, w.logs, tmp_path)
