@@ -379,3 +379,21 @@ def test_concurrent_submissions_never_roll_the_state_back(tmp_path, monkeypatch)
     assert done and final == max(done)
     reloaded = Witness(w.signer, w.logs, tmp_path)
     assert note.parse_checkpoint(note.split_note(reloaded.latest(ORIGIN))[0]).size == final
+
+
+def test_a_state_that_cannot_be_written_gives_no_cosignature(setup, tmp_path):
+    log, _, srv = setup
+    log.append(1)
+    state = tmp_path / "state"
+    state.chmod(0o500)
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(state)], capture_output=True).returncode == 0
+    try:
+        if os.access(state, os.W_OK) and not immutable:
+            pytest.fail("cannot make the state directory unwritable here (as root this needs chattr +i)")
+        status, _, answer = post(srv.url, body(0, [], log.sign()))
+        assert status == 503 and "persist" in answer
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(state)], check=True)
+        state.chmod(0o750)
+    assert post(srv.url, body(0, [], log.sign()))[0] == 200  # nothing was recorded meanwhile

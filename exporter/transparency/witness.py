@@ -232,15 +232,18 @@ class Witness:
         entry = {"time": int(self.clock()), "origin": origin, "status": status, "reason": reason,
                  "request": body.decode("utf-8")}
         path = self.state_dir / "refused.log"
-        new = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
-            os.write(fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if new:
-            fsync_dir(self.state_dir)
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            try:
+                os.write(fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if new:
+                fsync_dir(self.state_dir)
+        except OSError as exc:  # the refusal stands; only the evidence copy is missing
+            print(f"witness: cannot append to {path}: {exc}", file=sys.stderr)
 
 
 def _certified_key(cp: note.Checkpoint, text: str, sigs: list[note.Signature]) -> note.Verifier | None:
@@ -292,6 +295,9 @@ def make_handler(witness: Witness, log: Callable[[str], None]):
             except WitnessError as exc:
                 log(f"add-checkpoint {exc.status}: {exc}")
                 return self._send(exc.status, exc.body, exc.content_type)
+            except OSError as exc:  # the state could not be made durable: no cosignature without it
+                log(f"add-checkpoint 503: cannot persist the state: {exc}")
+                return self._send(503, "cannot persist the witness state\n")
             log(f"add-checkpoint 200: cosigned {line.split(' ', 2)[1]}")
             self._send(200, line)
 
