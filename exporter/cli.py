@@ -131,7 +131,8 @@ def cmd_verify(args) -> int:
 
 def cmd_witness(args) -> int:
     from .settings import witness_settings
-    from .transparency.witness import Witness, init_key, serve
+    from .transparency.witness import Witness, init_key
+    from .transparency.witness_http import serve
     from exporter.durable import DirError, usable_dir
     ws = witness_settings(args, os.environ)
     if ws.init_key:

@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 
 from exporter.transparency import merkle, note
-from exporter.transparency.witness import Witness, serve
+from exporter.transparency.witness import Witness
+from exporter.transparency.witness_http import serve
 
 ORIGIN = "audit.example/test-log"
 

@@ -31,8 +31,8 @@ let the log roll back. Validly signed checkpoints the witness refuses are
 kept in ``STATE_DIR/refused.log`` (append-only): two conflicting checkpoints
 signed by the same log key are proof of the log's misbehaviour.
 
-``GET /<sha256(origin) hex>/checkpoint`` serves the latest cosigned checkpoint
-(the monitoring API the spec recommends).
+The HTTP side (``POST /add-checkpoint``, ``GET /<sha256(origin) hex>/checkpoint``,
+the monitoring API the spec recommends) is :mod:`.witness_http`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -261,71 +260,6 @@ def _certified_key(cp: note.Checkpoint, text: str, sigs: list[note.Signature]) -
                 (s.name, s.id) == (key.name, key.id) and key.verify(text.encode("utf-8"), s.data) for s in sigs):
             return key
     return None
-
-
-def make_handler(witness: Witness, log: Callable[[str], None]):
-    by_hash = {origin_hash(o): o for o in witness.logs}
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the spec recommends
-        timeout = 30  # seconds a connection may idle or dribble: a slow client cannot hold a thread forever
-        server_version = "vllm-audit-witness"
-
-        def _send(self, status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
-            data = body.encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            if self.path != "/add-checkpoint":
-                return self._send(404, "not found\n")
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self.close_connection = True
-                return self._send(411, "Content-Length required\n")
-            if int(length) > MAX_BODY:
-                self.close_connection = True
-                return self._send(413, "request body too large\n")
-            body = self.rfile.read(int(length))
-            try:
-                line = witness.add_checkpoint(body)
-            except WitnessError as exc:
-                log(f"add-checkpoint {exc.status}: {exc}")
-                return self._send(exc.status, exc.body, exc.content_type)
-            except OSError as exc:  # the state could not be made durable: no cosignature without it
-                log(f"add-checkpoint 503: cannot persist the state: {exc}")
-                return self._send(503, "cannot persist the witness state\n")
-            log(f"add-checkpoint 200: cosigned {line.split(' ', 2)[1]}")
-            self._send(200, line)
-
-        def do_GET(self):  # noqa: N802
-            parts = self.path.strip("/").split("/")
-            origin = by_hash.get(parts[0]) if len(parts) == 2 and parts[1] == "checkpoint" else None
-            latest = witness.latest(origin) if origin else None
-            if latest is None:
-                return self._send(404, "not found\n")
-            self._send(200, latest)
-
-        def log_message(self, format, *args):  # one line per request is done above
-            pass
-
-    return Handler
-
-
-def serve(witness: Witness, host: str, port: int, *, ready: Callable[[ThreadingHTTPServer], None] | None = None,
-          log: Callable[[str], None] | None = None) -> ThreadingHTTPServer:
-    """An HTTP server for ``witness`` (not started: call ``serve_forever``)."""
-    def stderr(msg: str) -> None:
-        print(f"witness: {msg}", file=sys.stderr, flush=True)
-
-    server = ThreadingHTTPServer((host, port), make_handler(witness, log or stderr))
-    server.daemon_threads = True
-    if ready:
-        ready(server)
-    return server
 
 
 def init_key(key_file: Path, name: str) -> note.Signer:
