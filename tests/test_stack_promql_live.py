@@ -48,6 +48,8 @@ EXPECTED_EMPTY = {
     # run without --loki-url: no Loki metrics
     "alert VllmAuditLokiBacklog", "overview.json: Loki backlog and failures A",
     "overview.json: Loki backlog and failures B",
+    # run without --witness and --tsa-url: no witness or TSA metrics
+    "alert VllmAuditWitnessFailing", "alert VllmAuditTimestampFailing",
     # the capture has no oversized prompt, no error, no queue, short latencies
     "alert VllmOversizedInput", "users.json: Empty responses and oversized inputs per user B",
     "overview.json: Empty and oversized responses/s B",

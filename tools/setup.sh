@@ -26,6 +26,7 @@ need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v openssl >/dev/null || need_apt+=(openssl)  # RFC 3161 timestamps (exporter/transparency/tsa.py) and the test TSA
 if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
