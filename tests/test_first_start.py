@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.cli import make_parser
@@ -20,9 +22,9 @@ from exporter.runtime import build
 from exporter.settings import SettingsError
 from exporter.settings import build as build_settings
 from tests.live.stack import archive_records
-from tests.test_records_real import FIXTURES
 
-CAPTURE = FIXTURES / "middleware"
+
+CAPTURE = Path(__file__).parent / "fixtures" / "vllm-0.32.0" / "middleware"
 
 
 def runtime(tmp_path, *extra, env=None):
