@@ -23,7 +23,7 @@ from tests.stack.compose import (
 REPO = Path(__file__).resolve().parent.parent
 FILES = [REPO / "compose.yaml"]
 CPU = [*FILES, REPO / "compose.cpu.yaml"]
-REQUIRED = ("VLLM_AUDIT_API_KEY_SALT", "VLLM_AUDIT_IDENTITY_SECRET", "VLLM_AUDIT_HMAC_KEY",
+REQUIRED = ("VLLM_AUDIT_API_KEY_SALT", "VLLM_AUDIT_OPENWEBUI_JWT_SECRET", "VLLM_AUDIT_HMAC_KEY",
             "WEBUI_SECRET_KEY", "GRAFANA_ADMIN_PASSWORD")
 
 
@@ -168,13 +168,12 @@ def test_every_bind_mount_is_relabelled_for_selinux(project):
         assert "z" in m.options or "Z" in m.options, (name, m)
 
 
-def test_open_webui_forwards_identity_to_vllm_behind_the_identity_secret(project):
+def test_open_webui_forwards_a_signed_identity_that_vllm_verifies(project):
     owui = environment(project["services"]["open-webui"])
     vllm = environment(project["services"]["vllm"])
     assert owui["OPENAI_API_BASE_URLS"] == "http://vllm:8000/v1"
     assert owui["ENABLE_FORWARD_USER_INFO_HEADERS"] == "true"
-    headers = json.loads(owui["OPENAI_API_CONFIGS"])["0"]["headers"]
-    assert headers["X-Vllm-Audit-Identity-Secret"] == vllm["VLLM_AUDIT_IDENTITY_SECRET"] != ""
+    assert owui["FORWARD_USER_INFO_HEADER_JWT_SECRET"] == vllm["VLLM_AUDIT_OPENWEBUI_JWT_SECRET"] != ""
     assert owui["ENABLE_PERSISTENT_CONFIG"] == "false"  # the env wins at every start
 
 

@@ -9,8 +9,8 @@ every service as the real program with what compose gives it). Then:
 2. two Open WebUI users chat — the admin signs up, adds the second user with
    ``/api/v1/auths/add`` — each a plain and a streaming chat;
 3. the archive holds exactly one completed record per chat, ``user`` = that
-   person's Open WebUI e-mail (the identity came through Open WebUI's headers
-   and the identity secret);
+   person's Open WebUI e-mail (from Open WebUI's signed token, verified by the
+   middleware: ``identity_source`` jwt);
 4. Loki (stand-in) has each record once, in the stream labelled by that user;
 5. Prometheus has per-user token series for both;
 6. an empty answer fires ``VllmEmptyResponses`` and Alertmanager delivers it
@@ -41,7 +41,7 @@ from tests.stack.runner import OWUI_VENV, REPO, TINY_MODEL, VLLM_VENV, Stack, ma
 
 pytestmark = pytest.mark.live
 
-REQUIRED = ("VLLM_AUDIT_API_KEY_SALT", "VLLM_AUDIT_IDENTITY_SECRET", "VLLM_AUDIT_HMAC_KEY",
+REQUIRED = ("VLLM_AUDIT_API_KEY_SALT", "VLLM_AUDIT_OPENWEBUI_JWT_SECRET", "VLLM_AUDIT_HMAC_KEY",
             "WEBUI_SECRET_KEY", "GRAFANA_ADMIN_PASSWORD")
 MODEL = "tiny"
 EOS_ID = 2  # tiny-llama's <|im_end|> (tools/make_tiny_model.py)
@@ -232,6 +232,7 @@ def test_exactly_one_completed_record_per_chat_with_the_users_email(journey):
         assert len(mine) == 1, (who, stream, len(mine))
         rec = mine[0]
         assert rec["status"] == "completed" and rec["user"] == EMAILS[who], rec
+        assert rec["identity_source"] == "jwt", rec  # Open WebUI's signed token, verified
         assert bool(rec["stream"]) is stream
     assert len(records) == len(PROMPTS) + 1  # + the empty answer, nothing doubled
 
