@@ -177,6 +177,19 @@ def test_open_webui_forwards_a_signed_identity_that_vllm_verifies(project):
     assert owui["ENABLE_PERSISTENT_CONFIG"] == "false"  # the env wins at every start
 
 
+def test_telemetry_off_internal_calls_bypass_proxies_and_grafana_url_follows_its_port():
+    """Rows 26, 30, 31, 33."""
+    env = filled_env()
+    env["GRAFANA_PORT"] = "3300"
+    services = load_project(CPU, env)["services"]
+    assert environment(services["vllm"])["VLLM_NO_USAGE_STATS"] == "1"
+    for name in ("vllm", "exporter", "alert-log", "open-webui", "grafana"):
+        no_proxy = environment(services[name])["NO_PROXY"].split(",")
+        assert {"vllm", "loki", "alert-log", "127.0.0.1"} <= set(no_proxy), name
+    assert environment(services["grafana"])["GF_SERVER_ROOT_URL"] == "http://localhost:3300/"
+    assert "shm_size" not in services["vllm"]  # ipc: host
+
+
 def test_docs_state_the_host_prerequisites():
     ops = (REPO / "docs/operations.md").read_text()
     for needle in ("Docker Compose", "2.24", "580", "nvidia-container-toolkit", "SELinux", ":z",
