@@ -12,8 +12,9 @@ SPEC (JSON) says what Docker would set up; this does it and execs:
 - ``mounts``: ``[source, target, read_only]`` bind mounts, in order (volumes,
   bind mounts, configs, secrets, the per-service ``/etc/hosts``). A missing
   target is created as a directory or an empty file, like Docker does in an
-  image; on this host that means an empty mount point left behind on the
-  root file system (nothing is written through it: it is covered).
+  image; on this host that means an empty mount point on the root file
+  system (nothing is written through it: it is covered), which the runner
+  removes again at ``down`` when no other stack is running.
 - ``uid``/``gid``: the image's user (supplementary groups dropped, as Docker
   with a numeric ``USER``); ``cwd``; ``env`` replaces the environment;
   ``argv`` is exec'd (``argv[0]`` already resolved on the image's PATH).

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -79,6 +80,7 @@ PROJECT_VENV = REPO / ".venv"
 ENTER = Path(__file__).with_name("enter.py")
 LOKI_STANDIN = Path(__file__).with_name("loki_standin.py")
 CLONE_NEWNET = 0x40000000
+LOCK_FILE = "/tmp/vllm-audit-stack.lock"  # held shared by every running stack
 
 
 class StackError(RuntimeError):
@@ -382,6 +384,8 @@ class Stack:
                                               self.addresses[name])
         self.not_started = sorted(set(names) - set(self.services))
         self._holder: subprocess.Popen | None = None
+        self._mountpoints: list[Path] = []
+        self._lock = None
         self._client: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- resources -------------------------------------------------------------
@@ -450,10 +454,48 @@ class Stack:
                 visit(n)
         return out
 
+    def _note_mountpoints(self) -> None:
+        """The mount targets missing on this host: enter.py creates them (empty)
+        and down() removes them again when no other stack is running."""
+        self._lock = open(LOCK_FILE, "a")
+        fcntl.flock(self._lock, fcntl.LOCK_SH)
+        for svc in self.services.values():
+            for _src, target, _ro in svc.mounts():
+                top, path = None, Path(target)
+                while not path.exists():
+                    top, path = path, path.parent
+                if top is not None and top not in self._mountpoints:
+                    self._mountpoints.append(top)
+
+    def _remove_mountpoints(self) -> None:
+        if self._lock is None:
+            return
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another stack still uses them
+            self._lock.close()
+            return
+        for top in self._mountpoints:
+            for dirpath, dirs, files in sorted(os.walk(top, topdown=False), reverse=True):
+                for f in files:
+                    fp = os.path.join(dirpath, f)
+                    if os.path.getsize(fp) == 0 and not os.path.ismount(fp):
+                        os.unlink(fp)
+                if not os.path.ismount(dirpath):
+                    try:
+                        os.rmdir(dirpath)
+                    except OSError:
+                        pass  # not empty: not only ours
+            if top.is_file() and top.stat().st_size == 0:
+                top.unlink()
+        self._lock.close()
+
     def up(self, timeout: float = 900) -> None:
         """Start in dependency order, honouring conditions; return when every
         started service with a healthcheck is healthy (``up -d --wait``)."""
         deadline = time.monotonic() + timeout
+        self._note_mountpoints()
         self._start_network()
         for name in self.order():
             if name not in self.services:
@@ -500,6 +542,7 @@ class Stack:
         if self._holder is not None and self._holder.poll() is None:
             self._holder.kill()
             self._holder.wait(10)
+        self._remove_mountpoints()
 
     def __enter__(self) -> "Stack":
         return self
