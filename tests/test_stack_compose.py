@@ -22,7 +22,7 @@ SERVICES = {"vllm", "exporter", "prometheus", "alertmanager", "alert-log", "loki
             "dcgm-exporter"}
 
 
-from tests.stack.compose import ComposeLoader, container_ports, merge, strip_resets  # noqa: E402
+from tests.stack.compose import ComposeLoader, container_ports, interpolate, merge, strip_resets  # noqa: E402
 
 
 def load(name: str) -> dict:
@@ -78,7 +78,7 @@ def test_vllm_runs_with_request_logging_middleware_and_shared_log_volume(compose
     assert "vllm-logs:/logs" in vllm["volumes"]
     config_target = {c["source"]: c["target"] for c in vllm["configs"]}["vllm-logging"]
     assert env["VLLM_LOGGING_CONFIG_PATH"] == config_target
-    logging_config = json.loads(compose["configs"]["vllm-logging"]["content"])
+    logging_config = json.loads(interpolate(compose["configs"]["vllm-logging"]["content"], {}, []))
     files = {h.get("filename") for h in logging_config["handlers"].values()}
     assert "/logs/vllm.log" in files
     assert logging_config["loggers"]["vllm"]["handlers"].count("vllm_file") == 1

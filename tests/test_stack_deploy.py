@@ -138,6 +138,10 @@ def test_request_logger_writes_to_the_file_only_and_docker_logs_are_bounded(proj
     request_logger = config["loggers"]["vllm.entrypoints.serve.utils.request_logger"]
     assert request_logger["handlers"] == ["vllm_file"] and request_logger["propagate"] is False
     assert config["handlers"]["vllm_file"]["filename"] == "/logs/vllm.log"
+    for name in ("vllm_file", "uvicorn_access_file"):  # the shared log volume is bounded
+        handler = config["handlers"][name]
+        assert handler["class"] == "exporter.middleware.logfile.SharedRotatingFileHandler", name
+        assert handler["maxBytes"] * (handler["backupCount"] + 1) <= 2 << 30, name
     logging_opts = vllm["logging"]
     assert logging_opts["driver"] in ("local", "json-file") and logging_opts["options"]["max-size"]
 
