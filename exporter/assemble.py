@@ -16,6 +16,16 @@ Which source wins, field by field (unknown stays null, never a guess):
   logs an empty non-streaming answer, so silence proves nothing).
 * ``params``: what the client sent (middleware, JSON body) before vLLM's
   effective ``SamplingParams`` (whose ``max_tokens`` is filled in by vLLM).
+* ``stream`` and ``params.n`` of a client body that was read whole and did
+  not set them are the OpenAI API's documented defaults (``false``, ``1``;
+  vLLM logs the body as sent, unset fields left out). Nothing else is
+  defaulted: vLLM's own defaults (``temperature`` from the model's
+  generation config, ``max_tokens``) are not the API's.
+* ``model``: the name the client sent → ``--model`` → the name vLLM serves
+  as its start-up line said (``cfg``, :mod:`exporter.learned`).
+* The ``--max-log-len`` in effect is the flag, else the one vLLM's start-up
+  line set when the request came (``cfg``): a list or text that long may be
+  cut, so it is never counted.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from .record import PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
 _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
+_STREAM_DEFAULTED = ("chat", "completion", "responses")  # endpoints whose "stream" defaults to false
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,10 @@ class _Sources:
 
     @property
     def limit(self) -> int | None:
-        return self.ctx.max_log_len
+        if self.ctx.max_log_len is not None:
+            return self.ctx.max_log_len
+        cfg = self.e.get("cfg")
+        return cfg.get("max_log_len") if cfg else None
 
 
 def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
@@ -117,7 +131,8 @@ def _identity(rec: dict, src: _Sources) -> None:
     log_id = e["log_id"]
     rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
     rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
-    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model
+    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model \
+        or (e.get("cfg") or {}).get("model")
     user = mw.get("user")
     if user is None and body is not None and body.get("user") is not None:
         user = str(body.get("user"))
@@ -125,6 +140,8 @@ def _identity(rec: dict, src: _Sources) -> None:
     stream = mw.get("stream")
     if stream is None and body is not None and isinstance(body.get("stream"), bool):
         stream = body["stream"]
+    if stream is None and body is not None and "stream" not in body and rec["endpoint"] in _STREAM_DEFAULTED:
+        stream = False  # the OpenAI default: the body was logged as sent, without "stream"
     rec["stream"] = e["stream"] if stream is None else stream
 
 
@@ -160,6 +177,9 @@ def _params(rec: dict, src: _Sources) -> None:
         for k in PARAM_FIELDS:
             if params[k] is None and given.get(k) is not None:
                 params[k] = given[k]
+    body_read = src.body is not None or isinstance((src.mw or {}).get("stream"), bool)
+    if params["n"] is None and body_read and rec["endpoint"] in ("chat", "completion"):
+        params["n"] = 1  # the OpenAI default for a body read whole without "n"
     rec["params"] = params
 
 

@@ -17,6 +17,7 @@ FINISHED = "finished"
 ACCESS = "access"
 MIDDLEWARE = "middleware"
 MIDDLEWARE_DROPPED = "middleware_dropped"
+STARTUP = "startup"  # a start-up line: vLLM's settings (exporter.parse.startup)
 
 
 class LogTime(NamedTuple):

@@ -19,6 +19,13 @@ live source contributes "now"; a finished replay file contributes +inf. In
 replay the source furthest behind is read next, so files are merged in time
 order rather than one after another.
 
+vLLM's start-up lines set each source's learned settings
+(:mod:`exporter.learned`): the correlator stamps them on the requests that
+follow, a flag that contradicts them is reported once, the served model
+names bound the ``model`` label (``served``), and ``/health`` and
+``vllm_audit_capture_mode_info`` say how requests are captured (the Rust
+frontend runs no middleware). They are part of the checkpoint.
+
 Beside the loop: the zone check (:mod:`exporter.zonecheck`, reports only)
 and the status bridge (:mod:`exporter.status`: tailer and archive state →
 self metrics and /health).
@@ -26,6 +33,7 @@ self metrics and /health).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import events as ev
+from . import learned as learn
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
 from .correlate import Correlator
@@ -40,7 +49,12 @@ from .parse import CHECK_PROBLEMS, parse_line
 from .status import StatusBridge
 from .zonecheck import ZoneCheck
 
-CHECKPOINT_VERSION = 1
+log = logging.getLogger("exporter.pipeline")
+
+# 2: adds "learned" (per source: [settings, pending], exporter.learned) and
+# "conflicts"; a version-1 state is restored without them (the sources then
+# look back for their last start-up line, see runtime).
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -67,6 +81,11 @@ class Source:
     pair_check: object | None = None
     clock_check: object | None = None
     time_offset: int = 0  # the verdict reported
+    # vLLM's settings from its last start-up line (exporter.learned), what a
+    # version line said before it, and the compact form the correlator stamps.
+    learned: dict | None = None
+    pending: dict | None = None
+    cfg: dict | None = None
 
 
 @dataclass
@@ -85,7 +104,7 @@ class Pipeline:
                  sinks: Sinks, selfm, ctx: AssembleContext, checkpoint_path: Path,
                  users=None, live: bool = True, clock: Callable[[], float] = time.time,
                  checkpoint_interval: float = 1.0, batch_lines: int = 4096, health=None,
-                 logging_prefix: str = ""):
+                 logging_prefix: str = "", served=None):
         self.sources = sources
         self.logging_prefix = logging_prefix  # vLLM's VLLM_LOGGING_PREFIX, exactly
         self.correlator = correlator
@@ -114,6 +133,10 @@ class Pipeline:
             src.metrics = selfm.source(src.name)
         self.zone = ZoneCheck(sources, tz=resolver.tz, clock=clock)  # reports, never changes a record
         self.status = StatusBridge(selfm, health, live=live)
+        self.served = served  # labels.ServedModels: the model label's bound, or None
+        self.correlator.eager = live  # run: a request with both sides in is recorded at once
+        self._conflicts: list = []  # (setting, flag, log) already reported
+        self._capture_state = None
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:
@@ -129,6 +152,53 @@ class Pipeline:
             src.when_cache = (None, None)
         if state.get("time") is not None:
             self.resolver.restore(state["time"])
+        saved = state.get("learned") or {}
+        self._conflicts = [tuple(c) for c in state.get("conflicts") or []]
+        for src in self.sources:
+            if src.name in saved:
+                src.learned, src.pending = saved[src.name]
+                self.learned_changed(src, report=False)
+
+    def learned_changed(self, src: Source, *, report: bool = True) -> None:
+        """``src.learned`` is new: the correlator's stamp, conflicts, the
+        model label's bound, /health and the capture-mode metric."""
+        src.cfg = learn.entry_cfg(src.learned)
+        self.correlator.cfg = src.cfg
+        ctx = self.ctx
+        for found in learn.conflicts(src.learned, model=ctx.model, max_log_len=ctx.max_log_len):
+            if found in self._conflicts:
+                continue
+            self._conflicts.append(found)
+            if report:
+                setting, flag, logged = found
+                self.selfm.settings_conflicts.labels(setting).inc()
+                log.warning("source %s: --%s is %s but vLLM's start-up line says %s; the flag wins",
+                            src.name, setting.replace("_", "-"), flag, logged)
+        if self.served is not None:
+            self.served.learn(src.name, (src.learned or {}).get("served"))
+        self.selfm.vllm_settings_learned.labels(src.name).set(1 if src.cfg is not None else 0)
+        if src.health is not None:
+            src.health.vllm = src.learned
+        self._capture()
+
+    def _capture(self) -> None:
+        """vllm_audit_capture_mode_info and /health's "capture"."""
+        learned = [s.learned for s in self.sources if s.learned is not None]
+        frontend = "rust" if any(x.get("frontend") == "rust" for x in learned) else \
+            "python" if any(x.get("known") for x in learned) else "unknown"
+        mw = self.correlator.middleware_seen and frontend != "rust"
+        state = ("middleware" if mw else "log_only", frontend)
+        if state == self._capture_state:
+            return
+        self._capture_state = state
+        self.selfm.set_capture_mode(*state)
+        if self.health is not None:
+            note = None
+            if frontend == "rust":
+                note = ("vLLM runs its Rust frontend (VLLM_USE_RUST_FRONTEND=1): no Python "
+                        "middleware runs, so middleware capture is off; records come from its log only")
+            self.health.capture = {"mode": state[0], "frontend": frontend,
+                                   "middleware": "on" if mw else "off", "note": note}
 
     # ---------------------------------------------------------------- loop
     def step(self) -> int:
@@ -171,6 +241,8 @@ class Pipeline:
                 src.finished = True
             self.status.source(src)
         emitted = self.records_emitted
+        if self.correlator.middleware_seen and (self._capture_state or ("",))[0] != "middleware":
+            self._capture()
         self._emit(self.correlator.ready(self.watermark()))
         self.selfm.inflight.set(len(self.correlator.inflight))
         # Only a change needs a commit: an idle exporter does not fsync.
@@ -230,6 +302,8 @@ class Pipeline:
         #    failed due to <exception>", is followed by lines repeating its
         #    exact header: those are continuations too.
         name, resolve = src.name, self.resolver.resolve
+        self.correlator.cfg = src.cfg
+        startup_kind = ev.STARTUP
         timed = False
         received, mw_kind = ev.RECEIVED, ev.MIDDLEWARE
         prefix, prev_cr, base_cr, head = self.logging_prefix, src.cr, src.base_cr, src.failed_head
@@ -261,6 +335,14 @@ class Pipeline:
                 continue
             if kind == dropped_kind:
                 self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
+                continue
+            if kind == startup_kind:
+                t = None if result.when is None else resolve(result.when, name)
+                before = src.learned
+                src.learned, src.pending = learn.apply(src.learned, src.pending, result.data, t)
+                if src.learned is not before:
+                    self.learned_changed(src)
+                ignored["startup"] = ignored.get("startup", 0) + 1
                 continue
             if kind == failed_kind:
                 k = line.text.find("] Request ")
@@ -342,6 +424,9 @@ class Pipeline:
             "metrics": self.sinks.metrics.snapshot(),
             "users": self.users.state() if self.users is not None else None,
             "archive": self.sinks.archive.state(),
+            "learned": {s.name: [s.learned, s.pending] for s in self.sources
+                        if s.learned is not None or s.pending is not None},
+            "conflicts": [list(c) for c in self._conflicts],
             "written_at": self.clock(),
         }
 

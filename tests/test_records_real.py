@@ -29,10 +29,13 @@ def _responses(setup: str) -> list[dict]:
     return [json.loads(line) for line in (FIXTURES / setup / "responses.jsonl").open()]
 
 
-def _replay(setup: str, tmp_path: Path, *files: Path) -> list[dict]:
-    argv = ["replay", *map(str, files), "--archive-dir", str(tmp_path / "archive"),
-            "--model", "tiny", "--no-progress"]
-    if setup in MAX_LOG_LEN:
+def _replay(setup: str, tmp_path: Path, *files: Path, flags: bool = True) -> list[dict]:
+    """``flags=False``: the file alone; the served model and --max-log-len
+    must then come from vLLM's start-up line (issue 13)."""
+    argv = ["replay", *map(str, files), "--archive-dir", str(tmp_path / "archive"), "--no-progress"]
+    if flags:
+        argv += ["--model", "tiny"]
+    if flags and setup in MAX_LOG_LEN:
         argv += ["--max-log-len", str(MAX_LOG_LEN[setup])]
     args = make_parser().parse_args(argv)
     settings = build_settings("replay", args, {})
@@ -67,13 +70,14 @@ def _usage(resp: dict) -> dict:
     return resp.get("usage") or (resp.get("response") or {}).get("usage") or {}
 
 
+@pytest.mark.parametrize("flags", [True, False], ids=["flags", "no_flags"])
 @pytest.mark.parametrize("setup", LOG_ONLY_SETUPS)
-def test_one_correct_record_per_logged_request(setup, tmp_path):
+def test_one_correct_record_per_logged_request(setup, flags, tmp_path):
     if not (FIXTURES / setup / "vllm.log").exists():
         pytest.fail(f"fixture {setup} missing: run tools/record_fixtures.py --setup {setup}")
     responses = _responses(setup)
     log_text = (FIXTURES / setup / "vllm.log").read_text(errors="replace")
-    records = _replay(setup, tmp_path, FIXTURES / setup / "vllm.log")
+    records = _replay(setup, tmp_path, FIXTURES / setup / "vllm.log", flags=flags)
     by_id: dict[str, list[dict]] = {}
     for rec in records:
         by_id.setdefault(rec["request_id"], []).append(rec)

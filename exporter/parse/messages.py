@@ -103,6 +103,7 @@ from exporter.parse.pyrepr import (
     decode_literal,
 )
 from exporter.parse.fields import fields, ids_or_none, lora_name, sampling_params, str_or_none
+from exporter.parse.startup import STARTUP_FILES, is_rust, rust_line_event, startup_event
 
 REQUEST_LOGGER_FILES = frozenset({"logger.py", "request_logger.py"})
 ENGINE_FILES = frozenset({"async_llm.py", "engine.py", "async_llm_engine.py"})
@@ -183,6 +184,8 @@ def _parse(text: str, logging_prefix: str, continued: bool) -> Event | Ignored:
 
 def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     """Route the message at ``s[m:]`` by its opening words, checking the logger file."""
+    if h.file[-3:] == ".rs" or h.process == "RustFrontend":
+        return rust_line_event(h)  # the Rust frontend: none of its lines is a Python request log
     if s.startswith("Received request ", m):
         return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _CONT
     if s.startswith("Generated response ", m):
@@ -211,7 +214,16 @@ def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     return _unknown_message(s, m, h)
 
 
-def _unknown_message(s: str, m: int, h: Header) -> Ignored:
+def _unknown_message(s: str, m: int, h: Header) -> Event | Ignored:
+    if h.file in STARTUP_FILES:
+        try:
+            found = startup_event(s, m, h)
+        except ReprError:
+            found = None
+        if found is not None:
+            return found
+    elif is_rust(h):
+        return rust_line_event(h)
     if s.startswith(_TRACEBACK_STARTS, m):
         return _TRACE
     if "throughput:" in s[m : m + 200]:
@@ -440,4 +452,7 @@ def _parse_json(text: str) -> Event | Ignored:
     if "\n" in message:
         # Only an exception text is multi-line; its first line is all we read.
         message = message.split("\n", 1)[0]
-    return _dispatch(message, 0, header)
+    result = _dispatch(message, 0, header)
+    if result.__class__ is Event and result.kind == ev.STARTUP and isinstance(obj.get("process"), int):
+        result.data["pid"] = obj["process"]
+    return result
