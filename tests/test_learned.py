@@ -324,3 +324,28 @@ def test_run_records_a_request_with_both_sides_in_without_waiting_for_merge_grac
                 rec.pop(chain_field, None)
         assert a == b, rid
     assert len(got) < len(replayed)  # the others do wait: one side may still come
+
+
+FORMATS = Path(__file__).parent / "fixtures" / "formats"
+
+
+@pytest.mark.parametrize("version", sorted(p.name[:-4] for p in FORMATS.glob("*.log") if p.name != "json.log"))
+def test_format_fixtures_with_no_flags_name_the_served_model_and_never_count_a_cut_list(version, tmp_path):
+    """Lines built from each release's format strings, start-up line first
+    (make_fixtures.py): no --model, no --max-log-len given."""
+    _replay(tmp_path, FORMATS / f"{version}.log", flags=("--vllm-logging-prefix", "[node-a] ")
+            if version == "0.31" else ())
+    records = _records(tmp_path / "archive")
+    assert records
+    for rec in records:
+        assert rec["model"] in ("qwen", "tiny", MODEL_0x), rec  # served name, or the client's own
+    if version in ("0.6.3", "0.9.2"):  # vLLM ran with --max-log-len 10: "Once upon " and 10 ids
+        cut = next(r for r in records if r["request_id"] == "cmpl-3f6d2a9b8e7c4d51a0b2c3d4e5f60718-0")
+        assert cut["prompt_tokens"] is None and "prompt_truncated" in cut["flags"]
+        # 0.6.3 ran without --served-model-name: the served name is the model itself
+        assert cut["model"] == (MODEL_0x if version == "0.6.3" else "qwen")
+    else:
+        assert all(r["prompt_tokens"] is None or r["tokens_source"] == "logged_ids" for r in records)
+
+
+MODEL_0x = "Qwen/Qwen2.5-0.5B-Instruct"

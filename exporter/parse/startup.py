@@ -94,7 +94,7 @@ def startup_event(s: str, m: int, h: Header) -> Event | None:
     if data is None:
         return None
     data["process"] = h.process
-    p = _PID.match(s)
+    p = _PID.search(s, 0, m)  # in the header only (after a VLLM_LOGGING_PREFIX, 0.31+)
     if p is not None:
         data["pid"] = int(p.group(2))
     return Event(ev.STARTUP, None, h.when, data)
