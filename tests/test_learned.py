@@ -349,3 +349,88 @@ def test_format_fixtures_with_no_flags_name_the_served_model_and_never_count_a_c
 
 
 MODEL_0x = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+# ------------------------------------------------------------ Rust frontend
+
+
+def _rust_log(tmp_path: Path) -> Path:
+    """A vLLM 0.32 start-up (the real capture's lines), then what the Rust
+    frontend mode writes, each from vLLM's source: v1/utils.py
+    ``logger.info("Launching Rust frontend: %s", " ".join(cmd[:-1] + [redacted_json]))``,
+    the Rust stats line of log_stats.rs (a real excerpt, pid and numbers its
+    own), and rust/src/server/.../output_logging.rs's
+    ``"Generated response (streaming delta): output: {output:?}, finish_reason: None"``
+    (``{:?}`` of a Rust string: double quotes) -- which names no request."""
+    real = (FIX / "info" / "vllm.log").read_text(encoding="utf-8").splitlines(keepends=True)
+    at = next(i for i, x in enumerate(real) if "non-default args" in x) + 1
+    args = {"enable_log_outputs": True, "enable_log_requests": True, "max_model_len": 512,
+            "model": "/root/.cache/vllm-audit/tiny-llama", "served_model_name": ["tiny"], "model_tag": "x"}
+    cmd = ["/venv/lib/python3.11/site-packages/vllm/vllm-rs", "frontend", "--listen-fd", "12",
+           "--input-listener-fd", "13", "--output-listener-fd", "14", "--engine-start-index", "0",
+           "--engine-count", "1", "--data-parallel-size", "1", "--args-json", "{}"]
+    launch = "Launching Rust frontend: %s" % " ".join(cmd[:-1] + [json.dumps(args, sort_keys=True)])
+    lines = real[:at] + [
+        f"(APIServer pid=8541) INFO 11-22 02:26:20 [utils.py:372] {launch}\n",
+        "(RustFrontend pid=3226278) INFO 11-22 02:26:40 [log_stats.rs:273] Avg prompt tput: 672.5 toks/s, "
+        "Avg generation tput: 1931.6 toks/s, Reqs Running: 57, Waiting: 0, GPU KV cache used: 1.8%, "
+        "Prefix cache hit rate: 0.0%\n",
+        "(RustFrontend pid=3226278) INFO 11-22 02:26:41 [output_logging.rs:58] Generated response "
+        "(streaming delta): output: \"Hi\", finish_reason: None\n",
+    ]
+    log = tmp_path / "vllm.log"
+    log.write_text("".join(lines), encoding="utf-8")
+    return log
+
+
+def test_the_rust_frontend_is_detected_and_reported_as_log_only_capture(tmp_path):
+    rt, _ = _replay(tmp_path, _rust_log(tmp_path))
+    src = rt.pipeline.sources[0]
+    assert src.learned["frontend"] == "rust" and src.learned["served"] == ["tiny"]
+    healthy, body = rt.health.report()
+    assert body["capture"]["mode"] == "log_only" and body["capture"]["frontend"] == "rust"
+    assert body["capture"]["middleware"] == "off" and "Rust frontend" in body["capture"]["note"]
+    assert body["sources"][src.name]["vllm"]["frontend"] == "rust"
+    modes = {(s.labels["mode"], s.labels["frontend"]): s.value for m in rt.registry.collect()
+             if m.name == "vllm_audit_capture_mode_info" for s in m.samples}
+    assert modes == {("log_only", "rust"): 1.0}
+    # Its lines name no request: no record is made up from them, none is counted as malformed.
+    assert _records(tmp_path / "archive") == []
+    errors = {s.labels["reason"]: s.value for m in rt.registry.collect() if m.name == "vllm_audit_parse_errors"
+              for s in m.samples if s.name.endswith("_total")}
+    assert not any(errors.values()), errors
+
+
+def test_the_python_frontend_with_the_middleware_is_middleware_capture(tmp_path):
+    rt, _ = _replay(tmp_path, FIX / "middleware" / "vllm.log", FIX / "middleware" / "middleware.jsonl")
+    assert rt.health.report()[1]["capture"] == {"mode": "middleware", "frontend": "python",
+                                                "middleware": "on", "note": None}
+    rt2, _ = _replay(tmp_path / "info", FIX / "info" / "vllm.log")
+    assert rt2.health.report()[1]["capture"]["mode"] == "log_only"
+    assert rt2.health.report()[1]["capture"]["frontend"] == "python"
+
+
+# ------------------------------------------------------------ model label
+
+
+def test_model_names_vllm_does_not_serve_fold_into_other(tmp_path):
+    """The served names come from the start-up line; a junk name a client
+    sent stays in the record, the metric label is __other__."""
+    from exporter.labels import OTHER
+    from exporter.loki.config import LokiSettings
+    from exporter.loki.entries import build_labels
+    rt, _ = _replay(tmp_path, FIX / "middleware" / "vllm.log", FIX / "middleware" / "middleware.jsonl")
+    served = rt.served
+    assert served.names == frozenset({"tiny"})
+    rec = dict(_records(tmp_path / "archive")[0], model="junk-model-1234")
+    before = {s.labels.get("model") for m in rt.registry.collect() if m.name == "vllm_audit_requests"
+              for s in m.samples}
+    rt.metrics.observe(rec)
+    after = {s.labels.get("model") for m in rt.registry.collect() if m.name == "vllm_audit_requests"
+             for s in m.samples}
+    assert before == {"tiny"} and after == {"tiny", OTHER}
+    assert rec["model"] == "junk-model-1234"  # the record keeps the client's name
+    labels = dict(build_labels(rec, LokiSettings(url="http://127.0.0.1:1"), lambda u: u, served.fold))
+    assert labels["model"] == OTHER
+    assert dict(build_labels(dict(rec, model="tiny"), LokiSettings(url="http://127.0.0.1:1"),
+                             lambda u: u, served.fold))["model"] == "tiny"
