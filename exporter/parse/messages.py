@@ -71,6 +71,12 @@ e.g. ``PoolingParams``). ``aborted`` has ``request_id`` = the first id and
 ``bad request: X``, ``ValueError: ...``); only the first line of a multi-line
 exception is read.
 
+Start-up lines (settings, version, listening, the Rust frontend) are
+``startup`` events (:mod:`exporter.parse.startup`): only from vLLM's own
+start-up files, checked like every message, never from a continuation
+line; any line the Rust frontend wrote (``(RustFrontend pid=N)``, a ``*.rs``
+file) is a ``startup`` event too and never a request-log message.
+
 Ignored reasons: ``empty``, ``not_vllm`` (no vLLM header), ``other_logger``,
 ``stats``, ``continuation``, ``traceback``, ``not_request_log`` (a request-log
 or engine file, but another message), ``malformed_received``,
