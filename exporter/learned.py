@@ -27,13 +27,12 @@ Pure functions, except :func:`lookback` (reads the file it is given).
 
 from __future__ import annotations
 
-import os
-
 from .events import STARTUP
 from .parse import parse_line
 
 LOOKBACK_BYTES = 64 * 1024 * 1024  # bounded: a start-up line further back is not looked for
-_LOOKBACK_CHUNK = 4 * 1024 * 1024
+_FIRST_CHUNK = 1024 * 1024  # doubled until found: at most ~2 x LOOKBACK_BYTES read in all
+_NEEDLES = (b"non-default args: ", b"args: Namespace(", b"Launching Rust frontend", b"(RustFrontend pid=")
 
 
 def apply(learned: dict | None, pending: dict | None, data: dict, t: float | None) -> tuple[dict | None, dict | None]:
@@ -151,18 +150,22 @@ def lookback(path: str, offset: int, *, logging_prefix: str = "",
     try:
         with open(path, "rb") as f:
             start = max(0, offset - limit)
-            # Back from the end in chunks until a start-up line is found: the
-            # usual case (a server started a while ago) reads little.
-            pos = offset
-            while pos > start:
-                lo = max(start, pos - _LOOKBACK_CHUNK)
+            # Back from the end, doubling the span until a start-up line is
+            # found: the usual case (a server started a while ago) reads little.
+            # The span is read whole, so the continuation rule sees every line
+            # in order.
+            span = _FIRST_CHUNK
+            while True:
+                lo = max(start, offset - span)
                 f.seek(lo)
                 chunk = f.read(offset - lo)
-                if b"non-default args: " in chunk or b"args: Namespace(" in chunk or b"Rust" in chunk:
+                if any(n in chunk for n in _NEEDLES):
                     learned, pending = _scan(chunk, skip_first=lo > 0, prefix=logging_prefix)
                     if learned is not None:
                         return learned, pending
-                pos = lo
+                if lo <= start:
+                    break
+                span *= 2
     except OSError:
         return None, None
     return learned, pending
@@ -187,9 +190,3 @@ def _scan(chunk: bytes, *, skip_first: bool, prefix: str) -> tuple[dict | None, 
             learned, pending = apply(learned, pending, event.data, None)
     return learned, pending
 
-
-def file_size(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None

@@ -166,12 +166,14 @@ class Pipeline:
         self.correlator.cfg = src.cfg
         ctx = self.ctx
         for found in learn.conflicts(src.learned, model=ctx.model, max_log_len=ctx.max_log_len):
-            if found in self._conflicts:
+            if found in self._conflicts and report:
                 continue
-            self._conflicts.append(found)
+            if found not in self._conflicts:
+                self._conflicts.append(found)
+            setting, flag, logged = found
+            # Counted again by a new process (its counters start at 0), warned once.
+            self.selfm.settings_conflicts.labels(setting).inc()
             if report:
-                setting, flag, logged = found
-                self.selfm.settings_conflicts.labels(setting).inc()
                 log.warning("source %s: --%s is %s but vLLM's start-up line says %s; the flag wins",
                             src.name, setting.replace("_", "-"), flag, logged)
         if self.served is not None:
