@@ -254,6 +254,8 @@ class Correlator:
             entry["details"] = event.data
         elif kind == ev.BODY:
             entry["body"] = event.data.get("body")
+            if entry["body"] is None and "body_closed" in event.data and (entry.get("cfg") or {}).get("body_lost_brace"):
+                entry["body"] = event.data["body_closed"]  # vLLM 0.31's [:-1]: the body with its "}"
         elif kind == ev.OUTPUT:
             self._output(entry, event.data, t)
         else:

@@ -43,7 +43,13 @@ def apply(learned: dict | None, pending: dict | None, data: dict, t: float | Non
     what = data.get("what")
     ident = {k: data[k] for k in ("process", "pid") if data.get(k) is not None}
     if what == "version":
-        return learned, {"version": data.get("version"), "model": data.get("model"), **ident}
+        version = data.get("version")
+        if learned is not None and learned.get("version") == version:
+            return learned, pending  # the same start-up's other version line
+        if learned is not None and learned.get("known") and learned.get("version") is None and pending is None:
+            # the engine core's line comes after the settings line
+            return dict(learned, version=version), pending
+        return learned, {"version": version, "model": data.get("model"), **ident}
     if what == "args":
         new = _from_args(data.get("args") or {}, full=bool(data.get("full")))
         new.update({k: v for k, v in (pending or {}).items() if v is not None and k != "model"})
@@ -123,7 +129,12 @@ def entry_cfg(learned: dict | None) -> dict | None:
     if learned is None or not learned.get("known"):
         return None
     served = learned.get("served")
-    return {"max_log_len": learned.get("max_log_len"), "model": served[0] if served else None}
+    cfg = {"max_log_len": learned.get("max_log_len"), "model": served[0] if served else None}
+    version = learned.get("version") or ""
+    if learned.get("max_log_len") is None and (version == "0.31" or version.startswith("0.31.")):
+        # 0.31 logs the JSON body [:-1] when --max-log-len is unset: only its "}" is missing
+        cfg["body_lost_brace"] = True
+    return cfg
 
 
 def conflicts(learned: dict | None, *, model: str | None, max_log_len: int | None) -> list[tuple[str, str, str]]:
@@ -183,7 +194,7 @@ def _scan(chunk: bytes, *, skip_first: bool, prefix: str) -> tuple[dict | None, 
     for raw, cr in zip(lines, crs):
         continued = prev > base
         prev = cr
-        if continued or b"args" not in raw and b"vLLM" not in raw and b"Rust" not in raw and b".rs:" not in raw:
+        if continued or not any(k in raw for k in (b"args", b"vLLM", b"Rust", b".rs:", b"LLM engine (v")):
             continue
         event = parse_line(raw.decode("utf-8", "replace"), logging_prefix=prefix)
         if getattr(event, "kind", None) == STARTUP:

@@ -434,3 +434,26 @@ def test_model_names_vllm_does_not_serve_fold_into_other(tmp_path):
     assert labels["model"] == OTHER
     assert dict(build_labels(dict(rec, model="tiny"), LokiSettings(url="http://127.0.0.1:1"),
                              lambda u: u, served.fold))["model"] == "tiny"
+
+
+def test_vllm_031s_json_body_without_its_closing_brace_is_read_when_the_start_up_lines_say_031(tmp_path):
+    """0.31 logs ``model_dump_json(...)[:-1]`` when --max-log-len is unset:
+    every field is there but the "}". Known from the start-up lines (version
+    0.31, no max_log_len), the body is read with it; otherwise it stays unread."""
+    _replay(tmp_path / "a", FORMATS / "0.31.log", flags=("--vllm-logging-prefix", "[node-a] "))
+    rec = next(r for r in _records(tmp_path / "a" / "archive") if r["request_id"].startswith("chatcmpl-9999"))
+    assert rec["user"] == "alice" and rec["model"] == "qwen" and rec["stream"] is False
+    # The same lines with no start-up lines: the cut body is not guessed at.
+    lines = (FORMATS / "0.31.log").read_text(encoding="utf-8").split("\n")
+    bare = tmp_path / "bare.log"
+    bare.write_text("\n".join(x for x in lines if "non-default args" not in x and "LLM engine (v" not in x),
+                    encoding="utf-8")
+    _replay(tmp_path / "b", bare, flags=("--vllm-logging-prefix", "[node-a] "))
+    rec = next(r for r in _records(tmp_path / "b" / "archive") if r["request_id"].startswith("chatcmpl-9999"))
+    assert rec["user"] is None
+    # --max-log-len cut a body to its length: with a "}" added it may parse, and still is not used
+    data = parse_line('(APIServer pid=1) DEBUG 12-02 06:09:55 [request_logger.py:75] Request x JSON body: '
+                      '{"model":"tiny","user":"a"').data
+    assert data["body"] is None and data["body_closed"] == {"model": "tiny", "user": "a"}
+    assert learn.entry_cfg(dict(learn._from_args({"max_log_len": 20}, full=False), version="0.31.0")) \
+        == {"max_log_len": 20, "model": None}

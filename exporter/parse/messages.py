@@ -278,10 +278,18 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
         raw = s[k + 12 :]
         if not raw.startswith("{"):
             return _BAD_BODY  # not even the start of the client's JSON object
+        closed = None
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
             body = None  # --max-log-len cut it (or 0.31's [:-1] slice): keep the event
+            try:
+                # 0.31 drops the closing "}" when --max-log-len is unset: the
+                # body as it would be with it. Only the correlator, knowing
+                # the start-up line's version and max_log_len, may use it.
+                closed = json.loads(raw + "}")
+            except (ValueError, RecursionError):
+                closed = None
         problems: list[str] = []
         if isinstance(body, dict):
             body, bad, escaped = check_body(body)
@@ -291,6 +299,13 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
         else:
             body = None
         data = {"body": body, "raw_len": len(raw), "truncated_body": body is None}
+        if isinstance(closed, dict):
+            closed, bad, escaped = check_body(closed)
+            more, flags = findings("body_invalid_field", bad, escaped)
+            if flags:
+                closed["input_flags"] = flags
+            data["body_closed"] = closed
+            problems = more
         if problems:
             data["problems"] = problems
         return Event(ev.BODY, rid, h.when, data)

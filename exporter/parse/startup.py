@@ -11,6 +11,8 @@ message                                         file (text) / logger (JSON)     
 ``args: %s`` (an ``argparse.Namespace`` repr)   ``api_server.py``                0.6.3-0.8.x
 ``non-default args: %s`` (a ``dict`` repr)      ``utils.py`` / ``api_utils.py``  0.9-0.33
 ``vLLM server version %s, serving model %s``    ``api_utils.py``                 0.3x, logo off
+``Initializing a V1 LLM engine (v%s) with       ``core.py`` (engine core)        V1
+config: ...``
 ``Starting vLLM API server on %s`` (and         ``launcher.py`` /                all
 ``... server %d on %s``, ``Starting vLLM        ``api_server.py`` / ``entry.py``
 server on %s``)
@@ -61,9 +63,10 @@ KEYS = frozenset({
     "enable_log_requests", "disable_log_requests", "enable_log_outputs",
     "enable_log_deltas", "middleware", "api_server_count", "host", "port",
 })
-STARTUP_FILES = frozenset({"api_server.py", "utils.py", "api_utils.py", "launcher.py", "entry.py"})
+STARTUP_FILES = frozenset({"api_server.py", "utils.py", "api_utils.py", "launcher.py", "entry.py", "core.py"})
 _PID = re.compile(r"\(([^()]{1,80}?) pid=(\d{1,10})\) ")
 _VERSION = re.compile(r"vLLM (?:API )?server version (\S{1,64}?)(?:, serving model (\S.{0,1023}))?")
+_ENGINE_VERSION = re.compile(r"Initializing a V1 LLM engine \(v([0-9][\w.+-]{0,63})\) with config: ")
 _LISTENING = re.compile(r"Starting vLLM (?:API )?server (?:\d{1,4} )?on \S{1,300}")
 _MAX_DEPTH = 8
 _FLOAT = re.compile(r"-?\d{1,30}\.\d{0,30}(?:e[-+]?\d{1,3})?")
@@ -78,6 +81,11 @@ def startup_event(s: str, m: int, h: Header) -> Event | None:
         data = {"what": "args", "args": _dict_args(s, m + 18), "full": False}
     elif s.startswith("args: Namespace(", m) and h.file == "api_server.py":
         data = {"what": "args", "args": _namespace_args(s, m + 15), "full": True}
+    elif s.startswith("Initializing a V1 LLM engine (v", m) and h.file == "core.py":
+        v = _ENGINE_VERSION.match(s, m)
+        if v is None:
+            return None
+        data = {"what": "version", "version": v.group(1)}
     elif s.startswith("vLLM ", m):
         v = _VERSION.fullmatch(s, m)
         if v is None:
