@@ -190,23 +190,21 @@ def _parse(text: str, logging_prefix: str, continued: bool) -> Event | Ignored:
 
 def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     """Route the message at ``s[m:]`` by its opening words, checking the logger file."""
-    if h.file[-3:] == ".rs" or h.process == "RustFrontend":
-        return rust_line_event(h)  # the Rust frontend: none of its lines is a Python request log
     if s.startswith("Received request ", m):
-        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _CONT
+        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _other_file(h)
     if s.startswith("Generated response ", m):
-        return _generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _CONT
+        return _generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _other_file(h)
     if s.startswith("Request ", m):
         return _request(s, m + 8, h)
     for prefix, kind in (("Added request ", ev.ADDED), ("Finished request ", ev.FINISHED)):
         if s.startswith(prefix, m):
             if h.file not in ENGINE_FILES:
-                return _CONT
+                return _other_file(h)
             rid = _dotted_id(s, m + len(prefix))
             return _NOT_REQ if rid is None else Event(kind, rid, h.when, {})
     if s.startswith("Aborted request", m):
         if h.file not in ENGINE_FILES:
-            return _CONT
+            return _other_file(h)
         start = m + 19 if s.startswith("(s) ", m + 15) else m + 16
         if s[m + 15 : start] not in ("(s) ", " "):
             return _NOT_REQ
@@ -218,6 +216,12 @@ def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
             return _NOT_REQ
         return Event(ev.ABORTED, ids[0], h.when, {"ids": ids})
     return _unknown_message(s, m, h)
+
+
+def _other_file(h: Header) -> Event | Ignored:
+    """A request-log or engine message from a file that does not write it:
+    a continuation, or a line of the Rust frontend (never a Python request log)."""
+    return rust_line_event(h) if is_rust(h) else _CONT
 
 
 def _unknown_message(s: str, m: int, h: Header) -> Event | Ignored:
@@ -270,11 +274,11 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
     rid = s[i:k]
     if s.startswith(" details: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
-            return _CONT
+            return _other_file(h)
         return _details(s, k + 10, rid, h)
     if s.startswith(" JSON body: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
-            return _CONT
+            return _other_file(h)
         raw = s[k + 12 :]
         if not raw.startswith("{"):
             return _BAD_BODY  # not even the start of the client's JSON object
@@ -311,13 +315,13 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
         return Event(ev.BODY, rid, h.when, data)
     if s.startswith(" aborted", k):
         if h.file not in ENGINE_FILES:
-            return _CONT
+            return _other_file(h)
         if s[k + 8 :] != ".":
             return _NOT_REQ
         return Event(ev.ABORTED, rid, h.when, {"ids": [rid]})
     if s.startswith(" failed", k):
         if h.file not in FAILED_FILES:
-            return _CONT
+            return _other_file(h)
         return Event(ev.FAILED, rid, h.when, {"reason": _failure_reason(s[k + 7 :])})
     return _unknown_message(s, i - 8, h)
 
