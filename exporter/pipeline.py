@@ -148,6 +148,7 @@ class Pipeline:
         self.correlator.eager = live  # run: a request with both sides in is recorded at once
         self._conflicts: list = []  # (setting, flag, log) already reported
         self._capture_state = None
+        self._capture()  # log_only/unknown until a start-up line or a middleware line says more
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:

@@ -457,3 +457,29 @@ def test_vllm_031s_json_body_without_its_closing_brace_is_read_when_the_start_up
     assert data["body"] is None and data["body_closed"] == {"model": "tiny", "user": "a"}
     assert learn.entry_cfg(dict(learn._from_args({"max_log_len": 20}, full=False), version="0.31.0")) \
         == {"max_log_len": 20, "model": None}
+
+
+def test_a_checkpoint_from_before_learned_settings_resumes_and_looks_back(tmp_path):
+    """A version-1 pipeline state (no "learned") still loads; its source,
+    resuming mid-log, looks back for the start-up line before its offset."""
+    from exporter.checkpoint import write_atomic
+    lines = MAXLOGLEN.read_bytes().splitlines(keepends=True)
+    at = next(i for i, x in enumerate(lines) if b"Available routes" in x)
+    log = tmp_path / "vllm.log"
+    log.write_bytes(b"".join(lines[:at]))
+    now = [calendar.timegm((2026, 11, 22, 2, 28, 48))]
+    rt = _live(tmp_path, [log], now, "--from-start")
+    _pump(rt)
+    assert rt.pipeline.commit()
+    path = tmp_path / "archive" / ".state" / "checkpoint.json"
+    state = read_checkpoint(str(path)).state
+    assert state["learned"]
+    old = {k: v for k, v in state.items() if k not in ("learned", "conflicts")}
+    old["version"] = 1
+    write_atomic(str(path), old)
+    for src in rt.pipeline.sources:
+        src.tailer.close()
+    rt2 = _live(tmp_path, [log], now, "--from-start")
+    src = rt2.pipeline.sources[0]
+    assert src.tailer.position()["offset"] == log.stat().st_size  # resumed, not re-read
+    assert src.learned["max_log_len"] == LIMIT and src.cfg == {"max_log_len": LIMIT, "model": "tiny"}
