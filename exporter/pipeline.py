@@ -33,7 +33,6 @@ self metrics and /health).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,8 +47,6 @@ from .correlate import Correlator
 from .parse import CHECK_PROBLEMS, parse_line
 from .status import StatusBridge
 from .zonecheck import ZoneCheck
-
-log = logging.getLogger("exporter.pipeline")
 
 # 2: adds "learned" (per source: [settings, pending], exporter.learned) and
 # "conflicts"; a version-1 state is restored without them (the sources then
@@ -147,7 +144,6 @@ class Pipeline:
         self.served = served  # labels.ServedModels: the model label's bound, or None
         self.correlator.eager = live  # run: a request with both sides in is recorded at once
         self._conflicts: list = []  # (setting, flag, log) already reported
-        self._capture_state = None
         self._capture()  # log_only/unknown until a start-up line or a middleware line says more
 
     # ------------------------------------------------------------- restore
@@ -172,47 +168,24 @@ class Pipeline:
                 self.learned_changed(src, report=False)
 
     def learned_changed(self, src: Source, *, report: bool = True) -> None:
-        """``src.learned`` is new: the correlator's stamp, conflicts, the
-        model label's bound, /health and the capture-mode metric."""
+        """``src.learned`` is new: the correlator's stamp, conflicts with the
+        flags (once each, kept in the checkpoint), the model label's bound,
+        and what /health and the self metrics say (StatusBridge)."""
         src.cfg = learn.entry_cfg(src.learned)
         self.correlator.cfg = src.cfg
-        ctx = self.ctx
-        for found in learn.conflicts(src.learned, model=ctx.model, max_log_len=ctx.max_log_len):
+        for found in learn.conflicts(src.learned, model=self.ctx.model, max_log_len=self.ctx.max_log_len):
             if found in self._conflicts and report:
                 continue
             if found not in self._conflicts:
                 self._conflicts.append(found)
-            setting, flag, logged = found
-            # Counted again by a new process (its counters start at 0), warned once.
-            self.selfm.settings_conflicts.labels(setting).inc()
-            if report:
-                log.warning("source %s: --%s is %s but vLLM's start-up line says %s; the flag wins",
-                            src.name, setting.replace("_", "-"), flag, logged)
+            self.status.conflict(src.name, found, warn=report)
         if self.served is not None:
             self.served.learn(src.name, (src.learned or {}).get("served"))
-        self.selfm.vllm_settings_learned.labels(src.name).set(1 if src.cfg is not None else 0)
-        if src.health is not None:
-            src.health.vllm = src.learned
+        self.status.learned(src)
         self._capture()
 
     def _capture(self) -> None:
-        """vllm_audit_capture_mode_info and /health's "capture"."""
-        learned = [s.learned for s in self.sources if s.learned is not None]
-        frontend = "rust" if any(x.get("frontend") == "rust" for x in learned) else \
-            "python" if any(x.get("known") for x in learned) else "unknown"
-        mw = self.correlator.middleware_seen and frontend != "rust"
-        state = ("middleware" if mw else "log_only", frontend)
-        if state == self._capture_state:
-            return
-        self._capture_state = state
-        self.selfm.set_capture_mode(*state)
-        if self.health is not None:
-            note = None
-            if frontend == "rust":
-                note = ("vLLM runs its Rust frontend (VLLM_USE_RUST_FRONTEND=1): no Python "
-                        "middleware runs, so middleware capture is off; records come from its log only")
-            self.health.capture = {"mode": state[0], "frontend": frontend,
-                                   "middleware": "on" if mw else "off", "note": note}
+        self.status.capture(self.sources, self.correlator.middleware_seen)
 
     # ---------------------------------------------------------------- loop
     def step(self) -> int:
@@ -255,7 +228,7 @@ class Pipeline:
                 src.finished = True
             self.status.source(src)
         emitted = self.records_emitted
-        if self.correlator.middleware_seen and (self._capture_state or ("",))[0] != "middleware":
+        if self.correlator.middleware_seen and not self.status.capture_is_middleware:
             self._capture()
         self._emit(self.correlator.ready(self.watermark()))
         self.selfm.inflight.set(len(self.correlator.inflight))
