@@ -61,13 +61,16 @@ def workdir(given: Path | None, prefix: str):
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "tests" / "fixtures" / "vllm-0.32.0"
 
-_SECTION_LINE = re.compile(rb"\[(?:request_logger\.py|async_llm\.py):\d+\] |\"(?:POST|GET) /v1/")
+_SECTION_LINE = re.compile(rb"\[(?:request_logger\.py|async_llm\.py):\d+\] |\"(?:POST|GET) /v1/|"
+                           rb'"name": "(?:vllm\.entrypoints\.serve\.utils\.request_logger|vllm\.v1\.engine\.async_llm)"')
 _SHUTDOWN = re.compile(rb"\[shutdown\]")
 # Request ids as they appear in the capture: chatcmpl-X, cmpl-X-0, Request X JSON body.
 _ID_SITES = re.compile(rb"(?:chatcmpl-|cmpl-|Request )([0-9a-f]{16}|fixture-req-\d{4})(?=[-:. ]|$)")
 # Header time only (a prompt may quote a whole log line): PROC LEVEL MM-DD HH:MM:SS at a line start.
 _TIME = re.compile(rb"(?m)^((?:\([^()\n]{1,80} pid=\d+\) )?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) )"
                    rb"(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?= \[)")
+# vLLM's JSON formatter: {"asctime": "YYYY-MM-DD HH:MM:SS,mmm", ... (milliseconds kept).
+_JTIME = re.compile(rb'(?m)^(\{"asctime": ")(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?=,\d{3}")')
 _BODY = re.compile(rb"\] Request %\(i\d+\)s JSON body: \{")
 _USER_FIELD = re.compile(rb'"user":"(?:[^"\\]|\\.)*"')
 
@@ -127,16 +130,17 @@ class Template:
         if ids:
             alt = re.compile(b"(?<![0-9A-Za-z])(" + b"|".join(re.escape(k) for k in ids) + b")(?![0-9A-Za-z])")
             text = alt.sub(lambda m: b"%%(i%d)s" % ids[m.group(1)], text)
-        times = [self._dt(m) for m in _TIME.finditer(text)]
+        times = [self._dt(m) for m in _TIME.finditer(text)] + [self._jdt(m) for m in _JTIME.finditer(text)]
         self.t0 = min(times)
         self.span = int((max(times) - self.t0).total_seconds()) + 1
         offsets: set[int] = set()
 
-        def put_time(m):
-            off = int((self._dt(m) - self.t0).total_seconds())
+        def put_time(m, key=b"t", parse=self._dt):
+            off = int((parse(m) - self.t0).total_seconds())
             offsets.add(off)
-            return m.group(1) + b"%%(t%d)s" % off
+            return m.group(1) + b"%(" + key + b"%d)s" % off
         text = _TIME.sub(put_time, text)
+        text = _JTIME.sub(lambda m: put_time(m, b"j", self._jdt), text)
         self.offsets = sorted(offsets)
         self.n_users = 0
         out, pos = [], 0
@@ -161,6 +165,10 @@ class Template:
         mo, d, h, mi, s = (int(x) for x in m.groups()[1:])
         return datetime(2026, mo, d, h, mi, s)
 
+    @staticmethod
+    def _jdt(m) -> datetime:
+        return datetime(*(int(x) for x in m.groups()[1:]))
+
     def render(self, rep: int, users: list[bytes], *, pileup: bool = False) -> bytes:
         values: dict[bytes, bytes] = {}
         for i in range(self.n_ids):
@@ -169,7 +177,9 @@ class Template:
         # burst looks in a log with one-second resolution.
         base = self.t0 + timedelta(seconds=0 if pileup else rep * (self.span + 1))
         for off in self.offsets:
-            values[b"t%d" % off] = (base + timedelta(seconds=off)).strftime("%m-%d %H:%M:%S").encode()
+            at = base + timedelta(seconds=off)
+            values[b"t%d" % off] = at.strftime("%m-%d %H:%M:%S").encode()
+            values[b"j%d" % off] = at.strftime("%Y-%m-%d %H:%M:%S").encode()
         for j in range(self.n_users):
             values[b"u%d" % j] = users[j]
         return self.text % values

@@ -95,3 +95,18 @@ def test_pileup_bench_smoke():
     assert r["pileup"]["records"] == r["advancing"]["records"] > 0
     assert r["pileup"]["statuses"] == r["advancing"]["statuses"]
     _positive(r, "ratio_pileup_vs_advancing")
+
+
+def test_replay_throughput_of_the_json_formatter_records_every_request():
+    # vLLM's JSON formatter: asctime with milliseconds, the time moved per repetition
+    r = _run(str(BENCH / "replay_throughput.py"), "--size", "400KiB", "--capture", "jsondebug")
+    assert r["records"] == r["generator"]["requests"] > 22
+    _positive(r, "lines_per_cpu_s", "mib_per_cpu_s")
+
+
+def test_lag_bench_streaming_deltas_smoke():
+    r = _run(str(BENCH / "lag.py"), "--requests", "4", "--modes", "grace0", "--stream-rate", "200",
+             "--streams", "2", timeout=120)
+    m = r["modes"]["grace0"]
+    assert m["metrics"]["n"] == 4 and m["loki"]["n"] == 4  # every streamed request seen in both sinks
+    _positive(m, "achieved_tokens_s")
