@@ -107,7 +107,8 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
     record without its line is flagged ``middleware_missing``."""
     mw = e.get("mw")
     has_log = bool(e["received"] or e["details"] or e["outputs"] or e["complete"]
-                   or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None)
+                   or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None
+                   or e.get("summary"))
     if mw is None and not has_log:
         return None
     src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [], middleware_seen)
@@ -132,7 +133,7 @@ def _identity(rec: dict, src: _Sources) -> None:
     rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
     rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
     rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model \
-        or (e.get("cfg") or {}).get("model")
+        or (e.get("summary") or {}).get("model") or (e.get("cfg") or {}).get("model")
     user = mw.get("user")
     if user is None and body is not None and body.get("user") is not None:
         user = str(body.get("user"))
@@ -188,7 +189,10 @@ def _tokens(rec: dict, src: _Sources) -> None:
     e, mw, ctx, limit = src.e, src.mw, src.ctx, src.limit
     used: list[str] = []
     usage = (mw or {}).get("usage") or {}
+    summary = e.get("summary") or {}
     pt = usage.get("prompt_tokens")
+    if pt is None and summary.get("prompt_tokens") is not None:
+        pt = summary["prompt_tokens"]  # the Rust frontend logs the response's usage
     if pt is not None:
         used.append("usage")
     elif mw is not None and mw.get("rejected_prompt_tokens") is not None:
@@ -214,6 +218,8 @@ def _tokens(rec: dict, src: _Sources) -> None:
     rec["prompt_tokens"] = pt
 
     ct = usage.get("completion_tokens")
+    if ct is None:
+        ct = summary.get("completion_tokens")
     if ct is not None:
         used.append("usage")
     else:
@@ -229,7 +235,7 @@ def _outcome(rec: dict, src: _Sources) -> None:
     e, mw, choices = src.e, src.mw, src.choices
     if mw is not None:
         status = mw.get("status") or "completed"
-    elif e["aborted"]:
+    elif e["aborted"] or (e.get("summary") or {}).get("finish_reason") == "abort":
         status = "aborted"
     elif e["failed"]:
         status = "error"
@@ -243,6 +249,8 @@ def _outcome(rec: dict, src: _Sources) -> None:
         finish = None
     if finish is None and e["stream"] and e["last_finish"]:
         finish = e["last_finish"]
+    if finish is None and e.get("summary"):
+        finish = e["summary"].get("finish_reason")
     if finish is None and status == "aborted":
         finish = "abort"
     rec["finish_reason"] = finish

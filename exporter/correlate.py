@@ -275,7 +275,7 @@ class Correlator:
         backlog read one file after the other splits into the same requests
         as when the lines are fed live."""
         slots = [s for s in (key, *self.aliases.get(key, ())) if s in self.inflight]
-        free = [s for s in slots if self.inflight[s][field] is None]
+        free = [s for s in slots if self.inflight[s].get(field) is None]
         if len(free) == 1:
             return free[0]
         if free:
@@ -295,6 +295,30 @@ class Correlator:
         else:
             other = parse_ts_or_none(e["mw"].get("received_at")) if e["mw"] is not None else None
         return LATE_WINDOW if t is None or other is None else abs(other - t)
+
+    def _on_summary(self, event: ev.Event, t: float | None) -> None:
+        """The Rust frontend's one line per finished request: it opens and ends
+        the request (that frontend logs nothing when a request comes in)."""
+        rid = event.request_id
+        if not rid:
+            return
+        key, endpoint = self._key_for(rid)
+        if self._late(key, ev.RECEIVED):  # like a Received line: a reused id is a new request
+            return
+        base = self.inflight[key]["key"] if key in self.inflight else key
+        slot = self._slot(base, "summary", t)
+        entry = self._entry(slot, t, base)
+        if self.cfg is not None and "cfg" not in entry:
+            entry["cfg"] = self.cfg
+        entry["log_id"] = rid
+        entry["endpoint"] = event.data.get("endpoint") or endpoint
+        self.by_log_id[rid] = slot
+        entry["summary"] = event.data
+        entry["stream"] = event.data.get("stream")
+        entry["done_t"] = entry["done_t"] or t
+        entry["log_done"] = True
+        if len(self.inflight) > self.max_inflight:
+            self._bound()
 
     def _output_details(self, entry: dict, data: dict) -> None:
         ids = data.get("output_token_ids")
@@ -430,6 +454,7 @@ def _choices(entry: dict) -> int:
 # request take feed's fast path first).
 _HANDLERS = {
     ev.MIDDLEWARE: Correlator._on_middleware,
+    ev.SUMMARY: Correlator._on_summary,
     **dict.fromkeys((ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED), Correlator._on_engine),
     **dict.fromkeys((ev.RECEIVED, ev.DETAILS, ev.BODY, ev.OUTPUT, ev.OUTPUT_DETAILS), Correlator._on_request),
 }

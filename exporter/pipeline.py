@@ -184,6 +184,12 @@ class Pipeline:
         self.status.learned(src)
         self._capture()
 
+    def _learn(self, src: Source, data: dict, t: float | None) -> None:
+        before = src.learned
+        src.learned, src.pending = learn.apply(src.learned, src.pending, data, t)
+        if src.learned is not before:
+            self.learned_changed(src)
+
     def _capture(self) -> None:
         self.status.capture(self.sources, self.correlator.middleware_seen)
 
@@ -290,7 +296,7 @@ class Pipeline:
         #    exact header: those are continuations too.
         name, resolve = src.name, self.resolver.resolve
         self.correlator.cfg = src.cfg
-        startup_kind = ev.STARTUP
+        startup_kind, summary_kind = ev.STARTUP, ev.SUMMARY
         timed = False
         received, mw_kind = ev.RECEIVED, ev.MIDDLEWARE
         prefix, prev_cr, base_cr, head = self.logging_prefix, src.cr, src.base_cr, src.failed_head
@@ -324,13 +330,11 @@ class Pipeline:
                 self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
                 continue
             if kind == startup_kind:
-                t = None if result.when is None else resolve(result.when, name)
-                before = src.learned
-                src.learned, src.pending = learn.apply(src.learned, src.pending, result.data, t)
-                if src.learned is not before:
-                    self.learned_changed(src)
+                self._learn(src, result.data, None if result.when is None else resolve(result.when, name))
                 ignored["startup"] = ignored.get("startup", 0) + 1
                 continue
+            if kind == summary_kind and (src.learned or {}).get("frontend") != "rust":
+                self._learn(src, {"what": "rust_frontend"}, None)  # only the Rust frontend writes it
             if kind == failed_kind:
                 k = line.text.find("] Request ")
                 head = line.text[:k + 2] if k >= 0 else None

@@ -354,6 +354,9 @@ MODEL_0x = "Qwen/Qwen2.5-0.5B-Instruct"
 # ------------------------------------------------------------ Rust frontend
 
 
+RUST = "(RustFrontend pid=3226278)"
+
+
 def _rust_log(tmp_path: Path) -> Path:
     """A vLLM 0.32 start-up (the real capture's lines), then what the Rust
     frontend mode writes, each from vLLM's source: v1/utils.py
@@ -377,6 +380,26 @@ def _rust_log(tmp_path: Path) -> Path:
         "Prefix cache hit rate: 0.0%\n",
         "(RustFrontend pid=3226278) INFO 11-22 02:26:41 [output_logging.rs:58] Generated response "
         "(streaming delta): output: \"Hi\", finish_reason: None\n",
+        # routes/openai/chat_completions.rs, inside its span chat_completions{request_id=%id}:
+        # info!(model = %m, prompt_tokens = p, output_tokens = o, finish_reason = %f, "chat completion finished")
+        f"{RUST} INFO 11-22 02:26:42 [chat_completions.rs:236] chat_completions{{request_id="
+        "chatcmpl-rust0001}: chat completion finished model=tiny prompt_tokens=24 output_tokens=16 "
+        "finish_reason=stop\n",
+        # the streaming branch: stream = true first, finish_reason a &str (Debug: quoted); with ANSI
+        # (tracing's field names italic, "=" dimmed) and the engine id recorded on the span
+        f"\x1b[0;36m{RUST}\x1b[0m \x1b[32mINFO\x1b[0m \x1b[90m11-22 02:26:43\x1b[0m \x1b[90m"
+        "[chat_completions.rs:330]\x1b[0m chat_completions{\x1b[3mrequest_id\x1b[0m\x1b[2m=\x1b[0m"
+        "chatcmpl-rust0002 \x1b[3mengine_request_id\x1b[0m\x1b[2m=\x1b[0mchatcmpl-rust0002-1a2b3c4d}: "
+        "chat completion finished \x1b[3mstream\x1b[0m\x1b[2m=\x1b[0mtrue \x1b[3mmodel\x1b[0m\x1b[2m=\x1b[0mtiny "
+        "\x1b[3mprompt_tokens\x1b[0m\x1b[2m=\x1b[0m30 \x1b[3moutput_tokens\x1b[0m\x1b[2m=\x1b[0m8 "
+        "\x1b[3mfinish_reason\x1b[0m\x1b[2m=\x1b[0m\"length\"\n",
+        # routes/openai/completions.rs: info!(parent: &request_span, ..., finish_reason = <&str>, "completion finished")
+        f"{RUST} INFO 11-22 02:26:44 [completions.rs:120] completions{{request_id=cmpl-rust0003}}: "
+        "completion finished model=tiny prompt_tokens=5 output_tokens=7 finish_reason=\"stop\"\n",
+        # a client's X-Request-Id is printed raw: one carrying more "fields" has spaces, and no record comes of it
+        f"{RUST} INFO 11-22 02:26:45 [chat_completions.rs:236] chat_completions{{request_id="
+        "forged prompt_tokens=1}: chat completion finished model=tiny prompt_tokens=24 output_tokens=16 "
+        "finish_reason=stop\n",
     ]
     log = tmp_path / "vllm.log"
     log.write_text("".join(lines), encoding="utf-8")
@@ -394,8 +417,16 @@ def test_the_rust_frontend_is_detected_and_reported_as_log_only_capture(tmp_path
     modes = {(s.labels["mode"], s.labels["frontend"]): s.value for m in rt.registry.collect()
              if m.name == "vllm_audit_capture_mode_info" for s in m.samples}
     assert modes == {("log_only", "rust"): 1.0}
-    # Its lines name no request: no record is made up from them, none is counted as malformed.
-    assert _records(tmp_path / "archive") == []
+    # One record per finished request from its summary line; the other Rust lines make none.
+    recs = {r["request_id"]: r for r in _records(tmp_path / "archive")}
+    assert set(recs) == {"chatcmpl-rust0001", "chatcmpl-rust0002", "cmpl-rust0003"}
+    one, two, three = recs["chatcmpl-rust0001"], recs["chatcmpl-rust0002"], recs["cmpl-rust0003"]
+    assert (one["model"], one["prompt_tokens"], one["completion_tokens"], one["finish_reason"], one["stream"],
+            one["status"], one["endpoint"], one["tokens_source"]) == ("tiny", 24, 16, "stop", False, "completed",
+                                                                      "chat", "usage")
+    assert (two["prompt_tokens"], two["completion_tokens"], two["finish_reason"], two["stream"]) == (30, 8, "length", True)
+    assert (three["endpoint"], three["prompt_tokens"], three["completion_tokens"], three["stream"]) == ("completion", 5, 7, None)
+    assert all(r["sources"] == ["vllm_log"] and r["prompt"] is None for r in recs.values())
     errors = {s.labels["reason"]: s.value for m in rt.registry.collect() if m.name == "vllm_audit_parse_errors"
               for s in m.samples if s.name.endswith("_total")}
     assert not any(errors.values()), errors

@@ -108,15 +108,6 @@ def startup_event(s: str, m: int, h: Header) -> Event | None:
     return Event(ev.STARTUP, None, h.when, data)
 
 
-def rust_line_event(h: Header) -> Event:
-    """Any line the Rust frontend wrote (``(RustFrontend pid=N)``, ``*.rs`` files)."""
-    return Event(ev.STARTUP, None, h.when, {"what": "rust_frontend", "process": h.process})
-
-
-def is_rust(h: Header) -> bool:
-    return h.file.endswith(".rs") or h.process == "RustFrontend"
-
-
 def _dict_args(s: str, i: int) -> dict:
     end = group_end(s, i)
     if end != len(s):
