@@ -55,6 +55,9 @@ EXPECTED_EMPTY = {
     "alert VllmRequestsQueued", "alert VllmKvCacheNearlyFull",
     # a log-only capture has no request latency (it needs the middleware)
     "users.json: Mean latency per user A",
+    # a log-only capture without Open WebUI tokens: nothing refused
+    "alert VllmAuditIdentityInvalid", "record reason:vllm_audit_identity_invalid:rate5m",
+    "users.json: Refused Open WebUI tokens A",
     # DCGM is an optional compose profile
     "overview.json: GPU utilisation A", "overview.json: GPU memory used A",
     "overview.json: GPU power and temperature A", "overview.json: GPU power and temperature B",
