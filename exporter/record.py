@@ -36,6 +36,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "identity",
     "choices",
     "sources",
+    "instance",
 )
 
 PARAM_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "n", "json_mode")

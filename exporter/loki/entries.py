@@ -79,6 +79,11 @@ def build_labels(record: dict, settings: LokiSettings,
         labels["job"] = settings.job
     model = sanitize_value(record.get("model") if isinstance(record.get("model"), str) else "unknown")
     labels["model"] = OTHER if personal(model) else model  # as the metric label: never raw PII
+    instance = record.get("instance")
+    if isinstance(instance, str) and instance:
+        # Bounded (one per replica) and named like the Prometheus label, so one
+        # dashboard variable filters metrics and logs of a replica alike.
+        labels["vllm_instance"] = instance
     user = label_user(record.get("user") if isinstance(record.get("user"), str) else None)
     if user is not None:
         labels["user"] = sanitize_value(user)
