@@ -72,3 +72,11 @@ def test_lag_smoke():
     assert m["metrics"]["p99"] is not None and m["metrics"]["p99"] >= 0
     if r["loki"]:
         assert m["loki"]["n"] == 3
+
+
+def test_sidecar_resources_smoke():
+    r = _run(str(BENCH / "sidecar_resources.py"), "--rate", "5", "--seconds", "2")
+    assert r["bench"] == "sidecar_resources" and r["requests"] == 10
+    assert r["seen_in_metrics"] == 10 and r["seen_in_loki"] == 10
+    _positive(r, "idle_rss_mib", "peak_rss_mib", "final_rss_mib")
+    assert r["cpu_cores_while_writing"] >= 0
