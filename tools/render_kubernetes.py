@@ -8,6 +8,8 @@ One source of truth each; this script only translates, and ``--check``
     prometheus/alertmanager.yml           -> deploy/kubernetes/monitoring/alertmanagerconfig.yaml
     grafana/dashboards/*.json             -> deploy/kubernetes/monitoring/grafana-dashboards.yaml
     grafana/provisioning/datasources/     -> deploy/kubernetes/monitoring/grafana-datasources.yaml
+    the base's pod (deploy/kubernetes/base/statefulset.yaml) + compose's logging config
+                                          -> deploy/kubernetes/production-stack/values.yaml
 
 Usage:
     python tools/render_kubernetes.py           # write the files
@@ -24,6 +26,13 @@ Rules:
   is why every alert keeps ``namespace`` (prometheus/rules/).
 - Dashboards: one ConfigMap each, labelled ``grafana_dashboard: "1"`` for the
   Grafana sidecar (kube-prometheus-stack's default label).
+- production-stack values: the base pod's vLLM arguments, environment,
+  middleware init container and volumes (the per-replica claim becomes an
+  emptyDir: the chart makes a Deployment), in the chart's modelSpec fields;
+  the logging ConfigMap through ``extraObjects``. The exporter container
+  itself is added by production-stack/post-render.sh with the JSON patch
+  production-stack/exporter-sidecar.yaml (the chart has no field for a second
+  container).
 - Datasources: the same UIDs the dashboards reference, pointed at the
   in-cluster services in ``SERVICES`` (kube-prometheus-stack and Loki's Helm
   chart defaults, namespace ``monitoring``), never the default datasource,
@@ -188,6 +197,102 @@ def datasources(root: Path = REPO_ROOT) -> dict:
             "data": {"vllm-audit-datasources.yaml": text}}
 
 
+PS_EXPORTER_IMAGE = "registry.example.org/vllm-audit-exporter:0.1.0"
+PS_MODEL = "qwen"  # modelSpec name: the Deployment is RELEASE-qwen-deployment-vllm
+PS_PASS_THROUGH_ARGS = ("--served-model-name=", "--max-model-len=", "--enable-log-requests",
+                        "--enable-log-outputs", "--enable-force-include-usage", "--middleware=")
+
+
+def base_pod(root: Path = REPO_ROOT) -> dict:
+    sts = yaml.safe_load((root / "deploy" / "kubernetes" / "base" / "statefulset.yaml").read_text(encoding="utf-8"))
+    return sts["spec"]["template"]["spec"]
+
+
+# The base pod's volumes under the names used in the chart's pod (extraVolumes);
+# the per-replica claim's two directories become two emptyDirs.
+PS_VOLUMES = {("audit", "logs"): "vllm-audit-logs", ("audit", "archive"): "vllm-audit-archive",
+              "middleware": "vllm-audit-middleware", "logging": "vllm-audit-logging",
+              "secrets": "vllm-audit-secrets", "exporter-tmp": "vllm-audit-tmp",
+              "home": "vllm-audit-home", "cache": "vllm-audit-cache"}
+
+
+def _ps_mount(m: dict) -> dict:
+    key = (m["name"], m["subPath"]) if "subPath" in m else m["name"]
+    out = {k: v for k, v in m.items() if k != "subPath"}
+    out["name"] = PS_VOLUMES[key]
+    return out
+
+
+def _ps_volumes(pod: dict) -> list[dict]:
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = []
+    for key, name in PS_VOLUMES.items():
+        if isinstance(key, tuple):
+            out.append({"name": name, "emptyDir": {}})  # lives as long as the pod
+        else:
+            out.append(dict(copy.deepcopy(volumes[key]), name=name))
+    return out
+
+
+def production_stack_values(root: Path = REPO_ROOT) -> dict:
+    pod = base_pod(root)
+    vllm = next(c for c in pod["containers"] if c["name"] == "vllm")
+    install = next(c for c in pod["initContainers"] if c["name"] == "install-middleware")
+    image, tag = vllm["image"].rsplit(":", 1)
+    # The chart writes --host/--port itself and takes the model from modelURL.
+    extra = [a for a in vllm["args"][1:] if a.startswith(PS_PASS_THROUGH_ARGS)]
+    logging_cm = next(v for v in pod["volumes"] if v["name"] == "logging")["configMap"]["name"]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": logging_cm, "labels": {"app.kubernetes.io/name": "vllm-audit"}},
+          "data": {"logging.json": logging_config(root)}}
+    # The chart's own /dev/shm (shmSize) replaces the base's dshm volume.
+    mounts = [_ps_mount(m) for m in vllm["volumeMounts"] if m["name"] != "dshm"]
+    model = {
+        "name": PS_MODEL,
+        "repository": image, "tag": tag, "modelURL": vllm["args"][0],
+        "replicaCount": 2,
+        "requestCPU": 4, "requestMemory": "16Gi", "requestGPU": 1,
+        "shmSize": "2Gi",
+        "labels": {"app.kubernetes.io/name": "vllm-audit"},
+        "podLabels": {"app.kubernetes.io/name": "vllm-audit"},
+        "vllmConfig": {"extraArgs": extra},
+        "env": vllm["env"],
+        "initContainer": {"name": install["name"], "image": PS_EXPORTER_IMAGE,
+                          "command": install["command"],
+                          "extraVolumeMounts": [_ps_mount(m) for m in install["volumeMounts"]],
+                          "resources": install["resources"]},
+        "extraVolumes": _ps_volumes(pod),
+        "extraVolumeMounts": mounts,
+    }
+    return {
+        "servingEngineSpec": {
+            "enableEngine": True,
+            "securityContext": pod["securityContext"],
+            "containerSecurityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                         "capabilities": {"drop": ["ALL"]}},
+            "modelSpec": [model],
+        },
+        "extraObjects": [cm],
+    }
+
+
+def production_stack_sidecar(root: Path = REPO_ROOT) -> list[dict]:
+    """JSON patch for the chart's Deployment: the base's exporter sidecar."""
+    pod = base_pod(root)
+    exporter = copy.deepcopy(next(c for c in pod["initContainers"] if c["name"] == "exporter"))
+    exporter["image"] = PS_EXPORTER_IMAGE
+    exporter["volumeMounts"] = [_ps_mount(m) for m in exporter["volumeMounts"]]
+    return [{"op": "add", "path": "/spec/template/spec/initContainers/-", "value": exporter}]
+
+
+PS_HEADER = """# vLLM production-stack (helm chart vllm-stack) with the audit middleware; the
+# exporter sidecar is added by post-render.sh. README "Kubernetes".
+#   helm install vllm vllm/vllm-stack -f deploy/kubernetes/production-stack/values.yaml \\
+#     --post-renderer deploy/kubernetes/production-stack/post-render.sh
+# Checked against the chart's values.schema.json (tests/test_production_stack.py).
+"""
+
+
 def render_all(root: Path = REPO_ROOT) -> dict[Path, str]:
     rules = ", ".join(str(p.relative_to(root)) for p in rule_files(root))
     return {
@@ -199,6 +304,10 @@ def render_all(root: Path = REPO_ROOT) -> dict[Path, str]:
         K8S / "monitoring" / "grafana-dashboards.yaml": dump(dashboards(root), "grafana/dashboards/*.json"),
         K8S / "monitoring" / "grafana-datasources.yaml": dump(
             [datasources(root)], "grafana/provisioning/datasources/datasources.yml"),
+        K8S / "production-stack" / "values.yaml": PS_HEADER + dump(
+            [production_stack_values(root)], "deploy/kubernetes/base/statefulset.yaml and compose.yaml"),
+        K8S / "production-stack" / "exporter-sidecar.yaml": dump(
+            [production_stack_sidecar(root)], "deploy/kubernetes/base/statefulset.yaml"),
     }
 
 
