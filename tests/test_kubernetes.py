@@ -248,6 +248,12 @@ def test_logs_secrets_and_config_are_shared_as_files(rendered):
     assert logs_v["mountPath"] == "/logs"
     assert {"--log=/logs/vllm.log", "--log=/logs/middleware.jsonl"} <= set(exporter["args"])
     assert _by_name(vllm["env"])["VLLM_AUDIT_MIDDLEWARE_FILE"]["value"] == "/logs/middleware.jsonl"
+    # the middleware's file exists before vLLM starts (the exporter's readiness
+    # needs it; the middleware creates it only at the first request)
+    install = pod["initContainers"][0]
+    inst_logs = next(m for m in install["volumeMounts"] if m["mountPath"] == "/logs")
+    assert (inst_logs["name"], inst_logs["subPath"]) == ("audit", logs_v["subPath"])
+    assert "'/logs/middleware.jsonl'" in " ".join(install["command"])
     archive = next(m for m in exporter["volumeMounts"] if m["mountPath"] == "/archive")
     assert archive["name"] == "audit" and archive["subPath"] != logs_v["subPath"]
     # the logging ConfigMap the pod mounts is the rendered (hash-suffixed) one
