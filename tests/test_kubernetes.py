@@ -36,7 +36,6 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring.coreos.com-v1.json",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
     ("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig"):
         "alertmanagerconfig-monitoring.coreos.com-v1alpha1.json",
@@ -143,6 +142,19 @@ def test_prometheusrule_is_the_rule_files(rendered):
     for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml")):
         groups += yaml.safe_load(path.read_text())["groups"]
     assert one(objects, "PrometheusRule")["spec"]["groups"] == groups
+
+
+def test_prometheus_loads_the_prometheusrule(rendered, tmp_path):
+    """The Operator hands spec.groups to Prometheus as a rule file: promtool must accept it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not on PATH: bash tools/setup.sh --live (apt-get install -y prometheus)")
+    overlay, objects = rendered
+    path = tmp_path / f"{overlay}.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": one(objects, "PrometheusRule")["spec"]["groups"]}))
+    out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
 
 
 def test_logging_configmap_is_composes(rendered):
