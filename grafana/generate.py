@@ -365,15 +365,15 @@ def overview() -> dict:
 
     p.append(lay.row("GPU (DCGM exporter, compose profile gpu-metrics)"))
     p.append(lay.place(timeseries("GPU utilisation", "`DCGM_FI_DEV_GPU_UTIL` (%).",
-                                  [prom('DCGM_FI_DEV_GPU_UTIL{job="dcgm"}', "GPU {{gpu}}")], "percent"),
+                                  [prom(f'DCGM_FI_DEV_GPU_UTIL{{job="dcgm", {INST}}}', "GPU {{gpu}}")], "percent"),
                        8, 8))
     p.append(lay.place(timeseries("GPU memory used", "`DCGM_FI_DEV_FB_USED` (MiB).",
-                                  [prom('DCGM_FI_DEV_FB_USED{job="dcgm"}', "GPU {{gpu}}")], "decmbytes"),
+                                  [prom(f'DCGM_FI_DEV_FB_USED{{job="dcgm", {INST}}}', "GPU {{gpu}}")], "decmbytes"),
                        8, 8))
     p.append(lay.place(timeseries("GPU power and temperature",
                                   "`DCGM_FI_DEV_POWER_USAGE` (W), `DCGM_FI_DEV_GPU_TEMP` (°C).",
-                                  [prom('DCGM_FI_DEV_POWER_USAGE{job="dcgm"}', "GPU {{gpu}} W"),
-                                   prom('DCGM_FI_DEV_GPU_TEMP{job="dcgm"}', "GPU {{gpu}} °C")]), 8, 8))
+                                  [prom(f'DCGM_FI_DEV_POWER_USAGE{{job="dcgm", {INST}}}', "GPU {{gpu}} W"),
+                                   prom(f'DCGM_FI_DEV_GPU_TEMP{{job="dcgm", {INST}}}', "GPU {{gpu}} °C")]), 8, 8))
     return dashboard(UID_OVERVIEW, "vLLM audit / Overview",
                      "vLLM traffic, latency, errors and saturation, and the audit pipeline's health.",
                      p, [instance_var(), model_var()])

@@ -144,6 +144,17 @@ def test_prometheusrule_is_the_rule_files(rendered):
     assert one(objects, "PrometheusRule")["spec"]["groups"] == groups
 
 
+def test_every_rule_keeps_namespace_and_the_replica():
+    """The Operator adds a namespace matcher to an AlertmanagerConfig's routes, and
+    alerts are per replica: every aggregation in prometheus/rules/ keeps both
+    (in compose the namespace label is simply absent)."""
+    import re
+    for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml")):
+        for clause in re.findall(r"\bby \(([^)]*)\)", path.read_text()):
+            labels = [x.strip() for x in clause.split(",")]
+            assert labels[:2] == ["namespace", "vllm_instance"], (path.name, clause)
+
+
 def test_prometheus_loads_the_prometheusrule(rendered, tmp_path):
     """The Operator hands spec.groups to Prometheus as a rule file: promtool must accept it."""
     promtool = shutil.which("promtool")
