@@ -68,22 +68,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("--web.listen-address", "listen_address", "address for /metrics, /health and / "
            "(alert-log: where Alertmanager posts)", "127.0.0.1:9400", "str", ("run", "alert-log"),
            "HOST:PORT"),
-    Option("--model", "model", "served model name to record when the log does not say "
-           "(vLLM serves one model; INFO logs never name it)", None, "str", _BOTH, "NAME"),
+    Option("--instance", "instance", "replica identity written into every record's `instance` "
+           "field and as the Loki label `vllm_instance` (on Kubernetes: NAMESPACE/POD from the "
+           "downward API)", None, "str", _BOTH, "NAME"),
+    Option("--model", "model", "served model name to record when the client's does not show; "
+           "overrides the name vLLM's start-up line gives (a contradiction is reported)", None,
+           "str", _BOTH, "NAME"),
     Option("--server-timezone", "server_timezone", "IANA zone of vLLM's log timestamps (its "
            "text format has no zone)", "UTC", "str", _BOTH, "ZONE"),
     Option("--vllm-logging-prefix", "vllm_logging_prefix", "vLLM's VLLM_LOGGING_PREFIX, if set "
            "there (written before every line); other unknown prefixes are refused", "", "str",
            _BOTH, "TEXT"),
-    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len, if set there: logged prompts, "
-           "outputs and token-id lists of this length are treated as truncated", None, "int",
-           _BOTH, "N"),
+    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len: logged prompts, outputs and "
+           "token-id lists of this length are treated as truncated; default: what vLLM's start-up "
+           "line says (a contradiction is reported)", None, "int", _BOTH, "N"),
     Option("--tokenizer", "tokenizer", "local tokenizer directory of the served model (offline); "
            "counts tokens when the log has text but no ids", None, "path", _BOTH, "PATH"),
     Option("--request-timeout", "request_timeout", "seconds (log time) after a request's last "
            "event before it is recorded as incomplete", 300.0, "float", _BOTH, "SECONDS"),
     Option("--merge-grace", "merge_grace", "seconds to wait for the other source (vLLM log / "
-           "middleware) before a finished request is recorded", 0.5, "float", _BOTH, "SECONDS"),
+           "middleware) before a finished request is recorded; run does not wait for a request "
+           "both sources have ended", 0.5, "float", _BOTH, "SECONDS"),
     Option("--max-inflight", "max_inflight", "bound on requests held in memory; the oldest is "
            "recorded as incomplete beyond it (counted)", 10000, "int", _BOTH, "N"),
     Option("--max-users", "max_users", "distinct values of the metric/Loki 'user' label; later "
@@ -209,6 +214,7 @@ class Settings:
     scrape_interval: float = 15.0
     listen_host: str = "127.0.0.1"
     listen_port: int = 9400
+    instance: str | None = None
     model: str | None = None
     server_timezone: str = "UTC"
     max_log_len: int | None = None
@@ -378,6 +384,19 @@ def loki_settings(v: dict[str, Any]):
         raise SettingsError(f"Loki: {exc}") from None
 
 
+MAX_INSTANCE_LEN = 253  # a DNS name; NAMESPACE/POD (63 + 1 + 63) fits
+
+
+def _check_instance(value: str | None) -> None:
+    # It becomes a Loki label value and part of every hashed record: printable,
+    # bounded, never empty (an empty label would be dropped by Loki).
+    if value is None:
+        return
+    if not value or len(value) > MAX_INSTANCE_LEN or not value.isprintable() or value != value.strip():
+        raise SettingsError(f"--instance: expected 1..{MAX_INSTANCE_LEN} printable characters "
+                            f"without surrounding spaces, got {value!r}")
+
+
 def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     for dest, flag in (("scrape_interval", "--scrape-interval"), ("request_timeout", "--request-timeout"),
                        ("max_inflight", "--max-inflight"), ("max_users", "--max-users"),
@@ -392,6 +411,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if (v.get("retention_compress_days") and v.get("retention_delete_days")
             and v["retention_delete_days"] <= v["retention_compress_days"]):
         raise SettingsError("--retention-delete-days must be greater than --retention-compress-days")
+    _check_instance(v.get("instance"))
     try:
         ZoneInfo(v["server_timezone"])
     except (ZoneInfoNotFoundError, ValueError):
@@ -447,6 +467,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         vllm_url=(v.get("vllm_url") or None),
         scrape_interval=v.get("scrape_interval") or 15.0,
         listen_host=host, listen_port=port,
+        instance=v.get("instance"),
         model=v.get("model"),
         server_timezone=v["server_timezone"],
         max_log_len=v.get("max_log_len"),
