@@ -137,6 +137,9 @@ class Pipeline:
         self.skip_keys: set | None = None
         self.records_emitted = 0
         self.commits = 0  # successful commits by this pipeline
+        # Called with the checkpoint state after each successful commit, i.e.
+        # once what it covers is durable (--prune-rotated deletes read logs).
+        self.after_commit: list[Callable[[dict], None]] = []
         for src in sources:
             src.metrics = selfm.source(src.name)
         self.zone = ZoneCheck(sources, tz=resolver.tz, clock=clock)  # reports, never changes a record
@@ -438,6 +441,8 @@ class Pipeline:
                 self.health.checkpoint_failed(str(exc))
             self.status.archive(self.sinks.archive)
             return False
+        for hook in self.after_commit:
+            hook(state)
         self._pace(time.thread_time() - cpu0)
         now = self.clock()
         self.commits += 1
