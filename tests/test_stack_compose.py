@@ -94,7 +94,9 @@ def test_exporter_command_matches_the_issue(compose):
                 "--vllm-url=http://vllm:8000", "--web.listen-address=0.0.0.0:9400",
                 "--loki-url=http://loki:3100"):
         assert arg in args, arg
-    assert "vllm-logs:/logs:ro" in exporter["volumes"]
+    # --prune-rotated deletes the vllm.log.N it has read and committed: /logs writable
+    assert "--prune-rotated" in args
+    assert "vllm-logs:/logs" in exporter["volumes"]
     assert any(v.startswith("audit-archive:/archive") for v in exporter["volumes"])
 
 

@@ -142,6 +142,9 @@ def test_request_logger_writes_to_the_file_only_and_docker_logs_are_bounded(proj
         handler = config["handlers"][name]
         assert handler["class"] == "exporter.middleware.logfile.SharedRotatingFileHandler", name
         assert handler["maxBytes"] * (handler["backupCount"] + 1) <= 2 << 30, name
+        # ... and the exporter (10001:0) may delete what it has read (--prune-rotated)
+        assert handler["dirMode"] == "0770", name
+    assert "--prune-rotated" in project["services"]["exporter"]["command"]
     logging_opts = vllm["logging"]
     assert logging_opts["driver"] in ("local", "json-file") and logging_opts["options"]["max-size"]
 
