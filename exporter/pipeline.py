@@ -411,6 +411,10 @@ class Pipeline:
         return {
             "version": CHECKPOINT_VERSION,
             "sources": {s.name: s.tailer.position() for s in self.sources},
+            # --prune-rotated: rotated files drained to their end (exporter.tail.prune),
+            # so a crash between this commit and their deletion does not forget them.
+            "rotated_read": {s.name: list(s.tailer.finished) for s in self.sources
+                             if getattr(s.tailer, "keep_finished", False)},
             "continued": {s.name: s.cr for s in self.sources},
             "line_ends": {s.name: [s.base_cr, s.failed_head] for s in self.sources},
             "correlator": self.correlator.state(),

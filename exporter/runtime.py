@@ -218,8 +218,13 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
     if settings.prune_rotated and live:
         from .tail.prune import RotatedPruner
         tailers = {s.name: s.tailer for s in sources if isinstance(s.tailer, FileTailer)}
-        pipeline.after_commit.append(RotatedPruner(
-            tailers, deleted=selfm.rotated_deleted, failures=selfm.rotated_delete_failures).after_commit)
+        pruner = RotatedPruner(tailers, deleted=selfm.rotated_deleted,
+                               failures=selfm.rotated_delete_failures)
+        pipeline.after_commit.append(pruner.after_commit)
+        if saved.get("sources"):  # what the last run read, committed but had not deleted yet
+            for name, tailer in tailers.items():
+                tailer.finished.extend((saved.get("rotated_read") or {}).get(name) or [])
+            pruner.after_commit(saved)
     # A source that starts past its beginning without learned settings (run
     # at the end of an existing log, or a checkpoint from before they were
     # kept) looks back for vLLM's last start-up line, so the requests read

@@ -280,3 +280,23 @@ def test_restart_after_deletions_gives_a_byte_identical_archive(tmp_path, crash_
     assert names(got.log.parent) == ["vllm.log", "vllm.log.lock"]
     assert archive_bytes(got.archive) == archive_bytes(ref.archive)
     assert len(archive_bytes(got.archive).splitlines()) == 22
+
+
+def test_a_crash_between_the_commit_and_the_deletion_only_delays_it(tmp_path):
+    first, second = split_at_requests(LINES, 0.5)
+    ex = Exporter(tmp_path)
+    ex.write(first)
+    ex.read_all()
+    rotate(ex.log)
+    ex.write(second)
+    ex.read_all()
+    with open(f"{ex.log}.lock", "a+") as lock:  # the deletion waits for the writer ...
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert ex.pipeline.commit()
+        clock = ex.clock
+        del ex  # ... and the exporter is killed before the next commit
+    assert "vllm.log.1" in names(tmp_path / "logs")
+    again = Exporter(tmp_path, clock=clock)  # the checkpoint lists .1 as read: deleted at start
+    assert names(tmp_path / "logs") == ["vllm.log", "vllm.log.lock"] and again.deleted() == 1
+    again.finish()
+    assert len(archive_bytes(again.archive).splitlines()) == 22

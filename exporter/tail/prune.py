@@ -31,8 +31,10 @@ Every deletion is logged (one line) and counted; a generation that cannot be
 deleted is counted by reason (``permission``, ``changed``, ``no_lock``,
 ``error``), left in place for the writer's ring and never retried;
 ingestion goes on regardless. One that is already gone (the ring dropped it
-first) is forgotten silently: it was read. A crash between a commit and the
-deletions leaves those generations to the ring (the list is not persisted).
+first) is forgotten silently: it was read. The list is part of the
+checkpoint (``rotated_read``), and the runtime prunes once at start with the
+checkpoint it restores: a crash between a commit and its deletions only
+delays them.
 """
 
 from __future__ import annotations
