@@ -15,6 +15,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from .archive import ArchiveWriter
+from .archive.layout import tree_path
 from .assemble import AssembleContext
 from .chain import Chain
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
@@ -28,6 +29,7 @@ from .pipeline import Pipeline, Sinks, Source
 from .selfmetrics import SelfMetrics, TailStatsCollector
 from .settings import Settings, SettingsError
 from .tail import FileTailer, StdinTailer
+from .transparency.tree import TreeFile
 
 
 @dataclass
@@ -155,7 +157,8 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
     loaded = read_checkpoint(str(checkpoint_path(settings)))
     saved = loaded.state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
-                                 saved.get("archive"), clock=clock)
+                                 saved.get("archive"), clock=clock,
+                                 tree=TreeFile(tree_path(settings.archive_dir)))
     skip_keys = None
     if not saved and archive.state().get("seq", 0) > 0:
         from .archive.recovery import rebuild_from_archive, warn

@@ -1,0 +1,76 @@
+"""The Merkle leaf of one archived record, designed so its content can be erased.
+
+A leaf does not commit to a record's personal content directly but to a
+*salted hash* of each content field, so that a prompt can later be removed
+from the archive (GDPR erasure) while the tree, every checkpoint signed over
+it and every other record's proof stay valid:
+
+    leaf bytes = "vllm-audit-leaf/v1\\n" || canonical JSON of the record with
+                 ``hash`` and ``prev_hash`` left out and every content field
+                 replaced by its commitment
+    commitment = "sha256:" + hex SHA-256("vllm-audit-content/v1\\n" || salt ||
+                 field name || 0x00 || canonical JSON of the value)
+
+The salt is 16 random bytes per record, kept beside the leaf hash in the
+tree file (``ARCHIVE/tlog/tree.bin``), never in the record: without it a
+commitment cannot be confirmed by guessing likely prompts. ``hash`` and
+``prev_hash`` (the HMAC chain) stay out of the leaf because they need the
+host's key to recompute and an erasure re-chains them; ``seq`` stays in, so
+leaf ``i`` must be the record ``seq = i + 1``.
+
+An erased record keeps every other field and has each erased content field
+replaced by ``{"erased": "<its commitment>"}``: :func:`leaf_bytes` uses that
+commitment as is, so the leaf (and everything above it) is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from exporter.transparency.merkle import leaf_hash
+
+# Every record field that can hold personal content (what a person typed or
+# was answered, who they are, where they came from).
+CONTENT_FIELDS: tuple[str, ...] = ("prompt", "output", "choices", "error", "user", "identity", "client")
+SALT_BYTES = 16
+LEAF_PREFIX = b"vllm-audit-leaf/v1\n"
+_CONTENT_PREFIX = b"vllm-audit-content/v1\n"
+# As the archive line is written (NaN allowed there too), keys sorted.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+_OUT_OF_LEAF = ("hash", "prev_hash")
+
+
+def commitment(salt: bytes, name: str, value: object) -> str:
+    data = _CONTENT_PREFIX + salt + name.encode() + b"\x00" + _ENCODE(value).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def erased_value(salt: bytes, name: str, value: object) -> dict:
+    """What an erasure writes in place of a content field's value."""
+    return {"erased": commitment(salt, name, value)}
+
+
+def _is_erased(value: object) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("erased"), str) \
+        and value["erased"].startswith("sha256:")
+
+
+def leaf_view(record: dict, salt: bytes) -> dict:
+    view = {}
+    for k, v in record.items():
+        if k in _OUT_OF_LEAF:
+            continue
+        if k in CONTENT_FIELDS:
+            v = v["erased"] if _is_erased(v) else commitment(salt, k, v)
+        view[k] = v
+    return view
+
+
+def leaf_bytes(record: dict, salt: bytes) -> bytes:
+    return LEAF_PREFIX + _ENCODE(leaf_view(record, salt)).encode()
+
+
+def record_leaf(record: dict, salt: bytes) -> bytes:
+    """The RFC 9162 leaf hash ``SHA-256(0x00 || leaf bytes)`` of a sealed record."""
+    return leaf_hash(leaf_bytes(record, salt))
