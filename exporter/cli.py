@@ -49,6 +49,13 @@ def make_parser() -> argparse.ArgumentParser:
     retention.add_argument("--compress-after-days", type=int, default=None, metavar="DAYS")
     retention.add_argument("--delete-after-days", type=int, default=None, metavar="DAYS")
     add_options(retention, "retention")
+    keygen = sub.add_parser("keygen", help="make a signing key for signed checkpoints",
+                            description="Write DIR/signing.key (0600, keep it secret) and "
+                                        "DIR/signing.pub (the verifier key auditors get).")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for signing.key and signing.pub")
+    keygen.add_argument("--name", default=None, help="key name (default: <hostname>-vllm-audit)")
+    keygen.add_argument("--witness", action="store_true",
+                        help="a witness key (cosignature/v1) instead of a log signing key")
     export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
     _add_export_args(export)
     add_options(export, "export")
@@ -92,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "keygen":
+            from .transparency.keys import keygen_main
+            return keygen_main(args.out, args.name, witness=args.witness)
         if args.command == "retention":
             return cmd_retention(args)
         if args.command == "export":

@@ -53,6 +53,7 @@ class Runtime:
     empty_metrics: dict | None = None
     start_positions: dict | None = None
     stdin_tailer: object | None = None
+    tlog: object | None = None  # TransparencyLog with --signing-key-file (kept across rebuilds)
 
 
 def checkpoint_path(settings: Settings) -> Path:
@@ -113,6 +114,8 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
                  selfm=selfm, health=health, pipeline=None, archive=None, live=live,
                  clock=clock, ctx=ctx, empty_metrics=metrics.snapshot())
+    if settings.signing_key_file is not None:
+        rt.tlog = build_tlog(settings, clock)
     _assemble(rt, stdin=stdin)
     TailStatsCollector(lambda: rt.pipeline.sources if rt.pipeline is not None else (), registry)
     if settings.loki:
@@ -214,7 +217,20 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
                         logging_prefix=settings.vllm_logging_prefix)
     pipeline.restore(saved)
     pipeline.skip_keys = skip_keys
+    pipeline.tlog = rt.tlog
+    if rebuild and rt.tlog is not None:
+        rt.tlog.recheck()
     rt.pipeline, rt.archive = pipeline, archive
+
+
+def build_tlog(settings: Settings, clock):
+    from .transparency.keys import KeyError_
+    from .transparency.log import LogError, TransparencyLog
+    try:
+        return TransparencyLog(settings.archive_dir, settings.signing_key_file, settings.log_origin,
+                               settings.sign_interval, clock)
+    except (KeyError_, LogError) as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def build_loki(settings: Settings, registry, users: UserLabels, health: Health, committed=None):

@@ -129,6 +129,7 @@ class Service:
         # Graceful stop only: a body that raised is never committed (its state
         # may be half updated); the rebuild or the next start re-derives it.
         pipeline.commit()
+        pipeline.sign_now()  # the shutdown checkpoint
 
     def _loki_body(self, progress: Callable[[], None]) -> None:
         self.rt.loki.run(self.stop, on_progress=progress)
