@@ -145,6 +145,18 @@ OPTIONS: tuple[Option, ...] = (
            "record arrived: a heartbeat)", 10.0, "float", _BOTH, "SECONDS"),
     Option("--log-origin", "log_origin", "origin line of the signed checkpoints (default: "
            "<hostname>/vllm-audit)", None, "str", _BOTH, "ORIGIN"),
+    # verify --public-key: the transparency log, checked with public keys only.
+    Option("--public-key", "public_key", "the log's verifier key (signing.pub from keygen): check the "
+           "Merkle tree, every signed checkpoint and its key epoch; needs no secret", None, "path",
+           ("verify",), "FILE"),
+    Option("--witness-key", "witness_keys", "a witness's verifier key (repeatable): check its "
+           "cosignatures", [], "list", ("verify",), "FILE"),
+    Option("--min-witnesses", "min_witnesses", "witness cosignatures a checkpoint needs (default: 1 "
+           "with --witness-key)", None, "int", ("verify",), "N"),
+    Option("--max-gap", "max_gap", "fail when two consecutive signed checkpoints are further apart "
+           "(the exporter was stopped)", None, "float", ("verify",), "SECONDS"),
+    Option("--tsa-cert", "tsa_cert", "TSA certificate to check RFC 3161 timestamp tokens with", None,
+           "path", ("verify",), "FILE"),
 )
 
 POLICY_MODES = ("full", "redact", "hash", "omit")
