@@ -102,6 +102,7 @@ class Report:
 def _records(root: Path, salts_leaves: list[bytes], report: Report) -> None:
     n = len(salts_leaves)
     expected = 1
+    last_name = None
     for day in list_days(root):
         if day.data is None:
             m = _manifest(day)
@@ -115,7 +116,7 @@ def _records(root: Path, salts_leaves: list[bytes], report: Report) -> None:
                                "recorded deleting them", expected)
                 return
             continue
-        name = day.data.name
+        name = last_name = day.data.name
         for line_no, raw in enumerate(iter_lines(day.data), 1):
             where = f"{name} line {line_no}"
             try:
@@ -144,7 +145,8 @@ def _records(root: Path, salts_leaves: list[bytes], report: Report) -> None:
             report.records += 1
             expected += 1
     if expected - 1 < n:
-        report.problem("deleted", "archive end", f"the archive ends at seq {expected - 1} but the tree has "
+        end = f"end of {last_name}" if last_name else "archive"
+        report.problem("deleted", end, f"the archive ends at seq {expected - 1} but the tree has "
                        f"{n} leaves: records seq {expected}..{n} were deleted", expected)
 
 

@@ -4,7 +4,7 @@ A proof (``vllm-audit-proof/v1``) is one JSON document an outsider checks
 with the log's public key alone, without the archive::
 
     {"format": "vllm-audit-proof/v1",
-     "record": {...the archived record...}, "salt": "<base64>", "leaf_index": i,
+     "record": {...the archived record without hash/prev_hash...}, "salt": "<base64>", "leaf_index": i,
      "tree_size": n, "inclusion": ["<base64 hash>", ...],
      "checkpoint": "<signed checkpoint note, witness cosignature lines appended>",
      "epoch_certificates": ["<signed note>", ...]}
@@ -39,6 +39,10 @@ from exporter.transparency.note import (NoteError, Verifier, parse_checkpoint, p
 from exporter.transparency.store import read_entries
 from exporter.transparency.tree import TreeReader
 
+CHAIN_ONLY = ("hash", "prev_hash")
+ITEM_FIELDS = ("record", "salt", "leaf_index", "inclusion")
+PROOF_FIELDS = ("format", *ITEM_FIELDS, "tree_size", "checkpoint", "epoch_certificates")
+BUNDLE_FIELDS = ("format", "export", "tree_size", "checkpoint", "epoch_certificates", "records")
 FORMAT = "vllm-audit-proof/v1"
 BUNDLE = "vllm-audit-proofs/v1"
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
@@ -50,6 +54,13 @@ class ProveError(ValueError):
 
 def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
+
+
+def _unb64(text: str) -> bytes:
+    raw = base64.b64decode(text, validate=True)
+    if _b64(raw) != text:
+        raise merkle.ProofError("a hash or salt is not canonical base64")
+    return raw
 
 
 def dumps(obj: dict) -> str:
@@ -130,7 +141,10 @@ def prove(root: Path, request_id: str, seq: int | None = None) -> dict:
                          f"one of {', '.join(str(r['seq']) for r in recs)}")
     p = proofs_for(root, recs)
     item = p["items"][0]
-    return {"format": FORMAT, "record": item["record"], "salt": item["salt"], "leaf_index": item["leaf_index"],
+    # The HMAC chain fields are not in the leaf (an outsider cannot check
+    # them, an erasure re-chains them): left out, so every byte is proven.
+    record = {k: v for k, v in item["record"].items() if k not in CHAIN_ONLY}
+    return {"format": FORMAT, "record": record, "salt": item["salt"], "leaf_index": item["leaf_index"],
             "tree_size": p["tree_size"], "inclusion": item["inclusion"], "checkpoint": p["checkpoint"],
             "epoch_certificates": p["epoch_certificates"]}
 
@@ -167,7 +181,12 @@ def _epoch_key(genesis: Verifier, certs: list[str]) -> tuple[Verifier, str | Non
 def check(doc: dict, genesis: Verifier, witnesses: list[Verifier] = (), min_witnesses: int = 0) -> dict:
     """Raise ProofError unless ``doc`` (a proof or an export bundle) holds; a summary."""
     from datetime import datetime, timezone
-    key, epoch_day = _epoch_key(genesis, list(doc.get("epoch_certificates") or ()))
+    fields = PROOF_FIELDS if doc.get("format") == FORMAT else BUNDLE_FIELDS
+    if set(doc) != set(fields):
+        raise merkle.ProofError(f"a {doc.get('format')} has exactly the fields {', '.join(fields)}")
+    if not isinstance(doc["epoch_certificates"], list):
+        raise merkle.ProofError("epoch_certificates is not a list")
+    key, epoch_day = _epoch_key(genesis, doc["epoch_certificates"])
     note = doc["checkpoint"]
     try:
         text = verify_note(note, key)
@@ -195,11 +214,15 @@ def check(doc: dict, genesis: Verifier, witnesses: list[Verifier] = (), min_witn
                                 f"--min-witnesses is {min_witnesses}")
     items = doc["records"] if doc.get("format") == BUNDLE else [doc]
     for it in items:
+        if doc["format"] == BUNDLE and set(it) != set(ITEM_FIELDS):
+            raise merkle.ProofError(f"a proven record has exactly the fields {', '.join(ITEM_FIELDS)}")
         rec, i = it["record"], it["leaf_index"]
+        if doc.get("format") == FORMAT and any(k in rec for k in CHAIN_ONLY):
+            raise merkle.ProofError("a proof's record holds no hash/prev_hash (they are not in the leaf)")
         if not isinstance(i, int) or rec.get("seq") != i + 1:
             raise merkle.ProofError(f"record seq {rec.get('seq')!r} is not leaf {i!r}")
-        leaf = record_leaf(rec, base64.b64decode(it["salt"], validate=True))
-        proof = [base64.b64decode(h, validate=True) for h in it["inclusion"]]
+        leaf = record_leaf(rec, _unb64(it["salt"]))
+        proof = [_unb64(h) for h in it["inclusion"]]
         try:
             merkle.verify_inclusion(i, cp.size, leaf, proof, cp.root)
         except merkle.ProofError as exc:
