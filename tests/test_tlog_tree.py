@@ -120,7 +120,8 @@ def test_erasing_content_keeps_the_leaf(tmp_path):
     reader = TreeReader(tree_path(archive))
     rec = next(r for r in recs if r.get("prompt"))
     salt, leaf = reader.entries(rec["seq"] - 1, rec["seq"])[0][:16], reader.leaves(rec["seq"] - 1, rec["seq"])[0]
-    erased = {k: (erased_value(salt, k, v) if k in CONTENT_FIELDS else v) for k, v in rec.items()}
+    erased = {k: (erased_value(salt, k, v) if k in CONTENT_FIELDS and v is not None else v)
+              for k, v in rec.items()}
     assert rec["prompt"] not in json.dumps(erased, ensure_ascii=False)
     assert record_leaf(erased, salt) == leaf
     edited = dict(rec, prompt=rec["prompt"] + "x")

@@ -5,11 +5,15 @@ A leaf does not commit to a record's personal content directly but to a
 from the archive (GDPR erasure) while the tree, every checkpoint signed over
 it and every other record's proof stay valid:
 
-    leaf bytes = "vllm-audit-leaf/v1\\n" || canonical JSON of the record with
+    leaf bytes = "vllm-audit-leaf/v1\\n" || compact JSON of the record with
                  ``hash`` and ``prev_hash`` left out and every content field
-                 replaced by its commitment
+                 that is not null replaced by its commitment
     commitment = "sha256:" + hex SHA-256("vllm-audit-content/v1\\n" || salt ||
-                 field name || 0x00 || canonical JSON of the value)
+                 field name || 0x00 || compact JSON of the value)
+
+"Compact JSON" is the archive line's own encoding (separators ``,`` ``:``,
+UTF-8, keys in the record's order, which parsing the line keeps), so the
+verifier re-encodes exactly the bytes the writer hashed.
 
 The salt is 16 random bytes per record, kept beside the leaf hash in the
 tree file (``ARCHIVE/tlog/tree.bin``), never in the record: without it a
@@ -36,13 +40,23 @@ CONTENT_FIELDS: tuple[str, ...] = ("prompt", "output", "choices", "error", "user
 SALT_BYTES = 16
 LEAF_PREFIX = b"vllm-audit-leaf/v1\n"
 _CONTENT_PREFIX = b"vllm-audit-content/v1\n"
-# As the archive line is written (NaN allowed there too), keys sorted.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+# As the archive line is written: compact, UTF-8, keys in the record's own
+# order (json.loads keeps it, so the verifier re-encodes the same bytes), NaN
+# allowed there too.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _OUT_OF_LEAF = ("hash", "prev_hash")
+_CONTENT = frozenset(CONTENT_FIELDS)
+_NULL = b"null"
+
+
+def _value_bytes(value: object) -> bytes:
+    if value is None:
+        return _NULL
+    return _ENCODE(value).encode()
 
 
 def commitment(salt: bytes, name: str, value: object) -> str:
-    data = _CONTENT_PREFIX + salt + name.encode() + b"\x00" + _ENCODE(value).encode()
+    data = _CONTENT_PREFIX + salt + name.encode() + b"\x00" + _value_bytes(value)
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -58,11 +72,12 @@ def _is_erased(value: object) -> bool:
 
 def leaf_view(record: dict, salt: bytes) -> dict:
     view = {}
+    content = _CONTENT
     for k, v in record.items():
-        if k in _OUT_OF_LEAF:
+        if k in content and v is not None:  # a null holds nothing to erase: kept as is
+            v = v["erased"] if v.__class__ is dict and _is_erased(v) else commitment(salt, k, v)
+        elif k == "hash" or k == "prev_hash":
             continue
-        if k in CONTENT_FIELDS:
-            v = v["erased"] if _is_erased(v) else commitment(salt, k, v)
         view[k] = v
     return view
 
