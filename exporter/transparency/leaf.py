@@ -44,8 +44,6 @@ _CONTENT_PREFIX = b"vllm-audit-content/v1\n"
 # order (json.loads keeps it, so the verifier re-encodes the same bytes), NaN
 # allowed there too.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_OUT_OF_LEAF = ("hash", "prev_hash")
-_CONTENT = frozenset(CONTENT_FIELDS)
 _NULL = b"null"
 
 
@@ -71,14 +69,13 @@ def _is_erased(value: object) -> bool:
 
 
 def leaf_view(record: dict, salt: bytes) -> dict:
-    view = {}
-    content = _CONTENT
-    for k, v in record.items():
-        if k in content and v is not None:  # a null holds nothing to erase: kept as is
-            v = v["erased"] if v.__class__ is dict and _is_erased(v) else commitment(salt, k, v)
-        elif k == "hash" or k == "prev_hash":
-            continue
-        view[k] = v
+    view = dict(record)  # same key order; only the content values change
+    view.pop("hash", None)
+    view.pop("prev_hash", None)
+    for k in CONTENT_FIELDS:
+        v = view.get(k)
+        if v is not None:  # a null holds nothing to erase: kept as is
+            view[k] = v["erased"] if v.__class__ is dict and _is_erased(v) else commitment(salt, k, v)
     return view
 
 
