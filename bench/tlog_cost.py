@@ -88,6 +88,7 @@ def run(log: Path, work: Path) -> dict:
         raise SystemExit(f"verify failed on the bench archive: {report.problems[:1]}")
     tlog_cpu = sum(m.cpu for m in meters.values())
     return {
+        "bench": "tlog_cost",
         "records": records,
         "log_bytes": log.stat().st_size,
         "replay_cpu_s": round(replay_cpu, 3),
