@@ -116,6 +116,8 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
                  clock=clock, ctx=ctx, empty_metrics=metrics.snapshot())
     if settings.signing_key_file is not None:
         rt.tlog = build_tlog(settings, clock)
+        from .transparency.logmetrics import LogCollector
+        LogCollector(rt.tlog, registry)
     _assemble(rt, stdin=stdin)
     TailStatsCollector(lambda: rt.pipeline.sources if rt.pipeline is not None else (), registry)
     if settings.loki:

@@ -205,3 +205,17 @@ def test_run_signs_heartbeats_and_a_shutdown_checkpoint(tmp_path, keydir):
     assert len(final) > len(sizes)  # the shutdown checkpoint
     times = [int(extensions(parse_checkpoint(verify_note(n, pub)))[EXT_TIME][0]) for _, n in final]
     assert times == sorted(times)
+
+
+def test_signing_is_exported_as_metrics(tmp_path, keydir):
+    from prometheus_client import generate_latest
+    from exporter.replay import replay_into
+    from exporter.settings import load
+    settings = load("replay", [str(CAPTURE), "--archive-dir", str(tmp_path / "a"), "--model", "tiny",
+                               "--no-progress", "--signing-key-file", str(keydir / "signing.key")], {})
+    rt, _ = replay_into(settings, quiet=True)
+    text = generate_latest(rt.registry).decode()
+    assert f"vllm_audit_checkpoints_signed_total {float(rt.tlog.signed)}" in text and rt.tlog.signed >= 2
+    assert "vllm_audit_signed_tree_size 22.0" in text
+    assert 'vllm_audit_checkpoint_sign_failures_total{reason="forked"} 0.0' in text
+    assert "vllm_audit_last_signed_checkpoint_timestamp_seconds" in text

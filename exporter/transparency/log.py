@@ -81,6 +81,10 @@ class TransparencyLog:
         self._checked = False
         self._warned: str | None = None
         self.signed = 0  # checkpoints signed by this process
+        # Checkpoints not signed when due, by reason (metrics: logmetrics.py):
+        # io (disk), behind / forked (the tree does not extend the signed one).
+        self.failures = {"io": 0, "behind": 0, "forked": 0}
+        self.last_signed_unix: float | None = None
         last = self.store.last_checkpoint()
         self._finish_interrupted_rotation(last)
         self.signer = keys.load_signer(self.key_path)
@@ -154,11 +158,13 @@ class TransparencyLog:
                         keys.abort_rotation(self.key_path)
                     except OSError:
                         pass
+                self.failures["io"] += 1
                 self._warn(f"signing a checkpoint failed: {exc.strerror or exc} (retried in "
                            f"{self.interval:g} s)")
                 return None
             self._last, self._epoch_day = (size, root), day
             self.signed += 1
+            self.last_signed_unix = now
             self._warned = None
             listeners = list(self._listeners)
         for fn in listeners:
@@ -173,6 +179,7 @@ class TransparencyLog:
             return True
         last_size, last_root = self._last
         if size < last_size:
+            self.failures["behind"] += 1
             self._warn(f"the tree ({size} records) is behind the newest signed checkpoint ({last_size}): "
                        "not signing until the re-derived records reach it")
             return False
@@ -183,11 +190,16 @@ class TransparencyLog:
         else:
             ok = True
         if not ok:
+            self.failures["forked"] += 1
             self._warn(f"the tree differs from the signed checkpoint of size {last_size}: refusing to "
                        "sign a forked history (verify the archive)")
             return False
         self._checked = True
         return True
+
+    @property
+    def signed_size(self) -> int | None:
+        return self._last[0] if self._last is not None else None
 
     def recheck(self) -> None:
         """The tree was cut back and re-derived (a pipeline rebuild): check it
