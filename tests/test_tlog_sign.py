@@ -219,3 +219,40 @@ def test_signing_is_exported_as_metrics(tmp_path, keydir):
     assert "vllm_audit_signed_tree_size 22.0" in text
     assert 'vllm_audit_checkpoint_sign_failures_total{reason="forked"} 0.0' in text
     assert "vllm_audit_last_signed_checkpoint_timestamp_seconds" in text
+
+
+def test_never_signs_a_tree_behind_or_forked_from_the_signed_one(tmp_path, keydir, capsys):
+    """After a recovery that fell back to an older pipeline checkpoint the
+    tree can be smaller than (or, re-derived, different from) what was
+    signed: the log waits rather than sign an inconsistent checkpoint."""
+    import base64
+    from exporter.transparency import merkle
+    archive = tmp_path / "a"
+    assert replay(archive, keydir / "signing.key") == 0
+    state = json.loads((archive / ".state" / "checkpoint.json").read_bytes())["state"]["archive"]
+    clock = Clock(time.time())
+    err = __import__("io").StringIO()
+    log = TransparencyLog(archive, keydir / "signing.key", "example.org/audit", 10.0, clock, err=err)
+    f = merkle.Frontier()
+    for leaf in TreeReader(tree_path(archive)).leaves(0, 20):
+        f.append(leaf)
+    behind = dict(state, tree={"size": 20, "frontier": [base64.b64encode(h).decode() for h in f.nodes]})
+    before = len(checkpoints(archive))
+    assert log.sign(behind) is None and log.failures["behind"] == 1
+    forked = dict(state, tree={"size": 22, "frontier": [base64.b64encode(b"\x01" * 32).decode()] * 3})
+    assert log.sign(forked) is None and log.failures["forked"] == 1
+    assert len(checkpoints(archive)) == before  # nothing signed
+    assert "refusing to sign a forked history" in err.getvalue()
+    assert log.sign(state) is not None  # the real tree again: signing resumes
+
+
+def test_a_torn_checkpoint_append_is_cut_on_start(tmp_path, keydir, capsys):
+    archive = tmp_path / "a"
+    assert replay(archive, keydir / "signing.key") == 0
+    path = list_checkpoint_files(archive)[-1][1]
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"kind":"checkpoint","note":"exam')  # crash mid-append
+    assert replay(archive, keydir / "signing.key") == 0
+    assert path.read_bytes().startswith(good) and path.read_bytes().endswith(b"\n")
+    capsys.readouterr()
+    assert main(["verify", str(archive), "--public-key", str(keydir / "signing.pub")]) == 0
