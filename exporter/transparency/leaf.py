@@ -45,6 +45,7 @@ _CONTENT_PREFIX = b"vllm-audit-content/v1\n"
 # allowed there too.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _NULL = b"null"
+_NAMES = {k: k.encode() + b"\x00" for k in CONTENT_FIELDS}
 
 
 def _value_bytes(value: object) -> bytes:
@@ -54,8 +55,10 @@ def _value_bytes(value: object) -> bytes:
 
 
 def commitment(salt: bytes, name: str, value: object) -> str:
-    data = _CONTENT_PREFIX + salt + name.encode() + b"\x00" + _value_bytes(value)
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256(_CONTENT_PREFIX + salt)
+    h.update(name.encode() + b"\x00")
+    h.update(_value_bytes(value))
+    return "sha256:" + h.hexdigest()
 
 
 def erased_value(salt: bytes, name: str, value: object) -> dict:
@@ -72,10 +75,21 @@ def leaf_view(record: dict, salt: bytes) -> dict:
     view = dict(record)  # same key order; only the content values change
     view.pop("hash", None)
     view.pop("prev_hash", None)
+    seeded = None
     for k in CONTENT_FIELDS:
         v = view.get(k)
-        if v is not None:  # a null holds nothing to erase: kept as is
-            view[k] = v["erased"] if v.__class__ is dict and _is_erased(v) else commitment(salt, k, v)
+        if v is None:  # a null holds nothing to erase: kept as is
+            continue
+        if v.__class__ is dict and _is_erased(v):
+            view[k] = v["erased"]
+            continue
+        # commitment(salt, k, v), with the salted prefix hashed once per record
+        if seeded is None:
+            seeded = hashlib.sha256(_CONTENT_PREFIX + salt)
+        h = seeded.copy()
+        h.update(_NAMES[k])
+        h.update(_value_bytes(v))
+        view[k] = "sha256:" + h.hexdigest()
     return view
 
 
