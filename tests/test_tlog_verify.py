@@ -250,3 +250,43 @@ def test_export_embeds_proofs_that_verify_without_the_archive(host, capsys):
     out.write_bytes(data.replace(b"alice", b"mallory", 1))  # the export edited
     assert main(["verify", "--proof", str(proof), "--public-key", str(host["pub"])]) == 1
     assert "not the exported file" in capsys.readouterr().out
+
+
+def test_days_epochs_and_retention_through_the_real_pipeline(tmp_path, capsys):
+    """Two UTC days through the real runtime (a fake clock): the second day
+    starts a key epoch and seals the first day's checkpoints; the first day's
+    manifest records the tree; retention gzips, then deletes the first day,
+    and the log still verifies (its leaves stay in the tree)."""
+    from exporter.compliance.retention import apply_retention
+    from exporter.runtime import build
+    from exporter.settings import load
+    keys = tmp_path / "keys"
+    assert main(["keygen", "--out", str(keys), "--name", "audit-host"]) == 0
+    archive = tmp_path / "archive"
+    clock = [1795341600.0]  # 2026-11-22T10:00:00Z
+
+    def one_pass(logs):
+        settings = load("replay", [*map(str, logs), "--archive-dir", str(archive), "--model", "tiny",
+                                   "--no-progress", "--signing-key-file", str(keys / "signing.key"),
+                                   "--log-origin", ORIGIN], {})
+        rt = build(settings, live=False, clock=lambda: clock[0])
+        while not rt.pipeline.done():
+            rt.pipeline.step()
+        rt.pipeline.finish()
+
+    one_pass([CAPTURE])
+    clock[0] += 86400
+    one_pass([FIX / "middleware" / "vllm.log", FIX / "middleware" / "middleware.jsonl"])
+    manifest = json.loads((archive / "audit-2026-11-22.manifest.json").read_text())
+    assert manifest["tree_size"] == manifest["last_seq"] == 22
+    code, report = verify(archive, keys / "signing.pub", capsys=capsys)
+    assert code == 0, report["problems"]
+    assert len(report["epochs"]) == 2 and report["epochs"][1]["from"] == "2026-11-23"
+    assert report["records"] == report["tree_size"] > 22
+    actions = apply_retention(archive, now=clock[0] + 3 * 86400, compress_after_days=1)
+    assert any(a.action == "compressed" for a in actions), actions
+    assert verify(archive, keys / "signing.pub", capsys=capsys)[0] == 0
+    apply_retention(archive, now=clock[0] + 9 * 86400, compress_after_days=1, delete_after_days=5)
+    assert not list(archive.glob("audit-2026-11-22.jsonl*"))
+    code, report = verify(archive, keys / "signing.pub", capsys=capsys)
+    assert code == 0 and report["retained_days"] == ["2026-11-22"], report["problems"]
