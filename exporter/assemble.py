@@ -118,14 +118,34 @@ def _identity(rec: dict, src: _Sources) -> None:
     rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
     rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
     rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model
-    user = mw.get("user")
-    if user is None and body is not None and body.get("user") is not None:
-        user = str(body.get("user"))
+    user, source = mw.get("user"), mw.get("identity_source")
+    invalid = (mw.get("identity") or {}).get("invalid_reason") is not None
+    if user is None and not invalid and body is not None and body.get("user") is not None:
+        # Log only (or a line without a user): the client's own field. Never
+        # when the middleware refused the request's identity.
+        user, source = str(body.get("user")), "user_field"
+    if source is None and user is not None and src.mw is not None:
+        # A line from before identity_source existed: the same order as the
+        # middleware's (header, user field, key hash), told apart by value.
+        source = _legacy_source(user, mw.get("identity") or {})
     rec["user"] = user
+    rec["identity_source"] = source if user is not None else None
+    if invalid:
+        src.flags.append("identity_invalid")
     stream = mw.get("stream")
     if stream is None and body is not None and isinstance(body.get("stream"), bool):
         stream = body["stream"]
     rec["stream"] = e["stream"] if stream is None else stream
+
+
+def _legacy_source(user: str, ident: dict) -> str | None:
+    if user in (ident.get("headers") or {}).values():
+        return None  # header or header_secret: the old line does not say which
+    if user == ident.get("user_field"):
+        return "user_field"
+    if user.startswith("key:") and (ident.get("api_key_hash") or "").startswith(user[4:]):
+        return "api_key"
+    return None
 
 
 def _prompt(rec: dict, src: _Sources) -> None:

@@ -68,7 +68,8 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 # values normally form a small fixed set, but a client can send any model
 # name (vLLM rejects it, the middleware still records it) and each bad value
 # would otherwise become a series.
-LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32, "flag": 128}
+LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32, "flag": 128,
+                "source": 8, "reason": 16}
 
 _NUMERIC = (int, float)  # exact classes: bool is not a count
 _INF = float("inf")
@@ -95,6 +96,14 @@ _COUNTERS = {
         ("model", "user", "status")),
     "vllm_audit_flags_total": (
         "Detector and data-quality flags raised on records.", ("model", "flag")),
+    # How far each request's user can be trusted (record.identity_source;
+    # "none" = no user): the share of unverified identity at a glance.
+    "vllm_audit_identity_source_requests_total": (
+        "Requests by how their user was established (identity_source, none when unknown).",
+        ("model", "source")),
+    "vllm_audit_identity_invalid_total": (
+        "Requests whose Open WebUI identity token was missing or refused, by reason.",
+        ("model", "reason")),
 }
 _GAUGES = {
     "vllm_audit_consecutive_empty_responses": (
@@ -165,6 +174,8 @@ class RequestMetrics:
         self._c_empty = c["vllm_audit_empty_responses_total"]
         self._c_oversized = c["vllm_audit_oversized_inputs_total"]
         self._c_flags = c["vllm_audit_flags_total"]
+        self._c_source = c["vllm_audit_identity_source_requests_total"]
+        self._c_invalid = c["vllm_audit_identity_invalid_total"]
         self._g_consecutive = self._gauges["vllm_audit_consecutive_empty_responses"]
         self._h_prompt = h["vllm_audit_request_prompt_tokens"]
         self._h_completion = h["vllm_audit_request_completion_tokens"]
@@ -235,6 +246,16 @@ class RequestMetrics:
                 # evidence of a broken model nor of a healthy one.
                 g = self._g_consecutive
                 g[(model,)] = g.get((model,), 0.0) + 1.0 if empty is True else 0.0
+
+            c = self._c_source
+            k = (model, dims["source"].label(rec.get("identity_source") or "none"))
+            c[k] = c.get(k, 0.0) + 1.0
+            ident = rec.get("identity")
+            reason = ident.get("invalid_reason") if isinstance(ident, dict) else None
+            if reason is not None:
+                c = self._c_invalid
+                k = (model, dims["reason"].label(reason))
+                c[k] = c.get(k, 0.0) + 1.0
 
             flags = rec.get("flags")
             if flags:

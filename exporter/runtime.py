@@ -54,6 +54,7 @@ class Runtime:
     start_positions: dict | None = None
     stdin_tailer: object | None = None
     tlog: object | None = None  # TransparencyLog with --signing-key-file (kept across rebuilds)
+    publishers: object | None = None  # witnesses and TSA on the log's hooks (transparency.publish)
 
 
 def checkpoint_path(settings: Settings) -> Path:
@@ -118,6 +119,12 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
         rt.tlog = build_tlog(settings, clock)
         from .transparency.logmetrics import LogCollector
         LogCollector(rt.tlog, registry)
+        if settings.witnesses or settings.tsa_url:
+            from .transparency.publish import attach
+            rt.publishers = attach(rt.tlog, settings, registry, clock)
+    elif settings.witnesses or settings.tsa_url:
+        raise SettingsError(f"{'--witness' if settings.witnesses else '--tsa-url'}: needs "
+                            "--signing-key-file (witnesses and timestamps are over signed checkpoints)")
     _assemble(rt, stdin=stdin)
     TailStatsCollector(lambda: rt.pipeline.sources if rt.pipeline is not None else (), registry)
     if settings.loki:

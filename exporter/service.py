@@ -73,6 +73,10 @@ class Service:
                 t.join(timeout=2)
         if self.rt.loki is not None:
             self.rt.loki.close()
+        if self.rt.publishers is not None:
+            # The shutdown checkpoint is signed (the pipeline thread ended):
+            # witnesses and the TSA get a last try at it, bounded.
+            self.rt.publishers.close(timeout=3)
 
     @property
     def exit_code(self) -> int:

@@ -3,7 +3,9 @@
 Every flag has an environment variable: ``--web.listen-address`` →
 ``VLLM_AUDIT_WEB_LISTEN_ADDRESS``, ``--loki-url`` → ``VLLM_AUDIT_LOKI_URL``.
 Precedence: command line, then environment, then default. Repeatable flags
-(``--log``) take a comma-separated list from the environment. Validation runs
+(``--log``) take a comma-separated list from the environment; those whose
+values are keys (``--witness``, ``--log-key``) a whitespace-separated one
+(space or newline: a key name may hold a comma, never a space). Validation runs
 once, in :func:`build`, and raises :class:`SettingsError` with a message a
 person can act on; nothing else in the package reads the environment.
 """
@@ -35,6 +37,7 @@ class Option:
     kind: str = "str"  # str, int, float, bool, path, list
     commands: tuple[str, ...] = ("run", "replay")
     metavar: str | None = None
+    sep: str | None = ","  # how a list is split in the environment (None: whitespace)
 
     @property
     def env(self) -> str:
@@ -158,6 +161,31 @@ OPTIONS: tuple[Option, ...] = (
            "(the exporter was stopped)", None, "float", ("verify",), "SECONDS"),
     Option("--tsa-cert", "tsa_cert", "TSA certificate to check RFC 3161 timestamp tokens with", None,
            "path", ("verify",), "FILE"),
+    # Transparency log: witnesses and trusted time (issue 15; docs in README "Witnesses").
+    Option("--witness", "witnesses", "C2SP tlog-witness to cosign each checkpoint: its submission URL "
+           "and its one-line verifier key (repeatable; env: whitespace-separated)", [], "list", _BOTH,
+           "URL=VERIFIER_KEY", None),
+    Option("--witness-timeout", "witness_timeout", "seconds one witness request may take", 10.0,
+           "float", _BOTH, "SECONDS"),
+    Option("--tsa-url", "tsa_url", "RFC 3161 time-stamping authority: a token over a checkpoint at "
+           "least every --tsa-interval", None, "str", _BOTH, "URL"),
+    Option("--tsa-interval", "tsa_interval", "seconds between RFC 3161 timestamps", 3600.0, "float",
+           _BOTH, "SECONDS"),
+    Option("--tsa-ca-file", "tsa_ca_file", "CA (or TSA) certificate to check each token on receipt "
+           "(verify checks them anyway)", None, "path", _BOTH, "FILE"),
+    Option("--listen", "witness_listen", "where the witness serves POST /add-checkpoint",
+           "127.0.0.1:7380", "str", ("witness",), "HOST:PORT"),
+    Option("--key-file", "witness_key_file", "the witness's private key (cosignature/v1, or a Go "
+           "note Ed25519 key); written by --init-key", None, "path", ("witness",), "FILE"),
+    Option("--state-dir", "state_dir", "the latest cosigned checkpoint of each log (keep it: losing it "
+           "lets a log roll back)", None, "path", ("witness",), "DIR"),
+    Option("--log-key", "witness_log_keys", "a log this witness cosigns: its verifier key, with its "
+           "origin if that differs from the key name (repeatable; env: whitespace-separated)", [],
+           "list", ("witness",), "[ORIGIN=]VERIFIER_KEY", None),
+    Option("--init-key", "witness_init_key", "write a new witness key to --key-file (and its verifier "
+           "key beside it, .pub) and exit", False, "bool", ("witness",)),
+    Option("--name", "witness_name", "key name for --init-key, a URL-like name of this witness",
+           None, "str", ("witness",), "NAME"),
 )
 
 POLICY_MODES = ("full", "redact", "hash", "omit")
@@ -201,6 +229,11 @@ class Settings:
     signing_key_file: Path | None = None
     sign_interval: float = 10.0
     log_origin: str = ""
+    witnesses: tuple = ()  # ((submission URL, note.Verifier), ...)
+    witness_timeout: float = 10.0
+    tsa_url: str | None = None
+    tsa_interval: float = 3600.0
+    tsa_ca_file: Path | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -238,7 +271,7 @@ def _convert(opt: Option, raw: Any, origin: str) -> Any:
         if opt.kind == "list":
             if isinstance(raw, list):
                 return [str(x) for x in raw]
-            return [p.strip() for p in str(raw).split(",") if p.strip()]
+            return [p.strip() for p in str(raw).split(opt.sep) if p.strip()]
         if opt.kind == "int":
             return int(raw)
         if opt.kind == "float":
@@ -443,6 +476,11 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         signing_key_file=Path(signing_key_file) if signing_key_file is not None else None,
         sign_interval=v.get("sign_interval") or 10.0,
         log_origin=origin,
+        witnesses=_witnesses(v),
+        witness_timeout=v["witness_timeout"],
+        tsa_url=_tsa_url(v),
+        tsa_interval=v["tsa_interval"],
+        tsa_ca_file=v.get("tsa_ca_file"),
     )
 
 
@@ -457,6 +495,100 @@ def _check_signing_key(path: Path) -> None:
     if not os.access(path.parent, os.W_OK):
         raise SettingsError(f"--signing-key-file: {path.parent} is not writable (the key is replaced "
                             "by each new day's key, erasing the old one)")
+
+
+def split_key(text: str, flag: str):
+    """(what, verifier) of ``WHAT=VERIFIER_KEY``; ``what`` is None without '='.
+
+    A verifier key holds no '=' but its base64 padding, and a URL may hold
+    '=' (a query), so the split is at the last '=' before the padding."""
+    from exporter.transparency.note import NoteError, parse_verifier
+    body = text.rstrip("=")
+    left, sep, key = body.rpartition("=")
+    key += text[len(body):]
+    try:
+        return (left if sep else None), parse_verifier(key)
+    except NoteError as exc:
+        raise SettingsError(f"{flag} {text!r}: {exc}") from None
+
+
+def _witnesses(v: dict) -> tuple:
+    out, names = [], set()
+    for item in v.get("witnesses") or ():
+        url, key = split_key(item, "--witness")
+        if not url or not url.startswith(("http://", "https://")):
+            raise SettingsError(f"--witness {item!r}: expected URL=VERIFIER_KEY with an http(s) URL")
+        if key.alg != 0x04:
+            raise SettingsError(f"--witness {item!r}: not a cosignature/v1 (type 0x04) witness key")
+        if key.name in names:
+            raise SettingsError(f"--witness: two witnesses named {key.name!r}")
+        names.add(key.name)
+        out.append((url.rstrip("/"), key))
+    _positive(v, "witness_timeout", "--witness-timeout")
+    return tuple(out)
+
+
+def _tsa_url(v: dict) -> str | None:
+    url = v.get("tsa_url") or None
+    if url and not url.startswith(("http://", "https://")):
+        raise SettingsError(f"--tsa-url: expected an http(s) URL, got {url!r}")
+    if url:
+        import shutil
+        if shutil.which("openssl") is None:
+            raise SettingsError("--tsa-url: the openssl command is needed for RFC 3161 (apt-get install openssl)")
+    _positive(v, "tsa_interval", "--tsa-interval")
+    if v.get("tsa_ca_file") is not None and not Path(v["tsa_ca_file"]).is_file():
+        raise SettingsError(f"--tsa-ca-file: {v['tsa_ca_file']}: no such file")
+    return url
+
+
+@dataclass(frozen=True)
+class WitnessSettings:
+    host: str
+    port: int
+    key_file: Path
+    state_dir: Path | None
+    logs: dict = field(default_factory=dict)  # origin -> [note.Verifier]
+    signer: object | None = field(default=None, repr=False)  # note.Signer (None with init_key)
+    init_key: bool = False
+    name: str | None = None
+
+
+def _host_port(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise SettingsError(f"{flag}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def witness_settings(ns: argparse.Namespace, environ: Mapping[str, str]) -> WitnessSettings:
+    """The validated settings of the ``witness`` subcommand."""
+    v = resolve("witness", ns, environ)
+    host, port = _host_port(v["witness_listen"], "--listen")
+    if v.get("witness_key_file") is None:
+        raise SettingsError("witness: give --key-file FILE (env VLLM_AUDIT_KEY_FILE)")
+    key_file = Path(v["witness_key_file"])
+    if v.get("witness_init_key"):
+        import socket
+        return WitnessSettings(host, port, key_file, None, init_key=True,
+                               name=v.get("witness_name") or f"{socket.gethostname()}/witness")
+    from exporter.transparency.note import NoteError, parse_signer
+    raw = _read_secret_file(key_file, "--key-file")
+    try:
+        signer = parse_signer(raw.decode("ascii"))
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise SettingsError(f"--key-file: {key_file}: {exc}") from None
+    if v.get("state_dir") is None:
+        raise SettingsError("witness: give --state-dir DIR (env VLLM_AUDIT_STATE_DIR)")
+    logs: dict = {}
+    for item in v.get("witness_log_keys") or ():
+        origin, key = split_key(item, "--log-key")
+        if key.alg != 0x01:
+            raise SettingsError(f"--log-key {item!r}: a log signs checkpoints with an Ed25519 (type 0x01) key")
+        logs.setdefault(origin or key.name, []).append(key)
+    if not logs:
+        raise SettingsError("witness: give at least one --log-key [ORIGIN=]VERIFIER_KEY (env VLLM_AUDIT_LOG_KEY)")
+    return WitnessSettings(host, port, key_file, Path(v["state_dir"]), logs=logs, signer=signer)
 
 
 def env_table() -> list[tuple[str, str, str]]:

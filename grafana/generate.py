@@ -436,6 +436,30 @@ def users() -> dict:
               "{{user}} empty"),
          prom(f'sum by (user, status) (increase(vllm_audit_oversized_inputs_total{{{u}}}[$__rate_interval]))',
               "{{user}} oversized {{status}}")]), 24, 8))
+
+    p.append(lay.row("Identity provenance"))
+    src = f'vllm_audit_identity_source_requests_total{{{SEL}}}'
+    p.append(lay.place(stat(
+        "Unverified identity (range)", "Share of requests whose `user` is not verified: "
+        "`identity_source` other than `jwt` (Open WebUI's signed token) or `header_secret` "
+        "(headers behind the shared secret), including requests with no user at all.",
+        [prom(f'sum(increase(vllm_audit_identity_source_requests_total{{{SEL}, source!~"jwt|header_secret"}}'
+              f'[$__range])) / sum(increase({src}[$__range]))', instant=True)],
+        "percentunit", thresholds=[(None, "green"), (0.01, "orange"), (0.5, "red")]), 6, 8))
+    p.append(lay.place(bargauge(
+        "Requests by identity source", "`vllm_audit_identity_source_requests_total` in the time range: "
+        "`jwt`, `header_secret`, `header`, `user_field`, `api_key`, `none` (README, Identity).",
+        [prom(f'sum by (source) (increase({src}[$__range]))', "{{source}}", instant=True)]), 6, 8))
+    p.append(lay.place(timeseries(
+        "Identity source share", "Share of requests per `identity_source` "
+        "(`source:vllm_audit_identity_source_requests:ratio_rate5m` over the model filter).",
+        [prom(f'sum by (source) (rate({src}[$__rate_interval])) / ignoring (source) group_left '
+              f'sum(rate({src}[$__rate_interval]))', "{{source}}")], "percentunit", stack=True), 6, 8))
+    p.append(lay.place(timeseries(
+        "Refused Open WebUI tokens", "`vllm_audit_identity_invalid_total` by reason (missing, expired, "
+        "signature, ...): these requests have `user: null` and the flag `identity_invalid`.",
+        [prom(f'sum by (reason) (increase(vllm_audit_identity_invalid_total{{{SEL}}}[$__rate_interval]))',
+              "{{reason}}")], stack=True), 6, 8))
     return dashboard(UID_USERS, "vLLM audit / Users",
                      "Requests, tokens and cost per user (the `user` label is bounded by the exporter's "
                      "--max-users; overflow shows as __other__).",
@@ -477,9 +501,10 @@ def audit_log() -> dict:
                                                 "keepTime": False}},
             {"id": "organize", "options": {
                 "includeByName": {"ts": True, "request_id": True, "model": True, "user": True,
-                                  "status": True, "flags": True, "http_status": True, "error": True},
-                "indexByName": {"ts": 0, "request_id": 1, "model": 2, "user": 3, "status": 4,
-                                "flags": 5, "http_status": 6, "error": 7}}}]), 24, 9))
+                                  "identity_source": True, "status": True, "flags": True,
+                                  "http_status": True, "error": True},
+                "indexByName": {"ts": 0, "request_id": 1, "model": 2, "user": 3, "identity_source": 4,
+                                "status": 5, "flags": 6, "http_status": 7, "error": 8}}}]), 24, 9))
     p.append(lay.place(logs(
         "Audit records", "One line per request: the audit record JSON (docs/design.md, Record). "
         "Filter with the variables above; `search` is a case-sensitive substring.",
