@@ -211,6 +211,10 @@ def test_stopping_the_exporter_longer_than_max_gap_fails(host, capsys):
     gap = report["gaps"][0]
     assert gap["seconds"] >= 3 and gap["from"] < gap["to"]
     assert "was not signing" in report["first_problem"]
+    # Still stopped at verify time: said (a warning: copies are verified later too).
+    from exporter.transparency.audit import audit, load_verifier
+    later = audit(host["archive"], load_verifier(str(host["pub"]), "k"), max_gap=60, now=time.time() + 3600)
+    assert any("it is not signing" in w for w in later.warnings)
 
 
 def test_prove_output_verifies_alone_and_fails_after_any_byte_change(host, capsys):

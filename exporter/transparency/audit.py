@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 from exporter.archive import manifest as mf
 from exporter.archive.layout import iter_lines, list_days, tree_path
-from exporter.transparency import merkle
 from exporter.transparency.audit_checkpoints import check_checkpoints
 from exporter.transparency.audit_report import Problem, Report  # noqa: F401  (Problem: part of the API)
 from exporter.transparency.leaf import record_leaf
@@ -46,7 +46,30 @@ from exporter.transparency.tree import ENTRY, TreeReader
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
 
 
-def _records(root: Path, salts_leaves: list[bytes], report: Report) -> None:
+class _Entries:
+    """The tree file's entries as a read-only sequence, read in chunks (an
+    archive of millions of records is verified in constant memory)."""
+
+    CHUNK = 8192
+
+    def __init__(self, reader: TreeReader, n: int, part: slice = slice(None)) -> None:
+        self.reader, self.n, self.part = reader, n, part
+        self._lo, self._chunk = -1, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> bytes:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        lo = i - i % self.CHUNK
+        if lo != self._lo:
+            self._chunk = [e[self.part] for e in self.reader.entries(lo, min(lo + self.CHUNK, self.n))]
+            self._lo = lo
+        return self._chunk[i - lo]
+
+
+def _records(root: Path, salts_leaves, report: Report) -> None:
     n = len(salts_leaves)
     expected = 1
     last_name = None
@@ -106,20 +129,20 @@ def _manifest(day) -> dict | None:
         return None
 
 
-def _manifests(root: Path, leaves: list[bytes], report: Report) -> None:
+def _manifests(root: Path, reader: TreeReader, n: int, report: Report) -> None:
     for day in list_days(root):
         m = _manifest(day)
         if not m or not isinstance(m.get("tree_size"), int) or not isinstance(m.get("tree_root"), str):
             continue
         size = m["tree_size"]
-        if size > len(leaves) or base64.b64encode(merkle.root(leaves[:size])).decode() != m["tree_root"]:
+        if size > n or base64.b64encode(reader.root(size)).decode() != m["tree_root"]:
             report.problem("manifest_mismatch", day.manifest.name, f"the tree of {size} records recorded "
                            "when the day was sealed is not the tree on disk")
             return
 
 
 def audit(root: Path, genesis: Verifier, *, witnesses: list[Verifier] = (), min_witnesses: int = 0,
-          max_gap: float | None = None, tsa_cert: str | None = None) -> Report:
+          max_gap: float | None = None, tsa_cert: str | None = None, now: float | None = None) -> Report:
     report = Report()
     root = Path(root)
     path = tree_path(root)
@@ -127,12 +150,13 @@ def audit(root: Path, genesis: Verifier, *, witnesses: list[Verifier] = (), min_
     if path.exists() and path.stat().st_size % ENTRY:
         report.problem("unreadable", str(path.relative_to(root)), "the tree file ends in a torn entry")
         return report
-    entries = reader.entries(0, reader.size()) if path.exists() else []
-    report.tree_size = len(entries)
-    leaves = [e[16:] for e in entries]
+    n = reader.size()
+    report.tree_size = n
+    entries, leaves = _Entries(reader, n), _Entries(reader, n, slice(16, None))
     _records(root, entries, report)
-    check_checkpoints(root, genesis, leaves, list(witnesses), min_witnesses, max_gap, tsa_cert, report)
-    _manifests(root, leaves, report)
+    check_checkpoints(root, genesis, leaves, reader, list(witnesses), min_witnesses, max_gap, tsa_cert, report,
+                      now=time.time() if now is None else now)
+    _manifests(root, reader, n, report)
     return report
 
 

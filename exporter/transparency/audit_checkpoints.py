@@ -20,25 +20,29 @@ from exporter.transparency.store import file_sha256, read_entries
 class _Roots:
     """Root of the first ``size`` leaves, computed incrementally for growing sizes."""
 
-    def __init__(self, leaves: list[bytes]) -> None:
-        self.leaves = leaves
+    def __init__(self, leaves, reader) -> None:
+        self.leaves, self.reader = leaves, reader
         self.frontier = merkle.Frontier()
 
     def root(self, size: int) -> bytes:
-        if size < self.frontier.size:
-            return merkle.root(self.leaves[:size])
+        if size < self.frontier.size:  # only a rolled-back size
+            return self.reader.root(size)
         while self.frontier.size < size:
             self.frontier.append(self.leaves[self.frontier.size])
         return self.frontier.root()
 
 
-def check_checkpoints(root: Path, genesis: Verifier, leaves: list[bytes], witnesses: list[Verifier],
-                 min_witnesses: int, max_gap: float | None, tsa_cert: str | None, report: Report) -> None:
+def check_checkpoints(root: Path, genesis: Verifier, leaves, reader, witnesses: list[Verifier],
+                      min_witnesses: int, max_gap: float | None, tsa_cert: str | None, report: Report,
+                      now: float | None = None) -> None:
+    """``leaves``: the tree's leaf hashes (a sequence), ``reader`` the tree
+    file for roots of earlier sizes; ``now``: when the newest checkpoint's
+    age is judged against ``max_gap``."""
     files = list_checkpoint_files(root)
     if not files:
         report.problem("no_checkpoint", "tlog", "no signed checkpoint: nothing proves the archive")
         return
-    roots = _Roots(leaves)
+    roots = _Roots(leaves, reader)
     key, key_day = genesis, files[0][0]  # the first key signs the first day
     keys_seen: dict[str, Verifier] = {genesis.text(): genesis}
     report.epochs.append({"from": None, "key": genesis.text()})
@@ -157,6 +161,10 @@ def check_checkpoints(root: Path, genesis: Verifier, leaves: list[bytes], witnes
     for gap in report.gaps:
         report.problem("gap", gap["checkpoint"], f"no checkpoint from {gap['from']} to {gap['to']} "
                        f"({gap['seconds']} s > --max-gap {max_gap:g} s): the exporter was not signing")
+    if max_gap is not None and now is not None and prev_t is not None and now - prev_t > max_gap:
+        # Not a failure: a copy of an archive is often verified long after.
+        report.warnings.append(f"the newest checkpoint was signed at {_utc(prev_t)}, {int(now - prev_t)} s "
+                               f"ago (> --max-gap): if the exporter should be running, it is not signing")
     if report.signed_size is not None and report.signed_size < len(leaves):
         report.warnings.append(f"records seq {report.signed_size + 1}..{len(leaves)} are after the newest "
                                "signed checkpoint")
