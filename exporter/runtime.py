@@ -233,12 +233,12 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
 
 
 def build_tlog(settings: Settings, clock):
-    from .transparency.keys import KeyError_
+    from .transparency.keys import SigningKeyError
     from .transparency.log import LogError, TransparencyLog
     try:
         return TransparencyLog(settings.archive_dir, settings.signing_key_file, settings.log_origin,
                                settings.sign_interval, clock)
-    except (KeyError_, LogError) as exc:
+    except (SigningKeyError, LogError) as exc:
         raise SettingsError(str(exc)) from None
 
 

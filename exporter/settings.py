@@ -487,10 +487,10 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
 def _check_signing_key(path: Path) -> None:
     """Readable, a signing key, and replaceable (each day's key replaces it)."""
     import os
-    from exporter.transparency.keys import KeyError_, load_signer
+    from exporter.transparency.keys import SigningKeyError, load_signer
     try:
         load_signer(path)
-    except KeyError_ as exc:
+    except SigningKeyError as exc:
         raise SettingsError(str(exc)) from None
     if not os.access(path.parent, os.W_OK):
         raise SettingsError(f"--signing-key-file: {path.parent} is not writable (the key is replaced "

@@ -32,7 +32,7 @@ from exporter.transparency.note import ALG_COSIGNATURE_V1, ALG_ED25519, NoteErro
 KEY_MODE = 0o600
 
 
-class KeyError_(ValueError):
+class SigningKeyError(ValueError):
     """A signing key file that cannot be used (one line)."""
 
 
@@ -46,9 +46,9 @@ def load_signer(path: str | os.PathLike, what: str = "--signing-key-file") -> Si
         data = read_secret(path, what)
         return parse_signer(data.decode("utf-8"))
     except SecretError as exc:
-        raise KeyError_(str(exc)) from None
+        raise SigningKeyError(str(exc)) from None
     except (UnicodeDecodeError, NoteError) as exc:
-        raise KeyError_(f"{what}: {path} is not a signing key ({exc})") from None
+        raise SigningKeyError(f"{what}: {path} is not a signing key ({exc})") from None
 
 
 def _write_key(path: Path, text: str) -> None:
@@ -93,7 +93,7 @@ def keygen(out: Path, name: str | None, *, witness: bool = False) -> tuple[Path,
     signer = Signer.generate(name or default_name(), ALG_COSIGNATURE_V1 if witness else ALG_ED25519)
     key, pub = out / "signing.key", out / "signing.pub"
     if key.exists():
-        raise KeyError_(f"keygen: {key} exists; refusing to overwrite a signing key")
+        raise SigningKeyError(f"keygen: {key} exists; refusing to overwrite a signing key")
     _write_key(key, signer.text())
     pub.write_text(signer.verifier.text() + "\n")
     os.chmod(pub, 0o644)
@@ -103,7 +103,7 @@ def keygen(out: Path, name: str | None, *, witness: bool = False) -> tuple[Path,
 def keygen_main(out: str, name: str | None, witness: bool = False) -> int:
     try:
         key, pub = keygen(Path(out), name, witness=witness)
-    except (KeyError_, NoteError, OSError) as exc:
+    except (SigningKeyError, NoteError, OSError) as exc:
         print(f"keygen: {exc}", file=sys.stderr)
         return 2
     print(f"signing key: {key} (keep it secret; give run/replay --signing-key-file {key})")
