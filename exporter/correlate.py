@@ -25,6 +25,18 @@ A finished request is held ``merge_grace`` seconds (log time, measured on the
 *watermark*: the time up to which every source has been read) so the other
 source's lines can join; with a middleware source seen, a request finished
 by vLLM's log waits for the middleware line up to ``request_timeout``.
+With ``eager`` (``run``), a request whose both sides are in -- its
+middleware line and the log line that ends it in vLLM's log (the last
+choice's output line, ``streaming complete`` for every choice, aborted,
+failed) -- is recorded as soon as the watermark reaches its end, with no
+``merge_grace``: nothing more can come for it. (Replay keeps the grace, so
+its records and their order are what they always were.)
+
+Settings learned from vLLM's start-up lines (:mod:`exporter.learned`) are
+set in ``cfg`` by the pipeline for the source being read; the first log
+line of a request stores them in its entry, so a restart with other
+settings applies to the requests after it only. ``max_log_len`` (the flag)
+wins over the entry's.
 
 In-flight state is bounded (``max_inflight``; the oldest is recorded as
 ``incomplete`` and counted) and is plain JSON data, so it is checkpointed.
@@ -70,6 +82,8 @@ class Correlator:
         self.max_inflight = max_inflight
         self.max_log_len = max_log_len
         self.on_evict = on_evict
+        self.eager = False  # record a request whose both sides are in at once (live)
+        self.cfg: dict | None = None  # learned settings of the source being read (exporter.learned)
         self.inflight: dict[str, dict] = {}
         self.by_log_id: dict[str, str] = {}
         self.middleware_seen = False
@@ -205,6 +219,7 @@ class Correlator:
                 entry["failed"] = event.data.get("reason") or "failed"
             if kind != ev.ADDED:
                 entry["done_t"] = entry["done_t"] or t
+                entry["log_done"] = True
 
     def _on_request(self, event: ev.Event, t: float | None) -> None:
         """The request logger's lines: Received, details, JSON body, Generated."""
@@ -223,6 +238,8 @@ class Correlator:
             slot = self._slot(base, "received" if kind == ev.RECEIVED else "body", t)
             key = base
         entry = self._entry(slot, t, key)
+        if self.cfg is not None and "cfg" not in entry:
+            entry["cfg"] = self.cfg
         if event.when is not None and event.when.year is not None:
             entry["precise"] = True
         if kind != ev.BODY and (entry["log_id"] is None or kind == ev.RECEIVED):
@@ -237,6 +254,8 @@ class Correlator:
             entry["details"] = event.data
         elif kind == ev.BODY:
             entry["body"] = event.data.get("body")
+            if entry["body"] is None and "body_closed" in event.data and (entry.get("cfg") or {}).get("body_lost_brace"):
+                entry["body"] = event.data["body_closed"]  # vLLM 0.31's [:-1]: the body with its "}"
         elif kind == ev.OUTPUT:
             self._output(entry, event.data, t)
         else:
@@ -256,7 +275,7 @@ class Correlator:
         backlog read one file after the other splits into the same requests
         as when the lines are fed live."""
         slots = [s for s in (key, *self.aliases.get(key, ())) if s in self.inflight]
-        free = [s for s in slots if self.inflight[s][field] is None]
+        free = [s for s in slots if self.inflight[s].get(field) is None]
         if len(free) == 1:
             return free[0]
         if free:
@@ -277,6 +296,30 @@ class Correlator:
             other = parse_ts_or_none(e["mw"].get("received_at")) if e["mw"] is not None else None
         return LATE_WINDOW if t is None or other is None else abs(other - t)
 
+    def _on_summary(self, event: ev.Event, t: float | None) -> None:
+        """The Rust frontend's one line per finished request: it opens and ends
+        the request (that frontend logs nothing when a request comes in)."""
+        rid = event.request_id
+        if not rid:
+            return
+        key, endpoint = self._key_for(rid)
+        if self._late(key, ev.RECEIVED):  # like a Received line: a reused id is a new request
+            return
+        base = self.inflight[key]["key"] if key in self.inflight else key
+        slot = self._slot(base, "summary", t)
+        entry = self._entry(slot, t, base)
+        if self.cfg is not None and "cfg" not in entry:
+            entry["cfg"] = self.cfg
+        entry["log_id"] = rid
+        entry["endpoint"] = event.data.get("endpoint") or endpoint
+        self.by_log_id[rid] = slot
+        entry["summary"] = event.data
+        entry["stream"] = event.data.get("stream")
+        entry["done_t"] = entry["done_t"] or t
+        entry["log_done"] = True
+        if len(self.inflight) > self.max_inflight:
+            self._bound()
+
     def _output_details(self, entry: dict, data: dict) -> None:
         ids = data.get("output_token_ids")
         # Only a non-streaming list is the whole output: a stream's deltas
@@ -285,7 +328,8 @@ class Correlator:
         if ids is not None and not data.get("stream_info"):
             n = id_count(ids)
             entry["out_ids"] = (entry["out_ids"] or 0) + n
-            if self.max_log_len is not None and n >= self.max_log_len:
+            limit = self.limit(entry)
+            if limit is not None and n >= limit:
                 entry["out_ids_truncated"] = True  # a cut list is no count
 
     def _output(self, entry: dict, data: dict, t: float | None) -> None:
@@ -295,22 +339,36 @@ class Correlator:
             entry["stream"] = True
             entry["deltas"] += 1
             ids = data.get("output_token_ids")
-            if ids is None:
-                entry["delta_ids_known"] = False
+            n = id_count(ids)
+            limit = self.limit(entry) if n is not None else None
+            if n is None or limit is not None and n >= limit:
+                entry["delta_ids_known"] = False  # unknown, or a list --max-log-len may have cut
             else:
-                entry["delta_ids"] += id_count(ids)
+                entry["delta_ids"] += n
             if data.get("finish_reason") not in (None, "None", "streaming_complete"):
                 entry["last_finish"] = data.get("finish_reason")
         elif info == "complete":
             entry["stream"] = True
             entry["complete"].append(text)
             entry["done_t"] = entry["done_t"] or t
+            if len(entry["complete"]) >= _choices(entry):
+                entry["log_done"] = True
         else:
             entry["stream"] = False
             ids = data.get("output_token_ids")
             entry["outputs"].append({"text": text, "finish_reason": data.get("finish_reason"),
                                      "ids": None if ids is None else id_count(ids)})
             entry["done_t"] = entry["done_t"] or t
+            if len(entry["outputs"]) >= _choices(entry):
+                entry["log_done"] = True
+
+    def limit(self, entry: dict) -> int | None:
+        """``--max-log-len`` in effect for this request: the flag, else what
+        vLLM's start-up line said when the request came."""
+        if self.max_log_len is not None:
+            return self.max_log_len
+        cfg = entry.get("cfg")
+        return cfg.get("max_log_len") if cfg else None
 
     # --------------------------------------------------------------- output
     def _bound(self) -> None:
@@ -366,8 +424,11 @@ class Correlator:
             done = e["done_t"]
             if done is not None:
                 wait = self.merge_grace
-                if self.middleware_seen and e["mw"] is None:
-                    wait = self.request_timeout
+                if e["mw"] is None:
+                    if self.middleware_seen:
+                        wait = self.request_timeout
+                elif self.eager and e.get("log_done"):
+                    wait = 0.0  # both sides are in: nothing more can come
                 if watermark >= done + wait:
                     out.append(self._pop(key))
                     continue
@@ -383,10 +444,17 @@ class Correlator:
         return self.ready(float("inf"))
 
 
+def _choices(entry: dict) -> int:
+    """Choices vLLM logs for this request (``n`` of its SamplingParams; 1 if unknown)."""
+    n = ((entry["received"] or {}).get("params") or {}).get("n")
+    return n if isinstance(n, int) and n > 0 else 1
+
+
 # Event kind -> Correlator method (feed's dispatch; OUTPUT lines of a known
 # request take feed's fast path first).
 _HANDLERS = {
     ev.MIDDLEWARE: Correlator._on_middleware,
+    ev.SUMMARY: Correlator._on_summary,
     **dict.fromkeys((ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED), Correlator._on_engine),
     **dict.fromkeys((ev.RECEIVED, ev.DETAILS, ev.BODY, ev.OUTPUT, ev.OUTPUT_DETAILS), Correlator._on_request),
 }

@@ -146,6 +146,8 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry, *, users: UserLabels,
                  oversized_input_tokens: int = 2048, max_models: int = LABEL_LIMITS["model"]):
         self.users = users
+        # labels.ServedModels or None: names vLLM does not serve fold to __other__
+        self.served = None
         self.oversized_input_tokens = oversized_input_tokens
         limits = dict(LABEL_LIMITS, model=max_models)
         self.dims: dict[str, BoundedLabels] = {d: BoundedLabels(n) for d, n in limits.items()}
@@ -190,7 +192,8 @@ class RequestMetrics:
         stop the pipeline.
         """
         dims = self.dims
-        model = dims["model"].label(rec.get("model"))
+        served = self.served
+        model = dims["model"].label(rec.get("model") if served is None else served.fold(rec.get("model")))
         user = self.users.label(rec.get("user"))
         endpoint = dims["endpoint"].label(rec.get("endpoint"))
         status = rec.get("status")

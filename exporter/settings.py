@@ -61,22 +61,24 @@ OPTIONS: tuple[Option, ...] = (
            15.0, "float", ("run",), "SECONDS"),
     Option("--web.listen-address", "listen_address", "address for /metrics, /health and /",
            "127.0.0.1:9400", "str", ("run",), "HOST:PORT"),
-    Option("--model", "model", "served model name to record when the log does not say "
-           "(vLLM serves one model; INFO logs never name it)", None, "str", _BOTH, "NAME"),
+    Option("--model", "model", "served model name to record when the client's does not show; "
+           "overrides the name vLLM's start-up line gives (a contradiction is reported)", None,
+           "str", _BOTH, "NAME"),
     Option("--server-timezone", "server_timezone", "IANA zone of vLLM's log timestamps (its "
            "text format has no zone)", "UTC", "str", _BOTH, "ZONE"),
     Option("--vllm-logging-prefix", "vllm_logging_prefix", "vLLM's VLLM_LOGGING_PREFIX, if set "
            "there (written before every line); other unknown prefixes are refused", "", "str",
            _BOTH, "TEXT"),
-    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len, if set there: logged prompts, "
-           "outputs and token-id lists of this length are treated as truncated", None, "int",
-           _BOTH, "N"),
+    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len: logged prompts, outputs and "
+           "token-id lists of this length are treated as truncated; default: what vLLM's start-up "
+           "line says (a contradiction is reported)", None, "int", _BOTH, "N"),
     Option("--tokenizer", "tokenizer", "local tokenizer directory of the served model (offline); "
            "counts tokens when the log has text but no ids", None, "path", _BOTH, "PATH"),
     Option("--request-timeout", "request_timeout", "seconds (log time) after a request's last "
            "event before it is recorded as incomplete", 300.0, "float", _BOTH, "SECONDS"),
     Option("--merge-grace", "merge_grace", "seconds to wait for the other source (vLLM log / "
-           "middleware) before a finished request is recorded", 0.5, "float", _BOTH, "SECONDS"),
+           "middleware) before a finished request is recorded; run does not wait for a request "
+           "both sources have ended", 0.5, "float", _BOTH, "SECONDS"),
     Option("--max-inflight", "max_inflight", "bound on requests held in memory; the oldest is "
            "recorded as incomplete beyond it (counted)", 10000, "int", _BOTH, "N"),
     Option("--max-users", "max_users", "distinct values of the metric/Loki 'user' label; later "
