@@ -149,3 +149,38 @@ def test_file_proofs_equal_in_memory_proofs(tmp_path, block):
             assert reader.consistency_proof(old, size) == merkle.consistency_proof(old, size, mem)
     with pytest.raises(ValueError):
         reader.consistency_proof(3, 38)
+
+
+def test_an_archive_from_before_the_tree_with_a_deleted_day_gets_its_tree(tmp_path):
+    """Upgrade: records archived without a tree, the oldest day already
+    deleted by retention: the tree is rebuilt with placeholder leaves for the
+    deleted seqs, so every later leaf keeps its index."""
+    from exporter.archive import ArchiveWriter
+    from exporter.chain import Chain
+    from exporter.compliance.retention import apply_retention
+    from exporter.record import new_record
+    from exporter.transparency.leaf import unavailable_leaf
+    root = tmp_path / "a"
+    t = [1795341600.0]
+    w = ArchiveWriter(root, chain=Chain(None), clock=lambda: t[0])
+    for day in range(3):
+        for i in range(4):
+            r = new_record()
+            r.update(ts="2026-11-22T10:00:00.000Z", request_id=f"r{day}-{i}", prompt="p", status="completed")
+            w.append(r)
+        w.flush()
+        t[0] += 86400
+    w.close()
+    apply_retention(root, now=t[0] + 86400 * 30, delete_after_days=20)
+    assert not (root / "audit-2026-11-22.jsonl").exists() and not (root / "audit-2026-11-23.jsonl").exists()
+    from exporter.transparency.tree import TreeFile
+    w2 = ArchiveWriter.open(root, Chain(None), None, clock=lambda: t[0], tree=TreeFile(tree_path(root)))
+    w2.close()
+    reader = TreeReader(tree_path(root))
+    assert reader.size() == 12
+    assert reader.leaves(0, 8) == [unavailable_leaf(s) for s in range(1, 9)]  # two days deleted
+    recs = [json.loads(x) for d in list_days(root) if d.data for x in d.data.read_bytes().splitlines()]
+    assert [r["seq"] for r in recs] == list(range(9, 13))
+    for rec in recs:
+        entry = reader.entries(rec["seq"] - 1, rec["seq"])[0]
+        assert record_leaf(rec, entry[:16]) == entry[16:]

@@ -130,9 +130,21 @@ class ArchiveWriter:
         return w
 
     def _records_from(self, start: int):
-        """Archived records with ``seq >= start``, in order (tree recovery)."""
+        """Archived records with ``seq >= start``, in order (tree recovery).
+
+        A day retention deleted yields ``{"seq": s, "unavailable": True}``
+        for each of its seqs (from its manifest): an archive from before the
+        tree gets placeholder leaves there, so leaf ``i`` stays seq ``i + 1``."""
         for day in list_days(self._root):
             if day.data is None:
+                try:
+                    m = mf.read_manifest(day.manifest) if day.manifest is not None else {}
+                except (OSError, ValueError):
+                    m = {}
+                first, last = m.get("first_seq"), m.get("last_seq")
+                if m.get(mf.RETENTION_FIELD) and isinstance(first, int) and isinstance(last, int):
+                    for s in range(max(first, start), last + 1):
+                        yield {"seq": s, "unavailable": True}
                 continue
             if day.manifest is not None and day.day != (parse_name(self._file)[0] if self._file else None):
                 try:

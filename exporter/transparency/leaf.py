@@ -100,3 +100,10 @@ def leaf_bytes(record: dict, salt: bytes) -> bytes:
 def record_leaf(record: dict, salt: bytes) -> bytes:
     """The RFC 9162 leaf hash ``SHA-256(0x00 || leaf bytes)`` of a sealed record."""
     return leaf_hash(leaf_bytes(record, salt))
+
+
+def unavailable_leaf(seq: int) -> bytes:
+    """The placeholder leaf of a record retention had deleted before the
+    tree existed (an archive upgraded to the transparency log): it commits
+    to the seq only, and verify skips it with its retention-deleted day."""
+    return leaf_hash(b"vllm-audit-unavailable/v1\n" + str(seq).encode())

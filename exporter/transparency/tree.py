@@ -28,7 +28,7 @@ from pathlib import Path
 
 from exporter.durable import fsync_dir, make_dir
 from exporter.transparency import merkle
-from exporter.transparency.leaf import SALT_BYTES, record_leaf
+from exporter.transparency.leaf import SALT_BYTES, record_leaf, unavailable_leaf
 
 ENTRY = SALT_BYTES + 32
 _READ = ENTRY * 4096
@@ -117,7 +117,10 @@ class TreeFile:
     def append(self, record: dict) -> None:
         self._salts += 1
         salt = hashlib.sha256(self._seed + self._salts.to_bytes(8, "big")).digest()[:SALT_BYTES]
-        leaf = record_leaf(record, salt)
+        if record.get("unavailable") is True and len(record) == 2:
+            salt, leaf = bytes(SALT_BYTES), unavailable_leaf(record["seq"])
+        else:
+            leaf = record_leaf(record, salt)
         self._pending.append(salt + leaf)
         self._frontier.append(leaf)
 
