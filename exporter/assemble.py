@@ -48,6 +48,7 @@ _STREAM_DEFAULTED = ("chat", "completion", "responses")  # endpoints whose "stre
 @dataclass(frozen=True)
 class AssembleContext:
     model: str | None = None
+    instance: str | None = None  # --instance: the replica that served the request
     max_log_len: int | None = None
     oversized_input_tokens: int = 2048
     count_tokens: Callable[[str, bool], int | None] | None = None  # (text, is_chat)
@@ -113,6 +114,7 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
         return None
     src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [], middleware_seen)
     rec = new_record()
+    rec["instance"] = src.ctx.instance
     rec["sources"] = (["vllm_log"] if has_log or src.body else []) + (["middleware"] if mw is not None else [])
     _identity(rec, src)
     _prompt(rec, src)

@@ -44,6 +44,8 @@ In-flight state is bounded (``max_inflight``; the oldest is recorded as
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
 from typing import Callable
 
@@ -97,6 +99,15 @@ class Correlator:
         # id that is still in flight gets an entry of its own under an alias
         # slot ("<id>#<order>"); base id -> its alias slots, oldest first.
         self.aliases: dict[str, list[str]] = {}
+        # When each entry may next be due (ready()): a heap of lower bounds
+        # (due, order, slot) so ready() looks only at entries that may be due
+        # instead of scanning every in-flight request each step (a pile-up
+        # made that quadratic). Slots touched since the last ready() have
+        # their due time re-read there; _heaped is the smallest bound in the
+        # heap per slot, so a later (larger) due needs no push.
+        self._due: list[tuple[float, int, str]] = []
+        self._heaped: dict[str, float] = {}
+        self._touched: set[str] = set()
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
@@ -118,6 +129,8 @@ class Correlator:
         for slot, e in self.inflight.items():
             if slot != e["key"]:
                 self.aliases.setdefault(e["key"], []).append(slot)
+        self._due, self._heaped = [], {}
+        self._touched = set(self.inflight)
 
     # ---------------------------------------------------------------- input
     def _entry(self, slot: str, t: float | None, key: str | None = None) -> dict:
@@ -136,6 +149,7 @@ class Correlator:
                 entry["slot"] = slot
             self._next_order += 1
             self.inflight[slot] = entry
+        self._touched.add(slot)
         if t is not None:
             if entry["first_t"] is None:
                 entry["first_t"] = t
@@ -170,6 +184,7 @@ class Correlator:
             key = self.by_log_id.get(event.request_id)
             entry = self.inflight.get(key) if key is not None else None
             if entry is not None and entry["log_id"] is not None:
+                self._touched.add(key)
                 if t is not None:
                     if entry["first_t"] is None:
                         entry["first_t"] = t
@@ -382,6 +397,7 @@ class Correlator:
 
     def _pop(self, slot: str) -> dict:
         entry = self.inflight.pop(slot)
+        self._heaped.pop(slot, None)
         if entry.get("log_id") and self.by_log_id.get(entry["log_id"]) == slot:
             del self.by_log_id[entry["log_id"]]
         key = entry["key"]
@@ -414,34 +430,70 @@ class Correlator:
         self.on_evict("late_event")
         return True
 
+    def _wait(self, e: dict) -> float:
+        """How long after its end a request waits for the other source."""
+        if e["mw"] is None:
+            return self.request_timeout if self.middleware_seen else self.merge_grace
+        if self.eager and e.get("log_done"):
+            return 0.0  # both sides are in: nothing more can come
+        return self.merge_grace
+
+    def _due_at(self, e: dict) -> float:
+        """The earliest watermark at which _take records ``e`` (its state now).
+        A wait only grows without a touch (middleware_seen turning true), so
+        a due time computed earlier is a lower bound."""
+        due = math.inf
+        if e["done_t"] is not None:
+            due = e["done_t"] + self._wait(e)
+        if e["last_t"] is not None:
+            due = min(due, e["last_t"] + self.request_timeout)
+        return due
+
+    def _take(self, slot: str, e: dict, watermark: float, out: list[dict]) -> bool:
+        done = e["done_t"]
+        if done is not None and watermark >= done + self._wait(e):
+            out.append(self._pop(slot))
+            return True
+        last = e["last_t"]
+        if last is not None and watermark >= last + self.request_timeout:
+            self.on_evict("timeout")
+            out.append(self._pop(slot))
+            return True
+        return False
+
+    def _push(self, slot: str, e: dict) -> None:
+        due = self._due_at(e)
+        if due < self._heaped.get(slot, math.inf):
+            heapq.heappush(self._due, (due, e["order"], slot))
+            self._heaped[slot] = due
+
     def ready(self, watermark: float) -> list[dict]:
         """Entries that may be recorded now, in first-seen order."""
         out: list[dict] = []
         if self._pending_evicted:
             out.extend(self._pending_evicted)
             self._pending_evicted = []
-        for key, e in list(self.inflight.items()):
-            done = e["done_t"]
-            if done is not None:
-                wait = self.merge_grace
-                if e["mw"] is None:
-                    if self.middleware_seen:
-                        wait = self.request_timeout
-                elif self.eager and e.get("log_done"):
-                    wait = 0.0  # both sides are in: nothing more can come
-                if watermark >= done + wait:
-                    out.append(self._pop(key))
-                    continue
-            last = e["last_t"]
-            if last is not None and watermark >= last + self.request_timeout:
-                self.on_evict("timeout")
-                out.append(self._pop(key))
+        for slot in self._touched:
+            e = self.inflight.get(slot)
+            if e is not None:
+                self._push(slot, e)
+        self._touched = set()
+        heap = self._due
+        while heap and heap[0][0] <= watermark:
+            _due, order, slot = heapq.heappop(heap)
+            e = self.inflight.get(slot)
+            if e is None or e["order"] != order:
+                continue  # recorded already (a stale bound), or the slot holds a newer request
+            if self._heaped.get(slot) == _due:
+                del self._heaped[slot]
+            if not self._take(slot, e, watermark, out):
+                self._push(slot, e)  # its wait grew since: file it under its due time now
         out.sort(key=lambda e: e["order"])
         return out
 
     def drain(self) -> list[dict]:
         """Everything still held (end of a replay)."""
-        return self.ready(float("inf"))
+        return self.ready(math.inf)
 
 
 def _choices(entry: dict) -> int:

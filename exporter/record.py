@@ -37,6 +37,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "choices",
     "sources",
     "identity_source",
+    "instance",
 )
 
 PARAM_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "n", "json_mode")

@@ -112,7 +112,8 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
         counter = TokenCounter(settings.tokenizer)
         counter.load()  # fail at start-up, not on the first record
         count_tokens = counter.count
-    ctx = AssembleContext(model=settings.model, max_log_len=settings.max_log_len,
+    ctx = AssembleContext(model=settings.model, instance=settings.instance,
+                          max_log_len=settings.max_log_len,
                           oversized_input_tokens=settings.oversized_input_tokens,
                           count_tokens=count_tokens)
     rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,

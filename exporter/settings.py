@@ -61,6 +61,9 @@ OPTIONS: tuple[Option, ...] = (
            15.0, "float", ("run",), "SECONDS"),
     Option("--web.listen-address", "listen_address", "address for /metrics, /health and /",
            "127.0.0.1:9400", "str", ("run",), "HOST:PORT"),
+    Option("--instance", "instance", "replica identity written into every record's `instance` "
+           "field and as the Loki label `vllm_instance` (on Kubernetes: NAMESPACE/POD from the "
+           "downward API)", None, "str", _BOTH, "NAME"),
     Option("--model", "model", "served model name to record when the client's does not show; "
            "overrides the name vLLM's start-up line gives (a contradiction is reported)", None,
            "str", _BOTH, "NAME"),
@@ -205,6 +208,7 @@ class Settings:
     scrape_interval: float = 15.0
     listen_host: str = "127.0.0.1"
     listen_port: int = 9400
+    instance: str | None = None
     model: str | None = None
     server_timezone: str = "UTC"
     max_log_len: int | None = None
@@ -375,6 +379,19 @@ def loki_settings(v: dict[str, Any]):
         raise SettingsError(f"Loki: {exc}") from None
 
 
+MAX_INSTANCE_LEN = 253  # a DNS name; NAMESPACE/POD (63 + 1 + 63) fits
+
+
+def _check_instance(value: str | None) -> None:
+    # It becomes a Loki label value and part of every hashed record: printable,
+    # bounded, never empty (an empty label would be dropped by Loki).
+    if value is None:
+        return
+    if not value or len(value) > MAX_INSTANCE_LEN or not value.isprintable() or value != value.strip():
+        raise SettingsError(f"--instance: expected 1..{MAX_INSTANCE_LEN} printable characters "
+                            f"without surrounding spaces, got {value!r}")
+
+
 def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     for dest, flag in (("scrape_interval", "--scrape-interval"), ("request_timeout", "--request-timeout"),
                        ("max_inflight", "--max-inflight"), ("max_users", "--max-users"),
@@ -390,6 +407,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if (v.get("retention_compress_days") and v.get("retention_delete_days")
             and v["retention_delete_days"] <= v["retention_compress_days"]):
         raise SettingsError("--retention-delete-days must be greater than --retention-compress-days")
+    _check_instance(v.get("instance"))
     try:
         ZoneInfo(v["server_timezone"])
     except (ZoneInfoNotFoundError, ValueError):
@@ -452,6 +470,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         vllm_url=(v.get("vllm_url") or None),
         scrape_interval=v.get("scrape_interval") or 15.0,
         listen_host=host, listen_port=port,
+        instance=v.get("instance"),
         model=v.get("model"),
         server_timezone=v["server_timezone"],
         max_log_len=v.get("max_log_len"),

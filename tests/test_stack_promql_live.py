@@ -48,6 +48,10 @@ EXPECTED_EMPTY = {
     # run without --loki-url: no Loki metrics
     "alert VllmAuditLokiBacklog", "overview.json: Loki backlog and failures A",
     "overview.json: Loki backlog and failures B",
+    # a healthy exporter: ingestion runs, threads are up, checkpoints are
+    # written, the middleware drops nothing, the log is read in its own zone
+    "alert VllmAuditIngestionPaused", "alert VllmAuditThreadDown", "alert VllmAuditCheckpointFailing",
+    "alert VllmAuditMiddlewareDropping", "alert VllmAuditLogTimeOffset",
     # run without --witness and --tsa-url: no witness or TSA metrics
     "alert VllmAuditWitnessFailing", "alert VllmAuditTimestampFailing",
     # run without --signing-key-file: no signing metrics

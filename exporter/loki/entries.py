@@ -83,6 +83,11 @@ def build_labels(record: dict, settings: LokiSettings,
         raw = fold_model(raw)  # a name vLLM does not serve: __other__, as the metric label
     model = sanitize_value(raw)
     labels["model"] = OTHER if personal(model) else model  # as the metric label: never raw PII
+    instance = record.get("instance")
+    if isinstance(instance, str) and instance:
+        # Bounded (one per replica) and named like the Prometheus label, so one
+        # dashboard variable filters metrics and logs of a replica alike.
+        labels["vllm_instance"] = instance
     user = label_user(record.get("user") if isinstance(record.get("user"), str) else None)
     if user is not None:
         labels["user"] = sanitize_value(user)
