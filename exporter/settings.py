@@ -176,6 +176,26 @@ OPTIONS: tuple[Option, ...] = (
            "path", ("alert-log",), "FILE"),
     Option("--alert-smtp-starttls", "alert_smtp_starttls", "STARTTLS before login", False, "bool",
            ("alert-log",)),
+    Option("--signing-key-file", "signing_key_file", "Ed25519 signing key (from `keygen`): write a "
+           "signed checkpoint of the archive's Merkle tree every --sign-interval seconds; the file is "
+           "replaced by each new day's key (forward security), so it and its directory must be "
+           "writable", None, "path", _BOTH, "FILE"),
+    Option("--sign-interval", "sign_interval", "seconds between signed checkpoints (also when no "
+           "record arrived: a heartbeat)", 10.0, "float", _BOTH, "SECONDS"),
+    Option("--log-origin", "log_origin", "origin line of the signed checkpoints (default: "
+           "<hostname>/vllm-audit)", None, "str", _BOTH, "ORIGIN"),
+    # verify --public-key: the transparency log, checked with public keys only.
+    Option("--public-key", "public_key", "the log's verifier key (signing.pub from keygen): check the "
+           "Merkle tree, every signed checkpoint and its key epoch; needs no secret", None, "path",
+           ("verify",), "FILE"),
+    Option("--witness-key", "witness_keys", "a witness's verifier key (repeatable): check its "
+           "cosignatures", [], "list", ("verify",), "FILE"),
+    Option("--min-witnesses", "min_witnesses", "witness cosignatures a checkpoint needs (default: 1 "
+           "with --witness-key)", None, "int", ("verify",), "N"),
+    Option("--max-gap", "max_gap", "fail when two consecutive signed checkpoints are further apart "
+           "(the exporter was stopped)", None, "float", ("verify",), "SECONDS"),
+    Option("--tsa-cert", "tsa_cert", "TSA certificate to check RFC 3161 timestamp tokens with", None,
+           "path", ("verify",), "FILE"),
     # Transparency log: witnesses and trusted time (issue 15; docs in README "Witnesses").
     Option("--witness", "witnesses", "C2SP tlog-witness to cosign each checkpoint: its submission URL "
            "and its one-line verifier key (repeatable; env: whitespace-separated)", [], "list", _BOTH,
@@ -243,6 +263,9 @@ class Settings:
     retention_compress_days: int | None = None
     retention_delete_days: int | None = None
     max_thread_restarts: int = 5
+    signing_key_file: Path | None = None
+    sign_interval: float = 10.0
+    log_origin: str = ""
     witnesses: tuple = ()  # ((submission URL, note.Verifier), ...)
     witness_timeout: float = 10.0
     tsa_url: str | None = None
@@ -409,6 +432,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
                        ("checkpoint_interval", "--checkpoint-interval"), ("max_log_len", "--max-log-len"),
                        ("loki_batch_wait", "--loki-batch-wait"), ("loki_batch_bytes", "--loki-batch-bytes")):
         _positive(v, dest, flag)
+    _positive(v, "sign_interval", "--sign-interval")
     _positive(v, "merge_grace", "--merge-grace", allow_zero=True)
     _positive(v, "retention_compress_days", "--retention-compress-days")
     _positive(v, "retention_delete_days", "--retention-delete-days")
@@ -462,6 +486,15 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         hmac_key = _read_secret_file(v["hmac_key_file"], "--hmac-key-file")
     loki = loki_settings(v)
     archive_dir = Path(v["archive_dir"])
+    signing_key_file = v.get("signing_key_file")
+    if signing_key_file is not None:
+        _check_signing_key(Path(signing_key_file))
+    origin = v.get("log_origin")
+    if origin is None or not origin.strip():
+        import socket
+        origin = f"{socket.gethostname() or 'localhost'}/vllm-audit"
+    if "\n" in origin or origin != origin.strip():
+        raise SettingsError(f"--log-origin: {origin!r} must be one line without leading or trailing spaces")
     return Settings(
         command=command,
         logs=tuple(v.get("logs") or ()),
@@ -497,12 +530,28 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         retention_compress_days=v.get("retention_compress_days"),
         retention_delete_days=v.get("retention_delete_days"),
         max_thread_restarts=v.get("max_thread_restarts", 5),
+        signing_key_file=Path(signing_key_file) if signing_key_file is not None else None,
+        sign_interval=v.get("sign_interval") or 10.0,
+        log_origin=origin,
         witnesses=_witnesses(v),
         witness_timeout=v["witness_timeout"],
         tsa_url=_tsa_url(v),
         tsa_interval=v["tsa_interval"],
         tsa_ca_file=v.get("tsa_ca_file"),
     )
+
+
+def _check_signing_key(path: Path) -> None:
+    """Readable, a signing key, and replaceable (each day's key replaces it)."""
+    import os
+    from exporter.transparency.keys import SigningKeyError, load_signer
+    try:
+        load_signer(path)
+    except SigningKeyError as exc:
+        raise SettingsError(str(exc)) from None
+    if not os.access(path.parent, os.W_OK):
+        raise SettingsError(f"--signing-key-file: {path.parent} is not writable (the key is replaced "
+                            "by each new day's key, erasing the old one)")
 
 
 def split_key(text: str, flag: str):

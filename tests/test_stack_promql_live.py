@@ -56,6 +56,8 @@ EXPECTED_EMPTY = {
     "alert VllmAuditMiddlewareDropping", "alert VllmAuditLogTimeOffset",
     # run without --witness and --tsa-url: no witness or TSA metrics
     "alert VllmAuditWitnessFailing", "alert VllmAuditTimestampFailing",
+    # run without --signing-key-file: no signing metrics
+    "alert VllmAuditSigningStalled",
     # the capture has no oversized prompt, no error, no queue, short latencies
     "alert VllmOversizedInput", "users.json: Empty responses and oversized inputs per user B",
     "overview.json: Empty and oversized responses/s B",
