@@ -300,3 +300,35 @@ def test_a_crash_between_the_commit_and_the_deletion_only_delays_it(tmp_path):
     assert names(tmp_path / "logs") == ["vllm.log", "vllm.log.lock"] and again.deleted() == 1
     again.finish()
     assert len(archive_bytes(again.archive).splitlines()) == 22
+
+
+def test_the_middleware_file_rotates_under_the_lock_and_is_pruned(tmp_path):
+    """middleware.jsonl (exporter/middleware/writer.py FileSink: one .1) takes
+    the same rotation lock, so its read .1 goes too and every line is read once."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from exporter.middleware.writer import FileSink
+    from exporter.tail import FileTailer
+    from exporter.tail.prune import RotatedPruner
+
+    path = tmp_path / "middleware.jsonl"
+    sink = FileSink(str(path), max_bytes=4096)
+    sink.write(b'{"n": -1}\n')
+    tailer = FileTailer(str(path), from_start=True)
+    reg = CollectorRegistry()
+    pruner = RotatedPruner({"mw": tailer}, deleted=Counter("d", "", ["source"], registry=reg),
+                           failures=Counter("f", "", ["source", "reason"], registry=reg))
+    seen = []
+    for n in range(2000):
+        sink.write(b'{"n": %d, "pad": "%s"}\n' % (n, b"x" * 60))
+        if n % 10 == 0:  # the tailer keeps up: each .1 is read before the next rotation
+            seen += [line.text for line in tailer.poll()]
+            pruner.after_commit({"sources": {"mw": tailer.position()}})
+    for _ in range(3):
+        seen += [line.text for line in tailer.poll()]
+        pruner.after_commit({"sources": {"mw": tailer.position()}})
+    sink.close()
+    assert [int(t.split(",")[0].split(":")[1].strip(" }")) for t in seen] == list(range(-1, 2000))
+    assert tailer.stats.rotations > 20
+    assert reg.get_sample_value("d_total", {"source": "mw"}) == tailer.stats.rotations
+    assert sorted(os.listdir(tmp_path)) == ["middleware.jsonl", "middleware.jsonl.lock"]
