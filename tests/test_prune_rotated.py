@@ -102,7 +102,7 @@ def test_a_read_rotated_file_is_deleted_after_the_commit_not_before(tmp_path, ca
     ex.read_all()  # .1 drained to its end, the path read on
     assert names(ex.log.parent) == ["vllm.log", "vllm.log.1", "vllm.log.lock"]  # read, not committed
     assert ex.pipeline.sources[0].tailer.finished
-    caplog.set_level("INFO", logger="vllm_audit.prune")
+    caplog.set_level("WARNING", logger="exporter.prune")
     assert ex.pipeline.commit()
     assert names(ex.log.parent) == ["vllm.log", "vllm.log.lock"]
     assert ex.deleted() == 1

@@ -48,7 +48,7 @@ import stat as stat_mod
 
 from exporter.tail.position import OsFs, fingerprint_ok
 
-log = logging.getLogger("vllm_audit.prune")
+log = logging.getLogger("exporter.prune")
 
 FAILURE_REASONS = ("permission", "changed", "no_lock", "error")
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -139,7 +139,10 @@ class RotatedPruner:
         finally:
             os.close(lock)  # closing releases the flock
         self._deleted.labels(name).inc()
-        log.info("deleted rotated log %s (%d bytes, read and committed)", found, entry["offset"])
+        # WARNING: the exporter configures no logging, and Python's last-resort
+        # handler shows WARNING and above (on stderr: `docker logs`); a
+        # deletion of a user's file must be visible there.
+        log.warning("deleted rotated log %s (%d bytes, read and committed)", found, entry["offset"])
 
     def _find(self, path: str, ident: tuple, hint: str | None) -> str | None:
         """The rotation name (``<path>.<digits>``) of the regular file
