@@ -17,6 +17,8 @@ FINISHED = "finished"
 ACCESS = "access"
 MIDDLEWARE = "middleware"
 MIDDLEWARE_DROPPED = "middleware_dropped"
+ENGINE = "engine"  # the stat-logger plugin's per-request line
+ENGINE_STATUS = "engine_status"  # its start and problem reports
 
 
 class LogTime(NamedTuple):

@@ -137,6 +137,13 @@ OPTIONS: tuple[Option, ...] = (
            "(pipeline, Loki pusher) after unexpected failures without progress in between "
            "before the process exits with status 1 (0: exit on the first)", 5, "int", ("run",), "N"),
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
+    Option("--gpu-hour-price", "gpu_hour_price", "price of one GPU-hour in your currency: a "
+           "request costs its share of engine time x the engine's GPUs x this / 3600 "
+           "(vllm_audit_cost_total, the export's cost column; needs the stat-logger plugin)",
+           None, "float", (*_BOTH, "export"), "PRICE"),
+    Option("--gpu-hour-price-model", "gpu_hour_price_model", "per-model price of one GPU-hour, "
+           "MODEL=PRICE (repeatable; env: comma-separated)", [], "list", (*_BOTH, "export"),
+           "MODEL=PRICE"),
 )
 
 POLICY_MODES = ("full", "redact", "hash", "omit")
@@ -177,6 +184,7 @@ class Settings:
     retention_compress_days: int | None = None
     retention_delete_days: int | None = None
     max_thread_restarts: int = 5
+    pricing: object = None  # exporter.cost.Pricing
 
     @property
     def tz(self) -> ZoneInfo:
@@ -278,6 +286,16 @@ def _positive(values: dict, dest: str, flag: str, allow_zero: bool = False) -> N
         raise SettingsError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
+def pricing(v: dict[str, Any]):
+    """The validated GPU-hour prices (:class:`exporter.cost.Pricing`) of
+    ``run``, ``replay`` and ``export``."""
+    from exporter.cost import PricingError, parse_pricing
+    try:
+        return parse_pricing(v.get("gpu_hour_price"), v.get("gpu_hour_price_model"))
+    except PricingError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def loki_settings(v: dict[str, Any]):
     """The typed, validated Loki connection (:class:`exporter.loki.LokiSettings`)
     from resolved option values, or None without ``--loki-url``: built here
@@ -372,6 +390,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if v.get("hmac_key_file") is not None:
         hmac_key = _read_secret_file(v["hmac_key_file"], "--hmac-key-file")
     loki = loki_settings(v)
+    prices = pricing(v)
     archive_dir = Path(v["archive_dir"])
     return Settings(
         command=command,
@@ -406,6 +425,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         retention_compress_days=v.get("retention_compress_days"),
         retention_delete_days=v.get("retention_delete_days"),
         max_thread_restarts=v.get("max_thread_restarts", 5),
+        pricing=prices,
     )
 
 

@@ -1,0 +1,161 @@
+"""``AuditStatLogger``: the vLLM stat-logger plugin (stdlib + vLLM only).
+
+vLLM builds one instance per engine (``StatLoggerBase(vllm_config,
+engine_index)``) in the API-server process and calls ``record()`` on its
+event loop after every batch of engine outputs, with the scheduler's
+statistics and the iteration's ``finished_requests``
+(``FinishedRequestStats``; vLLM calls these classes unstable).
+
+Rules:
+- Fail open: ``record()`` never raises (an exception there would stop
+  vLLM's output handler) and never blocks: per finished request it reads a
+  dozen attributes into a tuple and hands it to the bounded writer thread
+  (:mod:`exporter.middleware.writer`); JSON is built there. vLLM's own stat
+  loggers are untouched (this is one more logger beside them).
+- Configuration: ``VLLM_AUDIT_ENGINE_FILE`` (``{pid}`` → the process id);
+  unset, the plugin writes nothing and logs one warning.
+  ``VLLM_AUDIT_ENGINE_QUEUE``, ``VLLM_AUDIT_ENGINE_MAX_BYTES`` (rotation, as
+  the middleware's file), ``VLLM_AUDIT_ENGINE_FSYNC_MS``.
+- What the running vLLM does not provide is counted by reason and reported
+  in a status line (``exporter.statlogger.line``), never guessed:
+  ``no_request_id`` (a ``FinishedRequestStats`` without the external id:
+  vLLM builds whose class has no ``request_id``), ``stats_changed`` (no ``finished_requests`` /
+  a field missing or of another type), ``record_error`` (anything else).
+- A request's engine share (``share_seconds``) comes from a per-engine
+  :class:`~exporter.statlogger.share.ShareClock`: the batch served in a step
+  is the scheduler's running count after the step plus the requests that
+  finished in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from exporter.middleware import _int
+from exporter.middleware.writer import FileSink, LineWriter
+from exporter.statlogger.line import dropped, fallback, render
+from exporter.statlogger.share import ShareClock
+
+log = logging.getLogger("vllm_audit.statlogger")
+REPORT_SECONDS = 1.0  # problem counts are reported at most this often
+_TIMES = ("queued_time", "prefill_time", "decode_time", "inference_time")
+
+
+def _version() -> str | None:
+    try:
+        import vllm
+        return str(getattr(vllm, "__version__", None))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _devices(vllm_config) -> int | None:
+    try:
+        par = vllm_config.parallel_config
+        n = int(par.tensor_parallel_size) * int(par.pipeline_parallel_size)
+        return n if n > 0 else None
+    except Exception:  # noqa: BLE001 - unknown is null
+        return None
+
+
+class AuditStatLogger(StatLoggerBase):
+    def __init__(self, vllm_config, engine_index: int = 0, *, env=None, writer=None,
+                 clock=time.monotonic, wall=time.time) -> None:
+        env = os.environ if env is None else env
+        self.engine_index = engine_index
+        self.devices = _devices(vllm_config)
+        self.clock, self.wall = clock, wall
+        self.share = ShareClock()
+        self.problems: dict[str, int] = {}
+        self.errors = 0
+        self._reported = clock()
+        self.writer = writer
+        path = env.get("VLLM_AUDIT_ENGINE_FILE") or None
+        if path and "{pid}" in path:
+            path = path.replace("{pid}", str(os.getpid()))
+        try:
+            if self.writer is None and path:
+                sink = FileSink(path, _int(env, "VLLM_AUDIT_ENGINE_MAX_BYTES", 100 << 20))
+                self.writer = LineWriter(
+                    sink, render, fallback, max_items=_int(env, "VLLM_AUDIT_ENGINE_QUEUE", 10000),
+                    fsync_seconds=_int(env, "VLLM_AUDIT_ENGINE_FSYNC_MS", 1000, 0) / 1000.0,
+                    dropped=dropped, name="vllm-audit-engine-writer")
+        except Exception:  # noqa: BLE001 - fail open: vLLM must start anyway
+            log.exception("vllm-audit stat logger cannot open %s; writing nothing", path)
+            self.writer = None
+        if self.writer is None:
+            log.warning("VLLM_AUDIT_ENGINE_FILE is unset: the vllm-audit stat logger writes nothing")
+            return
+        self.writer.submit(("status", (wall(), {}, {"vllm_version": _version(),
+                                                    "engine_index": engine_index,
+                                                    "devices": self.devices})), 256)
+
+    # -- StatLoggerBase --------------------------------------------------
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+        if self.writer is None:
+            return
+        try:
+            self._record(scheduler_stats, iteration_stats)
+        except Exception:  # noqa: BLE001 - never break vLLM's output handler
+            self.errors += 1
+            self._count("record_error")
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    # -- work ------------------------------------------------------------
+    def _record(self, scheduler_stats, iteration_stats) -> None:
+        now, wall = self.clock(), self.wall()
+        finished = ()
+        if iteration_stats is not None:
+            finished = getattr(iteration_stats, "finished_requests", None)
+            if finished is None:
+                self._count("stats_changed")
+                finished = ()
+        running = getattr(scheduler_stats, "num_running_reqs", None) if scheduler_stats is not None else None
+        batch = running + len(finished) if isinstance(running, int) else None
+        self.share.step(now, batch)
+        for req in finished:
+            self._finished(req, now, wall)
+        if self.problems and now - self._reported >= REPORT_SECONDS:
+            self._reported = now
+            problems, self.problems = self.problems, {}
+            self.writer.submit(("status", (wall, problems)), 256)
+
+    def _finished(self, req, now: float, wall: float) -> None:
+        rid = getattr(req, "request_id", None)
+        if not isinstance(rid, str) or not rid:
+            self._count("no_request_id")
+            return
+        times = [getattr(req, name, None) for name in _TIMES]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in times):
+            self._count("stats_changed")
+            times = [x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+                     for x in times]
+        inference = times[3]
+        share = self.share.share(now - inference, now) if inference is not None and inference >= 0 else None
+        reason = getattr(req, "finish_reason", None)
+        reason = str(reason).lower().rsplit(".", 1)[-1] if reason is not None else None
+        item = (rid, wall, _num(getattr(req, "e2e_latency", None)), reason,
+                _count_of(req, "num_prompt_tokens"), _count_of(req, "num_generation_tokens"),
+                _count_of(req, "num_cached_tokens"), _count_of(req, "num_preemptions"),
+                *(_num(x) for x in times), share, self.devices, self.engine_index)
+        self.writer.submit(("engine", item), 512 + len(rid))
+
+    def _count(self, reason: str) -> None:
+        self.problems[reason] = self.problems.get(reason, 0) + 1
+
+
+def _num(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _count_of(req, name: str):
+    value = getattr(req, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

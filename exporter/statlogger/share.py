@@ -1,0 +1,89 @@
+"""Each request's share of the engine's busy time (stdlib only, pure).
+
+An engine step serves a batch of requests at once, so a request's own
+``inference_time`` (first scheduled → last token) overstates what it used:
+ten requests decoding together for one second each show 10 s of inference
+time for 1 s of engine time. Here every step's duration is split equally
+among the requests in that step's batch, which is processor sharing:
+
+    C(t) = ∫ dt / B(t)        (B: requests in the batch at time t)
+    share(request) = C(end) - C(start)
+
+``C`` is a "per-request clock" that advances at 1/B. It is kept as a
+piecewise-linear function: one sample per change of the batch size (not per
+step), bounded by ``max_samples``; ``share`` interpolates it. The shares of
+all requests add up to the time the engine was busy, since at every instant
+the B requests in the batch each accrue 1/B.
+
+Rules:
+- ``step(now, batch)`` is called once per engine step reported to the stat
+  logger, ``batch`` requests having been served since the previous call
+  (``None``: not known, e.g. the scheduler's statistics went to another API
+  server); the segment from the previous call to ``now`` runs at ``1/batch``
+  (0 when idle).
+- ``share(start, end)`` is ``None`` (unknown, never a guess) when the
+  interval starts before the oldest sample kept, or overlaps a segment whose
+  batch size was unknown.
+- Times are one monotonic clock (``time.monotonic``); vLLM's durations are
+  measured on the same system clock in the engine process.
+"""
+
+from __future__ import annotations
+
+import collections
+from bisect import bisect_right
+
+
+class ShareClock:
+    def __init__(self, max_samples: int = 50_000) -> None:
+        # (t, C(t), rate of the segment ending at t), oldest first
+        self.samples: collections.deque = collections.deque(maxlen=max_samples)
+        self.last_t: float | None = None
+        self.c = 0.0
+        self.unknown_until: float | None = None  # end of the last segment of unknown batch size
+
+    def step(self, now: float, batch: int | None) -> None:
+        if self.last_t is None:
+            self.last_t = now
+        now = max(now, self.last_t)  # a clock that went back credits nothing
+        if batch is None:
+            # Unknown batch size: the segment credits nothing, and any
+            # interval that overlaps it gets no share.
+            rate = 0.0
+            self.unknown_until = now
+        else:
+            rate = 1.0 / batch if batch > 0 else 0.0
+        self.c += (now - self.last_t) * rate
+        self.last_t = now
+        s = self.samples
+        # (t, C(t), rate of the segment ending at t). Same rate as the
+        # segment before: the points are collinear, so the last one moves
+        # forward (one sample per change of batch size, not per step).
+        if len(s) >= 2 and s[-1][2] == rate:
+            s[-1] = (now, self.c, rate)
+        else:
+            s.append((now, self.c, rate))
+
+    def at(self, t: float) -> float | None:
+        """C(t) by linear interpolation; None before the first sample kept."""
+        s = self.samples
+        if not s or t < s[0][0]:
+            return None
+        if t >= s[-1][0]:
+            return s[-1][1]  # after the last report nothing was credited yet
+        i = bisect_right(s, (t, float("inf"), float("inf")))
+        t0, c0, _ = s[i - 1]
+        t1, c1, _ = s[i]
+        if t1 <= t0:
+            return c1
+        return c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+
+    def share(self, start: float, end: float) -> float | None:
+        if end < start:
+            return None
+        if self.unknown_until is not None and start < self.unknown_until:
+            return None
+        a, b = self.at(start), self.at(end)
+        if a is None or b is None:
+            return None
+        return max(0.0, b - a)
