@@ -70,6 +70,7 @@ class AuditStatLogger(StatLoggerBase):
         self.devices = _devices(vllm_config)
         self.clock, self.wall = clock, wall
         self.share = ShareClock()
+        self.share.step(clock(), 0)  # idle at start: the first request's interval has a left end
         self.problems: dict[str, int] = {}
         self.errors = 0
         self._reported = clock()
