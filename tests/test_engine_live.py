@@ -134,7 +134,10 @@ def test_every_served_request_carries_engine_timings(served):
         assert eng["decode_seconds"] > 0
         assert math.isclose(eng["prefill_seconds"] + eng["decode_seconds"], eng["inference_seconds"],
                             rel_tol=1e-3, abs_tol=1e-5)
-        assert isinstance(eng["cached_tokens"], int) and isinstance(eng["preemptions"], int)
+        assert isinstance(eng["cached_tokens"], int)
+        # FinishedRequestStats.num_preemptions exists from 0.30 on: before, unknown is null
+        assert isinstance(eng["preemptions"], int) if served["version"] != "0.28.0" \
+            else eng["preemptions"] is None
         # A share of batched time: never more than the request's own inference time.
         assert 0 < eng["share_seconds"] <= eng["inference_seconds"] + 1e-6, eng
         assert rec["user"] in USERS
