@@ -78,7 +78,9 @@ def _amount(text: str, what: str) -> float:
 
 def parse_pricing(default: float | str | None, overrides: list[str] | None) -> Pricing:
     """``--gpu-hour-price`` and the ``MODEL=PRICE`` overrides, validated."""
-    base = None if default is None else _amount(str(default), "--gpu-hour-price")
+    # Empty means unset (compose passes ${VLLM_AUDIT_GPU_HOUR_PRICE:-} as "").
+    text = None if default is None else str(default).strip()
+    base = _amount(text, "--gpu-hour-price") if text else None
     per_model: dict[str, float] = {}
     for item in overrides or ():
         model, sep, price = item.rpartition("=")

@@ -139,8 +139,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
     Option("--gpu-hour-price", "gpu_hour_price", "price of one GPU-hour in your currency: a "
            "request costs its share of engine time x the engine's GPUs x this / 3600 "
-           "(vllm_audit_cost_total, the export's cost column; needs the stat-logger plugin)",
-           None, "float", (*_BOTH, "export"), "PRICE"),
+           "(vllm_audit_cost_total, the export's cost column; needs the stat-logger plugin). "
+           "Empty: no price", None, "str", (*_BOTH, "export"), "PRICE"),
     Option("--gpu-hour-price-model", "gpu_hour_price_model", "per-model price of one GPU-hour, "
            "MODEL=PRICE (repeatable; env: comma-separated)", [], "list", (*_BOTH, "export"),
            "MODEL=PRICE"),

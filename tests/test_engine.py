@@ -276,6 +276,10 @@ def test_price_flags_and_env(tmp_path):
     assert s.pricing.price("a") == 1.0 and s.pricing.price("org/b:c") == 3.0 and s.pricing.price("z") == 2.5
     with pytest.raises(SettingsError, match="--gpu-hour-price"):
         load("replay", [str(tmp_path / "x")], {"VLLM_AUDIT_GPU_HOUR_PRICE": "-2"})
+    # compose passes unset variables as "": no price, no error
+    empty = load("replay", [str(tmp_path / "x")], {"VLLM_AUDIT_GPU_HOUR_PRICE": "",
+                                                    "VLLM_AUDIT_GPU_HOUR_PRICE_MODEL": ""})
+    assert not empty.pricing.enabled
 
 
 def test_csv_export_puts_engine_seconds_and_cost_next_to_tokens():
