@@ -78,10 +78,16 @@ def served(request, tmp_path_factory):
         try:
             exporter.wait_ready()
             sent = send_requests(srv.base_url)
-            wait_until(lambda: {r["request_id"] for r in archive_records(archive)} >= set(sent), 90,
+            status, reply = post_json(srv.base_url, "/v1/chat/completions", {
+                "model": "tiny", "messages": [{"role": "user", "content": "two"}], "n": 2,
+                "max_tokens": 8, "temperature": 1.0, "ignore_eos": True},
+                {"X-OpenWebUI-User-Email": USERS[1]})
+            assert status == 200 and len(reply["choices"]) == 2, reply
+            n2 = reply["id"]
+            wait_until(lambda: {r["request_id"] for r in archive_records(archive)} >= {*sent, n2}, 90,
                        lambda: f"records for {sent}; engine file: {_tail(engine)}; "
                        f"exporter: {exporter.tail(1500)}")
-            yield {"version": version, "sent": sent, "archive": archive, "exporter": exporter,
+            yield {"version": version, "sent": sent, "n2": n2, "archive": archive, "exporter": exporter,
                    "engine": engine, "vllm_log": srv.log_path}
         finally:
             exporter.stop()
@@ -141,6 +147,15 @@ def test_every_served_request_carries_engine_timings(served):
         # A share of batched time: never more than the request's own inference time.
         assert 0 < eng["share_seconds"] <= eng["inference_seconds"] + 1e-6, eng
         assert rec["user"] in USERS
+
+
+def test_n2_sequences_report_under_one_id_and_are_merged(served):
+    lines = [json.loads(x) for x in served["engine"].read_text().splitlines()]
+    mine = [x for x in lines if x.get("type") == "vllm_audit_engine" and x["request_id"] == served["n2"]]
+    assert len(mine) == 2, mine  # vLLM reports each of the n sequences under the external id
+    [rec] = [r for r in archive_records(served["archive"]) if r["request_id"] == served["n2"]]
+    assert math.isclose(rec["engine"]["share_seconds"], sum(x["share_seconds"] for x in mine), abs_tol=1e-9)
+    assert rec["engine"]["inference_seconds"] == max(x["inference_seconds"] for x in mine)
 
 
 def test_shares_add_up_to_no_more_than_the_engine_was_busy(served):
