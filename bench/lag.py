@@ -82,6 +82,77 @@ def request_template() -> str:
     return _HEADER_TIME.sub(lambda m: m.group(1) + "@@WHEN@@", text)
 
 
+STREAM_ID = "86f584de06cc75cb"  # chat_stream in the debug capture: 16 tokens, one delta pair each
+_DELTA = re.compile(r"\] Generated response chatcmpl-@@RID@@ \(streaming delta\)")
+
+
+def stream_template() -> tuple[str, list[str], str]:
+    """The chat_stream request as (head, [one chunk per token], tail): the
+    head is its JSON body, details, Received and Added lines; each token is
+    vLLM's DEBUG details + INFO output delta pair; the tail is the
+    streaming-complete pair and the access line."""
+    lines = (CAPTURES / "debug" / "vllm.log").read_text(encoding="utf-8").splitlines()
+    picked = [i for i, ln in enumerate(lines) if STREAM_ID in ln]
+    access = next(ln for ln in lines[picked[-1] + 1:] if '"POST /v1/chat/completions' in ln)
+    text = [lines[i] for i in picked]
+    text = [ln.replace('"temperature":0.0}', '"temperature":0.0,"user":"@@USER@@"}', 1) for ln in text]
+    text = [_HEADER_TIME.sub(lambda m: m.group(1) + "@@WHEN@@", ln.replace(STREAM_ID, "@@RID@@")) for ln in text]
+    first_delta = next(i for i, ln in enumerate(text) if _DELTA.search(ln))
+    last_delta = max(i for i, ln in enumerate(text) if _DELTA.search(ln))
+    head = "\n".join(text[:first_delta]) + "\n"
+    deltas = text[first_delta:last_delta + 1]
+    tokens = ["\n".join(deltas[i:i + 2]) + "\n" for i in range(0, len(deltas), 2)]
+    tail = "\n".join(text[last_delta + 1:] + [access]) + "\n"
+    return head, tokens, tail
+
+
+def write_streams(f, name: str, n: int, rate: float, streams: int) -> dict[int, float]:
+    """Write ``n`` streaming requests, ``streams`` at a time, their tokens
+    interleaved at ``rate`` tokens per second in all (two lines per token, as
+    vLLM logs deltas). Returns request index -> time its last line was written."""
+    head, tokens, tail = stream_template()
+    written: dict[int, float] = {}
+    active: list[list] = []  # [index, next token]
+    started = 0
+    t0 = time.perf_counter()
+    sent = 0
+    while started < n or active:
+        while len(active) < streams and started < n:
+            when = time.strftime("%m-%d %H:%M:%S", time.gmtime())
+            f.write(render(head, f"{name[:4]}{started:012x}", f"lag{started:04d}", when))
+            active.append([started, 0])
+            started += 1
+        for slot in list(active):
+            i, k = slot
+            when = time.strftime("%m-%d %H:%M:%S", time.gmtime())
+            rid, user = f"{name[:4]}{i:012x}", f"lag{i:04d}"
+            f.write(render(tokens[k], rid, user, when))
+            sent += 1
+            slot[1] += 1
+            if slot[1] == len(tokens):
+                f.write(render(tail, rid, user, when))
+                f.flush()
+                written[i] = time.perf_counter()
+                active.remove(slot)
+        f.flush()
+        ahead = t0 + sent / rate - time.perf_counter()  # keep the token rate, not a sleep per line
+        if ahead > 0:
+            time.sleep(ahead)
+    return written
+
+
+def write_requests(f, name: str, n: int, interval: float) -> dict[int, float]:
+    tpl = request_template()
+    written: dict[int, float] = {}
+    for i in range(n):
+        when = time.strftime("%m-%d %H:%M:%S", time.gmtime())
+        f.write(render(tpl, f"{name[:4]}{i:012x}", f"lag{i:04d}", when))
+        f.flush()
+        written[i] = time.perf_counter()
+        time.sleep(interval)
+    return written
+
+
 def render(tpl: str, rid: str, user: str, when: str) -> str:
     return tpl.replace("@@RID@@", rid).replace("@@USER@@", user).replace("@@WHEN@@", when)
 
@@ -105,7 +176,7 @@ def stats(values: list[float], expected: int) -> dict:
 
 
 def run_mode(name: str, args: list[str], workdir: Path, n: int, interval: float, poll: float,
-             loki_cls, settle: float) -> dict:
+             loki_cls, settle: float, writer=None) -> dict:
     d = workdir / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -125,7 +196,10 @@ def run_mode(name: str, args: list[str], workdir: Path, n: int, interval: float,
                 loki_seen.setdefault(rid, now)
         loki.on_stored = on_stored
     cmd = [sys.executable, "-m", "exporter", "run", "--log", str(log), "--archive-dir", str(d / "archive"),
-           "--web.listen-address", f"127.0.0.1:{port}", *args]
+           "--web.listen-address", f"127.0.0.1:{port}", *args,
+           # every request has its own user: keep each its own series (the
+           # poller looks for it), beyond the default label bound of 500
+           "--max-users", str(max(500, n + 10))]
     if loki is not None:
         cmd += ["--loki-url", loki.url]
     err = open(d / "exporter.stderr", "wb")
@@ -157,15 +231,11 @@ def run_mode(name: str, args: list[str], workdir: Path, n: int, interval: float,
                 stop.wait(poll)
         th = threading.Thread(target=poller, daemon=True)
         th.start()
-        tpl = request_template()
-        written: dict[int, float] = {}
         with open(log, "a", encoding="utf-8") as f:
-            for i in range(n):
-                when = time.strftime("%m-%d %H:%M:%S", time.gmtime())
-                f.write(render(tpl, f"{name[:4]}{i:012x}", f"lag{i:04d}", when))
-                f.flush()
-                written[i] = time.perf_counter()
-                time.sleep(interval)
+            if writer is None:
+                written = write_requests(f, name, n, interval)
+            else:
+                written = writer(f, name, n)
         end = time.monotonic() + settle
         while time.monotonic() < end:
             if len(metrics_seen) >= n and (loki is None or len(loki_seen) >= n):
@@ -198,7 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="default,grace0,tuned")
     p.add_argument("--no-loki", action="store_true")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--stream-rate", type=float, default=None, metavar="TOKENS_PER_S",
+                   help="instead of one write per request: streaming requests whose delta lines "
+                        "(--enable-log-deltas, two lines per token) are written at this many tokens/s in all")
+    p.add_argument("--streams", type=int, default=50, help="concurrent streams with --stream-rate")
     a = p.parse_args(argv)
+    writer = None
+    achieved: dict[str, float] = {}
+    if a.stream_rate:
+        def writer(f, name, n):
+            t = time.perf_counter()
+            written = write_streams(f, name, n, a.stream_rate, a.streams)
+            # the rate really written (the writer shares the 2 cores too)
+            achieved[name] = round(n * len(stream_template()[1]) / (time.perf_counter() - t), 1)
+            return written
     loki_cls = None
     if not a.no_loki:
         try:
@@ -208,10 +291,13 @@ def main(argv: list[str] | None = None) -> int:
             loki_cls = None
     with make_big_log.workdir(a.workdir, "lag-bench-") as workdir:
         out = {"bench": "lag", **machine(), "requests": a.requests, "interval_s": a.interval,
+               "stream_rate_tokens_s": a.stream_rate, "streams": a.streams if a.stream_rate else None,
                "poll_s": a.poll, "loki": loki_cls is not None, "target_p99_s": 1.0, "modes": {}}
         for name in a.modes.split(","):
             out["modes"][name] = run_mode(name, MODES[name], workdir, a.requests, a.interval, a.poll,
-                                          loki_cls, settle=15.0)
+                                          loki_cls, settle=15.0, writer=writer)
+            if name in achieved:
+                out["modes"][name]["achieved_tokens_s"] = achieved[name]
         print(json.dumps(out))
     return 0
 

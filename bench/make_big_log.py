@@ -61,13 +61,16 @@ def workdir(given: Path | None, prefix: str):
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "tests" / "fixtures" / "vllm-0.32.0"
 
-_SECTION_LINE = re.compile(rb"\[(?:request_logger\.py|async_llm\.py):\d+\] |\"(?:POST|GET) /v1/")
+_SECTION_LINE = re.compile(rb"\[(?:request_logger\.py|async_llm\.py):\d+\] |\"(?:POST|GET) /v1/|"
+                           rb'"name": "(?:vllm\.entrypoints\.serve\.utils\.request_logger|vllm\.v1\.engine\.async_llm)"')
 _SHUTDOWN = re.compile(rb"\[shutdown\]")
 # Request ids as they appear in the capture: chatcmpl-X, cmpl-X-0, Request X JSON body.
 _ID_SITES = re.compile(rb"(?:chatcmpl-|cmpl-|Request )([0-9a-f]{16}|fixture-req-\d{4})(?=[-:. ]|$)")
 # Header time only (a prompt may quote a whole log line): PROC LEVEL MM-DD HH:MM:SS at a line start.
 _TIME = re.compile(rb"(?m)^((?:\([^()\n]{1,80} pid=\d+\) )?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) )"
                    rb"(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?= \[)")
+# vLLM's JSON formatter: {"asctime": "YYYY-MM-DD HH:MM:SS,mmm", ... (milliseconds kept).
+_JTIME = re.compile(rb'(?m)^(\{"asctime": ")(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?=,\d{3}")')
 _BODY = re.compile(rb"\] Request %\(i\d+\)s JSON body: \{")
 _USER_FIELD = re.compile(rb'"user":"(?:[^"\\]|\\.)*"')
 
@@ -79,6 +82,23 @@ def parse_size(text: str) -> int:
     if m is None or m.group(2).lower() not in SIZE_UNITS:
         raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 1MiB, 512KiB, 1GiB)")
     return int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+
+
+# What ends a request in the log: vLLM's output lines, the engine's
+# finish/abort lines and uvicorn's access line. --unfinished drops these
+# (with their continuation lines), so every request stays in flight.
+_ENDS = re.compile(rb"\] (?:Generated response|Finished request|Aborted request)|^INFO: +[0-9.:]+ - \"")
+_HEADER = re.compile(rb"^(?:\([^()\n]{1,80} pid=\d+\) )?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)[ :]")
+
+
+def drop_ends(section: list[bytes]) -> list[bytes]:
+    out, dropping = [], False
+    for line in section:
+        if _HEADER.match(line):
+            dropping = bool(_ENDS.search(line))
+        if not dropping:
+            out.append(line)
+    return out
 
 
 def split_capture(data: bytes) -> tuple[bytes, list[bytes], bytes]:
@@ -110,16 +130,17 @@ class Template:
         if ids:
             alt = re.compile(b"(?<![0-9A-Za-z])(" + b"|".join(re.escape(k) for k in ids) + b")(?![0-9A-Za-z])")
             text = alt.sub(lambda m: b"%%(i%d)s" % ids[m.group(1)], text)
-        times = [self._dt(m) for m in _TIME.finditer(text)]
+        times = [self._dt(m) for m in _TIME.finditer(text)] + [self._jdt(m) for m in _JTIME.finditer(text)]
         self.t0 = min(times)
         self.span = int((max(times) - self.t0).total_seconds()) + 1
         offsets: set[int] = set()
 
-        def put_time(m):
-            off = int((self._dt(m) - self.t0).total_seconds())
+        def put_time(m, key=b"t", parse=self._dt):
+            off = int((parse(m) - self.t0).total_seconds())
             offsets.add(off)
-            return m.group(1) + b"%%(t%d)s" % off
+            return m.group(1) + b"%(" + key + b"%d)s" % off
         text = _TIME.sub(put_time, text)
+        text = _JTIME.sub(lambda m: put_time(m, b"j", self._jdt), text)
         self.offsets = sorted(offsets)
         self.n_users = 0
         out, pos = [], 0
@@ -144,22 +165,32 @@ class Template:
         mo, d, h, mi, s = (int(x) for x in m.groups()[1:])
         return datetime(2026, mo, d, h, mi, s)
 
-    def render(self, rep: int, users: list[bytes]) -> bytes:
+    @staticmethod
+    def _jdt(m) -> datetime:
+        return datetime(*(int(x) for x in m.groups()[1:]))
+
+    def render(self, rep: int, users: list[bytes], *, pileup: bool = False) -> bytes:
         values: dict[bytes, bytes] = {}
         for i in range(self.n_ids):
             values[b"i%d" % i] = b"%010x%06x" % (rep, i)
-        base = self.t0 + timedelta(seconds=rep * (self.span + 1))
+        # pileup: every repetition at the same log time, as a busy server's
+        # burst looks in a log with one-second resolution.
+        base = self.t0 + timedelta(seconds=0 if pileup else rep * (self.span + 1))
         for off in self.offsets:
-            values[b"t%d" % off] = (base + timedelta(seconds=off)).strftime("%m-%d %H:%M:%S").encode()
+            at = base + timedelta(seconds=off)
+            values[b"t%d" % off] = at.strftime("%m-%d %H:%M:%S").encode()
+            values[b"j%d" % off] = at.strftime("%Y-%m-%d %H:%M:%S").encode()
         for j in range(self.n_users):
             values[b"u%d" % j] = users[j]
         return self.text % values
 
 
 def make(out: Path, *, capture: str = "debug", size: int | None = None, requests: int | None = None,
-         users: int = 10000, seed: int = 1) -> dict:
+         users: int = 10000, seed: int = 1, pileup: bool = False, unfinished: bool = False) -> dict:
     src = CAPTURES / capture / "vllm.log"
     pre, section, post = split_capture(src.read_bytes())
+    if unfinished:
+        section = drop_ends(section)
     tpl = Template(section)
     rnd = random.Random(seed)
     names = [b"user%05d" % i for i in range(max(1, users))]
@@ -175,7 +206,7 @@ def make(out: Path, *, capture: str = "debug", size: int | None = None, requests
                 break
             if requests is not None and reps * tpl.n_requests >= requests:
                 break
-            chunk = tpl.render(reps, [rnd.choice(names) for _ in range(tpl.n_users)])
+            chunk = tpl.render(reps, [rnd.choice(names) for _ in range(tpl.n_users)], pileup=pileup)
             f.write(chunk)
             written += len(chunk)
             lines += chunk.count(b"\n")
@@ -186,7 +217,8 @@ def make(out: Path, *, capture: str = "debug", size: int | None = None, requests
     return {"file": str(out), "capture": capture, "bytes": written, "mib": round(written / 2**20, 3),
             "lines": lines, "repetitions": reps, "requests": reps * tpl.n_requests,
             "requests_per_repetition": tpl.n_requests, "ids_per_repetition": tpl.n_ids, "bodies_per_repetition": tpl.n_users,
-            "users": users if tpl.n_users else 0, "span_seconds": tpl.span}
+            "users": users if tpl.n_users else 0, "span_seconds": tpl.span, "pileup": pileup,
+            "unfinished": unfinished}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=None, help="stop after this many request ids")
     p.add_argument("--users", type=int, default=10000, help="distinct user values in JSON body lines")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pileup", action="store_true",
+                   help="log time stands still across repetitions (requests that never log a finish pile up)")
+    p.add_argument("--unfinished", action="store_true",
+                   help="drop every line that ends a request (outputs, finish/abort, access lines)")
     a = p.parse_args(argv)
     print(json.dumps(make(a.out, capture=a.capture, size=a.size, requests=a.requests,
-                          users=a.users, seed=a.seed)))
+                          users=a.users, seed=a.seed, pileup=a.pileup, unfinished=a.unfinished)))
     return 0
 
 

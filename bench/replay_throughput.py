@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "exporter_cpu_s": round(cpu, 3), "exporter_wall_s": round(res["exporter_wall_s"], 3),
             "mib_per_cpu_s": round(mib / cpu, 2),
             "requests_per_cpu_s": round(res["records"] / cpu, 1),
+            "lines_per_cpu_s": round(base["lines"] / cpu, 1),
             "bare_read_cpu_s": round(base["bare_read_cpu_s"], 4),
             "bare_decode_cpu_s": round(base["bare_decode_cpu_s"], 4),
             "bare_decode_mib_per_cpu_s": round(mib / max(base["bare_decode_cpu_s"], 1e-9), 1),

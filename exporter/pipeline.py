@@ -41,6 +41,12 @@ from .status import StatusBridge
 from .zonecheck import ZoneCheck
 
 CHECKPOINT_VERSION = 1
+# Commit pacing (Pipeline._pace): at most this share of the time goes to
+# commits once one costs more than PACE_FROM_CPU seconds of CPU; the gap is
+# capped so records still reach Loki within MAX_COMMIT_GAP of being written.
+COMMIT_CPU_SHARE = 0.05
+PACE_FROM_CPU = 0.02
+MAX_COMMIT_GAP = 10.0
 
 
 @dataclass
@@ -98,6 +104,11 @@ class Pipeline:
         self.live = live
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
+        # The gap between commits actually used: checkpoint_interval, widened
+        # when a commit's CPU cost is large (a pile-up of in-flight requests
+        # makes the checkpoint big) so commits never take more than
+        # COMMIT_CPU_SHARE of the time; see _pace().
+        self.commit_gap = checkpoint_interval
         self.batch_lines = batch_lines
         self.health = health
         self._last_commit = clock()
@@ -146,7 +157,7 @@ class Pipeline:
                 # A replay is a batch job: fail with the disk's error (its
                 # checkpoint lets the next replay resume) rather than wait.
                 self.sinks.archive.flush()
-            elif self.clock() - self._last_commit >= self.checkpoint_interval:
+            elif self.clock() - self._last_commit >= self.commit_gap:
                 self.commit()
             if getattr(self.sinks.archive, "full", False):
                 self.status.archive(self.sinks.archive)
@@ -175,7 +186,7 @@ class Pipeline:
         self.selfm.inflight.set(len(self.correlator.inflight))
         # Only a change needs a commit: an idle exporter does not fsync.
         self._dirty = self._dirty or n > 0 or self.records_emitted != emitted
-        if self._dirty and self.clock() - self._last_commit >= self.checkpoint_interval:
+        if self._dirty and self.clock() - self._last_commit >= self.commit_gap:
             self.commit()
         else:
             self.status.archive(self.sinks.archive)
@@ -353,6 +364,7 @@ class Pipeline:
         """Archive fsync, then the checkpoint. False (and counted) on failure:
         the next commit retries; nothing is acknowledged in between."""
         self._last_commit = self.clock()
+        cpu0 = time.thread_time()
         try:
             self.sinks.archive.flush()
             state = self.state()
@@ -365,6 +377,7 @@ class Pipeline:
                 self.health.checkpoint_failed(str(exc))
             self.status.archive(self.sinks.archive)
             return False
+        self._pace(time.thread_time() - cpu0)
         now = self.clock()
         self.commits += 1
         self.selfm.checkpoint_written(now)
@@ -372,6 +385,23 @@ class Pipeline:
             self.health.checkpoint_ok(now)
         self.status.archive(self.sinks.archive)
         return True
+
+    def _pace(self, cpu: float) -> None:
+        """Widen the commit gap so a commit costing ``cpu`` seconds takes at
+        most COMMIT_CPU_SHARE of the time (never beyond MAX_COMMIT_GAP).
+
+        A checkpoint holds every in-flight request, so its cost grows with a
+        pile-up (stock vLLM never logs some requests as finished; they wait
+        for --request-timeout). A fixed interval made that quadratic in the
+        pile-up's size; pacing keeps the total linear. Commit frequency only
+        decides how much is re-read after a crash, never what is recorded, so
+        exactly-once holds at any gap. Small commits (< PACE_FROM_CPU) keep
+        the configured interval exactly.
+        """
+        gap = self.checkpoint_interval
+        if cpu > PACE_FROM_CPU:
+            gap = max(gap, min(MAX_COMMIT_GAP, cpu * (1 - COMMIT_CPU_SHARE) / COMMIT_CPU_SHARE))
+        self.commit_gap = gap
 
     def finish(self) -> None:
         """End of a replay: record everything still held, then commit."""

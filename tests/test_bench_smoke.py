@@ -72,3 +72,41 @@ def test_lag_smoke():
     assert m["metrics"]["p99"] is not None and m["metrics"]["p99"] >= 0
     if r["loki"]:
         assert m["loki"]["n"] == 3
+
+
+def test_pileup_generator_holds_time_and_drops_request_ends(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import make_big_log
+    out = tmp_path / "pile.log"
+    info = make_big_log.make(out, size=200_000, pileup=True, unfinished=True)
+    text = out.read_text(encoding="utf-8")
+    stamps = set(re.findall(r"(?m)^\(APIServer pid=\d+\) (?:INFO|DEBUG) (\d\d-\d\d \d\d:\d\d:\d\d) \[request_logger", text))
+    assert info["repetitions"] >= 2 and len(stamps) <= info["span_seconds"]  # time never moves on
+    assert "Generated response" not in text and '"POST /v1/' not in text
+    received = re.findall(r"(?m)^\(APIServer pid=\d+\) INFO [\d-]+ [\d:]+ \[request_logger\.py:\d+\] "
+                          r"Received request (\S+): ", text)
+    assert len(set(received)) == info["requests"]  # every request still starts
+
+
+def test_pileup_bench_smoke():
+    r = _run(str(BENCH / "pileup.py"), "--size", "1MiB", timeout=120)
+    assert r["bench"] == "pileup"
+    # the same work both ways: same records, same statuses
+    assert r["pileup"]["records"] == r["advancing"]["records"] > 0
+    assert r["pileup"]["statuses"] == r["advancing"]["statuses"]
+    _positive(r, "ratio_pileup_vs_advancing")
+
+
+def test_replay_throughput_of_the_json_formatter_records_every_request():
+    # vLLM's JSON formatter: asctime with milliseconds, the time moved per repetition
+    r = _run(str(BENCH / "replay_throughput.py"), "--size", "400KiB", "--capture", "jsondebug")
+    assert r["records"] == r["generator"]["requests"] > 22
+    _positive(r, "lines_per_cpu_s", "mib_per_cpu_s")
+
+
+def test_lag_bench_streaming_deltas_smoke():
+    r = _run(str(BENCH / "lag.py"), "--requests", "4", "--modes", "grace0", "--stream-rate", "200",
+             "--streams", "2", timeout=120)
+    m = r["modes"]["grace0"]
+    assert m["metrics"]["n"] == 4 and m["loki"]["n"] == 4  # every streamed request seen in both sinks
+    _positive(m, "achieved_tokens_s")
