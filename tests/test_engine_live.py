@@ -3,8 +3,9 @@
 Per vLLM version whose venv exists under the audit cache (0.32 from
 tools/setup.sh; 0.28.0 and 0.31.0 when installed beside it): vLLM runs with
 the audit middleware and the stat-logger plugin, found the way compose finds
-it (the package mounted: ``PYTHONPATH`` = repo root + ``vllm-plugin/``, whose
-``.dist-info`` carries the entry point) and named by an admin's
+it (the package mounted as compose mounts it: ``exporter/`` and
+``vllm-plugin/``'s ``.dist-info``, which carries the entry point, in one
+directory on ``PYTHONPATH``) and named by an admin's
 ``VLLM_PLUGINS`` allowlist. The exporter (``run``) tails vLLM's log, the
 middleware's file and the plugin's file. Every served request's record must
 carry ``engine`` timings, and the per-user engine-seconds and cost series in
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -39,9 +41,14 @@ PRICE = 3.6  # per GPU-hour for the served model: 0.001 per engine-second on one
 USERS = ("ana@example.org", "ben@example.org")
 
 
-def plugin_env(engine: Path, middleware: Path) -> dict:
-    return {"PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "vllm-plugin"))),
-            "VLLM_PLUGINS": "vllm_audit", "VLLM_AUDIT_ENGINE_FILE": str(engine),
+def plugin_env(opt: Path, engine: Path, middleware: Path) -> dict:
+    """compose.yaml's layout: the package and the plugin's dist-info copied
+    into ``opt`` (= PYTHONPATH), so nothing else (an editable install's
+    egg-info in the repo root) can be what vLLM found."""
+    shutil.copytree(REPO / "exporter", opt / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    dist = "vllm_audit_statlogger-0.1.0.dist-info"
+    shutil.copytree(REPO / "vllm-plugin" / dist, opt / dist)
+    return {"PYTHONPATH": str(opt), "VLLM_PLUGINS": "vllm_audit", "VLLM_AUDIT_ENGINE_FILE": str(engine),
             "VLLM_AUDIT_ENGINE_FSYNC_MS": "50", "VLLM_AUDIT_MIDDLEWARE_FILE": str(middleware),
             "VLLM_AUDIT_MIDDLEWARE_FSYNC_MS": "50"}
 
@@ -64,7 +71,7 @@ def served(request, tmp_path_factory):
         pytest.fail(f"vLLM {version} venv missing: {python} (bash tools/setup.sh --live)")
     tmp = tmp_path_factory.mktemp(f"engine-{version}")
     engine, middleware, archive = tmp / "engine.jsonl", tmp / "middleware.jsonl", tmp / "archive"
-    srv = VllmServer(DEFAULT_MODEL_DIR, tmp / "vllm.log", env=plugin_env(engine, middleware),
+    srv = VllmServer(DEFAULT_MODEL_DIR, tmp / "vllm.log", env=plugin_env(tmp / "opt", engine, middleware),
                      extra_args=["--enable-log-requests"], python=str(python),
                      middleware="exporter.middleware.AuditMiddleware")
     exporter = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,22 +54,42 @@ def python(request):
     return vllm_python(request.param)
 
 
-MOUNTED = {"PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "vllm-plugin")))}
+DIST_INFO = "vllm_audit_statlogger-0.1.0.dist-info"
+
+
+def mounted(tmp_path: Path, with_dist_info: bool = True) -> dict:
+    """compose.yaml's layout: ./exporter and the dist-info mounted in
+    /opt/vllm-audit, which is PYTHONPATH (a copy, so an editable install's
+    egg-info in the repo root plays no part)."""
+    opt = tmp_path / "opt" / "vllm-audit"
+    shutil.copytree(REPO / "exporter", opt / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    if with_dist_info:
+        shutil.copytree(REPO / "vllm-plugin" / DIST_INFO, opt / DIST_INFO)
+    return {"PYTHONPATH": str(opt)}
+
+
+def test_compose_mounts_the_dist_info_beside_the_package():
+    compose = (REPO / "compose.yaml").read_text()
+    assert f"./vllm-plugin/{DIST_INFO}:/opt/vllm-audit/{DIST_INFO}:ro" in compose
+    assert "./exporter:/opt/vllm-audit/exporter:ro" in compose and "PYTHONPATH: /opt/vllm-audit" in compose
 
 
 @pytest.mark.parametrize("allow,found", [(None, True), ("vllm_audit", True),
                                          ("some_other_plugin", False), ("", False)])
 def test_mounted_package_is_found_by_its_dist_info_and_obeys_the_allowlist(python, tmp_path, allow, found):
-    env = dict(MOUNTED) if allow is None else dict(MOUNTED, VLLM_PLUGINS=allow)
+    env = mounted(tmp_path)
+    if allow is not None:
+        env["VLLM_PLUGINS"] = allow
     loaded = json.loads(run(python, LOAD, env, tmp_path))
     if found:
         assert [x.rsplit(":", 1)[0] for x in loaded] == ["exporter.statlogger.plugin:AuditStatLogger"]
+        assert loaded[0].endswith(str(tmp_path / "opt" / "vllm-audit" / "exporter" / "__init__.py"))
     else:
         assert loaded == []
 
 
 def test_mounted_package_without_the_dist_info_is_not_found(python, tmp_path):
-    assert json.loads(run(python, LOAD, {"PYTHONPATH": str(REPO)}, tmp_path)) == []
+    assert json.loads(run(python, LOAD, mounted(tmp_path, with_dist_info=False), tmp_path)) == []
 
 
 def test_installed_distribution_is_found(tmp_path):
