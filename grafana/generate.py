@@ -297,6 +297,13 @@ def overview() -> dict:
                          f"{{{{model_name}}}} p{q[2:].ljust(2, '0')}"))
     p.append(lay.place(timeseries("Time to first token p50/p95/p99",
                                   "`vllm:time_to_first_token_seconds` quantiles.", ttft, "s"), 12, 8))
+    phases = [prom(f'histogram_quantile(0.95, sum by (model, le) '
+                   f'(rate(vllm_audit_engine_{phase}_seconds_bucket{{{SEL}}}[$__rate_interval])))',
+                   f"{{{{model}}}} {phase} p95") for phase in ("queue", "prefill", "decode")]
+    p.append(lay.place(timeseries(
+        "Engine queue, prefill and decode p95", "Per audited request, as vLLM measured it (the "
+        "stat-logger plugin): `vllm_audit_engine_queue_seconds`, `…_prefill_seconds`, "
+        "`…_decode_seconds`.", phases, "s"), 24, 8))
 
     p.append(lay.row("Quality and errors"))
     p.append(lay.place(timeseries(
