@@ -297,3 +297,29 @@ def test_csv_export_puts_engine_seconds_and_cost_next_to_tokens():
     assert head[at + 1:at + 3] == ["engine_seconds", "cost"]
     assert rows[1][at + 1] == "0.5" and float(rows[1][at + 2]) == pytest.approx(0.0005)
     assert rows[2][at + 1] == "" and rows[2][at + 2] == ""  # unknown, never 0
+
+
+# -- a real capture: vLLM 0.32 CPU + the plugin (tools/record_fixtures.py --setup engine) -----
+
+def test_real_capture_replays_into_records_with_engine_shares(tmp_path):
+    from pathlib import Path
+    from exporter.cli import make_parser
+    from exporter.replay import replay_into
+    from exporter.settings import build as build_settings
+    capture = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32.0" / "engine"
+    argv = ["replay", str(capture / "vllm.log"), str(capture / "engine.jsonl"), "--archive-dir",
+            str(tmp_path / "archive"), "--model", "tiny", "--no-progress", "--gpu-hour-price", "3.6"]
+    rt, _ = replay_into(build_settings("replay", make_parser().parse_args(argv), {}), quiet=True)
+    recs = [json.loads(x) for f in sorted((tmp_path / "archive").glob("audit-*.jsonl"))
+            for x in f.read_text().splitlines()]
+    responses = [json.loads(x) for x in (capture / "responses.jsonl").read_text().splitlines()]
+    assert sorted(r["request_id"] for r in recs) == sorted(r["response_id"] for r in responses)
+    assert all(r["engine"] is not None and r["engine"]["share_seconds"] > 0 for r in recs)
+    # six concurrent chats: batched, so their shares sum to less than their inference times
+    assert sum(r["engine"]["share_seconds"] for r in recs) < sum(r["engine"]["inference_seconds"] for r in recs)
+    text = generate_latest(rt.registry).decode()
+    for user in ("alice", "bob", "carol"):
+        mine = [r for r in recs if r["user"] == user]
+        want = sum(r["engine"]["share_seconds"] for r in mine)
+        assert math.isclose(sample(text, f'vllm_audit_engine_seconds_total{{model="tiny",user="{user}"}}'), want)
+        assert math.isclose(sample(text, f'vllm_audit_cost_total{{model="tiny",user="{user}"}}'), want * 3.6 / 3600)
