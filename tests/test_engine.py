@@ -323,3 +323,19 @@ def test_real_capture_replays_into_records_with_engine_shares(tmp_path):
         want = sum(r["engine"]["share_seconds"] for r in mine)
         assert math.isclose(sample(text, f'vllm_audit_engine_seconds_total{{model="tiny",user="{user}"}}'), want)
         assert math.isclose(sample(text, f'vllm_audit_cost_total{{model="tiny",user="{user}"}}'), want * 3.6 / 3600)
+
+
+def test_plugin_side_modules_import_only_the_standard_library():
+    """share.py and line.py run inside vLLM's process (plugin.py adds vLLM itself)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, json; before = set(sys.modules); import exporter.statlogger.share, "
+            "exporter.statlogger.line, exporter.middleware.writer; "
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout
+    loaded = json.loads(out)
+    assert "exporter.statlogger.share" in loaded
+    assert [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names
+            and m.split(".")[0] != "exporter"] == []
