@@ -1,7 +1,6 @@
 """Engine time and cost with a real vLLM CPU build (tiny offline model).
 
-Per vLLM version whose venv exists under the audit cache (0.32 from
-tools/setup.sh; 0.28.0 and 0.31.0 when installed beside it): vLLM runs with
+Per vLLM version tools/setup.sh --live installs (0.32.0, 0.31.0, 0.28.0): vLLM runs with
 the audit middleware and the stat-logger plugin, found the way compose finds
 it (the package mounted as compose mounts it: ``exporter/`` and
 ``vllm-plugin/``'s ``.dist-info``, which carries the entry point, in one
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import threading
@@ -29,14 +27,12 @@ from stack import (  # noqa: E402
     DEFAULT_MODEL_DIR, REPO, ExporterProcess, VllmServer, archive_records, free_port, get_text,
     post_json, post_stream, wait_until,
 )
+from vllm_proc import LIVE_VERSIONS, venv_python  # noqa: E402
 
 pytestmark = pytest.mark.live
 
-CACHE = Path(os.environ.get("VLLM_AUDIT_CACHE") or Path.home() / ".cache" / "vllm-audit")
-VENVS = {"0.32": "vllm-venv", "0.31.0": "vllm-0.31.0-venv", "0.28.0": "vllm-0.28.0-venv"}
-# The venv tools/setup.sh installs must be there (a missing one fails, never
-# skips); the older builds are run when they have been installed beside it.
-VERSIONS = [v for v, d in VENVS.items() if v == "0.32" or (CACHE / d / "bin" / "python").exists()]
+# Every CPU build tools/setup.sh --live installs (a missing venv fails, never skips).
+VERSIONS = list(LIVE_VERSIONS)
 PRICE = 3.6  # per GPU-hour for the served model: 0.001 per engine-second on one device
 USERS = ("ana@example.org", "ben@example.org")
 
@@ -66,7 +62,7 @@ def metric_by_user(text: str, name: str) -> dict[str, float]:
 @pytest.fixture(scope="module", params=VERSIONS, ids=[f"vllm-{v}" for v in VERSIONS])
 def served(request, tmp_path_factory):
     version = request.param
-    python = CACHE / VENVS[version] / "bin" / "python"
+    python = Path(venv_python(version))
     if not python.exists():
         pytest.fail(f"vLLM {version} venv missing: {python} (bash tools/setup.sh --live)")
     tmp = tmp_path_factory.mktemp(f"engine-{version}")

@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_engine_live import CACHE, VENVS, VERSIONS  # noqa: E402
+from test_engine_live import VERSIONS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from vllm_proc import venv_python  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.live
@@ -35,7 +37,7 @@ LOAD = ("from vllm.v1.metrics.loggers import load_stat_logger_plugin_factories a
 
 
 def vllm_python(version: str) -> str:
-    python = CACHE / VENVS[version] / "bin" / "python"
+    python = Path(venv_python(version))
     if not python.exists():
         pytest.fail(f"vLLM {version} venv missing: {python} (bash tools/setup.sh --live)")
     return str(python)
@@ -95,7 +97,7 @@ def test_mounted_package_without_the_dist_info_is_not_found(python, tmp_path):
 def test_installed_distribution_is_found(tmp_path):
     """``pip install`` of this package writes the entry point into its
     .dist-info; vLLM finds it there with nothing else on the path."""
-    python = vllm_python("0.32")
+    python = vllm_python(VERSIONS[0])
     site = tmp_path / "site"
     # vLLM's venv has pip and setuptools; --target leaves that venv untouched.
     pip = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
