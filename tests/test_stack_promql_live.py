@@ -31,8 +31,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURE = REPO / "tests" / "fixtures" / "vllm-0.32.0" / "debug"
-# A second real capture with the stat-logger plugin's engine.jsonl (six
-# concurrent chats of three users): the engine and GPU-cost series.
+# A second real capture with the stat-logger plugin's engine.jsonl (the basic
+# and concurrent scenarios): the engine and GPU-cost series.
 ENGINE_CAPTURE = REPO / "tests" / "fixtures" / "vllm-0.32.0" / "engine"
 sys.path.insert(0, str(REPO / "tools"))
 import render_stack  # noqa: E402

@@ -68,10 +68,10 @@ SETUPS = {
                        request_logger_debug=True),
     "middleware": dict(extra_args=LOG_FLAGS, request_logger_debug=True, middleware=MIDDLEWARE_CLASS),
     # The stat-logger plugin's engine.jsonl beside a DEBUG log (users from the
-    # logged body); only the concurrent scenario, so the capture adds engine
-    # series without errors, rejections or empty answers.
+    # logged body); the basic and concurrent scenarios (no forged lines or
+    # client disconnects: the capture is for engine data).
     "engine": dict(extra_args=LOG_FLAGS, request_logger_debug=True, engine=True,
-                   scenarios=("scenario_concurrent",)),
+                   scenarios=("scenario_basic", "scenario_concurrent")),
 }
 # The first vLLM version that has what a set-up needs (others: every recorded build).
 MIN_VERSION = {"json": (0, 32), "jsondebug": (0, 32)}  # --logging-config.formatter json
