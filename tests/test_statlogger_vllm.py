@@ -133,6 +133,9 @@ def done(rid):
 
 sched = SchedulerStats(num_running_reqs=0)
 log.record(sched, it(done("chatcmpl-ok")))
+never = done("chatcmpl-never-scheduled")
+never.queued_time, never.inference_time = -7.5, -7.5  # aborted while queued: scheduled_ts 0
+log.record(sched, it(never))
 log.record(sched, it(done(None)))                   # no external id
 log.record(sched, types.SimpleNamespace())          # stats of another shape
 log.record(sched, types.SimpleNamespace(finished_requests=5))  # record() fails inside
@@ -151,7 +154,9 @@ def test_plugin_degrades_with_counted_reasons_and_never_raises(python, tmp_path)
     assert result == {"errors": 1}
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     engine = [x for x in lines if x["type"] == "vllm_audit_engine"]
-    assert [x["request_id"] for x in engine] == ["chatcmpl-ok"]
+    assert [x["request_id"] for x in engine] == ["chatcmpl-ok", "chatcmpl-never-scheduled"]
+    assert engine[1]["queue_seconds"] is None and engine[1]["inference_seconds"] is None
+    assert engine[1]["share_seconds"] is None and engine[1]["prefill_seconds"] == 0.05
     assert engine[0]["devices"] == 2 and engine[0]["finish_reason"] == "stop"
     assert engine[0]["inference_seconds"] == 0.15
     problems: dict = {}
@@ -163,7 +168,8 @@ def test_plugin_degrades_with_counted_reasons_and_never_raises(python, tmp_path)
     # ... and the exporter's parser turns them into its counted reasons
     from exporter.parse import parse_line
     events = [parse_line(x) for x in out.read_text().splitlines()]
-    assert [e.kind for e in events].count("engine") == 1
+    assert [e.kind for e in events].count("engine") == 2
+    assert not any("problems" in e.data for e in events if e.kind == "engine")  # nothing invalid
     assert sum(e.data["problems"].get("no_request_id", 0) for e in events if e.kind == "engine_status") == 1
 
 

@@ -137,6 +137,9 @@ class AuditStatLogger(StatLoggerBase):
             self._count("stats_changed")
             times = [x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
                      for x in times]
+        # A phase never reached reads as a negative interval in vLLM (e.g. an
+        # abort before scheduling: scheduled_ts stays 0): unknown, not invalid.
+        times = [None if x is not None and x < 0 else x for x in times]
         inference = times[3]
         share = self.share.share(now - inference, now) if inference is not None and inference >= 0 else None
         reason = getattr(req, "finish_reason", None)
