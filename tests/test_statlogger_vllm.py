@@ -144,14 +144,18 @@ import exporter.statlogger.plugin as p
 p.REPORT_SECONDS = 0.0
 log.record(sched, None)                             # report now
 log.writer.close()
-print(json.dumps({"errors": log.errors}))
+def boom():
+    raise RuntimeError("set-up fails")
+broken = AuditStatLogger(config, 0, env=env, clock=boom)  # must not stop vLLM starting
+broken.record(sched, it(done("chatcmpl-unseen")))          # ... nor serving
+print(json.dumps({"errors": log.errors, "broken_disabled": broken.writer is None}))
 '''
 
 
 def test_plugin_degrades_with_counted_reasons_and_never_raises(python, tmp_path):
     out = tmp_path / "engine.jsonl"
     result = json.loads(_degrade(python, out, tmp_path))
-    assert result == {"errors": 1}
+    assert result == {"errors": 1, "broken_disabled": True}
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     engine = [x for x in lines if x["type"] == "vllm_audit_engine"]
     assert [x["request_id"] for x in engine] == ["chatcmpl-ok", "chatcmpl-never-scheduled"]

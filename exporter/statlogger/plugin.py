@@ -65,35 +65,38 @@ def _devices(vllm_config) -> int | None:
 class AuditStatLogger(StatLoggerBase):
     def __init__(self, vllm_config, engine_index: int = 0, *, env=None, writer=None,
                  clock=time.monotonic, wall=time.time) -> None:
-        env = os.environ if env is None else env
+        self.writer = None  # record() does nothing until set up
+        self.errors = 0
+        self.problems: dict[str, int] = {}
+        try:
+            self._setup(vllm_config, engine_index, os.environ if env is None else env, writer,
+                        clock, wall)
+        except Exception:  # noqa: BLE001 - fail open: an exception here would stop vLLM starting
+            log.exception("vllm-audit stat logger disabled: set-up failed")
+            self.writer = None
+
+    def _setup(self, vllm_config, engine_index: int, env, writer, clock, wall) -> None:
         self.engine_index = engine_index
         self.devices = _devices(vllm_config)
         self.clock, self.wall = clock, wall
         self.share = ShareClock()
         self.share.step(clock(), 0)  # idle at start: the first request's interval has a left end
-        self.problems: dict[str, int] = {}
-        self.errors = 0
         self._reported = clock()
-        self.writer = writer
         path = env.get("VLLM_AUDIT_ENGINE_FILE") or None
         if path and "{pid}" in path:
             path = path.replace("{pid}", str(os.getpid()))
-        try:
-            if self.writer is None and path:
-                sink = FileSink(path, _int(env, "VLLM_AUDIT_ENGINE_MAX_BYTES", 100 << 20))
-                self.writer = LineWriter(
-                    sink, render, fallback, max_items=_int(env, "VLLM_AUDIT_ENGINE_QUEUE", 10000),
-                    fsync_seconds=_int(env, "VLLM_AUDIT_ENGINE_FSYNC_MS", 1000, 0) / 1000.0,
-                    dropped=dropped, name="vllm-audit-engine-writer")
-        except Exception:  # noqa: BLE001 - fail open: vLLM must start anyway
-            log.exception("vllm-audit stat logger cannot open %s; writing nothing", path)
-            self.writer = None
-        if self.writer is None:
+        if writer is None and path is None:
             log.warning("VLLM_AUDIT_ENGINE_FILE is unset: the vllm-audit stat logger writes nothing")
             return
-        self.writer.submit(("status", (wall(), {}, {"vllm_version": _version(),
-                                                    "engine_index": engine_index,
-                                                    "devices": self.devices})), 256)
+        if writer is None:
+            sink = FileSink(path, _int(env, "VLLM_AUDIT_ENGINE_MAX_BYTES", 100 << 20))
+            writer = LineWriter(
+                sink, render, fallback, max_items=_int(env, "VLLM_AUDIT_ENGINE_QUEUE", 10000),
+                fsync_seconds=_int(env, "VLLM_AUDIT_ENGINE_FSYNC_MS", 1000, 0) / 1000.0,
+                dropped=dropped, name="vllm-audit-engine-writer")
+        writer.submit(("status", (wall(), {}, {"vllm_version": _version(), "engine_index": engine_index,
+                                               "devices": self.devices})), 256)
+        self.writer = writer
 
     # -- StatLoggerBase --------------------------------------------------
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
