@@ -131,38 +131,40 @@ class AuditStatLogger(StatLoggerBase):
             self.writer.submit(("status", (wall, problems)), 256)
 
     def _finished(self, req, now: float, wall: float) -> None:
+        # On vLLM's event loop for every finished request: one pass of plain
+        # attribute reads and class checks (bool is not a number here).
         rid = getattr(req, "request_id", None)
-        if not isinstance(rid, str) or not rid:
+        if rid.__class__ is not str or not rid:
             self._count("no_request_id")
             return
-        times = [getattr(req, name, None) for name in _TIMES]
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in times):
+        times = []
+        changed = False
+        for name in _TIMES:
+            x = getattr(req, name, None)
+            if x.__class__ is float or x.__class__ is int:
+                # A phase never reached reads as a negative interval in vLLM
+                # (an abort before scheduling: scheduled_ts stays 0): unknown.
+                times.append(float(x) if x >= 0 else None)
+            else:
+                times.append(None)
+                changed = True
+        if changed:
             self._count("stats_changed")
-            times = [x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-                     for x in times]
-        # A phase never reached reads as a negative interval in vLLM (e.g. an
-        # abort before scheduling: scheduled_ts stays 0): unknown, not invalid.
-        times = [None if x is not None and x < 0 else x for x in times]
         inference = times[3]
-        share = self.share.share(now - inference, now) if inference is not None and inference >= 0 else None
+        share = self.share.share(now - inference, now) if inference is not None else None
         reason = getattr(req, "finish_reason", None)
         reason = str(reason).lower().rsplit(".", 1)[-1] if reason is not None else None
-        item = (rid, wall, _num(getattr(req, "e2e_latency", None)), reason,
+        e2e = getattr(req, "e2e_latency", None)
+        item = (rid, wall, float(e2e) if e2e.__class__ is float or e2e.__class__ is int else None, reason,
                 _count_of(req, "num_prompt_tokens"), _count_of(req, "num_generation_tokens"),
                 _count_of(req, "num_cached_tokens"), _count_of(req, "num_preemptions"),
-                *(_num(x) for x in times), share, self.devices, self.engine_index)
+                *times, share, self.devices, self.engine_index)
         self.writer.submit(("engine", item), 512 + len(rid))
 
     def _count(self, reason: str) -> None:
         self.problems[reason] = self.problems.get(reason, 0) + 1
 
 
-def _num(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _count_of(req, name: str):
     value = getattr(req, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if value.__class__ is int else None

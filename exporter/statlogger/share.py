@@ -11,7 +11,8 @@ among the requests in that step's batch, which is processor sharing:
 
 ``C`` is a "per-request clock" that advances at 1/B. It is kept as a
 piecewise-linear function: one sample per change of the batch size (not per
-step), bounded by ``max_samples``; ``share`` interpolates it. The shares of
+step), bounded by ``max_samples`` (the oldest half is dropped when full);
+``share`` interpolates it. The shares of
 all requests add up to the time the engine was busy, since at every instant
 the B requests in the batch each accrue 1/B.
 
@@ -30,17 +31,25 @@ Rules:
 
 from __future__ import annotations
 
-import collections
 from bisect import bisect_right
 
 
 class ShareClock:
     def __init__(self, max_samples: int = 50_000) -> None:
-        # (t, C(t), rate of the segment ending at t), oldest first
-        self.samples: collections.deque = collections.deque(maxlen=max_samples)
+        # Sample points (t, C(t)) in three parallel lists, oldest first, and the
+        # rate of the segment ending at each: lists, not a deque, so bisect is
+        # O(log n) (indexing a deque's middle is O(n)); trimmed by halves.
+        self.max_samples = max_samples
+        self.ts: list[float] = []
+        self.cs: list[float] = []
+        self.rates: list[float] = []
         self.last_t: float | None = None
         self.c = 0.0
         self.unknown_until: float | None = None  # end of the last segment of unknown batch size
+
+    @property
+    def samples(self) -> list[tuple]:
+        return list(zip(self.ts, self.cs, self.rates))
 
     def step(self, now: float, batch: int | None) -> None:
         if self.last_t is None:
@@ -55,25 +64,28 @@ class ShareClock:
             rate = 1.0 / batch if batch > 0 else 0.0
         self.c += (now - self.last_t) * rate
         self.last_t = now
-        s = self.samples
-        # (t, C(t), rate of the segment ending at t). Same rate as the
-        # segment before: the points are collinear, so the last one moves
-        # forward (one sample per change of batch size, not per step).
-        if len(s) >= 2 and s[-1][2] == rate:
-            s[-1] = (now, self.c, rate)
-        else:
-            s.append((now, self.c, rate))
+        # Same rate as the segment before: the points are collinear, so the
+        # last one moves forward (one sample per change of batch size).
+        if len(self.ts) >= 2 and self.rates[-1] == rate:
+            self.ts[-1], self.cs[-1] = now, self.c
+            return
+        self.ts.append(now)
+        self.cs.append(self.c)
+        self.rates.append(rate)
+        if len(self.ts) > self.max_samples:
+            cut = len(self.ts) - self.max_samples // 2
+            del self.ts[:cut], self.cs[:cut], self.rates[:cut]
 
     def at(self, t: float) -> float | None:
         """C(t) by linear interpolation; None before the first sample kept."""
-        s = self.samples
-        if not s or t < s[0][0]:
+        ts = self.ts
+        if not ts or t < ts[0]:
             return None
-        if t >= s[-1][0]:
-            return s[-1][1]  # after the last report nothing was credited yet
-        i = bisect_right(s, (t, float("inf"), float("inf")))
-        t0, c0, _ = s[i - 1]
-        t1, c1, _ = s[i]
+        if t >= ts[-1]:
+            return self.cs[-1]  # after the last report nothing was credited yet
+        i = bisect_right(ts, t)
+        t0, t1 = ts[i - 1], ts[i]
+        c0, c1 = self.cs[i - 1], self.cs[i]
         if t1 <= t0:
             return c1
         return c0 + (c1 - c0) * (t - t0) / (t1 - t0)
