@@ -186,3 +186,13 @@ def _degrade(python: str, out: Path, cwd: Path) -> str:
                          cwd=cwd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout.strip().splitlines()[-1]
+
+
+def test_overhead_bench_smoke(tmp_path):
+    """bench/statlogger_overhead.py runs (no timing asserted)."""
+    out = run(vllm_python(VERSIONS[0]), "import runpy, sys; sys.argv = ['b', '--calls', '50']; "
+              f"runpy.run_path({str(REPO / 'bench' / 'statlogger_overhead.py')!r}, run_name='__main__')",
+              {"PYTHONPATH": str(REPO)}, tmp_path)
+    assert set(json.loads(out)) == {"loop_us_per_call_0_finished", "loop_us_per_call_1_finished",
+                                    "loop_us_per_call_8_finished", "writer_us_per_line_1_finished",
+                                    "writer_us_per_line_8_finished"}
