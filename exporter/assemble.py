@@ -18,6 +18,16 @@ Which source wins, field by field (unknown stays null, never a guess):
   null without one.
 * ``params``: what the client sent (middleware, JSON body) before vLLM's
   effective ``SamplingParams`` (whose ``max_tokens`` is filled in by vLLM).
+* ``stream`` and ``params.n`` of a client body that was read whole and did
+  not set them are the OpenAI API's documented defaults (``false``, ``1``;
+  vLLM logs the body as sent, unset fields left out). Nothing else is
+  defaulted: vLLM's own defaults (``temperature`` from the model's
+  generation config, ``max_tokens``) are not the API's.
+* ``model``: the name the client sent → ``--model`` → the name vLLM serves
+  as its start-up line said (``cfg``, :mod:`exporter.learned`).
+* The ``--max-log-len`` in effect is the flag, else the one vLLM's start-up
+  line set when the request came (``cfg``): a list or text that long may be
+  cut, so it is never counted.
 """
 
 from __future__ import annotations
@@ -34,11 +44,13 @@ from .record import ENGINE_FIELDS, PARAM_FIELDS, format_ts, new_record, parse_ts
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
 _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
+_STREAM_DEFAULTED = ("chat", "completion", "responses")  # endpoints whose "stream" defaults to false
 
 
 @dataclass(frozen=True)
 class AssembleContext:
     model: str | None = None
+    instance: str | None = None  # --instance: the replica that served the request
     max_log_len: int | None = None
     oversized_input_tokens: int = 2048
     count_tokens: Callable[[str, bool], int | None] | None = None  # (text, is_chat)
@@ -84,7 +96,10 @@ class _Sources:
 
     @property
     def limit(self) -> int | None:
-        return self.ctx.max_log_len
+        if self.ctx.max_log_len is not None:
+            return self.ctx.max_log_len
+        cfg = self.e.get("cfg")
+        return cfg.get("max_log_len") if cfg else None
 
 
 def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
@@ -95,11 +110,13 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
     record without its line is flagged ``middleware_missing``."""
     mw = e.get("mw")
     has_log = bool(e["received"] or e["details"] or e["outputs"] or e["complete"]
-                   or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None)
+                   or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None
+                   or e.get("summary"))
     if mw is None and not has_log:
         return None
     src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [], middleware_seen)
     rec = new_record()
+    rec["instance"] = src.ctx.instance
     rec["sources"] = (["vllm_log"] if has_log or src.body else []) + (["middleware"] if mw is not None else [])
     _identity(rec, src)
     _prompt(rec, src)
@@ -129,15 +146,38 @@ def _identity(rec: dict, src: _Sources) -> None:
     log_id = e["log_id"]
     rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
     rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
-    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model
-    user = mw.get("user")
-    if user is None and body is not None and body.get("user") is not None:
-        user = str(body.get("user"))
+    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model \
+        or (e.get("summary") or {}).get("model") or (e.get("cfg") or {}).get("model")
+    user, source = mw.get("user"), mw.get("identity_source")
+    invalid = (mw.get("identity") or {}).get("invalid_reason") is not None
+    if user is None and not invalid and body is not None and body.get("user") is not None:
+        # Log only (or a line without a user): the client's own field. Never
+        # when the middleware refused the request's identity.
+        user, source = str(body.get("user")), "user_field"
+    if source is None and user is not None and src.mw is not None:
+        # A line from before identity_source existed: the same order as the
+        # middleware's (header, user field, key hash), told apart by value.
+        source = _legacy_source(user, mw.get("identity") or {})
     rec["user"] = user
+    rec["identity_source"] = source if user is not None else None
+    if invalid:
+        src.flags.append("identity_invalid")
     stream = mw.get("stream")
     if stream is None and body is not None and isinstance(body.get("stream"), bool):
         stream = body["stream"]
+    if stream is None and body is not None and "stream" not in body and rec["endpoint"] in _STREAM_DEFAULTED:
+        stream = False  # the OpenAI default: the body was logged as sent, without "stream"
     rec["stream"] = e["stream"] if stream is None else stream
+
+
+def _legacy_source(user: str, ident: dict) -> str | None:
+    if user in (ident.get("headers") or {}).values():
+        return None  # header or header_secret: the old line does not say which
+    if user == ident.get("user_field"):
+        return "user_field"
+    if user.startswith("key:") and (ident.get("api_key_hash") or "").startswith(user[4:]):
+        return "api_key"
+    return None
 
 
 def _prompt(rec: dict, src: _Sources) -> None:
@@ -172,6 +212,9 @@ def _params(rec: dict, src: _Sources) -> None:
         for k in PARAM_FIELDS:
             if params[k] is None and given.get(k) is not None:
                 params[k] = given[k]
+    body_read = src.body is not None or isinstance((src.mw or {}).get("stream"), bool)
+    if params["n"] is None and body_read and rec["endpoint"] in ("chat", "completion"):
+        params["n"] = 1  # the OpenAI default for a body read whole without "n"
     rec["params"] = params
 
 
@@ -180,7 +223,10 @@ def _tokens(rec: dict, src: _Sources) -> None:
     e, mw, ctx, limit = src.e, src.mw, src.ctx, src.limit
     used: list[str] = []
     usage = (mw or {}).get("usage") or {}
+    summary = e.get("summary") or {}
     pt = usage.get("prompt_tokens")
+    if pt is None and summary.get("prompt_tokens") is not None:
+        pt = summary["prompt_tokens"]  # the Rust frontend logs the response's usage
     if pt is not None:
         used.append("usage")
     elif mw is not None and mw.get("rejected_prompt_tokens") is not None:
@@ -206,6 +252,8 @@ def _tokens(rec: dict, src: _Sources) -> None:
     rec["prompt_tokens"] = pt
 
     ct = usage.get("completion_tokens")
+    if ct is None:
+        ct = summary.get("completion_tokens")
     if ct is not None:
         used.append("usage")
     else:
@@ -221,7 +269,7 @@ def _outcome(rec: dict, src: _Sources) -> None:
     e, mw, choices = src.e, src.mw, src.choices
     if mw is not None:
         status = mw.get("status") or "completed"
-    elif e["aborted"]:
+    elif e["aborted"] or (e.get("summary") or {}).get("finish_reason") == "abort":
         status = "aborted"
     elif e["failed"]:
         status = "error"
@@ -235,6 +283,8 @@ def _outcome(rec: dict, src: _Sources) -> None:
         finish = None
     if finish is None and e["stream"] and e["last_finish"]:
         finish = e["last_finish"]
+    if finish is None and e.get("summary"):
+        finish = e["summary"].get("finish_reason")
     if finish is None and status == "aborted":
         finish = "abort"
     rec["finish_reason"] = finish

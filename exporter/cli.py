@@ -1,5 +1,6 @@
 """Command line: the argparse tree and the dispatch of ``run`` (exporter.service),
-``replay`` (exporter.replay), ``demo``, ``verify``, ``retention`` and ``export``.
+``replay`` (exporter.replay), ``demo``, ``verify``, ``retention``, ``export`` and
+``witness`` (exporter.transparency.witness).
 
 The settings object is built once, from flags and ``VLLM_AUDIT_*``
 environment variables (:mod:`exporter.settings`); bad configuration exits 2
@@ -49,6 +50,11 @@ def make_parser() -> argparse.ArgumentParser:
     retention.add_argument("--compress-after-days", type=int, default=None, metavar="DAYS")
     retention.add_argument("--delete-after-days", type=int, default=None, metavar="DAYS")
     add_options(retention, "retention")
+    witness = sub.add_parser(
+        "witness", help="run a C2SP tlog-witness that cosigns another host's checkpoints",
+        description="Serve POST /add-checkpoint (c2sp.org/tlog-witness): cosign a log's checkpoint "
+                    "only if it is consistent with the latest one this witness cosigned.")
+    add_options(witness, "witness")
     export = sub.add_parser("export", help="export records for auditors (CSV or JSONL)")
     _add_export_args(export)
     add_options(export, "export")
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "retention":
             return cmd_retention(args)
+        if args.command == "witness":
+            return cmd_witness(args)
         if args.command == "export":
             from .compliance.export import export_main
             opts = resolve("export", args, os.environ)
@@ -120,6 +128,45 @@ def cmd_verify(args) -> int:
     return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
                        hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
                        state_dir=opts["state_dir"] and str(opts["state_dir"]))
+
+
+def cmd_witness(args) -> int:
+    from .settings import witness_settings
+    from .transparency.witness import Witness, init_key
+    from .transparency.witness_http import serve
+    from exporter.durable import DirError, usable_dir
+    ws = witness_settings(args, os.environ)
+    if ws.init_key:
+        try:
+            signer = init_key(ws.key_file, ws.name)
+        except (FileExistsError, DirError, OSError) as exc:
+            raise SettingsError(f"--init-key: {exc}") from None
+        print(signer.verifier.text())
+        return 0
+    try:
+        usable_dir(ws.state_dir, "--state-dir", create=True, write=True)
+        witness = Witness(ws.signer, ws.logs, ws.state_dir)
+    except (DirError, ValueError) as exc:
+        raise SettingsError(str(exc)) from None
+    try:
+        server = serve(witness, ws.host, ws.port)
+    except OSError as exc:
+        raise SettingsError(f"--listen {ws.host}:{ws.port}: {exc.strerror or exc}") from None
+    import signal
+
+    def stop(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    host, port = server.server_address[:2]
+    print(f"witness {witness.signer.verifier.text()} on http://{host}:{port} for "
+          f"{', '.join(sorted(ws.logs))}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def cmd_retention(args) -> int:

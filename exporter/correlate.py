@@ -25,6 +25,18 @@ A finished request is held ``merge_grace`` seconds (log time, measured on the
 *watermark*: the time up to which every source has been read) so the other
 source's lines can join; with a middleware source seen, a request finished
 by vLLM's log waits for the middleware line up to ``request_timeout``.
+With ``eager`` (``run``), a request whose both sides are in -- its
+middleware line and the log line that ends it in vLLM's log (the last
+choice's output line, ``streaming complete`` for every choice, aborted,
+failed) -- is recorded as soon as the watermark reaches its end, with no
+``merge_grace``: nothing more can come for it. (Replay keeps the grace, so
+its records and their order are what they always were.)
+
+Settings learned from vLLM's start-up lines (:mod:`exporter.learned`) are
+set in ``cfg`` by the pipeline for the source being read; the first log
+line of a request stores them in its entry, so a restart with other
+settings applies to the requests after it only. ``max_log_len`` (the flag)
+wins over the entry's.
 
 In-flight state is bounded (``max_inflight``; the oldest is recorded as
 ``incomplete`` and counted) and is plain JSON data, so it is checkpointed.
@@ -32,6 +44,8 @@ In-flight state is bounded (``max_inflight``; the oldest is recorded as
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
 from typing import Callable
 
@@ -70,6 +84,8 @@ class Correlator:
         self.max_inflight = max_inflight
         self.max_log_len = max_log_len
         self.on_evict = on_evict
+        self.eager = False  # record a request whose both sides are in at once (live)
+        self.cfg: dict | None = None  # learned settings of the source being read (exporter.learned)
         self.inflight: dict[str, dict] = {}
         self.by_log_id: dict[str, str] = {}
         self.middleware_seen = False
@@ -83,6 +99,15 @@ class Correlator:
         # id that is still in flight gets an entry of its own under an alias
         # slot ("<id>#<order>"); base id -> its alias slots, oldest first.
         self.aliases: dict[str, list[str]] = {}
+        # When each entry may next be due (ready()): a heap of lower bounds
+        # (due, order, slot) so ready() looks only at entries that may be due
+        # instead of scanning every in-flight request each step (a pile-up
+        # made that quadratic). Slots touched since the last ready() have
+        # their due time re-read there; _heaped is the smallest bound in the
+        # heap per slot, so a later (larger) due needs no push.
+        self._due: list[tuple[float, int, str]] = []
+        self._heaped: dict[str, float] = {}
+        self._touched: set[str] = set()
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
@@ -104,6 +129,8 @@ class Correlator:
         for slot, e in self.inflight.items():
             if slot != e["key"]:
                 self.aliases.setdefault(e["key"], []).append(slot)
+        self._due, self._heaped = [], {}
+        self._touched = set(self.inflight)
 
     # ---------------------------------------------------------------- input
     def _entry(self, slot: str, t: float | None, key: str | None = None) -> dict:
@@ -122,6 +149,7 @@ class Correlator:
                 entry["slot"] = slot
             self._next_order += 1
             self.inflight[slot] = entry
+        self._touched.add(slot)
         if t is not None:
             if entry["first_t"] is None:
                 entry["first_t"] = t
@@ -156,6 +184,7 @@ class Correlator:
             key = self.by_log_id.get(event.request_id)
             entry = self.inflight.get(key) if key is not None else None
             if entry is not None and entry["log_id"] is not None:
+                self._touched.add(key)
                 if t is not None:
                     if entry["first_t"] is None:
                         entry["first_t"] = t
@@ -233,6 +262,7 @@ class Correlator:
                 entry["failed"] = event.data.get("reason") or "failed"
             if kind != ev.ADDED:
                 entry["done_t"] = entry["done_t"] or t
+                entry["log_done"] = True
 
     def _on_request(self, event: ev.Event, t: float | None) -> None:
         """The request logger's lines: Received, details, JSON body, Generated."""
@@ -251,6 +281,8 @@ class Correlator:
             slot = self._slot(base, "received" if kind == ev.RECEIVED else "body", t)
             key = base
         entry = self._entry(slot, t, key)
+        if self.cfg is not None and "cfg" not in entry:
+            entry["cfg"] = self.cfg
         if event.when is not None and event.when.year is not None:
             entry["precise"] = True
         if kind != ev.BODY and (entry["log_id"] is None or kind == ev.RECEIVED):
@@ -265,6 +297,8 @@ class Correlator:
             entry["details"] = event.data
         elif kind == ev.BODY:
             entry["body"] = event.data.get("body")
+            if entry["body"] is None and "body_closed" in event.data and (entry.get("cfg") or {}).get("body_lost_brace"):
+                entry["body"] = event.data["body_closed"]  # vLLM 0.31's [:-1]: the body with its "}"
         elif kind == ev.OUTPUT:
             self._output(entry, event.data, t)
         else:
@@ -309,6 +343,30 @@ class Correlator:
             other = parse_ts_or_none(e["mw"].get("received_at")) if e["mw"] is not None else None
         return LATE_WINDOW if t is None or other is None else abs(other - t)
 
+    def _on_summary(self, event: ev.Event, t: float | None) -> None:
+        """The Rust frontend's one line per finished request: it opens and ends
+        the request (that frontend logs nothing when a request comes in)."""
+        rid = event.request_id
+        if not rid:
+            return
+        key, endpoint = self._key_for(rid)
+        if self._late(key, ev.RECEIVED):  # like a Received line: a reused id is a new request
+            return
+        base = self.inflight[key]["key"] if key in self.inflight else key
+        slot = self._slot(base, "summary", t)
+        entry = self._entry(slot, t, base)
+        if self.cfg is not None and "cfg" not in entry:
+            entry["cfg"] = self.cfg
+        entry["log_id"] = rid
+        entry["endpoint"] = event.data.get("endpoint") or endpoint
+        self.by_log_id[rid] = slot
+        entry["summary"] = event.data
+        entry["stream"] = event.data.get("stream")
+        entry["done_t"] = entry["done_t"] or t
+        entry["log_done"] = True
+        if len(self.inflight) > self.max_inflight:
+            self._bound()
+
     def _output_details(self, entry: dict, data: dict) -> None:
         ids = data.get("output_token_ids")
         # Only a non-streaming list is the whole output: a stream's deltas
@@ -317,7 +375,8 @@ class Correlator:
         if ids is not None and not data.get("stream_info"):
             n = id_count(ids)
             entry["out_ids"] = (entry["out_ids"] or 0) + n
-            if self.max_log_len is not None and n >= self.max_log_len:
+            limit = self.limit(entry)
+            if limit is not None and n >= limit:
                 entry["out_ids_truncated"] = True  # a cut list is no count
 
     def _output(self, entry: dict, data: dict, t: float | None) -> None:
@@ -327,22 +386,36 @@ class Correlator:
             entry["stream"] = True
             entry["deltas"] += 1
             ids = data.get("output_token_ids")
-            if ids is None:
-                entry["delta_ids_known"] = False
+            n = id_count(ids)
+            limit = self.limit(entry) if n is not None else None
+            if n is None or limit is not None and n >= limit:
+                entry["delta_ids_known"] = False  # unknown, or a list --max-log-len may have cut
             else:
-                entry["delta_ids"] += id_count(ids)
+                entry["delta_ids"] += n
             if data.get("finish_reason") not in (None, "None", "streaming_complete"):
                 entry["last_finish"] = data.get("finish_reason")
         elif info == "complete":
             entry["stream"] = True
             entry["complete"].append(text)
             entry["done_t"] = entry["done_t"] or t
+            if len(entry["complete"]) >= _choices(entry):
+                entry["log_done"] = True
         else:
             entry["stream"] = False
             ids = data.get("output_token_ids")
             entry["outputs"].append({"text": text, "finish_reason": data.get("finish_reason"),
                                      "ids": None if ids is None else id_count(ids)})
             entry["done_t"] = entry["done_t"] or t
+            if len(entry["outputs"]) >= _choices(entry):
+                entry["log_done"] = True
+
+    def limit(self, entry: dict) -> int | None:
+        """``--max-log-len`` in effect for this request: the flag, else what
+        vLLM's start-up line said when the request came."""
+        if self.max_log_len is not None:
+            return self.max_log_len
+        cfg = entry.get("cfg")
+        return cfg.get("max_log_len") if cfg else None
 
     # --------------------------------------------------------------- output
     def _bound(self) -> None:
@@ -356,6 +429,7 @@ class Correlator:
 
     def _pop(self, slot: str) -> dict:
         entry = self.inflight.pop(slot)
+        self._heaped.pop(slot, None)
         if entry.get("log_id") and self.by_log_id.get(entry["log_id"]) == slot:
             del self.by_log_id[entry["log_id"]]
         key = entry["key"]
@@ -390,31 +464,76 @@ class Correlator:
         self.on_evict("late_event")
         return True
 
+    def _wait(self, e: dict) -> float:
+        """How long after its end a request waits for the other source."""
+        if e["mw"] is None:
+            return self.request_timeout if self.middleware_seen else self.merge_grace
+        if self.eager and e.get("log_done"):
+            return 0.0  # both sides are in: nothing more can come
+        return self.merge_grace
+
+    def _due_at(self, e: dict) -> float:
+        """The earliest watermark at which _take records ``e`` (its state now).
+        A wait only grows without a touch (middleware_seen turning true), so
+        a due time computed earlier is a lower bound."""
+        due = math.inf
+        if e["done_t"] is not None:
+            due = e["done_t"] + self._wait(e)
+        if e["last_t"] is not None:
+            due = min(due, e["last_t"] + self.request_timeout)
+        return due
+
+    def _take(self, slot: str, e: dict, watermark: float, out: list[dict]) -> bool:
+        done = e["done_t"]
+        if done is not None and watermark >= done + self._wait(e):
+            out.append(self._pop(slot))
+            return True
+        last = e["last_t"]
+        if last is not None and watermark >= last + self.request_timeout:
+            self.on_evict("timeout")
+            out.append(self._pop(slot))
+            return True
+        return False
+
+    def _push(self, slot: str, e: dict) -> None:
+        due = self._due_at(e)
+        if due < self._heaped.get(slot, math.inf):
+            heapq.heappush(self._due, (due, e["order"], slot))
+            self._heaped[slot] = due
+
     def ready(self, watermark: float) -> list[dict]:
         """Entries that may be recorded now, in first-seen order."""
         out: list[dict] = []
         if self._pending_evicted:
             out.extend(self._pending_evicted)
             self._pending_evicted = []
-        for key, e in list(self.inflight.items()):
-            done = e["done_t"]
-            if done is not None:
-                wait = self.merge_grace
-                if self.middleware_seen and e["mw"] is None:
-                    wait = self.request_timeout
-                if watermark >= done + wait:
-                    out.append(self._pop(key))
-                    continue
-            last = e["last_t"]
-            if last is not None and watermark >= last + self.request_timeout:
-                self.on_evict("timeout")
-                out.append(self._pop(key))
+        for slot in self._touched:
+            e = self.inflight.get(slot)
+            if e is not None:
+                self._push(slot, e)
+        self._touched = set()
+        heap = self._due
+        while heap and heap[0][0] <= watermark:
+            _due, order, slot = heapq.heappop(heap)
+            e = self.inflight.get(slot)
+            if e is None or e["order"] != order:
+                continue  # recorded already (a stale bound), or the slot holds a newer request
+            if self._heaped.get(slot) == _due:
+                del self._heaped[slot]
+            if not self._take(slot, e, watermark, out):
+                self._push(slot, e)  # its wait grew since: file it under its due time now
         out.sort(key=lambda e: e["order"])
         return out
 
     def drain(self) -> list[dict]:
         """Everything still held (end of a replay)."""
-        return self.ready(float("inf"))
+        return self.ready(math.inf)
+
+
+def _choices(entry: dict) -> int:
+    """Choices vLLM logs for this request (``n`` of its SamplingParams; 1 if unknown)."""
+    n = ((entry["received"] or {}).get("params") or {}).get("n")
+    return n if isinstance(n, int) and n > 0 else 1
 
 
 _ENGINE_SUMS = ("share_seconds", "cached_tokens", "preemptions", "generation_tokens")
@@ -442,6 +561,7 @@ def merge_engine(have: dict | None, line: dict) -> dict:
 # request take feed's fast path first).
 _HANDLERS = {
     ev.MIDDLEWARE: Correlator._on_middleware,
+    ev.SUMMARY: Correlator._on_summary,
     ev.ENGINE: Correlator._on_engine_line,
     **dict.fromkeys((ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED), Correlator._on_engine),
     **dict.fromkeys((ev.RECEIVED, ev.DETAILS, ev.BODY, ev.OUTPUT, ev.OUTPUT_DETAILS), Correlator._on_request),

@@ -22,6 +22,11 @@ Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
    (``sources.*.time_offset_seconds``): ``--server-timezone`` is not the
    zone vLLM logs in, so requests are timed out early or held for hours.
 
+Shown, not judged: ``capture`` (``{"mode": "log_only", "frontend": "rust",
+"middleware": "off", "note": ...}`` when vLLM runs its Rust frontend, which
+runs no Python middleware) and each source's ``vllm`` settings as its
+start-up line said.
+
 Not judged: lag and ``at_eof`` (an idle vLLM is normal), a vLLM scraper that
 has not run yet (reported as ``"up": null``), and Loki (shown for operators;
 a Loki outage is buffered by design and has its own metrics and alerts).
@@ -73,6 +78,9 @@ class SourceHealth:
     # the operator-facing explanation when not 0 (pipeline's ClockCheck).
     time_offset_seconds: int = 0
     time_offset_note: str | None = None
+    # vLLM's settings from its last start-up line in this source
+    # (exporter.learned: served, max_log_len, frontend, process, pid, ...).
+    vllm: dict | None = None
 
 
 @dataclass
@@ -142,6 +150,9 @@ class Health:
         self.loki: dict | None = None
         self.threads: dict[str, ThreadHealth] = {}
         self.archive = ArchiveHealth()
+        # How requests are captured (the pipeline's): mode "middleware" or
+        # "log_only", frontend "python"/"rust"/"unknown", middleware "on"/"off".
+        self.capture: dict | None = None
 
     def add_source(self, name: str, path: str | None = None, *, required: bool = True) -> SourceHealth:
         source = self.sources[name] = SourceHealth(name=name, path=path, required=required)
@@ -202,5 +213,6 @@ class Health:
             "loki": self.loki,
             "threads": {name: t.as_dict() for name, t in list(self.threads.items())},
             "archive": asdict(self.archive),
+            "capture": self.capture,
         }
         return not problems, body

@@ -236,3 +236,49 @@ class UserLabels(BoundedLabels):
         if self.mode == "hashed" or personal(text):
             return self.pseudonym(text)
         return text
+
+
+class ServedModels:
+    """The model names vLLM serves: the ``model`` label's bound.
+
+    A client may send any ``model`` (vLLM rejects an unknown one, the
+    middleware still records it), so, once the served names are known, a
+    name vLLM does not serve folds to ``__other__`` in metric and Loki
+    labels; the record keeps the name the client sent. The names are those
+    of every source's last start-up line (:mod:`exporter.learned`) plus
+    ``--model``; with neither, nothing is folded here (the dimension's
+    first-come bound still applies).
+
+    >>> s = ServedModels("tiny")
+    >>> s.fold("tiny"), s.fold("junk"), s.fold(None)
+    ('tiny', '__other__', None)
+    >>> s.learn("vllm", ["a", "b"]); s.fold("b"), s.fold("tiny")
+    ('b', 'tiny')
+    """
+
+    def __init__(self, flag: str | None = None):
+        self.flag = flag
+        self._by_source: dict[str, tuple[str, ...]] = {}
+        self._names: frozenset[str] | None = frozenset((flag,)) if flag else None
+
+    def learn(self, source: str, names) -> None:
+        """``names``: the served names a source's start-up line gave (None: unknown)."""
+        if names:
+            self._by_source[source] = tuple(n for n in names if isinstance(n, str))
+        else:
+            self._by_source.pop(source, None)
+        found = {n for names in self._by_source.values() for n in names}
+        if self.flag:
+            found.add(self.flag)
+        self._names = frozenset(found) if found else None  # one reference swap: readers need no lock
+
+    @property
+    def names(self) -> frozenset[str] | None:
+        return self._names
+
+    def fold(self, name):
+        """``name`` if vLLM serves it (or nothing is known), else ``__other__``."""
+        names = self._names
+        if names is None or name is None or name == "" or name in names:
+            return name
+        return OTHER

@@ -72,7 +72,8 @@ ENGINE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 # values normally form a small fixed set, but a client can send any model
 # name (vLLM rejects it, the middleware still records it) and each bad value
 # would otherwise become a series.
-LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32, "flag": 128}
+LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32, "flag": 128,
+                "source": 8, "reason": 16}
 
 _NUMERIC = (int, float)  # exact classes: bool is not a count
 _INF = float("inf")
@@ -99,6 +100,14 @@ _COUNTERS = {
         ("model", "user", "status")),
     "vllm_audit_flags_total": (
         "Detector and data-quality flags raised on records.", ("model", "flag")),
+    # How far each request's user can be trusted (record.identity_source;
+    # "none" = no user): the share of unverified identity at a glance.
+    "vllm_audit_identity_source_requests_total": (
+        "Requests by how their user was established (identity_source, none when unknown).",
+        ("model", "source")),
+    "vllm_audit_identity_invalid_total": (
+        "Requests whose Open WebUI identity token was missing or refused, by reason.",
+        ("model", "reason")),
     # From the record's engine object (the stat-logger plugin): each request's
     # share of the engine's busy time, so per-user sums add up to busy time.
     "vllm_audit_engine_seconds_total": (
@@ -162,6 +171,8 @@ class RequestMetrics:
                  pricing: Pricing | None = None):
         self.users = users
         self.pricing = pricing or Pricing()
+        # labels.ServedModels or None: names vLLM does not serve fold to __other__
+        self.served = None
         self.oversized_input_tokens = oversized_input_tokens
         limits = dict(LABEL_LIMITS, model=max_models)
         self.dims: dict[str, BoundedLabels] = {d: BoundedLabels(n) for d, n in limits.items()}
@@ -190,6 +201,8 @@ class RequestMetrics:
         self._c_empty = c["vllm_audit_empty_responses_total"]
         self._c_oversized = c["vllm_audit_oversized_inputs_total"]
         self._c_flags = c["vllm_audit_flags_total"]
+        self._c_source = c["vllm_audit_identity_source_requests_total"]
+        self._c_invalid = c["vllm_audit_identity_invalid_total"]
         self._g_consecutive = self._gauges["vllm_audit_consecutive_empty_responses"]
         self._h_prompt = h["vllm_audit_request_prompt_tokens"]
         self._h_completion = h["vllm_audit_request_completion_tokens"]
@@ -211,7 +224,8 @@ class RequestMetrics:
         stop the pipeline.
         """
         dims = self.dims
-        model = dims["model"].label(rec.get("model"))
+        served = self.served
+        model = dims["model"].label(rec.get("model") if served is None else served.fold(rec.get("model")))
         user = self.users.label(rec.get("user"))
         endpoint = dims["endpoint"].label(rec.get("endpoint"))
         status = rec.get("status")
@@ -268,6 +282,15 @@ class RequestMetrics:
                 g = self._g_consecutive
                 g[(model,)] = g.get((model,), 0.0) + 1.0 if empty is True else 0.0
 
+            c = self._c_source
+            k = (model, dims["source"].label(rec.get("identity_source") or "none"))
+            c[k] = c.get(k, 0.0) + 1.0
+            ident = rec.get("identity")
+            reason = ident.get("invalid_reason") if isinstance(ident, dict) else None
+            if reason is not None:
+                c = self._c_invalid
+                k = (model, dims["reason"].label(reason))
+                c[k] = c.get(k, 0.0) + 1.0
             engine = rec.get("engine")
             if engine is not None:
                 self._observe_engine(rec, engine, model, mu)

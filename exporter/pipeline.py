@@ -19,6 +19,13 @@ live source contributes "now"; a finished replay file contributes +inf. In
 replay the source furthest behind is read next, so files are merged in time
 order rather than one after another.
 
+vLLM's start-up lines set each source's learned settings
+(:mod:`exporter.learned`): the correlator stamps them on the requests that
+follow, a flag that contradicts them is reported once, the served model
+names bound the ``model`` label (``served``), and ``/health`` and
+``vllm_audit_capture_mode_info`` say how requests are captured (the Rust
+frontend runs no middleware). They are part of the checkpoint.
+
 Beside the loop: the zone check (:mod:`exporter.zonecheck`, reports only)
 and the status bridge (:mod:`exporter.status`: tailer and archive state →
 self metrics and /health).
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import events as ev
+from . import learned as learn
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
 from .correlate import Correlator
@@ -40,7 +48,10 @@ from .parse import CHECK_PROBLEMS, parse_line
 from .status import StatusBridge
 from .zonecheck import ZoneCheck
 
-CHECKPOINT_VERSION = 1
+# 2: adds "learned" (per source: [settings, pending], exporter.learned) and
+# "conflicts"; a version-1 state is restored without them (the sources then
+# look back for their last start-up line, see runtime).
+CHECKPOINT_VERSION = 2
 # Commit pacing (Pipeline._pace): at most this share of the time goes to
 # commits once one costs more than PACE_FROM_CPU seconds of CPU; the gap is
 # capped so records still reach Loki within MAX_COMMIT_GAP of being written.
@@ -73,6 +84,11 @@ class Source:
     pair_check: object | None = None
     clock_check: object | None = None
     time_offset: int = 0  # the verdict reported
+    # vLLM's settings from its last start-up line (exporter.learned), what a
+    # version line said before it, and the compact form the correlator stamps.
+    learned: dict | None = None
+    pending: dict | None = None
+    cfg: dict | None = None
 
 
 @dataclass
@@ -91,7 +107,7 @@ class Pipeline:
                  sinks: Sinks, selfm, ctx: AssembleContext, checkpoint_path: Path,
                  users=None, live: bool = True, clock: Callable[[], float] = time.time,
                  checkpoint_interval: float = 1.0, batch_lines: int = 4096, health=None,
-                 logging_prefix: str = ""):
+                 logging_prefix: str = "", served=None):
         self.sources = sources
         self.logging_prefix = logging_prefix  # vLLM's VLLM_LOGGING_PREFIX, exactly
         self.correlator = correlator
@@ -125,6 +141,10 @@ class Pipeline:
             src.metrics = selfm.source(src.name)
         self.zone = ZoneCheck(sources, tz=resolver.tz, clock=clock)  # reports, never changes a record
         self.status = StatusBridge(selfm, health, live=live)
+        self.served = served  # labels.ServedModels: the model label's bound, or None
+        self.correlator.eager = live  # run: a request with both sides in is recorded at once
+        self._conflicts: list = []  # (setting, flag, log) already reported
+        self._capture()  # log_only/unknown until a start-up line or a middleware line says more
 
     # ------------------------------------------------------------- restore
     def restore(self, state: dict | None) -> None:
@@ -140,6 +160,38 @@ class Pipeline:
             src.when_cache = (None, None)
         if state.get("time") is not None:
             self.resolver.restore(state["time"])
+        saved = state.get("learned") or {}
+        self._conflicts = [tuple(c) for c in state.get("conflicts") or []]
+        for src in self.sources:
+            if src.name in saved:
+                src.learned, src.pending = saved[src.name]
+                self.learned_changed(src, report=False)
+
+    def learned_changed(self, src: Source, *, report: bool = True) -> None:
+        """``src.learned`` is new: the correlator's stamp, conflicts with the
+        flags (once each, kept in the checkpoint), the model label's bound,
+        and what /health and the self metrics say (StatusBridge)."""
+        src.cfg = learn.entry_cfg(src.learned)
+        self.correlator.cfg = src.cfg
+        for found in learn.conflicts(src.learned, model=self.ctx.model, max_log_len=self.ctx.max_log_len):
+            if found in self._conflicts and report:
+                continue
+            if found not in self._conflicts:
+                self._conflicts.append(found)
+            self.status.conflict(src.name, found, warn=report)
+        if self.served is not None:
+            self.served.learn(src.name, (src.learned or {}).get("served"))
+        self.status.learned(src)
+        self._capture()
+
+    def _learn(self, src: Source, data: dict, t: float | None) -> None:
+        before = src.learned
+        src.learned, src.pending = learn.apply(src.learned, src.pending, data, t)
+        if src.learned is not before:
+            self.learned_changed(src)
+
+    def _capture(self) -> None:
+        self.status.capture(self.sources, self.correlator.middleware_seen)
 
     # ---------------------------------------------------------------- loop
     def step(self) -> int:
@@ -182,6 +234,8 @@ class Pipeline:
                 src.finished = True
             self.status.source(src)
         emitted = self.records_emitted
+        if self.correlator.middleware_seen and not self.status.capture_is_middleware:
+            self._capture()
         self._emit(self.correlator.ready(self.watermark()))
         self.selfm.inflight.set(len(self.correlator.inflight))
         # Only a change needs a commit: an idle exporter does not fsync.
@@ -242,6 +296,8 @@ class Pipeline:
         #    failed due to <exception>", is followed by lines repeating its
         #    exact header: those are continuations too.
         name, resolve = src.name, self.resolver.resolve
+        self.correlator.cfg = src.cfg
+        startup_kind, summary_kind = ev.STARTUP, ev.SUMMARY
         timed = False
         received, mw_kind = ev.RECEIVED, ev.MIDDLEWARE
         prefix, prev_cr, base_cr, head = self.logging_prefix, src.cr, src.base_cr, src.failed_head
@@ -277,6 +333,12 @@ class Pipeline:
             if kind == engine_status:
                 self.selfm.engine_status(result.data)
                 continue
+            if kind == startup_kind:
+                self._learn(src, result.data, None if result.when is None else resolve(result.when, name))
+                ignored["startup"] = ignored.get("startup", 0) + 1
+                continue
+            if kind == summary_kind and (src.learned or {}).get("frontend") != "rust":
+                self._learn(src, {"what": "rust_frontend"}, None)  # only the Rust frontend writes it
             if kind == failed_kind:
                 k = line.text.find("] Request ")
                 head = line.text[:k + 2] if k >= 0 else None
@@ -357,6 +419,9 @@ class Pipeline:
             "metrics": self.sinks.metrics.snapshot(),
             "users": self.users.state() if self.users is not None else None,
             "archive": self.sinks.archive.state(),
+            "learned": {s.name: [s.learned, s.pending] for s in self.sources
+                        if s.learned is not None or s.pending is not None},
+            "conflicts": [list(c) for c in self._conflicts],
             "written_at": self.clock(),
         }
 

@@ -36,6 +36,8 @@ RECORD_FIELDS: tuple[str, ...] = (
     "identity",
     "choices",
     "sources",
+    "identity_source",
+    "instance",
     "engine",
 )
 
@@ -48,6 +50,15 @@ ENGINE_FIELDS: tuple[str, ...] = ("queue_seconds", "prefill_seconds", "decode_se
 PARAM_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "n", "json_mode")
 
 STATUSES: tuple[str, ...] = ("completed", "aborted", "rejected", "incomplete", "error")
+# How far to trust ``user``, strongest first (README, "Identity"): a verified
+# Open WebUI JWT, headers behind the shared identity secret, bare headers,
+# the client's own ``user`` field, the API key's hash.
+IDENTITY_SOURCES: tuple[str, ...] = ("jwt", "header_secret", "header", "user_field", "api_key")
+# Why a configured Open WebUI JWT gave no user (flag ``identity_invalid``);
+# the same closed set as exporter.middleware.openwebui.INVALID_REASONS.
+IDENTITY_INVALID_REASONS: tuple[str, ...] = (
+    "missing", "malformed", "algorithm", "signature", "issuer", "expired", "not_yet_valid",
+    "claim_missing", "secret_unavailable")
 TOKENS_SOURCES: tuple[str, ...] = ("logged_ids", "usage", "tokenizer")
 CHAIN_FIELDS: tuple[str, ...] = ("seq", "prev_hash", "hash")
 

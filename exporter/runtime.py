@@ -21,7 +21,8 @@ from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
 from exporter.durable import DirError, usable_dir
 from .correlate import Correlator
 from .health import Health
-from .labels import UserLabels, user_label_key
+from .labels import ServedModels, UserLabels, user_label_key
+from .learned import lookback
 from .logtime import TimeResolver
 from .metrics import RequestMetrics
 from .pipeline import Pipeline, Sinks, Source
@@ -51,6 +52,7 @@ class Runtime:
     empty_metrics: dict | None = None
     start_positions: dict | None = None
     stdin_tailer: object | None = None
+    served: ServedModels | None = None  # the model label's bound (learned names + --model)
 
 
 def checkpoint_path(settings: Settings) -> Path:
@@ -93,6 +95,7 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     metrics = RequestMetrics(registry, users=users,
                              oversized_input_tokens=settings.oversized_input_tokens,
                              pricing=settings.pricing)
+    served = metrics.served = ServedModels(settings.model)
     names = settings.logs if live else tuple(f"replay:{Path(f).resolve()}" for f in settings.replay_files)
     selfm = SelfMetrics(registry, sources=tuple(names))
     health = Health(clock=clock)
@@ -106,17 +109,19 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
         counter = TokenCounter(settings.tokenizer)
         counter.load()  # fail at start-up, not on the first record
         count_tokens = counter.count
-    ctx = AssembleContext(model=settings.model, max_log_len=settings.max_log_len,
+    ctx = AssembleContext(model=settings.model, instance=settings.instance,
+                          max_log_len=settings.max_log_len,
                           oversized_input_tokens=settings.oversized_input_tokens,
                           count_tokens=count_tokens)
     rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
                  selfm=selfm, health=health, pipeline=None, archive=None, live=live,
-                 clock=clock, ctx=ctx, empty_metrics=metrics.snapshot())
+                 clock=clock, ctx=ctx, empty_metrics=metrics.snapshot(), served=served)
     _assemble(rt, stdin=stdin)
     TailStatsCollector(lambda: rt.pipeline.sources if rt.pipeline is not None else (), registry)
     if settings.loki:
         rt.loki = build_loki(settings, registry, users, health,
                              committed=lambda: rt.pipeline.committed_archive)
+        rt.loki.fold_model = served.fold  # Loki's model label is bounded as the metric's
     return rt
 
 
@@ -209,8 +214,18 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
                         selfm=selfm, ctx=rt.ctx, checkpoint_path=checkpoint_path(settings),
                         users=users, live=live, clock=clock,
                         checkpoint_interval=settings.checkpoint_interval, health=health,
-                        logging_prefix=settings.vllm_logging_prefix)
+                        logging_prefix=settings.vllm_logging_prefix, served=rt.served)
     pipeline.restore(saved)
+    # A source that starts past its beginning without learned settings (run
+    # at the end of an existing log, or a checkpoint from before they were
+    # kept) looks back for vLLM's last start-up line, so the requests read
+    # from here on are judged with the settings they were logged under.
+    for src, path in zip(sources, paths):
+        offset = int((src.tailer.position() or {}).get("offset") or 0)
+        if src.learned is None and path != "-" and offset > 0:
+            src.learned, src.pending = lookback(str(path), offset, logging_prefix=settings.vllm_logging_prefix)
+            if src.learned is not None or src.pending is not None:
+                pipeline.learned_changed(src)
     pipeline.skip_keys = skip_keys
     rt.pipeline, rt.archive = pipeline, archive
 

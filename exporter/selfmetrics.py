@@ -38,7 +38,7 @@ from exporter.wire import ENGINE_PROBLEMS
 # parse.Ignored reasons that are not errors (docs/design.md, "Events"), plus
 # "access": uvicorn access-log lines the pipeline reads but does not use.
 IGNORED_REASONS = ("empty", "not_vllm", "other_logger", "stats", "continuation",
-                   "traceback", "not_request_log", "access")
+                   "traceback", "not_request_log", "access", "startup")
 # Lines that look like request logging but do not parse.
 PARSE_ERROR_REASONS = ("malformed_received", "malformed_output", "malformed_body",
                        "malformed_details", "malformed_middleware", "malformed_engine",
@@ -137,6 +137,20 @@ class SelfMetrics:
             "Whole-quarter-hour offset found between a log's header times and UTC (the "
             "middleware's times, the exporter's clock); 0 when they agree. Not 0: "
             "--server-timezone is not vLLM's zone.", ["source"], registry=r)
+        self.settings_conflicts = Counter(
+            "vllm_audit_settings_conflicts",
+            "Flags that contradict what vLLM's start-up line says (the flag wins), by setting; "
+            "counted once per flag value and log value.", ["setting"], registry=r)
+        self.vllm_settings_learned = Gauge(
+            "vllm_audit_vllm_settings_learned",
+            "1 when vLLM's settings were read from its start-up line for this source, else 0.",
+            ["source"], registry=r)
+        self.capture_mode = Gauge(
+            "vllm_audit_capture_mode_info",
+            "How requests are captured; always 1 on the current mode. mode=log_only with "
+            "frontend=rust: vLLM runs its Rust frontend, which runs no Python middleware.",
+            ["mode", "frontend"], registry=r)
+        self._capture: tuple[str, str] | None = None
         self.engine_missing = Counter(
             "vllm_audit_engine_stats_missing",
             "Finished requests the vLLM stat-logger plugin wrote no engine line for, by reason "
@@ -148,6 +162,8 @@ class SelfMetrics:
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
 
+        for setting in ("max_log_len", "model"):
+            self.settings_conflicts.labels(setting)
         for reason in IGNORED_REASONS:
             self.lines_ignored.labels(reason)
         for reason in PARSE_ERROR_REASONS:
@@ -171,6 +187,15 @@ class SelfMetrics:
                 checkpoint_lag_bytes=self.checkpoint_lag_bytes.labels(name),
                 time_offset=self.log_time_offset.labels(name))
         return found
+
+    def set_capture_mode(self, mode: str, frontend: str) -> None:
+        """Exactly one (mode, frontend) series at 1: the old one is removed."""
+        if self._capture == (mode, frontend):
+            return
+        if self._capture is not None:
+            self.capture_mode.remove(*self._capture)
+        self._capture = (mode, frontend)
+        self.capture_mode.labels(mode, frontend).set(1)
 
     def thread(self, name: str) -> tuple[Gauge, Counter]:
         """(up gauge, restarts counter) of one supervised worker thread, created

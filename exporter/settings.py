@@ -3,7 +3,9 @@
 Every flag has an environment variable: ``--web.listen-address`` →
 ``VLLM_AUDIT_WEB_LISTEN_ADDRESS``, ``--loki-url`` → ``VLLM_AUDIT_LOKI_URL``.
 Precedence: command line, then environment, then default. Repeatable flags
-(``--log``) take a comma-separated list from the environment. Validation runs
+(``--log``) take a comma-separated list from the environment; those whose
+values are keys (``--witness``, ``--log-key``) a whitespace-separated one
+(space or newline: a key name may hold a comma, never a space). Validation runs
 once, in :func:`build`, and raises :class:`SettingsError` with a message a
 person can act on; nothing else in the package reads the environment.
 """
@@ -35,6 +37,7 @@ class Option:
     kind: str = "str"  # str, int, float, bool, path, list
     commands: tuple[str, ...] = ("run", "replay")
     metavar: str | None = None
+    sep: str | None = ","  # how a list is split in the environment (None: whitespace)
 
     @property
     def env(self) -> str:
@@ -58,22 +61,27 @@ OPTIONS: tuple[Option, ...] = (
            15.0, "float", ("run",), "SECONDS"),
     Option("--web.listen-address", "listen_address", "address for /metrics, /health and /",
            "127.0.0.1:9400", "str", ("run",), "HOST:PORT"),
-    Option("--model", "model", "served model name to record when the log does not say "
-           "(vLLM serves one model; INFO logs never name it)", None, "str", _BOTH, "NAME"),
+    Option("--instance", "instance", "replica identity written into every record's `instance` "
+           "field and as the Loki label `vllm_instance` (on Kubernetes: NAMESPACE/POD from the "
+           "downward API)", None, "str", _BOTH, "NAME"),
+    Option("--model", "model", "served model name to record when the client's does not show; "
+           "overrides the name vLLM's start-up line gives (a contradiction is reported)", None,
+           "str", _BOTH, "NAME"),
     Option("--server-timezone", "server_timezone", "IANA zone of vLLM's log timestamps (its "
            "text format has no zone)", "UTC", "str", _BOTH, "ZONE"),
     Option("--vllm-logging-prefix", "vllm_logging_prefix", "vLLM's VLLM_LOGGING_PREFIX, if set "
            "there (written before every line); other unknown prefixes are refused", "", "str",
            _BOTH, "TEXT"),
-    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len, if set there: logged prompts, "
-           "outputs and token-id lists of this length are treated as truncated", None, "int",
-           _BOTH, "N"),
+    Option("--max-log-len", "max_log_len", "vLLM's --max-log-len: logged prompts, outputs and "
+           "token-id lists of this length are treated as truncated; default: what vLLM's start-up "
+           "line says (a contradiction is reported)", None, "int", _BOTH, "N"),
     Option("--tokenizer", "tokenizer", "local tokenizer directory of the served model (offline); "
            "counts tokens when the log has text but no ids", None, "path", _BOTH, "PATH"),
     Option("--request-timeout", "request_timeout", "seconds (log time) after a request's last "
            "event before it is recorded as incomplete", 300.0, "float", _BOTH, "SECONDS"),
     Option("--merge-grace", "merge_grace", "seconds to wait for the other source (vLLM log / "
-           "middleware) before a finished request is recorded", 0.5, "float", _BOTH, "SECONDS"),
+           "middleware) before a finished request is recorded; run does not wait for a request "
+           "both sources have ended", 0.5, "float", _BOTH, "SECONDS"),
     Option("--max-inflight", "max_inflight", "bound on requests held in memory; the oldest is "
            "recorded as incomplete beyond it (counted)", 10000, "int", _BOTH, "N"),
     Option("--max-users", "max_users", "distinct values of the metric/Loki 'user' label; later "
@@ -138,6 +146,31 @@ OPTIONS: tuple[Option, ...] = (
            "(pipeline, Loki pusher) after unexpected failures without progress in between "
            "before the process exits with status 1 (0: exit on the first)", 5, "int", ("run",), "N"),
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
+    # Transparency log: witnesses and trusted time (issue 15; docs in README "Witnesses").
+    Option("--witness", "witnesses", "C2SP tlog-witness to cosign each checkpoint: its submission URL "
+           "and its one-line verifier key (repeatable; env: whitespace-separated)", [], "list", _BOTH,
+           "URL=VERIFIER_KEY", None),
+    Option("--witness-timeout", "witness_timeout", "seconds one witness request may take", 10.0,
+           "float", _BOTH, "SECONDS"),
+    Option("--tsa-url", "tsa_url", "RFC 3161 time-stamping authority: a token over a checkpoint at "
+           "least every --tsa-interval", None, "str", _BOTH, "URL"),
+    Option("--tsa-interval", "tsa_interval", "seconds between RFC 3161 timestamps", 3600.0, "float",
+           _BOTH, "SECONDS"),
+    Option("--tsa-ca-file", "tsa_ca_file", "CA (or TSA) certificate to check each token on receipt "
+           "(verify checks them anyway)", None, "path", _BOTH, "FILE"),
+    Option("--listen", "witness_listen", "where the witness serves POST /add-checkpoint",
+           "127.0.0.1:7380", "str", ("witness",), "HOST:PORT"),
+    Option("--key-file", "witness_key_file", "the witness's private key (cosignature/v1, or a Go "
+           "note Ed25519 key); written by --init-key", None, "path", ("witness",), "FILE"),
+    Option("--state-dir", "state_dir", "the latest cosigned checkpoint of each log (keep it: losing it "
+           "lets a log roll back)", None, "path", ("witness",), "DIR"),
+    Option("--log-key", "witness_log_keys", "a log this witness cosigns: its verifier key, with its "
+           "origin if that differs from the key name (repeatable; env: whitespace-separated)", [],
+           "list", ("witness",), "[ORIGIN=]VERIFIER_KEY", None),
+    Option("--init-key", "witness_init_key", "write a new witness key to --key-file (and its verifier "
+           "key beside it, .pub) and exit", False, "bool", ("witness",)),
+    Option("--name", "witness_name", "key name for --init-key, a URL-like name of this witness",
+           None, "str", ("witness",), "NAME"),
     Option("--gpu-hour-price", "gpu_hour_price", "price of one GPU-hour in your currency: a "
            "request costs its share of engine time x the engine's GPUs x this / 3600 "
            "(vllm_audit_cost_total, the export's cost column; needs the stat-logger plugin). "
@@ -162,6 +195,7 @@ class Settings:
     scrape_interval: float = 15.0
     listen_host: str = "127.0.0.1"
     listen_port: int = 9400
+    instance: str | None = None
     model: str | None = None
     server_timezone: str = "UTC"
     max_log_len: int | None = None
@@ -185,6 +219,11 @@ class Settings:
     retention_compress_days: int | None = None
     retention_delete_days: int | None = None
     max_thread_restarts: int = 5
+    witnesses: tuple = ()  # ((submission URL, note.Verifier), ...)
+    witness_timeout: float = 10.0
+    tsa_url: str | None = None
+    tsa_interval: float = 3600.0
+    tsa_ca_file: Path | None = None
     pricing: object = None  # exporter.cost.Pricing
 
     @property
@@ -223,7 +262,7 @@ def _convert(opt: Option, raw: Any, origin: str) -> Any:
         if opt.kind == "list":
             if isinstance(raw, list):
                 return [str(x) for x in raw]
-            return [p.strip() for p in str(raw).split(",") if p.strip()]
+            return [p.strip() for p in str(raw).split(opt.sep) if p.strip()]
         if opt.kind == "int":
             return int(raw)
         if opt.kind == "float":
@@ -335,6 +374,19 @@ def loki_settings(v: dict[str, Any]):
         raise SettingsError(f"Loki: {exc}") from None
 
 
+MAX_INSTANCE_LEN = 253  # a DNS name; NAMESPACE/POD (63 + 1 + 63) fits
+
+
+def _check_instance(value: str | None) -> None:
+    # It becomes a Loki label value and part of every hashed record: printable,
+    # bounded, never empty (an empty label would be dropped by Loki).
+    if value is None:
+        return
+    if not value or len(value) > MAX_INSTANCE_LEN or not value.isprintable() or value != value.strip():
+        raise SettingsError(f"--instance: expected 1..{MAX_INSTANCE_LEN} printable characters "
+                            f"without surrounding spaces, got {value!r}")
+
+
 def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     for dest, flag in (("scrape_interval", "--scrape-interval"), ("request_timeout", "--request-timeout"),
                        ("max_inflight", "--max-inflight"), ("max_users", "--max-users"),
@@ -349,6 +401,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if (v.get("retention_compress_days") and v.get("retention_delete_days")
             and v["retention_delete_days"] <= v["retention_compress_days"]):
         raise SettingsError("--retention-delete-days must be greater than --retention-compress-days")
+    _check_instance(v.get("instance"))
     try:
         ZoneInfo(v["server_timezone"])
     except (ZoneInfoNotFoundError, ValueError):
@@ -403,6 +456,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         vllm_url=(v.get("vllm_url") or None),
         scrape_interval=v.get("scrape_interval") or 15.0,
         listen_host=host, listen_port=port,
+        instance=v.get("instance"),
         model=v.get("model"),
         server_timezone=v["server_timezone"],
         max_log_len=v.get("max_log_len"),
@@ -426,8 +480,107 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         retention_compress_days=v.get("retention_compress_days"),
         retention_delete_days=v.get("retention_delete_days"),
         max_thread_restarts=v.get("max_thread_restarts", 5),
+        witnesses=_witnesses(v),
+        witness_timeout=v["witness_timeout"],
+        tsa_url=_tsa_url(v),
+        tsa_interval=v["tsa_interval"],
+        tsa_ca_file=v.get("tsa_ca_file"),
         pricing=prices,
     )
+
+
+def split_key(text: str, flag: str):
+    """(what, verifier) of ``WHAT=VERIFIER_KEY``; ``what`` is None without '='.
+
+    A verifier key holds no '=' but its base64 padding, and a URL may hold
+    '=' (a query), so the split is at the last '=' before the padding."""
+    from exporter.transparency.note import NoteError, parse_verifier
+    body = text.rstrip("=")
+    left, sep, key = body.rpartition("=")
+    key += text[len(body):]
+    try:
+        return (left if sep else None), parse_verifier(key)
+    except NoteError as exc:
+        raise SettingsError(f"{flag} {text!r}: {exc}") from None
+
+
+def _witnesses(v: dict) -> tuple:
+    out, names = [], set()
+    for item in v.get("witnesses") or ():
+        url, key = split_key(item, "--witness")
+        if not url or not url.startswith(("http://", "https://")):
+            raise SettingsError(f"--witness {item!r}: expected URL=VERIFIER_KEY with an http(s) URL")
+        if key.alg != 0x04:
+            raise SettingsError(f"--witness {item!r}: not a cosignature/v1 (type 0x04) witness key")
+        if key.name in names:
+            raise SettingsError(f"--witness: two witnesses named {key.name!r}")
+        names.add(key.name)
+        out.append((url.rstrip("/"), key))
+    _positive(v, "witness_timeout", "--witness-timeout")
+    return tuple(out)
+
+
+def _tsa_url(v: dict) -> str | None:
+    url = v.get("tsa_url") or None
+    if url and not url.startswith(("http://", "https://")):
+        raise SettingsError(f"--tsa-url: expected an http(s) URL, got {url!r}")
+    if url:
+        import shutil
+        if shutil.which("openssl") is None:
+            raise SettingsError("--tsa-url: the openssl command is needed for RFC 3161 (apt-get install openssl)")
+    _positive(v, "tsa_interval", "--tsa-interval")
+    if v.get("tsa_ca_file") is not None and not Path(v["tsa_ca_file"]).is_file():
+        raise SettingsError(f"--tsa-ca-file: {v['tsa_ca_file']}: no such file")
+    return url
+
+
+@dataclass(frozen=True)
+class WitnessSettings:
+    host: str
+    port: int
+    key_file: Path
+    state_dir: Path | None
+    logs: dict = field(default_factory=dict)  # origin -> [note.Verifier]
+    signer: object | None = field(default=None, repr=False)  # note.Signer (None with init_key)
+    init_key: bool = False
+    name: str | None = None
+
+
+def _host_port(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise SettingsError(f"{flag}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def witness_settings(ns: argparse.Namespace, environ: Mapping[str, str]) -> WitnessSettings:
+    """The validated settings of the ``witness`` subcommand."""
+    v = resolve("witness", ns, environ)
+    host, port = _host_port(v["witness_listen"], "--listen")
+    if v.get("witness_key_file") is None:
+        raise SettingsError("witness: give --key-file FILE (env VLLM_AUDIT_KEY_FILE)")
+    key_file = Path(v["witness_key_file"])
+    if v.get("witness_init_key"):
+        import socket
+        return WitnessSettings(host, port, key_file, None, init_key=True,
+                               name=v.get("witness_name") or f"{socket.gethostname()}/witness")
+    from exporter.transparency.note import NoteError, parse_signer
+    raw = _read_secret_file(key_file, "--key-file")
+    try:
+        signer = parse_signer(raw.decode("ascii"))
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise SettingsError(f"--key-file: {key_file}: {exc}") from None
+    if v.get("state_dir") is None:
+        raise SettingsError("witness: give --state-dir DIR (env VLLM_AUDIT_STATE_DIR)")
+    logs: dict = {}
+    for item in v.get("witness_log_keys") or ():
+        origin, key = split_key(item, "--log-key")
+        if key.alg != 0x01:
+            raise SettingsError(f"--log-key {item!r}: a log signs checkpoints with an Ed25519 (type 0x01) key")
+        logs.setdefault(origin or key.name, []).append(key)
+    if not logs:
+        raise SettingsError("witness: give at least one --log-key [ORIGIN=]VERIFIER_KEY (env VLLM_AUDIT_LOG_KEY)")
+    return WitnessSettings(host, port, key_file, Path(v["state_dir"]), logs=logs, signer=signer)
 
 
 def env_table() -> list[tuple[str, str, str]]:

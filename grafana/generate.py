@@ -43,7 +43,10 @@ UID_USERS = "vllm-audit-users"
 UID_AUDIT = "vllm-audit-log"
 
 # Loki stream selector of the exporter's records (exporter/loki/entries.py).
-STREAM = 'service_name="vllm-audit", model=~"$model", user=~"$user"'
+# `vllm_instance` is the replica (the exporter's --instance); `=~".*"` also
+# matches streams without it (one replica, no --instance).
+STREAM = ('service_name="vllm-audit", vllm_instance=~"$vllm_instance", model=~"$model", '
+          'user=~"$user"')
 
 # vLLM /metrics names the dashboards may use (exposed names; vLLM 0.32/0.33,
 # V1 engine, labels model_name and engine). Histograms are listed by base
@@ -67,7 +70,7 @@ EXTRA_METRICS = frozenset({"up", "ALERTS"}) | DCGM_METRICS
 # Values Grafana would interpolate, used to parse and evaluate expressions.
 SAMPLE_VARS = {
     "$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$__auto": "1m",
-    "$model": ".*", "$user": ".*", "$status": ".*", "$search": "", "$topn": "10",
+    "$vllm_instance": ".*", "$model": ".*", "$user": ".*", "$status": ".*", "$search": "", "$topn": "10",
     "$price_prompt_per_1k": "0.001", "$price_completion_per_1k": "0.002",
 }
 
@@ -179,8 +182,18 @@ def link_to(uid: str, title: str, params: str = "") -> dict:
 
 # --------------------------------------------------------------------------- variables
 
+def instance_var() -> dict:
+    # The replica: prometheus.yml's static `vllm_instance` in compose, NAMESPACE/POD
+    # from the Kubernetes PodMonitor. Every panel aggregates over the selection.
+    q = 'label_values(up{job=~"vllm|vllm-audit-exporter"}, vllm_instance)'
+    return {"name": "vllm_instance", "label": "Replica", "type": "query", "datasource": PROM,
+            "query": {"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "definition": q, "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1}
+
+
 def model_var() -> dict:
-    q = "label_values(vllm_audit_requests_total, model)"
+    q = 'label_values(vllm_audit_requests_total{vllm_instance=~"$vllm_instance"}, model)'
     return {"name": "model", "label": "Model", "type": "query", "datasource": PROM,
             "query": {"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
             "definition": q, "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
@@ -234,9 +247,10 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], variab
     }
 
 
-EXP = 'job="vllm-audit-exporter"'
+INST = 'vllm_instance=~"$vllm_instance"'  # the selected replicas
+EXP = f'job="vllm-audit-exporter", {INST}'
 SEL = f'{EXP}, model=~"$model"'          # exporter series of the selected models
-VSEL = 'job="vllm", model_name=~"$model"'  # vLLM series of the selected models
+VSEL = f'job="vllm", {INST}, model_name=~"$model"'  # vLLM series of the selected models
 
 
 def overview() -> dict:
@@ -246,7 +260,7 @@ def overview() -> dict:
                                             "1": {"text": "UP", "color": "green"}}}]
     p.append(lay.row("Health"))
     p.append(lay.place(stat("vLLM", "Prometheus scrape of vLLM (`up{job=\"vllm\"}`).",
-                            [prom('min(up{job="vllm"})', instant=True)],
+                            [prom(f'min(up{{job="vllm", {INST}}})', instant=True)],
                             thresholds=[(None, "red"), (1, "green")], mappings=up_map), 4, 4))
     p.append(lay.place(stat("Audit exporter", "Prometheus scrape of the exporter (`up`).",
                             [prom(f'min(up{{{EXP}}})', instant=True)],
@@ -256,8 +270,8 @@ def overview() -> dict:
                        4, 4))
     p.append(lay.place(stat("Unaudited (15m)", "vLLM-finished requests without an audit record, "
                             "recording rules behind the VllmAuditGap alert.",
-                            [prom('sum(model:vllm_request_success:increase15m_offset5m{model=~"$model"}) - '
-                                  'sum(model:vllm_audit_engine_requests:increase15m{model=~"$model"})',
+                            [prom(f'sum(model:vllm_request_success:increase15m_offset5m{{{INST}, model=~"$model"}}) - '
+                                  f'sum(model:vllm_audit_engine_requests:increase15m{{{INST}, model=~"$model"}})',
                                   instant=True)],
                             thresholds=[(None, "green"), (3, "red")]), 4, 4))
     p.append(lay.place(stat("Empty-response streak", "Longest current run of empty responses "
@@ -269,18 +283,23 @@ def overview() -> dict:
                                   instant=True)],
                             thresholds=[(None, "green"), (1, "red")]), 4, 4))
 
-    p.append(lay.row("Traffic (by model)"))
+    p.append(lay.row("Traffic (by model, summed over the selected replicas)"))
     p.append(lay.place(timeseries(
         "Requests/s by status", "Audited requests (`vllm_audit_requests_total`).",
         [prom(f'sum by (model, status) (rate(vllm_audit_requests_total{{{SEL}}}[$__rate_interval]))',
-              "{{model}} {{status}}")], "reqps", stack=True), 12, 8))
+              "{{model}} {{status}}")], "reqps", stack=True), 8, 8))
+    p.append(lay.place(timeseries(
+        "Requests/s by replica", "Audited requests per replica (`vllm_instance`: the pod on "
+        "Kubernetes); a replica whose line stays flat while others serve is worth a look.",
+        [prom(f'sum by (vllm_instance) (rate(vllm_audit_requests_total{{{SEL}}}[$__rate_interval]))',
+              "{{vllm_instance}}")], "reqps", stack=True), 8, 8))
     p.append(lay.place(timeseries(
         "Tokens/s in and out", "Prompt and completion tokens of audited requests "
         "(`vllm_audit_prompt_tokens_total`, `vllm_audit_completion_tokens_total`).",
         [prom(f'sum by (model) (rate(vllm_audit_prompt_tokens_total{{{SEL}}}[$__rate_interval]))',
               "{{model}} in"),
          prom(f'sum by (model) (rate(vllm_audit_completion_tokens_total{{{SEL}}}[$__rate_interval]))',
-              "{{model}} out")], "short"), 12, 8))
+              "{{model}} out")], "short"), 8, 8))
 
     p.append(lay.row("Latency (vLLM engine)"))
     lat = []
@@ -316,7 +335,8 @@ def overview() -> dict:
     p.append(lay.place(timeseries(
         "Errors", "Share of audited requests with status error (recording rule "
         "`model:vllm_audit_requests_errors:ratio_rate5m`), and non-completed requests/s.",
-        [prom('model:vllm_audit_requests_errors:ratio_rate5m{model=~"$model"}', "{{model}} error ratio"),
+        [prom(f'model:vllm_audit_requests_errors:ratio_rate5m{{{INST}, model=~"$model"}}',
+              "{{vllm_instance}} {{model}} error ratio"),
          prom(f'sum by (model, status) (rate(vllm_audit_requests_total{{{SEL}, status!="completed"}}'
               f'[$__rate_interval]))', "{{model}} {{status}}/s")], "percentunit"), 12, 8))
 
@@ -352,18 +372,18 @@ def overview() -> dict:
 
     p.append(lay.row("GPU (DCGM exporter, compose profile gpu-metrics)"))
     p.append(lay.place(timeseries("GPU utilisation", "`DCGM_FI_DEV_GPU_UTIL` (%).",
-                                  [prom('DCGM_FI_DEV_GPU_UTIL{job="dcgm"}', "GPU {{gpu}}")], "percent"),
+                                  [prom(f'DCGM_FI_DEV_GPU_UTIL{{job="dcgm", {INST}}}', "GPU {{gpu}}")], "percent"),
                        8, 8))
     p.append(lay.place(timeseries("GPU memory used", "`DCGM_FI_DEV_FB_USED` (MiB).",
-                                  [prom('DCGM_FI_DEV_FB_USED{job="dcgm"}', "GPU {{gpu}}")], "decmbytes"),
+                                  [prom(f'DCGM_FI_DEV_FB_USED{{job="dcgm", {INST}}}', "GPU {{gpu}}")], "decmbytes"),
                        8, 8))
     p.append(lay.place(timeseries("GPU power and temperature",
                                   "`DCGM_FI_DEV_POWER_USAGE` (W), `DCGM_FI_DEV_GPU_TEMP` (°C).",
-                                  [prom('DCGM_FI_DEV_POWER_USAGE{job="dcgm"}', "GPU {{gpu}} W"),
-                                   prom('DCGM_FI_DEV_GPU_TEMP{job="dcgm"}', "GPU {{gpu}} °C")]), 8, 8))
+                                  [prom(f'DCGM_FI_DEV_POWER_USAGE{{job="dcgm", {INST}}}', "GPU {{gpu}} W"),
+                                   prom(f'DCGM_FI_DEV_GPU_TEMP{{job="dcgm", {INST}}}', "GPU {{gpu}} °C")]), 8, 8))
     return dashboard(UID_OVERVIEW, "vLLM audit / Overview",
                      "vLLM traffic, latency, errors and saturation, and the audit pipeline's health.",
-                     p, [model_var()])
+                     p, [instance_var(), model_var()])
 
 
 def users() -> dict:
@@ -475,10 +495,34 @@ def users() -> dict:
               "{{user}} empty"),
          prom(f'sum by (user, status) (increase(vllm_audit_oversized_inputs_total{{{u}}}[$__rate_interval]))',
               "{{user}} oversized {{status}}")]), 24, 8))
+
+    p.append(lay.row("Identity provenance"))
+    src = f'vllm_audit_identity_source_requests_total{{{SEL}}}'
+    p.append(lay.place(stat(
+        "Unverified identity (range)", "Share of requests whose `user` is not verified: "
+        "`identity_source` other than `jwt` (Open WebUI's signed token) or `header_secret` "
+        "(headers behind the shared secret), including requests with no user at all.",
+        [prom(f'sum(increase(vllm_audit_identity_source_requests_total{{{SEL}, source!~"jwt|header_secret"}}'
+              f'[$__range])) / sum(increase({src}[$__range]))', instant=True)],
+        "percentunit", thresholds=[(None, "green"), (0.01, "orange"), (0.5, "red")]), 6, 8))
+    p.append(lay.place(bargauge(
+        "Requests by identity source", "`vllm_audit_identity_source_requests_total` in the time range: "
+        "`jwt`, `header_secret`, `header`, `user_field`, `api_key`, `none` (README, Identity).",
+        [prom(f'sum by (source) (increase({src}[$__range]))', "{{source}}", instant=True)]), 6, 8))
+    p.append(lay.place(timeseries(
+        "Identity source share", "Share of requests per `identity_source` "
+        "(`source:vllm_audit_identity_source_requests:ratio_rate5m` over the model filter).",
+        [prom(f'sum by (source) (rate({src}[$__rate_interval])) / ignoring (source) group_left '
+              f'sum(rate({src}[$__rate_interval]))', "{{source}}")], "percentunit", stack=True), 6, 8))
+    p.append(lay.place(timeseries(
+        "Refused Open WebUI tokens", "`vllm_audit_identity_invalid_total` by reason (missing, expired, "
+        "signature, ...): these requests have `user: null` and the flag `identity_invalid`.",
+        [prom(f'sum by (reason) (increase(vllm_audit_identity_invalid_total{{{SEL}}}[$__rate_interval]))',
+              "{{reason}}")], stack=True), 6, 8))
     return dashboard(UID_USERS, "vLLM audit / Users",
                      "Requests, tokens and cost per user (the `user` label is bounded by the exporter's "
                      "--max-users; overflow shows as __other__).",
-                     p, [model_var(), user_var(),
+                     p, [instance_var(), model_var(), user_var(),
                          custom_var("topn", "Top N", ["5", "10", "20", "50"], default="10"),
                          textbox_var("price_prompt_per_1k", "Price / 1k prompt tokens", "0.001",
                                      "Price of 1000 prompt tokens, in your currency"),
@@ -516,16 +560,17 @@ def audit_log() -> dict:
                                                 "keepTime": False}},
             {"id": "organize", "options": {
                 "includeByName": {"ts": True, "request_id": True, "model": True, "user": True,
-                                  "status": True, "flags": True, "http_status": True, "error": True},
-                "indexByName": {"ts": 0, "request_id": 1, "model": 2, "user": 3, "status": 4,
-                                "flags": 5, "http_status": 6, "error": 7}}}]), 24, 9))
+                                  "identity_source": True, "status": True, "flags": True,
+                                  "http_status": True, "error": True},
+                "indexByName": {"ts": 0, "request_id": 1, "model": 2, "user": 3, "identity_source": 4,
+                                "status": 5, "flags": 6, "http_status": 7, "error": 8}}}]), 24, 9))
     p.append(lay.place(logs(
         "Audit records", "One line per request: the audit record JSON (docs/design.md, Record). "
         "Filter with the variables above; `search` is a case-sensitive substring.",
         [loki(f'{base} |= "$search" | json | status=~"$status"')]), 24, 16))
     return dashboard(UID_AUDIT, "vLLM audit / Audit log",
                      "Audit records from Loki, with user/model/status filters and text search.",
-                     p, [model_var(), user_var(),
+                     p, [instance_var(), model_var(), user_var(),
                          custom_var("status", "Status",
                                     ["completed", "aborted", "rejected", "incomplete", "error"], multi=True),
                          textbox_var("search", "Search", "", "Substring of the record line")])

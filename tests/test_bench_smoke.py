@@ -74,6 +74,14 @@ def test_lag_smoke():
         assert m["loki"]["n"] == 3
 
 
+def test_sidecar_resources_smoke():
+    r = _run(str(BENCH / "sidecar_resources.py"), "--rate", "5", "--seconds", "2")
+    assert r["bench"] == "sidecar_resources" and r["requests"] == 10
+    assert r["seen_in_metrics"] == 10 and r["seen_in_loki"] == 10
+    _positive(r, "idle_rss_mib", "peak_rss_mib", "final_rss_mib")
+    assert r["cpu_cores_while_writing"] >= 0
+
+
 def test_pileup_generator_holds_time_and_drops_request_ends(tmp_path):
     sys.path.insert(0, str(BENCH))
     import make_big_log

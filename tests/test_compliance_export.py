@@ -28,7 +28,7 @@ def build(root):
     t = [DAY1]
     w = ArchiveWriter(root, chain=Chain(KEY), clock=lambda: t[0])
     w.append(rec(1, "2026-11-22T06:00:00.000Z", prompt="=HYPERLINK(\"http://evil\")"))
-    w.append(rec(2, "2026-11-22T07:00:00.000Z", user="bob", output="-1+2"))
+    w.append(dict(rec(2, "2026-11-22T07:00:00.000Z", user="bob", output="-1+2"), identity_source="jwt"))
     w.flush()
     t[0] += 86400
     w.append(rec(3, "2026-11-23T01:00:00.000Z", prompt="Ünïcode 中文, \"quoted\"\nnew line", output="@SUM(A1)"))
@@ -64,6 +64,7 @@ def test_csv_export_signed_and_neutralised(tmp_path):
     assert rows[1]["output"] == "'-1+2"
     assert rows[2]["prompt"] == "Ünïcode 中文, \"quoted\"\nnew line" and rows[2]["output"] == "'@SUM(A1)"
     assert rows[0]["stream"] == "" and rows[0]["prompt_tokens"] == ""
+    assert [r["identity_source"] for r in rows] == ["", "jwt", "", ""]  # how far to trust `user`
     assert json.loads(rows[0]["params"])["max_tokens"] == 16
     assert rows[0]["seq"] == "1" and rows[0]["hash"].startswith("hmac-sha256:")
     sha = (target.parent / "audit.csv.sha256").read_text()

@@ -83,3 +83,42 @@ def test_capacity_evicts_the_oldest_also_after_a_restore():
     d.restore(state)
     d.feed(ev.Event(ev.RECEIVED, "chatcmpl-r3", LT, {}), t0 + 3)
     assert [e["key"] for e in d.ready(t0)] == ["r1"]
+
+
+def _received_as(rid, t):
+    return ev.Event(ev.RECEIVED, rid, LT, {"params": {"max_tokens": 16, "n": 1}}), t
+
+
+def test_ready_looks_only_at_requests_that_may_be_due_not_at_every_one_in_flight():
+    # A pile-up: thousands of requests received, none finished. Each step's
+    # ready() must not examine them all again (that made a pile-up quadratic).
+    c = _correlator([])
+    t0 = 1_795_314_429.0
+    for i in range(3000):
+        c.feed(*_received_as(f"chatcmpl-{i:016x}", t0))
+    examined = []
+    take = c._take
+    c._take = lambda slot, e, w, out: examined.append(slot) or take(slot, e, w, out)
+    assert c.ready(t0 + 1) == [] and examined == []  # none due: none looked at
+    c.feed(*_received_as("chatcmpl-late", t0 + 5))
+    for step in range(100):
+        assert c.ready(t0 + 2 + step * 0.1) == []
+    assert examined == []
+    # at the timeout exactly the first 3000 are due (the late one is not yet)
+    out = c.ready(t0 + 30)
+    assert len(out) == 3000 and len(examined) == 3000
+    assert [e["order"] for e in out] == sorted(e["order"] for e in out)
+    assert list(c.inflight) == ["late"]
+
+
+def test_a_wait_that_grows_after_a_request_was_filed_is_honoured():
+    # Filed under merge_grace, then a middleware source appears: the request
+    # now waits request_timeout for its middleware line (the bound was low).
+    c = _correlator([])
+    t0 = 1_795_314_429.0
+    for event, t in (_received(t0), _output(t0)):
+        c.feed(event, t)
+    assert c.ready(t0) == []  # filed: due at t0 + 0.5
+    c.middleware_seen = True
+    assert c.ready(t0 + 1) == []  # looked at, not due any more: refiled
+    assert len(c.ready(t0 + 30)) == 1

@@ -87,7 +87,7 @@ def test_health_sources(setup):
     assert body["sources"]["vllm"] == {
         "name": "vllm", "path": "/var/log/vllm.log", "required": True, "up": True, "at_eof": True,
         "position": 0, "size": None, "lag_bytes": 0, "last_line_unix": 1_789_999_999.5, "error": None,
-        "time_offset_seconds": 0, "time_offset_note": None}
+        "time_offset_seconds": 0, "time_offset_note": None, "vllm": None}
     assert body["sources"]["middleware"]["up"] is opt.up is False
 
 

@@ -175,9 +175,24 @@ def test_families_exposed_when_empty():
         "vllm_audit_request_duration_seconds", "vllm_audit_time_to_first_token_seconds",
         "vllm_audit_user_request_duration_seconds", "vllm_audit_user_timed_requests",
         "vllm_audit_empty_responses", "vllm_audit_consecutive_empty_responses",
-        "vllm_audit_oversized_inputs", "vllm_audit_flags", "vllm_audit_engine_seconds",
+        "vllm_audit_oversized_inputs", "vllm_audit_flags", "vllm_audit_identity_source_requests",
+        "vllm_audit_identity_invalid", "vllm_audit_engine_seconds",
         "vllm_audit_engine_requests", "vllm_audit_cost", "vllm_audit_engine_queue_seconds",
         "vllm_audit_engine_prefill_seconds", "vllm_audit_engine_decode_seconds"}
+
+
+def test_identity_source_share_and_invalid_reasons():
+    m, reg = make()
+    for source in ("jwt", "jwt", "header", None):
+        m.observe(rec(identity_source=source))
+    m.observe(rec(user=None, identity={"invalid_reason": "expired"}, flags=["identity_invalid"]))
+    m.observe(rec(user=None, identity={"invalid_reason": "signature"}, flags=["identity_invalid"]))
+    src = "vllm_audit_identity_source_requests_total"
+    assert [value(reg, src, model="tiny", source=s) for s in ("jwt", "header", "none")] == [2, 1, 3]
+    assert value(reg, src, model="tiny", source="api_key") is None
+    inv = "vllm_audit_identity_invalid_total"
+    assert value(reg, inv, model="tiny", reason="expired") == value(reg, inv, model="tiny", reason="signature") == 1
+    assert value(reg, "vllm_audit_flags_total", model="tiny", flag="identity_invalid") == 2
 
 
 def test_registering_twice_fails():

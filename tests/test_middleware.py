@@ -172,6 +172,7 @@ def expected(**over) -> dict:
         "usage_source": "response", "empty_response": False, "latency_seconds": 0.25,
         "ttft_seconds": None, "aborted": False, "rejected_prompt_tokens": None,
         "content_deltas": None, "request_truncated": False, "response_truncated": False,
+        "identity_source": None,
     }
     line.update(over)
     return line
@@ -204,7 +205,7 @@ def test_missing_request_id_is_injected_and_recorded(clock):
     name, value = injected[-1]
     assert name == b"x-request-id" and len(value) == 32 and int(value, 16) >= 0
     assert written(writer, sink) == [expected(
-        request_id=value.decode(), request_id_generated=True, user="bob",
+        request_id=value.decode(), request_id_generated=True, user="bob", identity_source="header",
         identity={"headers": {"x-openwebui-user-name": "bob"}, "user_field": None,
                   "api_key_hash": None})]
 
@@ -406,6 +407,7 @@ OWUI = [("x-openwebui-user-name", "Ana"), ("x-openwebui-user-email", "ana@exampl
         ("x-openwebui-user-id", "u-1"), ("x-openwebui-chat-id", "c-9"), ("x-other", "no")]
 OWUI_HEADERS = {"x-openwebui-user-name": "Ana", "x-openwebui-user-email": "ana@example.org",
                 "x-openwebui-user-id": "u-1", "x-openwebui-chat-id": "c-9"}
+OWUI_SESSION = {"chat_id": "c-9", "message_id": None, "user_message_id": None, "task": None}
 
 
 def key_hash(key: str, salt: str = "pepper") -> str:
@@ -421,8 +423,8 @@ def identity_line(env, headers, body=CHAT_BODY):
 
 def test_trusted_headers_give_user_in_configured_order():
     line, _ = identity_line({}, OWUI)
-    assert (line["user"], line["identity"]) == ("ana@example.org", {
-        "headers": OWUI_HEADERS, "user_field": None, "api_key_hash": None})
+    assert (line["user"], line["identity_source"], line["identity"]) == ("ana@example.org", "header", {
+        "headers": OWUI_HEADERS, "user_field": None, "api_key_hash": None, "openwebui": OWUI_SESSION})
     line, _ = identity_line({"VLLM_AUDIT_USER_HEADERS": "X-OpenWebUI-User-Id"}, OWUI)
     assert line["user"] == "u-1"
 
@@ -431,11 +433,11 @@ def test_secret_header_required_when_configured():
     env = {"VLLM_AUDIT_IDENTITY_SECRET": "s3cr3t", "VLLM_AUDIT_IDENTITY_SECRET_HEADER": "X-Proxy-Auth"}
     body = {**CHAT_BODY, "user": "from-body"}
     line, raw = identity_line(env, OWUI + [("x-proxy-auth", "s3cr3t")], body)
-    assert (line["user"], line["identity"]) == ("ana@example.org", {
-        "headers": OWUI_HEADERS, "user_field": "from-body", "api_key_hash": None})
+    assert (line["user"], line["identity_source"], line["identity"]) == ("ana@example.org", "header_secret", {
+        "headers": OWUI_HEADERS, "user_field": "from-body", "api_key_hash": None, "openwebui": OWUI_SESSION})
     assert "s3cr3t" not in raw
     line, raw = identity_line(env, OWUI + [("x-proxy-auth", "guess")], body)
-    assert (line["user"], line["identity"]) == ("from-body", {
+    assert (line["user"], line["identity_source"], line["identity"]) == ("from-body", "user_field", {
         "headers": {}, "user_field": "from-body", "api_key_hash": None,
         "untrusted_headers": OWUI_HEADERS})
     line, _ = identity_line(env, OWUI, body)  # no secret header at all
@@ -445,7 +447,7 @@ def test_secret_header_required_when_configured():
 def test_api_key_hash_is_salted_and_the_key_is_never_written():
     auth = [("authorization", "Bearer sk-live-123")]
     line, raw = identity_line({}, auth)
-    assert line["user"] == "key:" + key_hash("sk-live-123")[:16]
+    assert (line["user"], line["identity_source"]) == ("key:" + key_hash("sk-live-123")[:16], "api_key")
     assert line["identity"] == {"headers": {}, "user_field": None,
                                 "api_key_hash": key_hash("sk-live-123")}
     assert "sk-live-123" not in raw
@@ -676,3 +678,10 @@ def test_write_errors_are_counted_and_reported_as_dropped(clock):
     lines = written(writer, sink)
     assert (writer.write_errors, lines[0]["type"], lines[0]["dropped"], len(lines)) == (
         1, "vllm_audit_middleware_dropped", 1, 2)
+
+
+def test_empty_header_lists_mean_the_defaults():
+    # compose.yaml passes `${VLLM_AUDIT_USER_HEADERS:-}` as "" when .env leaves it unset.
+    line, _ = identity_line({"VLLM_AUDIT_USER_HEADERS": "", "VLLM_AUDIT_TRUSTED_HEADERS": " "}, OWUI)
+    assert (line["user"], line["identity_source"]) == ("ana@example.org", "header")
+    assert line["identity"]["headers"] == OWUI_HEADERS

@@ -313,4 +313,8 @@ def test_engine_core_failure_and_other_core_lines():
     result = parse_line(core + "Request chatcmpl-x-0a0a0a0a failed validation: bad")
     assert (result.kind, result.data) == ("failed", {"reason": "validation: bad"})
     assert parse_line(core + "Added request chatcmpl-x.") == Ignored("continuation")
-    assert parse_line(core + "Initializing a V1 LLM engine (v0.32.0) with config: model='x'") == Ignored("other_logger")
+    # the engine's version line is a start-up line (exporter/parse/startup.py); other core lines are not ours
+    init = parse_line(core + "Initializing a V1 LLM engine (v0.32.0) with config: model='x'")
+    assert (init.kind, init.data) == ("startup", {"what": "version", "version": "0.32.0", "process": "EngineCore",
+                                                  "pid": 2})
+    assert parse_line(core + "Initializing a V1 LLM engine with config: model='x'") == Ignored("other_logger")

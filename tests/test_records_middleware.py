@@ -118,3 +118,25 @@ def test_empty_answers_are_caught_that_stock_vllm_never_logs(records):
     empty = [r for r in records if r["empty_response"]]
     assert {r["stream"] for r in empty} == {True, False}
     assert all("empty_response" in r["flags"] for r in empty)
+
+
+def test_identity_source_of_recorded_lines(version, records):
+    """The recorded lines predate ``identity_source``: the record derives it
+    where the line's own precedence makes it certain (user field, key hash)
+    and leaves it null for a header user (bare or behind the secret: the old
+    line does not say)."""
+    by_id = {r["request_id"]: r for r in records}
+    for resp in _responses(version):
+        if resp["status"] == 400:
+            continue
+        rec = by_id.get(resp["response_id"]) or by_id.get(resp["response_id"] + "-0")
+        headers = {k.lower() for k in resp["request_headers"]}
+        if rec["user"] is None:
+            want = None
+        elif headers & {"x-openwebui-user-email", "x-openwebui-user-name", "x-openwebui-user-id"}:
+            want = None
+        elif resp["request_body"].get("user") is not None:
+            want = "user_field"
+        else:
+            want = "api_key"
+        assert rec["identity_source"] == want, (resp["scenario"], rec["user"])

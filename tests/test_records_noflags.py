@@ -10,9 +10,8 @@ itself, and for the prompt (its token count is fixed by the prompt text and
 the tokenizer) the usage the same scenario got in any set-up of the same
 version (a stream without ``include_usage`` has none of its own).
 
-Cases today's exporter gets wrong are ``xfail(strict=True)`` naming issue 13
-item 1 (learning vLLM's settings from its start-up lines): when that lands,
-they pass and the marker must go.
+Both hold because the exporter learns vLLM's settings (served model name,
+``max_log_len``) from its start-up lines (issue 13 item 1, exporter/learned.py).
 """
 
 from __future__ import annotations
@@ -20,16 +19,6 @@ from __future__ import annotations
 import pytest
 
 from real_captures import LOG_ONLY_SETUPS, log_id, replay, responses, setup_dir, usage
-
-ITEM1 = "issue 13 item 1: settings not yet learned from vLLM's start-up lines"
-# (version, setup) -> why today's exporter gives a wrong value there.
-# No INFO line names the model and only a whole DEBUG JSON body does (0.32,
-# and not for a request with its own X-Request-Id): null without --model.
-MODEL_XFAIL = {(v, s): ITEM1 + " (served_model_name)" for v, ss in LOG_ONLY_SETUPS.items() for s in ss}
-# --max-log-len 20 cut the logged prompt ids: today's count is 20, not the prompt's.
-TOKENS_XFAIL = {(v, "maxloglen"): ITEM1 + " (max_log_len: a cut id list is counted)"
-                for v in LOG_ONLY_SETUPS}
-
 
 def _prompt_truth(version: str) -> dict[str, int]:
     truth: dict[str, int] = {}
@@ -41,14 +30,8 @@ def _prompt_truth(version: str) -> dict[str, int]:
     return truth
 
 
-def _cases(xfails: dict) -> list:
-    out = []
-    for version, setups in LOG_ONLY_SETUPS.items():
-        for setup in setups:
-            marks = [pytest.mark.xfail(strict=True, reason=xfails[(version, setup)])] \
-                if (version, setup) in xfails else []
-            out.append(pytest.param(version, setup, marks=marks, id=f"{version}-{setup}"))
-    return out
+def _cases() -> list:
+    return [pytest.param(v, s, id=f"{v}-{s}") for v, setups in LOG_ONLY_SETUPS.items() for s in setups]
 
 
 def _records(version: str, setup: str, tmp_path) -> list[tuple[dict, dict]]:
@@ -62,14 +45,14 @@ def _records(version: str, setup: str, tmp_path) -> list[tuple[dict, dict]]:
     return pairs
 
 
-@pytest.mark.parametrize("version,setup", _cases(MODEL_XFAIL))
+@pytest.mark.parametrize("version,setup", _cases())
 def test_model_is_the_served_model(version, setup, tmp_path):
     wrong = {resp["scenario"]: rec["model"] for resp, rec in _records(version, setup, tmp_path)
              if rec["model"] != "tiny"}
     assert not wrong, wrong
 
 
-@pytest.mark.parametrize("version,setup", _cases(TOKENS_XFAIL))
+@pytest.mark.parametrize("version,setup", _cases())
 def test_token_counts_exact_or_null(version, setup, tmp_path):
     prompt_truth = _prompt_truth(version)
     wrong, known = {}, 0

@@ -14,20 +14,16 @@ from __future__ import annotations
 import pytest
 
 from real_captures import (
-    DEBUG_SETUPS, JSON_SETUPS, LOG_ONLY_SETUPS, MAX_LOG_LEN, body_is_whole, finish, has_json_body,
+    DEBUG_SETUPS, JSON_SETUPS, LOG_ONLY_SETUPS, MAX_LOG_LEN, finish, has_json_body,
     log_id, replay, responses, setup_dir, texts, usage,
 )
 
 CASES = [(v, s) for v, setups in LOG_ONLY_SETUPS.items() for s in setups]
 # 0.31 logs the body as model_dump_json()[:-1] when --max-log-len is unset: only
-# the closing brace is missing, but repairing it is safe only when the exporter
-# knows the line came from 0.31 without --max-log-len (a --max-log-len cut can
-# also end just before a "}" that parses, and would then drop fields silently).
-BODY_31 = ("issue 13 item 1: vLLM 0.31's JSON body lacks its last '}' ([:-1]); user is "
-           "recoverable once version and max_log_len are learned from the start-up lines")
-USER_CASES = [pytest.param(v, s, marks=[pytest.mark.xfail(strict=True, reason=BODY_31)]
-                           if not body_is_whole(v) else [])
-              for v, s in CASES if has_json_body(v) and s in DEBUG_SETUPS and s not in MAX_LOG_LEN]
+# the closing brace is missing; the exporter reads it with the brace only when
+# vLLM's start-up lines say 0.31 without --max-log-len (issue 13 item 1: a
+# --max-log-len cut can also end just before a "}" and would drop fields).
+USER_CASES = [pytest.param(v, s) for v, s in CASES if has_json_body(v) and s in DEBUG_SETUPS and s not in MAX_LOG_LEN]
 
 
 @pytest.mark.parametrize("version,setup", CASES)
@@ -65,7 +61,7 @@ def test_one_correct_record_per_logged_request(version, setup, tmp_path):
 
         # user: only the DEBUG JSON body carries it, and only when its id is the engine id
         custom_id = any(k.lower() == "x-request-id" for k in resp["request_headers"])
-        if setup in DEBUG_SETUPS and not custom_id and limit is None and body_is_whole(version):
+        if setup in DEBUG_SETUPS and not custom_id and limit is None and has_json_body(version):
             assert rec["user"] == body.get("user"), name
         else:
             assert rec["user"] in (None, body.get("user")), name

@@ -117,7 +117,8 @@ def test_overview_has_the_required_panels():
     assert "vllm:kv_cache_usage_perc" in exprs(p["KV cache usage"])
     assert "vllm:num_requests_waiting" in exprs(p["Queue"])
     assert "DCGM_FI_DEV_GPU_UTIL" in exprs(p["GPU utilisation"])
-    assert [v["name"] for v in DASHBOARDS["overview.json"]["templating"]["list"]] == ["model"]
+    assert [v["name"] for v in DASHBOARDS["overview.json"]["templating"]["list"]] == ["vllm_instance", "model"]
+    assert "sum by (vllm_instance)" in exprs(p["Requests/s by replica"])
 
 
 def test_users_dashboard_prices_tokens_with_variables():
@@ -134,12 +135,12 @@ def test_users_dashboard_prices_tokens_with_variables():
 
 def test_audit_log_dashboard_filters_loki_records():
     dash = DASHBOARDS["audit-log.json"]
-    assert {v["name"] for v in dash["templating"]["list"]} == {"model", "user", "status", "search"}
+    assert {v["name"] for v in dash["templating"]["list"]} == {"vllm_instance", "model", "user", "status", "search"}
     p = panels("audit-log.json")
     log = p["Audit records"]
     assert log["type"] == "logs"
     expr = exprs(log)
-    for part in ('service_name="vllm-audit"', 'model=~"$model"', 'user=~"$user"', '|= "$search"',
+    for part in ('service_name="vllm-audit"', 'vllm_instance=~"$vllm_instance"', 'model=~"$model"', 'user=~"$user"', '|= "$search"',
                  "| json", 'status=~"$status"'):
         assert part in expr, part
     flagged = p["Flagged requests"]

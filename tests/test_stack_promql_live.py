@@ -51,6 +51,12 @@ EXPECTED_EMPTY = {
     # run without --loki-url: no Loki metrics
     "alert VllmAuditLokiBacklog", "overview.json: Loki backlog and failures A",
     "overview.json: Loki backlog and failures B",
+    # a healthy exporter: ingestion runs, threads are up, checkpoints are
+    # written, the middleware drops nothing, the log is read in its own zone
+    "alert VllmAuditIngestionPaused", "alert VllmAuditThreadDown", "alert VllmAuditCheckpointFailing",
+    "alert VllmAuditMiddlewareDropping", "alert VllmAuditLogTimeOffset",
+    # run without --witness and --tsa-url: no witness or TSA metrics
+    "alert VllmAuditWitnessFailing", "alert VllmAuditTimestampFailing",
     # the capture has no oversized prompt, no error, no queue, short latencies
     "alert VllmOversizedInput", "users.json: Empty responses and oversized inputs per user B",
     "overview.json: Empty and oversized responses/s B",
@@ -58,6 +64,9 @@ EXPECTED_EMPTY = {
     "alert VllmRequestsQueued", "alert VllmKvCacheNearlyFull",
     # a log-only capture has no request latency (it needs the middleware)
     "users.json: Mean latency per user A",
+    # a log-only capture without Open WebUI tokens: nothing refused
+    "alert VllmAuditIdentityInvalid", "record reason:vllm_audit_identity_invalid:rate5m",
+    "users.json: Refused Open WebUI tokens A",
     # DCGM is an optional compose profile
     "overview.json: GPU utilisation A", "overview.json: GPU memory used A",
     "overview.json: GPU power and temperature A", "overview.json: GPU power and temperature B",

@@ -241,7 +241,7 @@ class AlertStack:
     def __init__(self, workdir: Path, targets: dict[str, str], *, webhook_url: str,
                  scrape_interval: str = "1s", evaluation_interval: str = "1s",
                  for_overrides=("0s",), repo: Path = REPO_ROOT,
-                 prometheus_args=("--rules.alert.resend-delay=1s",)):
+                 prometheus_args=("--rules.alert.resend-delay=1s",), scrape_configs=None):
         self.workdir = Path(workdir)
         self.targets = dict(targets)
         self.webhook_url = webhook_url
@@ -249,6 +249,10 @@ class AlertStack:
         self.for_overrides = list(for_overrides)
         self.repo = repo
         self.prometheus_args = list(prometheus_args)
+        # Replaces the rendered scrape jobs (the multi-replica test scrapes
+        # several replicas the way the Kubernetes PodMonitor does); rules,
+        # alerting and Alertmanager stay the committed ones.
+        self.scrape_configs = scrape_configs
         self.prom_addr = self.am_addr = None
         self.paths: dict[str, Path] = {}
         self._procs: list[_Process] = []
@@ -280,6 +284,12 @@ class AlertStack:
             self.workdir / "config", targets=targets, scrape_interval=self.scrape_interval,
             evaluation_interval=self.evaluation_interval, for_overrides=self.for_overrides,
             webhook_url=self.webhook_url, source_dir=self.repo / "prometheus")
+        if self.scrape_configs is not None:
+            import yaml  # render_stack needs PyYAML already
+            path = self.paths["prometheus"]
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            config["scrape_configs"] = list(self.scrape_configs)
+            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         try:
             am = _Process("alertmanager", [
                 alertmanager, f"--config.file={self.paths['alertmanager']}",

@@ -72,13 +72,22 @@ def sanitize_value(value: str, limit: int = MAX_LABEL_VALUE_BYTES) -> str:
 
 
 def build_labels(record: dict, settings: LokiSettings,
-                 label_user: Callable[[str | None], str | None]) -> tuple[tuple[str, str], ...]:
+                 label_user: Callable[[str | None], str | None],
+                 fold_model: Callable | None = None) -> tuple[tuple[str, str], ...]:
     # Only bounded values become labels: never request ids or text (cardinality).
     labels = {"service_name": settings.service_name}
     if settings.job:
         labels["job"] = settings.job
-    model = sanitize_value(record.get("model") if isinstance(record.get("model"), str) else "unknown")
+    raw = record.get("model") if isinstance(record.get("model"), str) else "unknown"
+    if fold_model is not None and raw != "unknown":
+        raw = fold_model(raw)  # a name vLLM does not serve: __other__, as the metric label
+    model = sanitize_value(raw)
     labels["model"] = OTHER if personal(model) else model  # as the metric label: never raw PII
+    instance = record.get("instance")
+    if isinstance(instance, str) and instance:
+        # Bounded (one per replica) and named like the Prometheus label, so one
+        # dashboard variable filters metrics and logs of a replica alike.
+        labels["vllm_instance"] = instance
     user = label_user(record.get("user") if isinstance(record.get("user"), str) else None)
     if user is not None:
         labels["user"] = sanitize_value(user)
@@ -153,7 +162,7 @@ def fit_line(record: dict, limit: int) -> tuple[str, bool]:
 
 def build_entry(archive_line: str, settings: LokiSettings,
                 label_user: Callable[[str | None], str | None],
-                policy: Callable[[dict], dict]) -> Entry:
+                policy: Callable[[dict], dict], fold_model: Callable | None = None) -> Entry:
     try:
         stored = json.loads(archive_line)
     except ValueError as exc:
@@ -163,7 +172,7 @@ def build_entry(archive_line: str, settings: LokiSettings,
     seq = stored.get("seq") if isinstance(stored.get("seq"), int) else None
     record = {k: v for k, v in stored.items() if k not in CHAIN_FIELDS}
     ts_ns = timestamp_ns(record.get("ts"), seq)
-    labels = build_labels(record, settings, label_user)
+    labels = build_labels(record, settings, label_user, fold_model)
     # Metadata and line come from the policy output, so redaction covers both.
     record = policy(record)
     line, truncated = fit_line(record, settings.max_line_bytes)

@@ -76,8 +76,10 @@ class LokiPusher:
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Callable[[], float] = random.random,
                  state_dir: Path | None = None,
-                 committed: Callable[[], dict | None] | None = None):
+                 committed: Callable[[], dict | None] | None = None,
+                 fold_model: Callable | None = None):
         self.settings = settings
+        self.fold_model = fold_model  # labels.ServedModels.fold: the model label's bound
         archive_dir = Path(archive_dir)
         self._reader = ArchiveReader(archive_dir, committed)
         self._state_path = Path(state_dir or archive_dir / ".state") / "loki.json"
@@ -189,7 +191,8 @@ class LokiPusher:
 
     def _prepare(self, raw: RawLine) -> _Item:
         try:
-            entry = build_entry(raw.text, self.settings, self._label_user, self._policy)
+            entry = build_entry(raw.text, self.settings, self._label_user, self._policy,
+                                    self.fold_model)
         except EntryError as exc:
             return _Item(raw, None, exc)
         if self._too_old_ns is not None and entry.ts_ns <= self._too_old_ns:

@@ -19,6 +19,11 @@ Rules:
   clocks; parsing, hashing and JSON encoding happen in the writer thread.
 - Fail open: no exception of the middleware's own reaches vLLM (they are
   counted in ``errors``); every exception of vLLM's passes through untouched.
+- Identity (``line.identity``): with ``VLLM_AUDIT_OPENWEBUI_JWT_SECRET`` (or
+  ``_FILE``) Open WebUI's signed token is verified off the loop
+  (``openwebui.verify``) and is the only source of ``user``; the token, the
+  bearer key and the secrets are captured only to be checked or hashed,
+  never written.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ import logging
 import os
 from dataclasses import dataclass
 
+from exporter.secrets import SecretError, read_secret
+
 from .capture import Exchange
 from .line import fallback, render
+from .openwebui import JWT_HEADER, SESSION_HEADERS
 from .writer import FileSink, LineWriter
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,9 @@ def uuid4_hex() -> str:
 
 
 def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if raw is None:
+    # Empty counts as unset: compose passes `${VAR:-}` through as "", which
+    # would otherwise switch off every user header.
+    if raw is None or not raw.strip():
         return default
     return tuple(n.strip().lower() for n in raw.split(",") if n.strip())
 
@@ -76,6 +86,22 @@ def _int(env, name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _jwt_secret(env) -> bytes | None:
+    """The Open WebUI JWT key, stripped like Open WebUI strips it before signing."""
+    value = env.get("VLLM_AUDIT_OPENWEBUI_JWT_SECRET")
+    path = env.get("VLLM_AUDIT_OPENWEBUI_JWT_SECRET_FILE")
+    if value:
+        return value.strip().encode("utf-8")
+    if not path:
+        return None
+    try:
+        return read_secret(path, "VLLM_AUDIT_OPENWEBUI_JWT_SECRET_FILE").strip()
+    except SecretError as exc:
+        # Fail open for the request, closed for identity: no token verifies.
+        log.error("%s; every request is recorded with identity_invalid", exc)
+        return b""
+
+
 @dataclass(frozen=True)
 class MiddlewareConfig:
     path: str | None
@@ -84,6 +110,12 @@ class MiddlewareConfig:
     secret_header: bytes
     secret: bytes | None
     salt: bytes
+    # Open WebUI's signed identity: None = off; b"" = configured but unreadable
+    # (every request then gets identity_invalid, never a weaker identity).
+    jwt_secret: bytes | None = None
+    jwt_header: bytes = JWT_HEADER.encode()
+    jwt_user_claim: str = "email"
+    jwt_leeway: float = 60.0
     queue_items: int = 10000
     queue_bytes: int = 256 << 20
     max_file_bytes: int = 100 << 20
@@ -106,6 +138,11 @@ class MiddlewareConfig:
                         "salt and are only as strong as the keys themselves")
         return cls(
             path=path,
+            jwt_secret=_jwt_secret(env),
+            jwt_header=(env.get("VLLM_AUDIT_OPENWEBUI_JWT_HEADER") or JWT_HEADER)
+            .strip().lower().encode("latin-1"),
+            jwt_user_claim=(env.get("VLLM_AUDIT_OPENWEBUI_JWT_USER_CLAIM") or "email").strip(),
+            jwt_leeway=float(_int(env, "VLLM_AUDIT_OPENWEBUI_JWT_LEEWAY_SECONDS", 60, 0)),
             trusted_headers=frozenset(trusted),
             user_headers=user_headers,
             secret_header=(env.get("VLLM_AUDIT_IDENTITY_SECRET_HEADER") or SECRET_HEADER)
@@ -139,6 +176,9 @@ class AuditMiddleware:
         # Header names whose values the exchange keeps (compared as raw ASGI bytes).
         self._wanted = frozenset(h.encode("latin-1") for h in self.config.trusted_headers)
         self._wanted |= {self.config.secret_header} if self.config.secret else set()
+        self._wanted |= {h.encode() for _, h in SESSION_HEADERS}
+        if self.config.jwt_secret is not None:
+            self._wanted |= {self.config.jwt_header}
 
     def _render(self, ex: Exchange) -> dict:
         return render(ex, self.config)

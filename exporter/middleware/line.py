@@ -15,10 +15,19 @@ Rules:
   ``null`` when the refusal counts characters, not tokens.
 - ``user``: first present ``user_headers`` value when the identity headers are
   trusted, else the body's ``user`` string, else ``key:<16 hex>`` from the
-  bearer key's hash, else ``null``.
+  bearer key's hash, else ``null``; ``identity_source`` says which
+  (``header``, ``header_secret``, ``user_field``, ``api_key``, null).
 - Identity headers are trusted when no shared secret is configured, or when
   the secret header's value equals the secret (``hmac.compare_digest``).
   Untrusted values go to ``identity.untrusted_headers``, never into ``user``.
+- With an Open WebUI JWT secret (``openwebui.verify``), ``user`` is the
+  configured claim of a valid token (``identity_source: jwt``, the text
+  claims in ``identity.jwt``). Without a token, only headers behind the
+  shared secret may stand in; otherwise, and for any bad token, ``user`` is
+  null and ``identity.invalid_reason`` says why: never the body's ``user``
+  or the shared API key. The token is never written.
+- ``identity.openwebui``: Open WebUI's chat/message id and task headers
+  (``openwebui.SESSION_HEADERS``) of a trusted request, absent when none.
 - ``api_key_hash`` = hex HMAC-SHA256(key=salt, msg=bearer key); the key and the
   secret are never written.
 - ``params``: as the client sent them (``max_completion_tokens`` wins over
@@ -38,6 +47,7 @@ import re
 
 from exporter.wire import DROPPED_TYPE, LINE_TYPE, LINE_VERSION, params, prompt_of, utc_text
 
+from .openwebui import SESSION_HEADERS, kept_claims, verify
 from .response import parse_response
 
 
@@ -82,29 +92,60 @@ def _text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def identity(cfg, headers: dict, auth: bytes | None, body) -> tuple[dict, str | None]:
-    """``(identity object, resolved user)``."""
+def identity(cfg, headers: dict, auth: bytes | None, body, now: float) -> tuple[dict, str | None, str | None]:
+    """``(identity object, resolved user, identity_source)``; ``now`` is when
+    the request arrived (a JWT's ``exp`` is judged against it)."""
+    hidden = (cfg.secret_header, cfg.jwt_header)  # never written, even if listed as trusted
     present = {}
-    for name, value in headers.items():
-        name = name.decode("latin-1")
-        if name in cfg.trusted_headers and name.encode("latin-1") != cfg.secret_header:
+    for raw, value in headers.items():
+        name = raw.decode("latin-1")
+        if name in cfg.trusted_headers and raw not in hidden:
             present[name] = _text(value)
-    trusted = True
+    secret_ok = None
     if cfg.secret is not None:
-        offered = headers.get(cfg.secret_header, b"")
-        trusted = hmac.compare_digest(offered, cfg.secret)
+        secret_ok = hmac.compare_digest(headers.get(cfg.secret_header, b""), cfg.secret)
     user_field = body.get("user") if isinstance(body, dict) else None
     user_field = user_field if isinstance(user_field, str) and user_field else None
     key_hash = api_key_hash(cfg.salt, auth)
-    ident = {"headers": present if trusted else {}, "user_field": user_field,
-             "api_key_hash": key_hash}
-    if not trusted and present:
-        ident["untrusted_headers"] = present
-    user = None
+    ident = {"headers": {}, "user_field": user_field, "api_key_hash": key_hash}
+    user = source = claims = reason = None
+    if cfg.jwt_secret is None:
+        trusted = secret_ok is not False
+    else:
+        # JWT mode: the signed token is the identity. Only a missing token may
+        # be replaced, and only by headers behind the shared secret; a bad
+        # token never falls back to a weaker identity (the shared API key
+        # would merge every Open WebUI user into one).
+        token = headers.get(cfg.jwt_header, b"")
+        claims, reason = verify(token, cfg.jwt_secret, now, cfg.jwt_leeway)
+        trusted = claims is not None or (reason == "missing" and secret_ok is True)
+        if claims is not None:
+            ident["jwt"] = kept_claims(claims)
+            value = claims.get(cfg.jwt_user_claim)
+            if isinstance(value, str) and value:
+                user, source = value, "jwt"
+            else:
+                reason = "claim_missing"
     if trusted:
-        user = next((present[h] for h in cfg.user_headers if present.get(h)), None)
-    user = user or user_field or (f"key:{key_hash[:16]}" if key_hash else None)
-    return ident, user
+        ident["headers"] = present
+        if source is None and (cfg.jwt_secret is None or reason == "missing"):
+            user = next((present[h] for h in cfg.user_headers if present.get(h)), None)
+            source = ("header" if secret_ok is None else "header_secret") if user else None
+        # Open WebUI fills a template it has no value for with "": unknown, so null.
+        session = {field: _text(headers[h.encode()]) or None if h.encode() in headers else None
+                   for field, h in SESSION_HEADERS}
+        if any(v is not None for v in session.values()):
+            ident["openwebui"] = session
+    elif present:
+        ident["untrusted_headers"] = present
+    if cfg.jwt_secret is not None and user is None:
+        ident["invalid_reason"] = reason or "missing"
+    elif user is None:
+        if user_field:
+            user, source = user_field, "user_field"
+        elif key_hash:
+            user, source = f"key:{key_hash[:16]}", "api_key"
+    return ident, user, source
 
 
 def render(ex, cfg) -> dict:
@@ -118,7 +159,7 @@ def render(ex, cfg) -> dict:
     head, gap, tail = ex.response.parts()
     is_stream = b"text/event-stream" in ex.content_type.lower()
     resp = parse_response(ex.endpoint, ex.content_type, head, gap, tail)
-    ident, user = identity(cfg, ex.headers, ex.auth, body)
+    ident, user, source = identity(cfg, ex.headers, ex.auth, body, ex.start_wall)
     code = ex.status_code
     aborted = ex.disconnected or ex.send_failed
     rejected, rejected_tokens = (False, None)
@@ -170,6 +211,7 @@ def render(ex, cfg) -> dict:
         "content_deltas": resp.content_deltas if is_stream else None,
         "request_truncated": ex.request.truncated,
         "response_truncated": gap > 0,
+        "identity_source": source,
     }
 
 

@@ -71,6 +71,14 @@ e.g. ``PoolingParams``). ``aborted`` has ``request_id`` = the first id and
 ``bad request: X``, ``ValueError: ...``); only the first line of a multi-line
 exception is read.
 
+Start-up lines (settings, version, listening, the Rust frontend) are
+``startup`` events (:mod:`exporter.parse.startup`): only from vLLM's own
+start-up files, checked like every message, never from a continuation
+line; any line the Rust frontend wrote (``(RustFrontend pid=N)``, a ``*.rs``
+file) is never a Python request-log message: its per-request line is a
+``summary`` event, every other one a ``startup`` event
+(:mod:`exporter.parse.rust`).
+
 Ignored reasons: ``empty``, ``not_vllm`` (no vLLM header), ``other_logger``,
 ``stats``, ``continuation``, ``traceback``, ``not_request_log`` (a request-log
 or engine file, but another message), ``malformed_received``,
@@ -104,6 +112,8 @@ from exporter.parse.pyrepr import (
     decode_literal,
 )
 from exporter.parse.fields import fields, ids_or_none, lora_name, sampling_params, str_or_none
+from exporter.parse.rust import is_rust, rust_event
+from exporter.parse.startup import STARTUP_FILES, startup_event
 
 REQUEST_LOGGER_FILES = frozenset({"logger.py", "request_logger.py"})
 ENGINE_FILES = frozenset({"async_llm.py", "engine.py", "async_llm_engine.py"})
@@ -185,20 +195,20 @@ def _parse(text: str, logging_prefix: str, continued: bool) -> Event | Ignored:
 def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     """Route the message at ``s[m:]`` by its opening words, checking the logger file."""
     if s.startswith("Received request ", m):
-        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _CONT
+        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
     if s.startswith("Generated response ", m):
-        return _generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _CONT
+        return _generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
     if s.startswith("Request ", m):
         return _request(s, m + 8, h)
     for prefix, kind in (("Added request ", ev.ADDED), ("Finished request ", ev.FINISHED)):
         if s.startswith(prefix, m):
             if h.file not in ENGINE_FILES:
-                return _CONT
+                return _other_file(s, m, h)
             rid = _dotted_id(s, m + len(prefix))
             return _NOT_REQ if rid is None else Event(kind, rid, h.when, {})
     if s.startswith("Aborted request", m):
         if h.file not in ENGINE_FILES:
-            return _CONT
+            return _other_file(s, m, h)
         start = m + 19 if s.startswith("(s) ", m + 15) else m + 16
         if s[m + 15 : start] not in ("(s) ", " "):
             return _NOT_REQ
@@ -212,7 +222,22 @@ def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     return _unknown_message(s, m, h)
 
 
-def _unknown_message(s: str, m: int, h: Header) -> Ignored:
+def _other_file(s: str, m: int, h: Header) -> Event | Ignored:
+    """A request-log or engine message from a file that does not write it:
+    a continuation, or a line of the Rust frontend (never a Python request log)."""
+    return rust_event(s, m, h) if is_rust(h) else _CONT
+
+
+def _unknown_message(s: str, m: int, h: Header) -> Event | Ignored:
+    if h.file in STARTUP_FILES:
+        try:
+            found = startup_event(s, m, h)
+        except ReprError:
+            found = None
+        if found is not None:
+            return found
+    elif is_rust(h):
+        return rust_event(s, m, h)
     if s.startswith(_TRACEBACK_STARTS, m):
         return _TRACE
     if "throughput:" in s[m : m + 200]:
@@ -253,18 +278,26 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
     rid = s[i:k]
     if s.startswith(" details: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
-            return _CONT
+            return _other_file(s, i - 8, h)
         return _details(s, k + 10, rid, h)
     if s.startswith(" JSON body: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
-            return _CONT
+            return _other_file(s, i - 8, h)
         raw = s[k + 12 :]
         if not raw.startswith("{"):
             return _BAD_BODY  # not even the start of the client's JSON object
+        closed = None
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
             body = None  # --max-log-len cut it (or 0.31's [:-1] slice): keep the event
+            try:
+                # 0.31 drops the closing "}" when --max-log-len is unset: the
+                # body as it would be with it. Only the correlator, knowing
+                # the start-up line's version and max_log_len, may use it.
+                closed = json.loads(raw + "}")
+            except (ValueError, RecursionError):
+                closed = None
         problems: list[str] = []
         if isinstance(body, dict):
             body, bad, escaped = check_body(body)
@@ -274,18 +307,25 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
         else:
             body = None
         data = {"body": body, "raw_len": len(raw), "truncated_body": body is None}
+        if isinstance(closed, dict):
+            closed, bad, escaped = check_body(closed)
+            more, flags = findings("body_invalid_field", bad, escaped)
+            if flags:
+                closed["input_flags"] = flags
+            data["body_closed"] = closed
+            problems = more
         if problems:
             data["problems"] = problems
         return Event(ev.BODY, rid, h.when, data)
     if s.startswith(" aborted", k):
         if h.file not in ENGINE_FILES:
-            return _CONT
+            return _other_file(s, i - 8, h)
         if s[k + 8 :] != ".":
             return _NOT_REQ
         return Event(ev.ABORTED, rid, h.when, {"ids": [rid]})
     if s.startswith(" failed", k):
         if h.file not in FAILED_FILES:
-            return _CONT
+            return _other_file(s, i - 8, h)
         return Event(ev.FAILED, rid, h.when, {"reason": _failure_reason(s[k + 7 :])})
     return _unknown_message(s, i - 8, h)
 
@@ -445,4 +485,7 @@ def _parse_json(text: str) -> Event | Ignored:
     if "\n" in message:
         # Only an exception text is multi-line; its first line is all we read.
         message = message.split("\n", 1)[0]
-    return _dispatch(message, 0, header)
+    result = _dispatch(message, 0, header)
+    if result.__class__ is Event and result.kind == ev.STARTUP and isinstance(obj.get("process"), int):
+        result.data["pid"] = obj["process"]
+    return result

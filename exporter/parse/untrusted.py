@@ -23,7 +23,7 @@ import json
 import math
 import re
 
-from exporter.record import STATUSES
+from exporter.record import IDENTITY_INVALID_REASONS, IDENTITY_SOURCES, STATUSES
 
 # Parse-error reasons for lines that were used but had fields dropped or text
 # escaped; counted per line in vllm_audit_parse_errors_total.
@@ -130,7 +130,7 @@ class _Checker:
 
 
 _TEXT_FIELDS = ("response_id", "received_at", "finished_at", "method", "path", "endpoint", "client",
-                "user", "status", "error", "model", "usage_source", "render_error")
+                "user", "status", "error", "model", "usage_source", "render_error", "identity_source")
 _BOOL_FIELDS = ("request_id_generated", "stream", "empty_response", "aborted", "request_truncated",
                 "response_truncated")
 _INT_FIELDS = ("v", "status_code", "rejected_prompt_tokens", "content_deltas")
@@ -148,10 +148,23 @@ def check_middleware_line(obj: dict) -> tuple[dict, list[str], bool]:
         check = _LINE_CHECKS.get(name)
         if check is not None:
             out[name] = check(c, name, value)
-    if out.get("status") is not None and out["status"] not in STATUSES:
-        c.bad.append("status")
-        out["status"] = None
+    for name, allowed in (("status", STATUSES), ("identity_source", IDENTITY_SOURCES)):
+        if out.get(name) is not None and out[name] not in allowed:
+            c.bad.append(name)
+            out[name] = None
     return out, c.bad, c.escaped
+
+
+_JWT_CLAIMS = ("sub", "email", "name", "role")
+_OPENWEBUI_FIELDS = ("chat_id", "message_id", "user_message_id", "task")
+
+
+def _texts(c: _Checker, name: str, value, keys: tuple[str, ...]) -> dict | None:
+    """A mapping of known text fields; other keys are dropped."""
+    value = c.mapping(name, value)
+    if value is None:
+        return None
+    return {k: c.text(f"{name}.{k}", value[k]) for k in keys if k in value}
 
 
 def _identity(c: _Checker, name: str, value) -> dict | None:
@@ -163,6 +176,16 @@ def _identity(c: _Checker, name: str, value) -> dict | None:
         if key in value:
             check = c.headers if key.endswith("headers") else c.text
             out[key] = check(f"identity.{key}", value[key])
+    if "jwt" in value:
+        out["jwt"] = _texts(c, "identity.jwt", value["jwt"], _JWT_CLAIMS)
+    if "openwebui" in value:
+        out["openwebui"] = _texts(c, "identity.openwebui", value["openwebui"], _OPENWEBUI_FIELDS)
+    if "invalid_reason" in value:
+        reason = c.text("identity.invalid_reason", value["invalid_reason"])
+        if reason is not None and reason not in IDENTITY_INVALID_REASONS:
+            c.bad.append("identity.invalid_reason")
+            reason = "malformed"  # still invalid: a bad reason must not erase the finding
+        out["invalid_reason"] = reason
     return out
 
 

@@ -11,6 +11,7 @@ vLLM ``/metrics`` readers. Nothing here edits the committed configuration:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -88,14 +89,15 @@ def http_ok(url: str) -> bool:
 class ExporterProcess:
     """``python -m exporter run ...`` from the project venv, output in a file."""
 
-    def __init__(self, args: list[str], listen: str, log_path: Path):
+    def __init__(self, args: list[str], listen: str, log_path: Path, env: dict | None = None):
         self.listen, self.log_path = listen, log_path
         self._log = open(log_path, "wb")
         python = REPO / ".venv" / "bin" / "python"
         self.proc = subprocess.Popen(
             [str(python if python.exists() else sys.executable), "-m", "exporter", "run",
              *args, "--web.listen-address", listen],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env})
 
     @property
     def url(self) -> str:
