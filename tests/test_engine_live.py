@@ -161,20 +161,18 @@ def test_n2_sequences_report_under_one_id_and_are_merged(served):
     assert rec["engine"]["inference_seconds"] == max(x["inference_seconds"] for x in mine)
 
 
-def test_shares_add_up_to_no_more_than_the_engine_was_busy(served):
-    """Processor sharing: the shares of requests that overlapped sum to at
-    most the span they covered (their inference times alone sum to more)."""
+def test_batched_requests_share_the_engine_time(served):
+    """The concurrent requests were batched: each paid at most its own
+    inference time (checked per record above) and together less than the sum
+    of their inference times. (That shares add up to the busy time is exact
+    on the plugin's clock, tests/test_engine.py; measured here against wall
+    times it would be a timing assertion: the clock advances when vLLM's
+    output handler calls the plugin, which lags the engine under load.)"""
     recs = [r for r in archive_records(served["archive"]) if r["request_id"] in served["sent"][1:]]
-    lines = [json.loads(x) for x in served["engine"].read_text().splitlines()]
-    by_id = {x["request_id"]: x for x in lines if x.get("type") == "vllm_audit_engine"}
-    from exporter.record import parse_ts
-    spans = [(parse_ts(by_id[r["request_id"]]["finished_at"]) - r["engine"]["inference_seconds"],
-              parse_ts(by_id[r["request_id"]]["finished_at"])) for r in recs]
-    busy = max(e for _, e in spans) - min(s for s, _ in spans)
+    assert len(recs) == len(served["sent"]) - 1
     shares = sum(r["engine"]["share_seconds"] for r in recs)
     inference = sum(r["engine"]["inference_seconds"] for r in recs)
-    assert shares <= busy + 0.05, (shares, busy)  # finished_at has millisecond precision
-    assert shares < inference, (shares, inference)  # they were batched: sharing was counted
+    assert shares < inference, (shares, inference)
 
 
 def test_user_engine_seconds_and_cost_series_add_up_to_the_records(served):
