@@ -9,8 +9,9 @@ RUN pip install --no-cache-dir --prefix=/install .
 FROM python:3.12-slim
 COPY --from=build /install /usr/local
 # Runs as uid 10001, group 0: the audit middleware writes its file 0640 as
-# root inside the vLLM container, readable through the group.
-RUN mkdir -p /archive && chown 10001:0 /archive && chmod 0770 /archive
+# root inside the vLLM container, readable through the group. /alerts is the
+# alert-log service's volume (compose.yaml); a new named volume takes this owner.
+RUN mkdir -p /archive /alerts && chown 10001:0 /archive /alerts && chmod 0770 /archive /alerts
 USER 10001:0
 VOLUME ["/archive"]
 EXPOSE 9400

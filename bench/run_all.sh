@@ -27,4 +27,5 @@ run() {
 run bench/replay_throughput.py --size "$SIZE" --capture debug
 run bench/rss.py --requests "$REQUESTS" --users "$USERS"
 run bench/lag.py --requests "$LAG_REQUESTS"
+run bench/tlog_cost.py --size "${TLOG_SIZE:-32MiB}"
 echo "# results appended to $OUT" >&2

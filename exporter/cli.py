@@ -41,8 +41,17 @@ def make_parser() -> argparse.ArgumentParser:
                       help="keep serving /metrics after the summary, until Ctrl-C")
     demo.add_argument("--no-alerts", action="store_true",
                       help="skip the Prometheus/Alertmanager part even if installed")
-    verify = sub.add_parser("verify", help="check the archive's hash chain and manifests")
-    verify.add_argument("archive_dir", metavar="DIR")
+    verify = sub.add_parser("verify", help="check the archive's hash chain and manifests, or (with "
+                            "--public-key) its signed transparency log, or a proof",
+                            description="Without --public-key: the HMAC chain and manifests (needs the "
+                                        "key). With --public-key: the Merkle tree, signed checkpoints, "
+                                        "witnesses and gaps, with public keys only. With --proof: one "
+                                        "proof from prove (or an export's proof file), stand-alone.")
+    verify.add_argument("archive_dir", metavar="DIR", nargs="?")
+    verify.add_argument("--proof", default=None, metavar="FILE",
+                        help="check a proof from `prove` or an export's FILE.proof.json (no DIR)")
+    verify.add_argument("--format", dest="output_format", choices=("text", "json"), default="text",
+                        help="with --public-key or --proof: json is a report to file")
     verify.add_argument("--hmac-key-file", default=None, help="HMAC key file [env VLLM_AUDIT_HMAC_KEY]")
     add_options(verify, "verify")
     retention = sub.add_parser("retention", help="compress or delete old archive days now")
@@ -50,6 +59,27 @@ def make_parser() -> argparse.ArgumentParser:
     retention.add_argument("--compress-after-days", type=int, default=None, metavar="DAYS")
     retention.add_argument("--delete-after-days", type=int, default=None, metavar="DAYS")
     add_options(retention, "retention")
+    alert_log = sub.add_parser("alert-log", help="receive Alertmanager notifications: print, "
+                               "keep, forward (the stack's default receiver)",
+                               description="Print every Alertmanager notification (one line per "
+                               "alert), optionally keep it as JSON and forward it to a webhook, "
+                               "Slack or e-mail.")
+    add_options(alert_log, "alert-log")
+    keygen = sub.add_parser("keygen", help="make a signing key for signed checkpoints",
+                            description="Write DIR/signing.key (0600, keep it secret) and "
+                                        "DIR/signing.pub (the verifier key auditors get).")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for signing.key and signing.pub")
+    keygen.add_argument("--name", default=None, help="key name (default: <hostname>-vllm-audit)")
+    keygen.add_argument("--witness", action="store_true",
+                        help="a witness key (cosignature/v1) instead of a log signing key")
+    prove = sub.add_parser("prove", help="print a stand-alone JSON proof that one record is in the signed log",
+                           description="The record, its Merkle inclusion proof, the signed checkpoint "
+                                       "with its witness cosignatures and the key epochs up to it: "
+                                       "`verify --proof FILE --public-key signing.pub` checks it alone.")
+    prove.add_argument("request_id", metavar="REQUEST_ID")
+    prove.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR", "audit-archive"),
+                       help="archive to read [env VLLM_AUDIT_ARCHIVE_DIR]")
+    prove.add_argument("--seq", type=int, default=None, help="which record, when a client reused the id")
     witness = sub.add_parser(
         "witness", help="run a C2SP tlog-witness that cosigns another host's checkpoints",
         description="Serve POST /add-checkpoint (c2sp.org/tlog-witness): cosign a log's checkpoint "
@@ -63,7 +93,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     # The flag names are pinned by the export contract (README, "Export").
-    p.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR", "audit-archive"),
+    p.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR") or "audit-archive",
                    help="archive to read [env VLLM_AUDIT_ARCHIVE_DIR]")
     p.add_argument("--from", dest="time_from", required=True, metavar="T",
                    help="start time, RFC 3339 or YYYY-MM-DD (inclusive)")
@@ -98,8 +128,18 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "prove":
+            from .transparency.proof import prove_main
+            return prove_main(args.archive_dir, args.request_id, args.seq)
+        if args.command == "keygen":
+            from .transparency.keys import keygen_main
+            return keygen_main(args.out, args.name, witness=args.witness)
         if args.command == "retention":
             return cmd_retention(args)
+        if args.command == "alert-log":
+            from .alertlog import main as alert_log_main
+            from .settings import alert_log_options
+            return alert_log_main(*alert_log_options(args, os.environ))
         if args.command == "witness":
             return cmd_witness(args)
         if args.command == "export":
@@ -110,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 user=args.user, model=args.model, grep=args.grep, fmt=args.format, bom=args.bom,
                 output=args.output, source=args.source, loki_url=opts["loki_url"],
                 loki=loki_settings(opts) if args.source == "loki" else None,
-                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
+                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None,
                 pricing=pricing(opts))
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -125,8 +165,26 @@ def cmd_verify(args) -> int:
     inside the archive): exit 3 when there is no checkpoint to trust."""
     from .compliance.verify import verify_main
     opts = resolve("verify", args, os.environ)
+    if args.proof is not None:
+        if not opts["public_key"]:
+            raise SettingsError("verify --proof: give --public-key FILE (the log's signing.pub)")
+        from .transparency.proof import verify_proof_main
+        return verify_proof_main(args.proof, public_key=str(opts["public_key"]),
+                                 witness_keys=opts["witness_keys"], min_witnesses=opts["min_witnesses"],
+                                 fmt=args.output_format)
+    if opts["public_key"]:
+        from .transparency.audit import audit_main
+        code = audit_main(args.archive_dir, public_key=str(opts["public_key"]),
+                          witness_keys=opts["witness_keys"], min_witnesses=opts["min_witnesses"],
+                          max_gap=opts["max_gap"], tsa_cert=opts["tsa_cert"] and str(opts["tsa_cert"]),
+                          fmt=args.output_format)
+        if code != 0 or not (args.hmac_key_file or os.environ.get("VLLM_AUDIT_HMAC_KEY")):
+            return code
+        # A key was given too: the HMAC chain is checked as well.
+    if not args.archive_dir:
+        raise SettingsError("verify: give the archive DIR")
     return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
-                       hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY"),
+                       hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None,
                        state_dir=opts["state_dir"] and str(opts["state_dir"]))
 
 

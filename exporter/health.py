@@ -8,10 +8,18 @@ the ``/health`` JSON.
 Unhealthy (HTTP 503) when any of these holds, each listed in ``problems``:
 
 1. a *required* log source is not up (file missing or unreadable): records
-   are being lost or delayed right now;
+   are being lost or delayed right now. A file that has not existed since the
+   exporter started, with no checkpoint naming one, is only *waiting*
+   (``"waiting": true``): nothing was written there yet, so nothing is lost.
+   A fresh, idle stack is healthy although vLLM's middleware creates
+   ``middleware.jsonl`` only at the first audited request;
 2. the most recent checkpoint write failed: a restart would re-read and the
    archive cannot advance its committed size;
-3. a vLLM scraper is configured and its most recent scrape failed;
+3. a vLLM scraper is configured and its most recent scrape failed, once one
+   has succeeded since the exporter started: until vLLM first answers (a
+   model download or load takes minutes, and compose starts both at once)
+   the exporter is not the one at fault and nothing is lost, so it stays
+   healthy and ``vllm`` shows the failures (``VllmDown`` alerts on them);
 4. a worker thread (``pipeline``, ``loki``) is not running normally: it failed
    with an unexpected exception and has not made progress since its restart,
    it gave up (the process is exiting non-zero), or it ended unexpectedly;
@@ -74,6 +82,7 @@ class SourceHealth:
     lag_bytes: int = 0  # size - position, never negative
     last_line_unix: float | None = None  # wall time the last line was read
     error: str | None = None  # why it is not up
+    waiting: bool = False  # never existed yet: not a problem (rule 1)
     # Header times minus UTC as measured (quarter hours; 0 = consistent), and
     # the operator-facing explanation when not 0 (pipeline's ClockCheck).
     time_offset_seconds: int = 0
@@ -174,13 +183,13 @@ class Health:
     def problems(self) -> list[str]:
         found = []
         for src in list(self.sources.values()):
-            if src.required and not src.up:
+            if src.required and not src.up and not src.waiting:
                 found.append(f"source {src.name}: not up" + (f" ({src.error})" if src.error else ""))
         if self.checkpoint_consecutive_failures:
             found.append(f"checkpoint: last {self.checkpoint_consecutive_failures} write(s) failed"
                          f" ({self.checkpoint_last_error})")
         status = getattr(self.scraper, "last_scrape", None)
-        if status is not None and status.up is False:
+        if status is not None and status.up is False and status.last_success_unix is not None:
             found.append(f"vllm: scrape failing ({status.error})")
         for thread in list(self.threads.values()):
             problem = thread.problem()

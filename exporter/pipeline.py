@@ -137,6 +137,8 @@ class Pipeline:
         self.skip_keys: set | None = None
         self.records_emitted = 0
         self.commits = 0  # successful commits by this pipeline
+        # The transparency log (--signing-key-file): signs the committed tree.
+        self.tlog = None
         for src in sources:
             src.metrics = selfm.source(src.name)
         self.zone = ZoneCheck(sources, tz=resolver.tz, clock=clock)  # reports, never changes a record
@@ -244,7 +246,19 @@ class Pipeline:
             self.commit()
         else:
             self.status.archive(self.sinks.archive)
+        if self.tlog is not None:
+            self.tlog.tick(self.signable())  # a heartbeat too when nothing arrived
         return n
+
+    def signable(self) -> dict:
+        """The archive state a checkpoint may sign: the last committed one
+        (never records a crash could still cut), or before the first commit
+        the state the archive was recovered to (all on disk)."""
+        return self.committed_archive if self.committed_archive is not None else self.sinks.archive.state()
+
+    def sign_now(self) -> None:
+        if self.tlog is not None:
+            self.tlog.sign(self.signable())
 
     def done(self) -> bool:
         return all(s.finished for s in self.sources)
@@ -473,3 +487,4 @@ class Pipeline:
         self._emit(self.correlator.drain())
         self.selfm.inflight.set(0)
         self.commit()
+        self.sign_now()

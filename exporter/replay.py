@@ -49,6 +49,8 @@ def replay_into(settings, *, quiet: bool = False):
         done = sum(int((s.tailer.position() or {}).get("offset", 0) or 0) for s in rt.pipeline.sources)
         progress.update(done, rt.pipeline.records_emitted)
     rt.pipeline.finish()
+    if rt.publishers is not None:
+        rt.publishers.close()  # witnesses and the TSA get the final checkpoint, bounded
     progress.update(total, rt.pipeline.records_emitted, force=True)
     progress.close()
     return rt, summary

@@ -15,6 +15,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from .archive import ArchiveWriter
+from .archive.layout import tree_path
 from .assemble import AssembleContext
 from .chain import Chain
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, use_key
@@ -29,6 +30,7 @@ from .pipeline import Pipeline, Sinks, Source
 from .selfmetrics import SelfMetrics, TailStatsCollector
 from .settings import Settings, SettingsError
 from .tail import FileTailer, StdinTailer
+from .transparency.tree import TreeFile
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Runtime:
     start_positions: dict | None = None
     stdin_tailer: object | None = None
     served: ServedModels | None = None  # the model label's bound (learned names + --model)
+    tlog: object | None = None  # TransparencyLog with --signing-key-file (kept across rebuilds)
+    publishers: object | None = None  # witnesses and TSA on the log's hooks (transparency.publish)
 
 
 def checkpoint_path(settings: Settings) -> Path:
@@ -116,6 +120,16 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     rt = Runtime(settings=settings, registry=registry, users=users, metrics=metrics,
                  selfm=selfm, health=health, pipeline=None, archive=None, live=live,
                  clock=clock, ctx=ctx, empty_metrics=metrics.snapshot(), served=served)
+    if settings.signing_key_file is not None:
+        rt.tlog = build_tlog(settings, clock)
+        from .transparency.logmetrics import LogCollector
+        LogCollector(rt.tlog, registry)
+        if settings.witnesses or settings.tsa_url:
+            from .transparency.publish import attach
+            rt.publishers = attach(rt.tlog, settings, registry, clock)
+    elif settings.witnesses or settings.tsa_url:
+        raise SettingsError(f"{'--witness' if settings.witnesses else '--tsa-url'}: needs "
+                            "--signing-key-file (witnesses and timestamps are over signed checkpoints)")
     _assemble(rt, stdin=stdin)
     TailStatsCollector(lambda: rt.pipeline.sources if rt.pipeline is not None else (), registry)
     if settings.loki:
@@ -161,7 +175,8 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
     loaded = read_checkpoint(str(checkpoint_path(settings)))
     saved = loaded.state or {}
     archive = ArchiveWriter.open(settings.archive_dir, Chain(settings.hmac_key),
-                                 saved.get("archive"), clock=clock)
+                                 saved.get("archive"), clock=clock,
+                                 tree=TreeFile(tree_path(settings.archive_dir)))
     skip_keys = None
     if not saved and archive.state().get("seq", 0) > 0:
         from .archive.recovery import rebuild_from_archive, warn
@@ -227,7 +242,20 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
             if src.learned is not None or src.pending is not None:
                 pipeline.learned_changed(src)
     pipeline.skip_keys = skip_keys
+    pipeline.tlog = rt.tlog
+    if rebuild and rt.tlog is not None:
+        rt.tlog.recheck()
     rt.pipeline, rt.archive = pipeline, archive
+
+
+def build_tlog(settings: Settings, clock):
+    from .transparency.keys import SigningKeyError
+    from .transparency.log import LogError, TransparencyLog
+    try:
+        return TransparencyLog(settings.archive_dir, settings.signing_key_file, settings.log_origin,
+                               settings.sign_interval, clock)
+    except (SigningKeyError, LogError) as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def build_loki(settings: Settings, registry, users: UserLabels, health: Health, committed=None):

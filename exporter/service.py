@@ -73,6 +73,10 @@ class Service:
                 t.join(timeout=2)
         if self.rt.loki is not None:
             self.rt.loki.close()
+        if self.rt.publishers is not None:
+            # The shutdown checkpoint is signed (the pipeline thread ended):
+            # witnesses and the TSA get a last try at it, bounded.
+            self.rt.publishers.close(timeout=3)
 
     @property
     def exit_code(self) -> int:
@@ -129,6 +133,7 @@ class Service:
         # Graceful stop only: a body that raised is never committed (its state
         # may be half updated); the rebuild or the next start re-derives it.
         pipeline.commit()
+        pipeline.sign_now()  # the shutdown checkpoint
 
     def _loki_body(self, progress: Callable[[], None]) -> None:
         self.rt.loki.run(self.stop, on_progress=progress)

@@ -53,14 +53,21 @@ OPTIONS: tuple[Option, ...] = (
            "per UTC day) and of the exporter's state", Path("audit-archive"), "path", _BOTH, "DIR"),
     Option("--state-dir", "state_dir", "where checkpoints live (default: ARCHIVE_DIR/.state)",
            None, "path", (*_BOTH, "verify", "retention"), "DIR"),
-    Option("--from-start", "from_start", "read log files from their start instead of their end "
-           "(backfill); ignored once a checkpoint exists", False, "bool", ("run",)),
+    # First start (no checkpoint): read what vLLM already wrote, so nothing it
+    # served before the exporter's first start is lost. --from-end opts out.
+    Option("--from-start", "from_start", "on the first start (no checkpoint) read existing log "
+           "files from their start; this is the default, kept for old command lines", False,
+           "bool", ("run",)),
+    Option("--from-end", "from_end", "on the first start (no checkpoint) skip what the log "
+           "files already hold and read only new lines; ignored once a checkpoint exists",
+           False, "bool", ("run",)),
     Option("--vllm-url", "vllm_url", "vLLM base URL; its /metrics is scraped for up and "
            "audit completeness (empty: no scrape)", None, "str", ("run",), "URL"),
     Option("--scrape-interval", "scrape_interval", "seconds between vLLM /metrics scrapes",
            15.0, "float", ("run",), "SECONDS"),
-    Option("--web.listen-address", "listen_address", "address for /metrics, /health and /",
-           "127.0.0.1:9400", "str", ("run",), "HOST:PORT"),
+    Option("--web.listen-address", "listen_address", "address for /metrics, /health and / "
+           "(alert-log: where Alertmanager posts)", "127.0.0.1:9400", "str", ("run", "alert-log"),
+           "HOST:PORT"),
     Option("--instance", "instance", "replica identity written into every record's `instance` "
            "field and as the Loki label `vllm_instance` (on Kubernetes: NAMESPACE/POD from the "
            "downward API)", None, "str", _BOTH, "NAME"),
@@ -146,6 +153,45 @@ OPTIONS: tuple[Option, ...] = (
            "(pipeline, Loki pusher) after unexpected failures without progress in between "
            "before the process exits with status 1 (0: exit on the first)", 5, "int", ("run",), "N"),
     Option("--no-progress", "no_progress", "no progress bar", False, "bool", ("replay",)),
+    # alert-log: the stack's default Alertmanager receiver (exporter/alertlog.py)
+    Option("--alert-log-file", "alert_log_file", "also append every notification as JSON here",
+           None, "path", ("alert-log",), "FILE"),
+    Option("--alert-webhook-url", "alert_webhook_url", "forward each notification's JSON to this "
+           "webhook", None, "str", ("alert-log",), "URL"),
+    Option("--alert-slack-webhook-url", "alert_slack_webhook_url", "forward to this Slack "
+           "incoming webhook", None, "str", ("alert-log",), "URL"),
+    Option("--alert-email-to", "alert_email_to", "forward by e-mail to this address (SMTP "
+           "below)", None, "str", ("alert-log",), "ADDR"),
+    Option("--alert-smtp-host", "alert_smtp_host", "SMTP server", "localhost:25", "str",
+           ("alert-log",), "HOST:PORT"),
+    Option("--alert-smtp-from", "alert_smtp_from", "sender address", "vllm-audit@localhost", "str",
+           ("alert-log",), "ADDR"),
+    Option("--alert-smtp-username", "alert_smtp_username", "SMTP login", None, "str",
+           ("alert-log",), "USER"),
+    Option("--alert-smtp-password-file", "alert_smtp_password_file", "SMTP password file", None,
+           "path", ("alert-log",), "FILE"),
+    Option("--alert-smtp-starttls", "alert_smtp_starttls", "STARTTLS before login", False, "bool",
+           ("alert-log",)),
+    Option("--signing-key-file", "signing_key_file", "Ed25519 signing key (from `keygen`): write a "
+           "signed checkpoint of the archive's Merkle tree every --sign-interval seconds; the file is "
+           "replaced by each new day's key (forward security), so it and its directory must be "
+           "writable", None, "path", _BOTH, "FILE"),
+    Option("--sign-interval", "sign_interval", "seconds between signed checkpoints (also when no "
+           "record arrived: a heartbeat)", 10.0, "float", _BOTH, "SECONDS"),
+    Option("--log-origin", "log_origin", "origin line of the signed checkpoints (default: "
+           "<hostname>/vllm-audit)", None, "str", _BOTH, "ORIGIN"),
+    # verify --public-key: the transparency log, checked with public keys only.
+    Option("--public-key", "public_key", "the log's verifier key (signing.pub from keygen): check the "
+           "Merkle tree, every signed checkpoint and its key epoch; needs no secret", None, "path",
+           ("verify",), "FILE"),
+    Option("--witness-key", "witness_keys", "a witness's verifier key (repeatable): check its "
+           "cosignatures", [], "list", ("verify",), "FILE"),
+    Option("--min-witnesses", "min_witnesses", "witness cosignatures a checkpoint needs (default: 1 "
+           "with --witness-key)", None, "int", ("verify",), "N"),
+    Option("--max-gap", "max_gap", "fail when two consecutive signed checkpoints are further apart "
+           "(the exporter was stopped)", None, "float", ("verify",), "SECONDS"),
+    Option("--tsa-cert", "tsa_cert", "TSA certificate to check RFC 3161 timestamp tokens with", None,
+           "path", ("verify",), "FILE"),
     # Transparency log: witnesses and trusted time (issue 15; docs in README "Witnesses").
     Option("--witness", "witnesses", "C2SP tlog-witness to cosign each checkpoint: its submission URL "
            "and its one-line verifier key (repeatable; env: whitespace-separated)", [], "list", _BOTH,
@@ -190,7 +236,7 @@ class Settings:
     replay_files: tuple[str, ...] = ()
     archive_dir: Path = Path("audit-archive")
     state_dir: Path = Path("audit-archive/.state")
-    from_start: bool = False
+    from_start: bool = True  # no checkpoint: read existing files from 0 (--from-end: from EOF)
     vllm_url: str | None = None
     scrape_interval: float = 15.0
     listen_host: str = "127.0.0.1"
@@ -219,6 +265,9 @@ class Settings:
     retention_compress_days: int | None = None
     retention_delete_days: int | None = None
     max_thread_restarts: int = 5
+    signing_key_file: Path | None = None
+    sign_interval: float = 10.0
+    log_origin: str = ""
     witnesses: tuple = ()  # ((submission URL, note.Verifier), ...)
     witness_timeout: float = 10.0
     tsa_url: str | None = None
@@ -306,7 +355,9 @@ def resolve(command: str, ns: argparse.Namespace, environ: Mapping[str, str]) ->
         raw = getattr(ns, opt.dest, None)
         if raw is not None:
             values[opt.dest] = _convert(opt, raw, "flag")
-        elif opt.env in environ:
+        elif environ.get(opt.env, "").strip():
+            # An empty variable means the default (compose passes `${VAR:-}`
+            # through as ""), the same rule as the middleware's.
             values[opt.dest] = _convert(opt, environ[opt.env], f"env {opt.env}")
         else:
             values[opt.dest] = opt.default
@@ -394,6 +445,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
                        ("checkpoint_interval", "--checkpoint-interval"), ("max_log_len", "--max-log-len"),
                        ("loki_batch_wait", "--loki-batch-wait"), ("loki_batch_bytes", "--loki-batch-bytes")):
         _positive(v, dest, flag)
+    _positive(v, "sign_interval", "--sign-interval")
     _positive(v, "merge_grace", "--merge-grace", allow_zero=True)
     _positive(v, "retention_compress_days", "--retention-compress-days")
     _positive(v, "retention_delete_days", "--retention-delete-days")
@@ -416,6 +468,8 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
             flag = "--" + dest.replace("_", "-")
             raise SettingsError(f"{flag}: {v[dest]!r} is not one of {', '.join(POLICY_MODES)}")
 
+    if v.get("from_start") and v.get("from_end"):
+        raise SettingsError("--from-start and --from-end: choose one")
     host, port = "127.0.0.1", 9400
     if command == "run":
         if not v["logs"]:
@@ -446,13 +500,22 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     loki = loki_settings(v)
     prices = pricing(v)
     archive_dir = Path(v["archive_dir"])
+    signing_key_file = v.get("signing_key_file")
+    if signing_key_file is not None:
+        _check_signing_key(Path(signing_key_file))
+    origin = v.get("log_origin")
+    if origin is None or not origin.strip():
+        import socket
+        origin = f"{socket.gethostname() or 'localhost'}/vllm-audit"
+    if "\n" in origin or origin != origin.strip():
+        raise SettingsError(f"--log-origin: {origin!r} must be one line without leading or trailing spaces")
     return Settings(
         command=command,
         logs=tuple(v.get("logs") or ()),
         replay_files=replay_files,
         archive_dir=archive_dir,
         state_dir=Path(v["state_dir"]) if v.get("state_dir") else archive_dir / ".state",
-        from_start=bool(v.get("from_start")),
+        from_start=not v.get("from_end"),
         vllm_url=(v.get("vllm_url") or None),
         scrape_interval=v.get("scrape_interval") or 15.0,
         listen_host=host, listen_port=port,
@@ -480,6 +543,9 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         retention_compress_days=v.get("retention_compress_days"),
         retention_delete_days=v.get("retention_delete_days"),
         max_thread_restarts=v.get("max_thread_restarts", 5),
+        signing_key_file=Path(signing_key_file) if signing_key_file is not None else None,
+        sign_interval=v.get("sign_interval") or 10.0,
+        log_origin=origin,
         witnesses=_witnesses(v),
         witness_timeout=v["witness_timeout"],
         tsa_url=_tsa_url(v),
@@ -487,6 +553,19 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         tsa_ca_file=v.get("tsa_ca_file"),
         pricing=prices,
     )
+
+
+def _check_signing_key(path: Path) -> None:
+    """Readable, a signing key, and replaceable (each day's key replaces it)."""
+    import os
+    from exporter.transparency.keys import SigningKeyError, load_signer
+    try:
+        load_signer(path)
+    except SigningKeyError as exc:
+        raise SettingsError(str(exc)) from None
+    if not os.access(path.parent, os.W_OK):
+        raise SettingsError(f"--signing-key-file: {path.parent} is not writable (the key is replaced "
+                            "by each new day's key, erasing the old one)")
 
 
 def split_key(text: str, flag: str):
@@ -586,3 +665,19 @@ def witness_settings(ns: argparse.Namespace, environ: Mapping[str, str]) -> Witn
 def env_table() -> list[tuple[str, str, str]]:
     """(flag, env var, commands) rows for the README."""
     return [(o.flag, o.env, ",".join(o.commands)) for o in OPTIONS]
+
+
+def alert_log_options(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[dict, str | None]:
+    """The alert-log command's resolved options and its SMTP password, validated."""
+    v = resolve("alert-log", ns, environ)
+    host, sep, port = v["listen_address"].rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"--web.listen-address: expected HOST:PORT, got {v['listen_address']!r}")
+    for dest in ("alert_webhook_url", "alert_slack_webhook_url"):
+        if v.get(dest) and not v[dest].startswith(("http://", "https://")):
+            raise SettingsError(f"--{dest.replace('_', '-')}: expected an http(s) URL, got {v[dest]!r}")
+    if v.get("alert_email_to") and "@" not in v["alert_email_to"]:
+        raise SettingsError(f"--alert-email-to: not an e-mail address: {v['alert_email_to']!r}")
+    password = _read_secret_file(v.get("alert_smtp_password_file"), "--alert-smtp-password-file",
+                                 text=True)
+    return v, password

@@ -37,6 +37,7 @@ class StatusBridge:
         if h is not None:
             h.up = up
             h.error = None if up else getattr(stats, "error", None)
+            h.waiting = not up and bool(getattr(stats, "waiting", False))
             h.last_line_unix = src.last_line_unix
             h.at_eof = bool(t.at_eof)
             pos = t.position() or {}

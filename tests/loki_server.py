@@ -120,11 +120,12 @@ class LokiServer:
         self._thread = None
         self._down_until: float | None = None
         self.port = 0
+        self.host = "127.0.0.1"  # the stack runner's stand-in listens on 0.0.0.0
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> "LokiServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self._httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
         self._httpd.loki = self

@@ -118,3 +118,11 @@ def test_lag_bench_streaming_deltas_smoke():
     m = r["modes"]["grace0"]
     assert m["metrics"]["n"] == 4 and m["loki"]["n"] == 4  # every streamed request seen in both sinks
     _positive(m, "achieved_tokens_s")
+
+
+def test_tlog_cost_smoke():
+    r = _run(str(BENCH / "tlog_cost.py"), "--size", "512KiB", timeout=120)
+    assert r["bench"] == "tlog_cost" and r["checkpoints_signed"] >= 2  # at start and at the end
+    _positive(r, "records", "replay_cpu_s", "leaf_us_per_record", "sign_us_per_record", "sign_ratio",
+              "verify_us_per_record", "verify_ratio", "total_ratio")
+    assert isinstance(r["met"], bool)

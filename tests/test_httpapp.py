@@ -87,7 +87,7 @@ def test_health_sources(setup):
     assert body["sources"]["vllm"] == {
         "name": "vllm", "path": "/var/log/vllm.log", "required": True, "up": True, "at_eof": True,
         "position": 0, "size": None, "lag_bytes": 0, "last_line_unix": 1_789_999_999.5, "error": None,
-        "time_offset_seconds": 0, "time_offset_note": None, "vllm": None}
+        "time_offset_seconds": 0, "time_offset_note": None, "vllm": None, "waiting": False}
     assert body["sources"]["middleware"]["up"] is opt.up is False
 
 
@@ -109,14 +109,20 @@ def test_health_vllm_scrape(setup):
     h.scraper = SimpleNamespace(last_scrape=ScrapeStatus())
     resp = setup.client.get("/health")
     assert resp.status_code == 200 and resp.json()["vllm"]["up"] is None  # not scraped yet
+    # vLLM still loading its model: never answered since the start, not the exporter's fault
     h.scraper.last_scrape = ScrapeStatus(up=False, attempts=1, consecutive_failures=1,
                                          error="ConnectError: refused")
     resp = setup.client.get("/health")
-    assert resp.status_code == 503
-    assert resp.json()["problems"] == ["vllm: scrape failing (ConnectError: refused)"]
+    assert resp.status_code == 200 and resp.json()["vllm"]["error"] == "ConnectError: refused"
     h.scraper.last_scrape = ScrapeStatus(up=True, attempts=2, last_success_unix=1_790_000_001.0,
                                          requests_finished=12.0)
     assert setup.client.get("/health").json()["vllm"]["requests_finished"] == 12.0
+    # answered once, fails now: unhealthy
+    h.scraper.last_scrape = ScrapeStatus(up=False, attempts=3, consecutive_failures=1,
+                                         last_success_unix=1_790_000_001.0, error="ConnectError: refused")
+    resp = setup.client.get("/health")
+    assert resp.status_code == 503
+    assert resp.json()["problems"] == ["vllm: scrape failing (ConnectError: refused)"]
 
 
 def test_health_reports_loki_and_uptime_without_judging_loki(setup):
@@ -178,8 +184,15 @@ def test_every_tailer_counter_is_exported_and_health_says_why_a_source_is_down(t
         assert f"vllm_audit_tail_{name}_total" in text, name
     assert f'vllm_audit_tail_invalid_utf8_lines_total{{source="{log}"}} 1.0' in text
     healthy, report = rt.health.report()
-    assert not healthy and any("no such file" in p for p in report["problems"])
+    # never existed since the start: waiting, not a problem (fresh idle stack)
+    assert healthy, report["problems"]
     down = next(s for s in report["sources"].values() if s["path"] == str(missing))
-    assert down["up"] is False and "no such file" in down["error"]
+    assert down["up"] is False and down["waiting"] is True and "no such file" in down["error"]
+    missing.write_text("")
+    rt.pipeline.step()
+    missing.unlink()
+    rt.pipeline.step()
+    healthy, report = rt.health.report()
+    assert not healthy and any("no such file" in p for p in report["problems"])
     up = next(s for s in report["sources"].values() if s["path"] == str(log))
     assert up["error"] is None and up["last_line_unix"] is not None

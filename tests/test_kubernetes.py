@@ -172,7 +172,9 @@ def test_logging_configmap_is_composes(rendered):
     _, objects = rendered
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     cm = one(objects, "ConfigMap", "vllm-audit-logging-")
-    assert cm["data"]["logging.json"] == compose["configs"]["vllm-logging"]["content"]
+    # compose's text with its ${VAR:-default} interpolated as Compose does with no .env
+    from tests.stack.compose import interpolate
+    assert cm["data"]["logging.json"] == interpolate(compose["configs"]["vllm-logging"]["content"], {}, [])
     config = json.loads(cm["data"]["logging.json"])
     assert config["handlers"]["vllm_file"]["filename"] == "/logs/vllm.log"
 

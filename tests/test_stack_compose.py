@@ -8,7 +8,6 @@ datasources and the files it mounts.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -19,43 +18,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO.parent / "shared" / "data" / "compose-spec.schema.json"
-SERVICES = {"vllm", "exporter", "prometheus", "alertmanager", "loki", "grafana", "dcgm-exporter"}
+SERVICES = {"vllm", "exporter", "prometheus", "alertmanager", "alert-log", "loki", "grafana", "open-webui",
+            "dcgm-exporter"}
 
 
-class Reset:
-    """Compose's `!reset` tag: drop the value inherited from the base file."""
-
-
-class ComposeLoader(yaml.SafeLoader):
-    pass
-
-
-ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+from tests.stack.compose import ComposeLoader, container_ports, interpolate, merge, strip_resets  # noqa: E402
 
 
 def load(name: str) -> dict:
     return yaml.load((REPO / name).read_text(), Loader=ComposeLoader)
-
-
-def strip_resets(doc):
-    if isinstance(doc, dict):
-        return {k: strip_resets(v) for k, v in doc.items() if not isinstance(v, Reset)}
-    if isinstance(doc, list):
-        return [strip_resets(v) for v in doc]
-    return doc
-
-
-def merge(base, override):
-    """Compose merge, enough for our override: maps merge, `!reset` removes, the rest replaces."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        out = dict(base)
-        for key, value in override.items():
-            if isinstance(value, Reset):
-                out.pop(key, None)
-            else:
-                out[key] = merge(base.get(key), value) if key in base else strip_resets(value)
-        return out
-    return copy.deepcopy(override)
 
 
 def validate(doc: dict, schema: dict) -> None:
@@ -102,12 +73,12 @@ def test_vllm_runs_with_request_logging_middleware_and_shared_log_volume(compose
         assert flag in args, flag
     env = vllm["environment"]
     assert env["PYTHONPATH"] == "/opt/vllm-audit"
-    assert "./exporter:/opt/vllm-audit/exporter:ro" in vllm["volumes"]
+    assert "./exporter:/opt/vllm-audit/exporter:ro,z" in vllm["volumes"]
     assert env["VLLM_AUDIT_MIDDLEWARE_FILE"] == "/logs/middleware.jsonl"
     assert "vllm-logs:/logs" in vllm["volumes"]
     config_target = {c["source"]: c["target"] for c in vllm["configs"]}["vllm-logging"]
     assert env["VLLM_LOGGING_CONFIG_PATH"] == config_target
-    logging_config = json.loads(compose["configs"]["vllm-logging"]["content"])
+    logging_config = json.loads(interpolate(compose["configs"]["vllm-logging"]["content"], {}, []))
     files = {h.get("filename") for h in logging_config["handlers"].values()}
     assert "/logs/vllm.log" in files
     assert logging_config["loggers"]["vllm"]["handlers"].count("vllm_file") == 1
@@ -209,9 +180,10 @@ def test_service_configs_point_at_mounted_repo_files(compose):
 
 
 def container_port(compose, service: str) -> int:
-    """The container side of the service's published port."""
-    ports = compose["services"][service]["ports"]
-    return int(ports[0].rsplit(":", 1)[1])
+    """The port the service listens on (published or only exposed)."""
+    ports = container_ports(compose["services"][service])
+    assert len(ports) == 1, (service, ports)
+    return ports.pop()
 
 
 def test_prometheus_targets_agree_with_compose_services_and_ports(compose):
@@ -255,12 +227,15 @@ def test_secrets_come_from_the_env_file(compose):
     used |= {s["environment"] for s in compose["secrets"].values()}
     documented = set(re.findall(r"^([A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.M))
     cpu = set(re.findall(r"\$\{([A-Z0-9_]+)", (REPO / "compose.cpu.yaml").read_text()))
+    ports = set(re.findall(r"\$\{([A-Z0-9_]+)", (REPO / "compose.ports.yaml").read_text()))
+    cpu |= ports
     image_overrides = {v for v in used if v.endswith("_IMAGE") and v != "VLLM_IMAGE"}
     missing = (used | cpu) - documented - image_overrides
     assert not missing, f"variables used by compose but not in .env.example: {sorted(missing)}"
     # no secret value is committed
     for line in (REPO / ".env.example").read_text().splitlines():
-        if re.match(r"(HF_TOKEN|VLLM_AUDIT_HMAC_KEY|VLLM_AUDIT_API_KEY_SALT|GRAFANA_ADMIN_PASSWORD)=", line):
+        if re.match(r"(HF_TOKEN|VLLM_AUDIT_HMAC_KEY|VLLM_AUDIT_API_KEY_SALT|GRAFANA_ADMIN_PASSWORD|"
+                    r"VLLM_AUDIT_IDENTITY_SECRET|WEBUI_SECRET_KEY|ALERT_[A-Z_]+)=", line):
             assert line.endswith("="), line
     grafana = compose["services"]["grafana"]
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"

@@ -45,6 +45,8 @@ spec.loader.exec_module(generate)
 EXPECTED_EMPTY = {
     # healthy targets: nothing is down
     "alert VllmDown", "alert VllmAuditExporterDown",
+    # no Alertmanager is scraped here (and none failed to notify)
+    "alert VllmAuditNotificationsFailing",
     # `offset 5m`: the replay is seconds old
     "record model:vllm_request_success:increase15m_offset5m", "alert VllmAuditGap",
     "overview.json: Unaudited (15m) A",
@@ -57,6 +59,8 @@ EXPECTED_EMPTY = {
     "alert VllmAuditMiddlewareDropping", "alert VllmAuditLogTimeOffset",
     # run without --witness and --tsa-url: no witness or TSA metrics
     "alert VllmAuditWitnessFailing", "alert VllmAuditTimestampFailing",
+    # run without --signing-key-file: no signing metrics
+    "alert VllmAuditSigningStalled",
     # the capture has no oversized prompt, no error, no queue, short latencies
     "alert VllmOversizedInput", "users.json: Empty responses and oversized inputs per user B",
     "overview.json: Empty and oversized responses/s B",

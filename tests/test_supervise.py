@@ -286,8 +286,8 @@ def test_rebuild_before_any_checkpoint_resumes_where_the_start_began(tmp_path):
     from tests.faults.harness import FakeClock, START, split_at_requests
     old, new = split_at_requests(LINES, 0.5)
     log = tmp_path / "vllm.log"
-    log.write_bytes(b"".join(old))  # before the start: skipped (no --from-start)
-    argv = ["run", "--log", str(log), "--archive-dir", str(tmp_path / "archive"), "--model", "tiny",
+    log.write_bytes(b"".join(old))  # before the start: skipped (--from-end)
+    argv = ["run", "--log", str(log), "--from-end", "--archive-dir", str(tmp_path / "archive"), "--model", "tiny",
             "--merge-grace", "0", "--request-timeout", "10", "--checkpoint-interval", "3600"]
     clock = FakeClock(START + 3600)
     rt = runtime_mod.build(build_settings("run", make_parser().parse_args(argv), {}), live=True,

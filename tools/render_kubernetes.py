@@ -86,7 +86,8 @@ def dump(objects: list[dict], src: str) -> str:
 
 def logging_config(root: Path = REPO_ROOT) -> str:
     compose = yaml.safe_load((root / "compose.yaml").read_text(encoding="utf-8"))
-    return compose["configs"]["vllm-logging"]["content"]
+    # compose interpolates ${VAR:-default} from .env; the ConfigMap takes the defaults
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", compose["configs"]["vllm-logging"]["content"])
 
 
 def rule_files(root: Path = REPO_ROOT) -> list[Path]:

@@ -26,6 +26,9 @@ need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+# the stack runner (tests/stack/): namespaces, addresses
+command -v unshare >/dev/null && command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v ip >/dev/null || need_apt+=(iproute2)
 command -v openssl >/dev/null || need_apt+=(openssl)  # RFC 3161 timestamps (exporter/transparency/tsa.py) and the test TSA
 # kubectl's built-in kustomize renders deploy/kubernetes/ (tests/test_kubernetes.py);
 # Debian's kubectl 1.20 reads the overlays as well as a current one.

@@ -3,7 +3,10 @@
 Loki reader all ask here).
 
 Layout: ``audit-YYYY-MM-DD.jsonl`` (maybe ``.jsonl.gz`` after retention) and
-``audit-YYYY-MM-DD.manifest.json`` per UTC day.
+``audit-YYYY-MM-DD.manifest.json`` per UTC day; the transparency log in
+``tlog/``: ``tree.bin`` (one salt + leaf hash per record) and
+``checkpoints-YYYY-MM-DD.jsonl`` (signed checkpoints, cosignatures and
+timestamps, per UTC day).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+TLOG_DIR = "tlog"
+_CHECKPOINTS = re.compile(r"^checkpoints-(\d{4}-\d{2}-\d{2})\.jsonl$")
 _NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.(jsonl|jsonl\.gz|manifest\.json)$")
 
 
@@ -30,6 +35,24 @@ def data_name(day: str) -> str:
 
 def manifest_name(day: str) -> str:
     return f"audit-{day}.manifest.json"
+
+
+def tree_path(root: Path) -> Path:
+    return Path(root) / TLOG_DIR / "tree.bin"
+
+
+def checkpoints_path(root: Path, day: str) -> Path:
+    return Path(root) / TLOG_DIR / f"checkpoints-{day}.jsonl"
+
+
+def list_checkpoint_files(root: Path) -> list[tuple[str, Path]]:
+    """``(day, path)`` of the checkpoint files, oldest first."""
+    try:
+        names = os.listdir(Path(root) / TLOG_DIR)
+    except FileNotFoundError:
+        return []
+    found = [(m.group(1), Path(root) / TLOG_DIR / n) for n in names if (m := _CHECKPOINTS.match(n))]
+    return sorted(found)
 
 
 def parse_name(name: str) -> tuple[str, str] | None:

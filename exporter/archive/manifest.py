@@ -35,6 +35,9 @@ MANIFEST_FIELDS = (
     "file", "count", "first_seq", "last_seq", "first_prev_hash", "first_hash",
     "last_hash", "ts_min", "ts_max", "sha256", "chain",
 )
+# Written by an archive with a transparency log: the Merkle tree's size and
+# root (base64) when the day was sealed; checked by verify --public-key.
+TREE_FIELDS = ("tree_size", "tree_root")
 RETENTION_FIELD = "retention"
 
 
@@ -89,6 +92,7 @@ def summarize(path: Path, name: str, chain_kind: str) -> dict:
 
 def seal(manifest: dict, key: bytes | None) -> dict:
     out = {k: manifest.get(k) for k in MANIFEST_FIELDS}
+    out.update({k: manifest[k] for k in TREE_FIELDS if k in manifest})
     out["hmac"] = keyed_digest(key, _canonical(out)) if key is not None else None
     return out
 

@@ -6,10 +6,17 @@ Exactly-once contract with the pipeline (docs/design.md): the pipeline calls
 atomic checkpoint. Everything written after the checkpointed state was never
 committed, so :meth:`ArchiveWriter.open` removes it and the pipeline re-derives
 the same records from the checkpointed log offsets.
+
+With a ``tree`` (:class:`exporter.transparency.tree.TreeFile`, what the
+runtime always passes) every sealed record also gets its Merkle leaf; the
+flush writes the tree right after the archive, the state carries the tree's
+size and frontier, and :meth:`open` brings the tree back to exactly the
+recovered records, by the same rule.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -19,7 +26,7 @@ from pathlib import Path
 
 from exporter.chain import GENESIS, Chain
 from exporter.archive import manifest as mf
-from exporter.archive.layout import data_name, day_of, list_days, manifest_name, parse_name
+from exporter.archive.layout import data_name, day_of, iter_lines, list_days, manifest_name, parse_name
 from exporter.durable import fsync_dir, make_dir
 from exporter.record import dumps_line
 
@@ -72,8 +79,9 @@ def _parse_head(line: bytes, where: str) -> tuple[int, str]:
 
 class ArchiveWriter:
     def __init__(self, root: Path, *, chain: Chain, clock: Callable[[], float] = time.time,
-                 fsync_every: int = 256, file_mode: int = 0o640) -> None:
+                 fsync_every: int = 256, file_mode: int = 0o640, tree=None) -> None:
         self._root = Path(root)
+        self.tree = tree
         self._chain = chain
         self._clock = clock
         self._fsync_every = max(1, fsync_every)
@@ -99,7 +107,7 @@ class ArchiveWriter:
     @classmethod
     def open(cls, root: Path, chain: Chain, state: dict | None, *,
              clock: Callable[[], float] = time.time, fsync_every: int = 256,
-             file_mode: int = 0o640) -> "ArchiveWriter":
+             file_mode: int = 0o640, tree=None) -> "ArchiveWriter":
         """A writer that continues the archive at ``root``.
 
         With ``state`` (from the checkpoint): cut ``state['file']`` back to
@@ -108,12 +116,52 @@ class ArchiveWriter:
         Without ``state`` (checkpoint lost): keep every complete line, drop a
         torn last line, continue after the newest record on disk.
         """
-        w = cls(root, chain=chain, clock=clock, fsync_every=fsync_every, file_mode=file_mode)
+        w = cls(root, chain=chain, clock=clock, fsync_every=fsync_every, file_mode=file_mode, tree=tree)
         if state is not None:
             w._recover_to_state(state)
         else:
             w._recover_from_files()
+        if tree is not None:
+            from exporter.transparency.tree import TreeError
+            try:
+                tree.recover(w._committed_seq, (state or {}).get("tree"), w._records_from)
+            except TreeError as exc:
+                raise ArchiveError(str(exc)) from None
         return w
+
+    def _records_from(self, start: int):
+        """Archived records with ``seq >= start``, in order (tree recovery).
+
+        A day retention deleted yields ``{"seq": s, "unavailable": True}``
+        for each of its seqs (from its manifest): an archive from before the
+        tree gets placeholder leaves there, so leaf ``i`` stays seq ``i + 1``."""
+        for day in list_days(self._root):
+            if day.data is None:
+                try:
+                    m = mf.read_manifest(day.manifest) if day.manifest is not None else {}
+                except (OSError, ValueError):
+                    m = {}
+                first, last = m.get("first_seq"), m.get("last_seq")
+                if m.get(mf.RETENTION_FIELD) and isinstance(first, int) and isinstance(last, int):
+                    for s in range(max(first, start), last + 1):
+                        yield {"seq": s, "unavailable": True}
+                continue
+            if day.manifest is not None and day.day != (parse_name(self._file)[0] if self._file else None):
+                try:
+                    last = mf.read_manifest(day.manifest).get("last_seq")
+                except (OSError, ValueError):
+                    last = None
+                if isinstance(last, int) and last < start:
+                    continue
+            for raw in iter_lines(day.data):
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("seq"), int) and rec["seq"] >= start:
+                    yield rec
 
     def _recover_to_state(self, state: dict) -> None:
         name, size = state.get("file"), int(state.get("size") or 0)
@@ -195,6 +243,8 @@ class ArchiveWriter:
         sealed = self._chain.seal(record, self._seq + 1, self._head)
         self._seq, self._head = sealed["seq"], sealed["hash"]
         self._buf.append(dumps_line(sealed) + "\n")
+        if self.tree is not None:
+            self.tree.append(sealed)
         if len(self._buf) >= self._fsync_every and self.write_error is None:
             try:
                 self.flush()
@@ -214,10 +264,15 @@ class ArchiveWriter:
 
     def flush(self) -> None:
         """Write and fsync the buffered lines, switching day files first."""
-        if not self._buf:
+        if not self._buf and not (self.tree is not None and self.tree.pending):
             return
         try:
-            self._write_buffer()
+            if self._buf:
+                self._write_buffer()
+            if self.tree is not None:
+                # After the archive, before the pipeline's checkpoint: a
+                # committed record always has its leaf.
+                self.tree.flush()
         except OSError as exc:
             self.write_failures += 1
             if self.write_error is None:
@@ -256,8 +311,11 @@ class ArchiveWriter:
 
     def state(self) -> dict:
         """What the pipeline checkpoints: file, size, seq, head_hash after the last flush."""
-        return {"file": self._file, "size": self._size,
-                "seq": self._committed_seq, "head_hash": self._committed_head}
+        state = {"file": self._file, "size": self._size,
+                 "seq": self._committed_seq, "head_hash": self._committed_head}
+        if self.tree is not None:
+            state["tree"] = self.tree.state()
+        return state
 
     def close(self) -> None:
         """Flush and close; the day stays open (its manifest comes at day change)."""
@@ -265,12 +323,16 @@ class ArchiveWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self.tree is not None:
+            self.tree.close()
 
     def abandon(self) -> None:
         """Close without writing what is buffered (it was never committed):
         the pipeline is being rebuilt from its last checkpoint, which
         re-derives those records."""
         self._buf.clear()
+        if self.tree is not None:
+            self.tree.abandon()
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -310,5 +372,10 @@ class ArchiveWriter:
 
     def _seal_day(self, path: Path) -> None:
         summary = mf.summarize(path, path.name, self._chain.kind)
+        if self.tree is not None:
+            # The tree as the day closes (its records are all committed here:
+            # the day switches before the next day's first write).
+            size, root = self.tree.committed_root()
+            summary["tree_size"], summary["tree_root"] = size, base64.b64encode(root).decode()
         day = parse_name(path.name)[0]
         mf.write_manifest(self._root / manifest_name(day), mf.seal(summary, self._chain.key), self._mode)

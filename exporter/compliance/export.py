@@ -9,7 +9,11 @@ CSV is meant for Excel: UTF-8 (optional BOM), RFC 4180 quoting, CRLF, and
 cells that Excel would evaluate as a formula get a leading ``'``. A file
 export is written to a temp name and renamed when complete, with
 ``<output>.sha256`` (``sha256sum -c`` format) and, with a key,
-``<output>.hmac`` beside it.
+``<output>.hmac`` beside it. When the archive has a signed transparency log,
+``<output>.proof.json`` beside it holds the signed checkpoint and one Merkle
+inclusion proof per exported record (:mod:`exporter.transparency.proof`):
+``verify --proof <output>.proof.json --public-key signing.pub`` checks the
+export without the archive and without any secret.
 """
 
 from __future__ import annotations
@@ -161,6 +165,12 @@ def iter_archive(root: Path, t_from: float, t_to: float, warn=None) -> Iterator[
                 yield rec
 
 
+def _collect(records: Iterable[dict], into: list) -> Iterator[dict]:
+    for rec in records:
+        into.append(rec)
+        yield rec
+
+
 def neutralise(text: str) -> str:
     """Stop Excel/LibreOffice evaluating a cell as a formula (CSV injection)."""
     return "'" + text if text.startswith(_FORMULA_START) else text
@@ -218,7 +228,10 @@ def write_records(records: Iterable[dict], sink, fmt: str, bom: bool, pricing: P
 
 
 def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: bytes | None,
+                proven: tuple[Path, list] | None = None,
                 pricing: Pricing | None = None) -> int:
+    """``proven``: (archive root, list the written records are collected in)
+    when the proof file is to be written."""
     tmp = path.with_name(f".{path.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     os.fchmod(fd, 0o640)  # exports hold prompts: same mode as the archive
@@ -233,6 +246,11 @@ def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: b
         raise
     os.replace(tmp, path)
     side = [(path.with_name(path.name + ".sha256"), f"{sink.sha.hexdigest()}  {path.name}\n")]
+    if proven is not None:
+        from exporter.transparency.proof import bundle, dumps
+        doc = bundle(proven[0], proven[1], path, fmt, bom)
+        if doc is not None:
+            side.append((path.with_name(path.name + ".proof.json"), dumps(doc)))
     if sink.mac is not None:
         side.append((path.with_name(path.name + ".hmac"), f"{HMAC_PREFIX}{sink.mac.hexdigest()}  {path.name}\n"))
     for side_path, text in side:
@@ -285,7 +303,14 @@ def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, use
         return EXIT_USAGE
     try:
         if output:
-            count = _write_file(Path(output), records, fmt, bom, key, pricing)
+            proven = None
+            if source == "archive":
+                from exporter.archive.layout import list_checkpoint_files
+                if list_checkpoint_files(Path(archive_dir)):
+                    kept: list = []
+                    proven = (Path(archive_dir), kept)
+                    records = _collect(records, kept)
+            count = _write_file(Path(output), records, fmt, bom, key, proven, pricing)
         else:
             count = write_records(records, out, fmt, bom, pricing)
     except Exception as exc:  # Loki/HTTP/disk failures: one line, no traceback, no secrets

@@ -201,10 +201,13 @@ class FileTailer:
             self.stats.up = False
             self.stats.open_errors += not isinstance(e, FileNotFoundError)
             self.stats.error = describe_error(e, self.path)
+            self.stats.waiting = isinstance(e, FileNotFoundError) and not (
+                self._saved is not None and self._saved["dev"] is not None)
             if self._start == "end":  # not readable when we started: all of it is new
                 self._start = "start"
             return False
         self.stats.up = True
+        self.stats.waiting = False
         off, discard = 0, False
         if self._start == "end":
             off, discard = self._end_offset(f)

@@ -73,6 +73,10 @@ class TailStats:
     size: int = 0  # gauge: size of the file being read
     offset: int = 0  # gauge: read offset in it (lag = size - offset)
     error: str | None = None  # why the source is not up (the last open/read failure), for /health
+    # The path has not existed since we started and no saved position names a
+    # file of it: nothing has been written there yet, so nothing can be lost
+    # (a fresh stack before the first audited request). Not a /health problem.
+    waiting: bool = False
 
 
 def decode(body: bytes, stats: TailStats) -> str:

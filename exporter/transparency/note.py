@@ -44,9 +44,14 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError):
         raise NoteError(f"{what} is not base64") from None
+    if _b64(raw) != text:
+        # Unused padding bits set: the same bytes spelled differently. Refused,
+        # so a signed note or proof has exactly one spelling.
+        raise NoteError(f"{what} is not canonical base64")
+    return raw
 
 
 def _check_name(name: str) -> None:
