@@ -130,10 +130,10 @@ def keygen_main(out: str, name: str | None, witness: bool = False, keep_existing
                 return 0
         else:
             key, pub = keygen(Path(out), name, witness=witness)
+            print(f"signing key: {key} (keep it secret; give run/replay --signing-key-file {key})")
     except (SigningKeyError, NoteError, OSError) as exc:
         print(f"keygen: {exc}", file=sys.stderr)
         return 2
-    print(f"signing key: {key} (keep it secret; give run/replay --signing-key-file {key})")
     print(f"verifier key: {pub} (give it to auditors: verify --public-key {pub})")
     print(pub.read_text().strip())
     return 0
