@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import PROG, __version__
-from .settings import SettingsError, add_options, build as build_settings, loki_settings, resolve
+from .settings import SettingsError, add_options, build as build_settings, loki_settings, pricing, resolve
 
 
 
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 user=args.user, model=args.model, grep=args.grep, fmt=args.format, bom=args.bom,
                 output=args.output, source=args.source, loki_url=opts["loki_url"],
                 loki=loki_settings(opts) if args.source == "loki" else None,
-                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None)
+                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None,
+                pricing=pricing(opts))
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
