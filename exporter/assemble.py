@@ -14,6 +14,8 @@ Which source wins, field by field (unknown stays null, never a guess):
   seconds, which would make sub-second requests read as 0 or 1 s.
 * ``empty_response`` from the log alone only for streams (stock vLLM never
   logs an empty non-streaming answer, so silence proves nothing).
+* ``engine``: only the stat-logger plugin's line (vLLM's own measurement);
+  null without one.
 * ``params``: what the client sent (middleware, JSON body) before vLLM's
   effective ``SamplingParams`` (whose ``max_tokens`` is filled in by vLLM).
 * ``stream`` and ``params.n`` of a client body that was read whole and did
@@ -38,7 +40,7 @@ from typing import Callable
 from .correlate import base_id
 from .events import id_count
 from .wire import params as body_params
-from .record import PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
+from .record import ENGINE_FIELDS, PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
 _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
@@ -123,7 +125,17 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
     _tokens(rec, src)
     _outcome(rec, src)
     _flags(rec, src)
+    _engine(rec, e)
     return rec
+
+
+def _engine(rec: dict, e: dict) -> None:
+    """The stat-logger plugin's timings (``e.get``: checkpoints from before it had none)."""
+    line = e.get("engine")
+    if line is not None:
+        rec["engine"] = {k: line.get(k) for k in ENGINE_FIELDS}
+        if "engine" not in rec["sources"]:
+            rec["sources"].append("engine")
 
 
 def _identity(rec: dict, src: _Sources) -> None:

@@ -143,7 +143,7 @@ class Correlator:
                      "details": None, "body": None, "outputs": [], "deltas": 0,
                      "delta_ids": 0, "delta_ids_known": True, "last_finish": None,
                      "complete": [], "out_ids": None, "mw": None, "aborted": False,
-                     "failed": None, "stream": None, "precise": False,
+                     "failed": None, "stream": None, "precise": False, "engine": None,
                      "order": self._next_order}
             if key is not None and key != slot:
                 entry["slot"] = slot
@@ -217,6 +217,34 @@ class Correlator:
         # 0.0 when the line gives no time and none was known: the line is
         # definitive, so the request is recorded, never left waiting.
         entry["done_t"] = parse_ts_or_none(line.get("finished_at")) or t or 0.0
+
+    def _on_engine_line(self, event: ev.Event, t: float | None) -> None:
+        """The stat-logger plugin's line: engine timings under vLLM's external
+        id (``chatcmpl-X`` → X). It annotates a request and never finishes
+        one: a request that reached no other source is not recorded from it.
+        n>1 children report under their parent's external id: their lines
+        are merged (``merge_engine``)."""
+        line = event.data.get("engine")
+        rid = event.request_id
+        if not rid or line is None:
+            return
+        key, _ = self._key_for(rid)
+        if key in self.inflight:
+            key = self.inflight[key]["key"]
+        arrived = parse_ts_or_none(line.get("arrived_at"))
+        if self._late(key, ev.ENGINE, arrived):
+            return
+        slots = [s for s in (key, *self.aliases.get(key, ())) if s in self.inflight]
+        # A second line for a request that has one already is an n>1 sibling
+        # (same external id), not a reused id: merge into the newest slot.
+        had = [s for s in slots if self.inflight[s].get("engine") is not None]
+        if had and not [s for s in slots if self.inflight[s].get("engine") is None]:
+            entry = self._entry(had[-1], t, key)
+        else:
+            entry = self._entry(self._slot(key, "engine", arrived), t, key)
+        entry["engine"] = merge_engine(entry.get("engine"), line)
+        if len(self.inflight) > self.max_inflight:
+            self._bound()
 
     def _on_engine(self, event: ev.Event, t: float | None) -> None:
         """Added / Aborted / Failed / Finished: engine-internal ids, mapped back."""
@@ -307,6 +335,10 @@ class Correlator:
         source saw it; LATE_WINDOW when either is unknown."""
         if field == "mw":
             other = e["received_t"]
+        elif field == "engine":  # t is the engine's arrival time: either source's receive time
+            other = e["received_t"]
+            if other is None and e["mw"] is not None:
+                other = parse_ts_or_none(e["mw"].get("received_at"))
         else:
             other = parse_ts_or_none(e["mw"].get("received_at")) if e["mw"] is not None else None
         return LATE_WINDOW if t is None or other is None else abs(other - t)
@@ -414,7 +446,7 @@ class Correlator:
         """Is this event for a request already recorded? (Then it is dropped
         and counted.) A ``Received`` line always starts a request: an id seen
         again is a client reusing its X-Request-Id. So is a middleware line
-        whose receive time is not the recorded request's."""
+        (or engine line) whose receive time is not the recorded request's."""
         if key not in self.recent:
             return False
         if kind != ev.MIDDLEWARE and (key in self.inflight or key in self.aliases):
@@ -422,7 +454,9 @@ class Correlator:
         if kind == ev.RECEIVED:
             del self.recent[key]
             return False
-        if kind == ev.MIDDLEWARE:
+        if kind == ev.MIDDLEWARE or kind == ev.ENGINE:
+            # The engine line comes before the middleware line: for a reused
+            # id it may be the first line of the next request.
             was = self.recent[key]
             if was is not None and received is not None and abs(received - was) > LATE_WINDOW:
                 del self.recent[key]
@@ -502,11 +536,33 @@ def _choices(entry: dict) -> int:
     return n if isinstance(n, int) and n > 0 else 1
 
 
+_ENGINE_SUMS = ("share_seconds", "cached_tokens", "preemptions", "generation_tokens")
+_ENGINE_MAX = ("queue_seconds", "prefill_seconds", "decode_seconds", "inference_seconds", "e2e_seconds")
+
+
+def merge_engine(have: dict | None, line: dict) -> dict:
+    """One request's engine data from its lines: the first as it is; for
+    n>1 siblings, what each used adds up (share, cached tokens, preemptions,
+    generated tokens) and the request's times are the longest sibling's.
+    A value unknown in any line is unknown in the sum."""
+    if have is None:
+        return dict(line, lines=1)
+    out = dict(have, lines=have.get("lines", 1) + 1)
+    for k in _ENGINE_SUMS:
+        a, b = have.get(k), line.get(k)
+        out[k] = None if a is None or b is None else a + b
+    for k in _ENGINE_MAX:
+        a, b = have.get(k), line.get(k)
+        out[k] = None if a is None or b is None else max(a, b)
+    return out
+
+
 # Event kind -> Correlator method (feed's dispatch; OUTPUT lines of a known
 # request take feed's fast path first).
 _HANDLERS = {
     ev.MIDDLEWARE: Correlator._on_middleware,
     ev.SUMMARY: Correlator._on_summary,
+    ev.ENGINE: Correlator._on_engine_line,
     **dict.fromkeys((ev.ADDED, ev.ABORTED, ev.FAILED, ev.FINISHED), Correlator._on_engine),
     **dict.fromkeys((ev.RECEIVED, ev.DETAILS, ev.BODY, ev.OUTPUT, ev.OUTPUT_DETAILS), Correlator._on_request),
 }

@@ -77,6 +77,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_fully(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at ``fd`` (os.write may write less than asked)
+    and fsync it. On an error the caller decides what to cut back."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def append_durable(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Append ``data`` to ``path`` (created with ``mode``) and fsync it; a
+    new file's directory entry is made durable too."""
+    existed = os.path.exists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+    try:
+        os.fchmod(fd, mode)
+        write_fully(fd, data)
+    finally:
+        os.close(fd)
+    if not existed:
+        fsync_dir(Path(path).parent)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Write ``data`` to ``path`` via a temp file + rename, durable, ``mode``.
 
@@ -86,10 +109,7 @@ def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_fully(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)

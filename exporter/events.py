@@ -19,6 +19,8 @@ MIDDLEWARE = "middleware"
 MIDDLEWARE_DROPPED = "middleware_dropped"
 STARTUP = "startup"  # a start-up line: vLLM's settings (exporter.parse.startup)
 SUMMARY = "summary"  # the Rust frontend's one line per finished request (exporter.parse.rust)
+ENGINE = "engine"  # the stat-logger plugin's per-request line
+ENGINE_STATUS = "engine_status"  # its start and problem reports
 
 
 class LogTime(NamedTuple):

@@ -46,6 +46,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from exporter.cost import Pricing, engine_seconds
 from exporter.labels import OTHER, BoundedLabels, UserLabels
 
 SNAPSHOT_VERSION = 1
@@ -63,6 +64,9 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 60
 # Time to first token: interactive SLOs sit between 0.1 and 2 s, so spend
 # resolution there; 60 s is already an outage.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+# Engine phases (the stat-logger plugin's timings): queueing and prefill are
+# milliseconds when the server keeps up and tens of seconds when it does not.
+ENGINE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 # Bounds for label dimensions that come from clients or the model. The
 # values normally form a small fixed set, but a client can send any model
@@ -104,6 +108,16 @@ _COUNTERS = {
     "vllm_audit_identity_invalid_total": (
         "Requests whose Open WebUI identity token was missing or refused, by reason.",
         ("model", "reason")),
+    # From the record's engine object (the stat-logger plugin): each request's
+    # share of the engine's busy time, so per-user sums add up to busy time.
+    "vllm_audit_engine_seconds_total": (
+        "Requests' shares of engine busy time (each engine step split equally among its batch).",
+        ("model", "user")),
+    "vllm_audit_engine_requests_total": (
+        "Requests with a known engine share (they make up the engine seconds).", ("model", "user")),
+    "vllm_audit_cost_total": (
+        "Cost of requests: engine share x the engine's GPUs x --gpu-hour-price / 3600.",
+        ("model", "user")),
 }
 _GAUGES = {
     "vllm_audit_consecutive_empty_responses": (
@@ -118,6 +132,15 @@ _HISTOGRAMS = {
         "Request latency, received to finished.", ("model", "endpoint"), LATENCY_BUCKETS),
     "vllm_audit_time_to_first_token_seconds": (
         "Time to first token of streamed requests.", ("model",), TTFT_BUCKETS),
+    "vllm_audit_engine_queue_seconds": (
+        "Time requests waited in vLLM's queue before first scheduled (engine measurement).",
+        ("model",), ENGINE_BUCKETS),
+    "vllm_audit_engine_prefill_seconds": (
+        "Prefill time of requests, first scheduled to first token (engine measurement).",
+        ("model",), ENGINE_BUCKETS),
+    "vllm_audit_engine_decode_seconds": (
+        "Decode time of requests, first to last token (engine measurement).",
+        ("model",), LATENCY_BUCKETS),
 }
 
 
@@ -144,8 +167,10 @@ class RequestMetrics:
     """Request metrics store; ``observe(record)`` once per finished record."""
 
     def __init__(self, registry: CollectorRegistry, *, users: UserLabels,
-                 oversized_input_tokens: int = 2048, max_models: int = LABEL_LIMITS["model"]):
+                 oversized_input_tokens: int = 2048, max_models: int = LABEL_LIMITS["model"],
+                 pricing: Pricing | None = None):
         self.users = users
+        self.pricing = pricing or Pricing()
         # labels.ServedModels or None: names vLLM does not serve fold to __other__
         self.served = None
         self.oversized_input_tokens = oversized_input_tokens
@@ -183,6 +208,13 @@ class RequestMetrics:
         self._h_completion = h["vllm_audit_request_completion_tokens"]
         self._h_duration = h["vllm_audit_request_duration_seconds"]
         self._h_ttft = h["vllm_audit_time_to_first_token_seconds"]
+        self._c_engine = c["vllm_audit_engine_seconds_total"]
+        self._c_engine_requests = c["vllm_audit_engine_requests_total"]
+        self._c_cost = c["vllm_audit_cost_total"]
+        self._h_engine = [(k, h[name]) for k, name in (
+            ("queue_seconds", "vllm_audit_engine_queue_seconds"),
+            ("prefill_seconds", "vllm_audit_engine_prefill_seconds"),
+            ("decode_seconds", "vllm_audit_engine_decode_seconds"))]
 
     def observe(self, rec: dict) -> None:
         """Count one record (a dict with the ``record.RECORD_FIELDS`` keys).
@@ -259,6 +291,9 @@ class RequestMetrics:
                 c = self._c_invalid
                 k = (model, dims["reason"].label(reason))
                 c[k] = c.get(k, 0.0) + 1.0
+            engine = rec.get("engine")
+            if engine is not None:
+                self._observe_engine(rec, engine, model, mu)
 
             flags = rec.get("flags")
             if flags:
@@ -267,6 +302,25 @@ class RequestMetrics:
                 for flag in (flags if len(flags) == 1 else dict.fromkeys(flags)):
                     k = (model, label(flag))
                     c[k] = c.get(k, 0.0) + 1.0
+
+    def _observe_engine(self, rec: dict, engine, model: str, mu: tuple) -> None:
+        """Engine share, cost and phase histograms (under the lock)."""
+        if not isinstance(engine, dict):
+            return
+        share = engine_seconds(rec)
+        if share is not None:
+            c = self._c_engine
+            c[mu] = c.get(mu, 0.0) + share
+            c = self._c_engine_requests
+            c[mu] = c.get(mu, 0.0) + 1.0
+            cost = self.pricing.cost(rec)
+            if cost is not None:
+                c = self._c_cost
+                c[mu] = c.get(mu, 0.0) + cost
+        for key, hist in self._h_engine:
+            v = engine.get(key)
+            if v.__class__ in _NUMERIC and 0 <= v < _INF:
+                hist.observe((model,), v)
 
     # -- checkpoint -------------------------------------------------------
 

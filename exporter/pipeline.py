@@ -294,6 +294,7 @@ class Pipeline:
         feed = self.correlator.feed
         ignored_cls = ev.Ignored
         access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
+        engine_kind, engine_status = ev.ENGINE, ev.ENGINE_STATUS
         body_kind, failed_kind = ev.BODY, ev.FAILED
         # Lines of one second share one header time: resolve it once. The
         # resolver's answer and its state depend only on ``when`` and this
@@ -346,6 +347,9 @@ class Pipeline:
             if kind == dropped_kind:
                 self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
                 continue
+            if kind == engine_status:
+                self.selfm.engine_status(result.data)
+                continue
             if kind == startup_kind:
                 self._learn(src, result.data, None if result.when is None else resolve(result.when, name))
                 ignored["startup"] = ignored.get("startup", 0) + 1
@@ -355,14 +359,14 @@ class Pipeline:
             if kind == failed_kind:
                 k = line.text.find("] Request ")
                 head = line.text[:k + 2] if k >= 0 else None
-            if (kind == mw_kind or kind == body_kind) and "problems" in result.data:
+            if (kind == mw_kind or kind == body_kind or kind == engine_kind) and "problems" in result.data:
                 for reason in result.data["problems"]:
                     ignored[reason] = ignored.get(reason, 0) + 1
             when = result.when
             if when is None:
                 # A middleware line without a usable time: the time this
                 # source had reached stands in, so it is recorded, not stuck.
-                t = src_t if kind == mw_kind else None
+                t = src_t if kind == mw_kind or kind == engine_kind else None
             elif when == last_when:
                 t = last_t
             else:

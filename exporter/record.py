@@ -38,7 +38,14 @@ RECORD_FIELDS: tuple[str, ...] = (
     "sources",
     "identity_source",
     "instance",
+    "engine",
 )
+
+# The record's ``engine`` object (null without an engine line; README,
+# "Engine time and cost").
+ENGINE_FIELDS: tuple[str, ...] = ("queue_seconds", "prefill_seconds", "decode_seconds",
+                                  "inference_seconds", "cached_tokens", "preemptions",
+                                  "share_seconds", "devices")
 
 PARAM_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "n", "json_mode")
 

@@ -97,7 +97,8 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
     users = UserLabels(settings.max_users, enabled=settings.user_label, mode=settings.user_label_mode,
                        key=_user_label_key(settings))
     metrics = RequestMetrics(registry, users=users,
-                             oversized_input_tokens=settings.oversized_input_tokens)
+                             oversized_input_tokens=settings.oversized_input_tokens,
+                             pricing=settings.pricing)
     served = metrics.served = ServedModels(settings.model)
     names = settings.logs if live else tuple(f"replay:{Path(f).resolve()}" for f in settings.replay_files)
     selfm = SelfMetrics(registry, sources=tuple(names))

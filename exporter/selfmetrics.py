@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.wire import ENGINE_PROBLEMS
 
 # parse.Ignored reasons that are not errors (docs/design.md, "Events"), plus
 # "access": uvicorn access-log lines the pipeline reads but does not use.
@@ -40,9 +41,14 @@ IGNORED_REASONS = ("empty", "not_vllm", "other_logger", "stats", "continuation",
                    "traceback", "not_request_log", "access", "startup")
 # Lines that look like request logging but do not parse.
 PARSE_ERROR_REASONS = ("malformed_received", "malformed_output", "malformed_body",
-                       "malformed_details", "malformed_middleware",
+                       "malformed_details", "malformed_middleware", "malformed_engine",
                        # a field of a used line dropped for its type, a lone surrogate escaped
-                       "middleware_invalid_field", "body_invalid_field", "unencodable_text")
+                       "middleware_invalid_field", "body_invalid_field", "engine_invalid_field",
+                       "unencodable_text")
+# Why the stat-logger plugin wrote no engine line for a finished request (as
+# it reported; exporter/statlogger/plugin.py): the running vLLM's stats lack
+# the external id or changed shape, record() failed, the queue was full.
+ENGINE_MISSING_REASONS = (*ENGINE_PROBLEMS, "other")
 # Why an in-flight request was given up on: the correlator's timeout passed,
 # its table was full, or the pipeline found nothing to match it with. Other
 # reasons can still be used; these exist at 0.
@@ -154,6 +160,13 @@ class SelfMetrics:
             "frontend=rust: vLLM runs its Rust frontend, which runs no Python middleware.",
             ["mode", "frontend"], registry=r)
         self._capture: tuple[str, str] | None = None
+        self.engine_missing = Counter(
+            "vllm_audit_engine_stats_missing",
+            "Finished requests the vLLM stat-logger plugin wrote no engine line for, by reason "
+            "(as it reported).", ["reason"], registry=r)
+        self.engine_plugin_starts = Counter(
+            "vllm_audit_engine_plugin_starts",
+            "Start reports of the vLLM stat-logger plugin (one per engine per vLLM start).", registry=r)
         self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
@@ -166,6 +179,8 @@ class SelfMetrics:
             self.parse_errors.labels(reason)
         for reason in eviction_reasons:
             self.evictions.labels(reason)
+        for reason in ENGINE_MISSING_REASONS:
+            self.engine_missing.labels(reason)
         self._sources: dict[str, SourceMetrics] = {}
         for name in sources:
             self.source(name)
@@ -199,6 +214,13 @@ class SelfMetrics:
     def checkpoint_written(self, unix_time: float) -> None:
         self.checkpoint_writes.inc()
         self.last_checkpoint.set(unix_time)
+
+    def engine_status(self, data: dict) -> None:
+        """A status line of the stat-logger plugin: start, problem counts."""
+        if data.get("started"):
+            self.engine_plugin_starts.inc()
+        for reason, n in data.get("problems", {}).items():
+            self.engine_missing.labels(reason).inc(n)
 
     def checkpoint_failed(self) -> None:
         self.checkpoint_write_failures.inc()

@@ -221,6 +221,13 @@ OPTIONS: tuple[Option, ...] = (
            "key beside it, .pub) and exit", False, "bool", ("witness",)),
     Option("--name", "witness_name", "key name for --init-key, a URL-like name of this witness",
            None, "str", ("witness",), "NAME"),
+    Option("--gpu-hour-price", "gpu_hour_price", "price of one GPU-hour in your currency: a "
+           "request costs its share of engine time x the engine's GPUs x this / 3600 "
+           "(vllm_audit_cost_total, the export's cost column; needs the stat-logger plugin). "
+           "Empty: no price", None, "str", (*_BOTH, "export"), "PRICE"),
+    Option("--gpu-hour-price-model", "gpu_hour_price_model", "per-model price of one GPU-hour, "
+           "MODEL=PRICE (repeatable; env: comma-separated)", [], "list", (*_BOTH, "export"),
+           "MODEL=PRICE"),
 )
 
 POLICY_MODES = ("full", "redact", "hash", "omit")
@@ -271,6 +278,7 @@ class Settings:
     tsa_url: str | None = None
     tsa_interval: float = 3600.0
     tsa_ca_file: Path | None = None
+    pricing: object = None  # exporter.cost.Pricing
 
     @property
     def tz(self) -> ZoneInfo:
@@ -372,6 +380,16 @@ def _positive(values: dict, dest: str, flag: str, allow_zero: bool = False) -> N
         return
     if v < 0 or (v == 0 and not allow_zero):
         raise SettingsError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+
+def pricing(v: dict[str, Any]):
+    """The validated GPU-hour prices (:class:`exporter.cost.Pricing`) of
+    ``run``, ``replay`` and ``export``."""
+    from exporter.cost import PricingError, parse_pricing
+    try:
+        return parse_pricing(v.get("gpu_hour_price"), v.get("gpu_hour_price_model"))
+    except PricingError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def loki_settings(v: dict[str, Any]):
@@ -485,6 +503,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if v.get("hmac_key_file") is not None:
         hmac_key = _read_secret_file(v["hmac_key_file"], "--hmac-key-file")
     loki = loki_settings(v)
+    prices = pricing(v)
     archive_dir = Path(v["archive_dir"])
     signing_key_file = v.get("signing_key_file")
     if signing_key_file is not None:
@@ -538,6 +557,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         tsa_url=_tsa_url(v),
         tsa_interval=v["tsa_interval"],
         tsa_ca_file=v.get("tsa_ca_file"),
+        pricing=prices,
     )
 
 

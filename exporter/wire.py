@@ -57,3 +57,12 @@ def prompt_of(endpoint: str, body):
         return None
     key = {"chat": "messages", "completion": "prompt"}.get(endpoint, "input")
     return body.get(key)
+
+
+# -- the stat-logger plugin's line (exporter/statlogger; fields: docs/design.md, "Engine line")
+ENGINE_TYPE = "vllm_audit_engine"
+ENGINE_STATUS_TYPE = "vllm_audit_engine_status"
+ENGINE_VERSION = 1
+# Why the plugin wrote no engine line for a finished request (its status
+# line's ``problems`` keys; any other key is read as "other").
+ENGINE_PROBLEMS = ("no_request_id", "stats_changed", "record_error", "dropped", "render_error")

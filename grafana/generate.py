@@ -316,6 +316,13 @@ def overview() -> dict:
                          f"{{{{model_name}}}} p{q[2:].ljust(2, '0')}"))
     p.append(lay.place(timeseries("Time to first token p50/p95/p99",
                                   "`vllm:time_to_first_token_seconds` quantiles.", ttft, "s"), 12, 8))
+    phases = [prom(f'histogram_quantile(0.95, sum by (model, le) '
+                   f'(rate(vllm_audit_engine_{phase}_seconds_bucket{{{SEL}}}[$__rate_interval])))',
+                   f"{{{{model}}}} {phase} p95") for phase in ("queue", "prefill", "decode")]
+    p.append(lay.place(timeseries(
+        "Engine queue, prefill and decode p95", "Per audited request, as vLLM measured it (the "
+        "stat-logger plugin): `vllm_audit_engine_queue_seconds`, `…_prefill_seconds`, "
+        "`…_decode_seconds`.", phases, "s"), 24, 8))
 
     p.append(lay.row("Quality and errors"))
     p.append(lay.place(timeseries(
@@ -385,6 +392,10 @@ def users() -> dict:
     prompt_range = f'sum by (user) (increase(vllm_audit_prompt_tokens_total{{{u}}}[$__range]))'
     compl_range = f'sum by (user) (increase(vllm_audit_completion_tokens_total{{{u}}}[$__range]))'
     cost = f'{prompt_range} / 1000 * $price_prompt_per_1k + {compl_range} / 1000 * $price_completion_per_1k'
+    # GPU time: each request's share of engine busy time (stat-logger plugin),
+    # priced by the exporter's --gpu-hour-price (README, "Engine time and cost").
+    engine_range = f'sum by (user) (increase(vllm_audit_engine_seconds_total{{{u}}}[$__range]))'
+    gpu_cost_range = f'sum by (user) (increase(vllm_audit_cost_total{{{u}}}[$__range]))'
     to_audit = [link_to(UID_AUDIT, "Audit log of ${__field.labels.user}",
                         "&var-user=${__field.labels.user}&${model:queryparam}")]
     p = [lay.row("Top users (time range)")]
@@ -402,19 +413,33 @@ def users() -> dict:
                         [prom(f'topk($topn, {cost})', "{{user}}", instant=True)], "currencyUSD")
     top_cost["fieldConfig"]["defaults"]["links"] = to_audit
     p.append(lay.place(top_cost, 8, 10))
+    top_gpu = bargauge("Top users by GPU cost", "Each request's share of engine time priced at the "
+                       "exporter's `--gpu-hour-price` (`vllm_audit_cost_total`).",
+                       [prom(f'topk($topn, {gpu_cost_range})', "{{user}}", instant=True)], "currencyUSD")
+    top_gpu["fieldConfig"]["defaults"]["links"] = to_audit
+    p.append(lay.place(top_gpu, 12, 10))
+    top_engine = bargauge("Top users by engine time", "Sum of each request's share of engine busy "
+                          "time (`vllm_audit_engine_seconds_total`): every engine step split equally "
+                          "among its batch.",
+                          [prom(f'topk($topn, {engine_range})', "{{user}}", instant=True)], "s")
+    top_engine["fieldConfig"]["defaults"]["links"] = to_audit
+    p.append(lay.place(top_engine, 12, 10))
     p.append(lay.place(table(
-        "Usage and cost per user", "Requests, tokens and cost in the time range; click a user for "
-        "the audit log.",
+        "Usage and cost per user", "Requests, tokens, token cost (dashboard prices), engine time "
+        "and GPU cost (exporter's --gpu-hour-price) in the time range; click a user for the audit log.",
         [prom(f'sum by (user) (increase(vllm_audit_requests_total{{{u}}}[$__range]))', instant=True, fmt="table"),
          prom(prompt_range, instant=True, fmt="table"),
          prom(compl_range, instant=True, fmt="table"),
-         prom(cost, instant=True, fmt="table")],
+         prom(cost, instant=True, fmt="table"),
+         prom(engine_range, instant=True, fmt="table"),
+         prom(gpu_cost_range, instant=True, fmt="table")],
         transformations=[
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True},
                 "renameByName": {"Value #A": "requests", "Value #B": "prompt tokens",
-                                 "Value #C": "completion tokens", "Value #D": "cost"}}},
+                                 "Value #C": "completion tokens", "Value #D": "cost",
+                                 "Value #E": "engine seconds", "Value #F": "GPU cost"}}},
             {"id": "sortBy", "options": {"sort": [{"field": "cost", "desc": True}]}}],
         overrides=[
             {"matcher": {"id": "byName", "options": "user"},
@@ -422,7 +447,11 @@ def users() -> dict:
                  UID_AUDIT, "Audit log of ${__value.raw}",
                  "&var-user=${__value.raw}&${model:queryparam}")]}]},
             {"matcher": {"id": "byName", "options": "cost"},
-             "properties": [{"id": "unit", "value": "currencyUSD"}, {"id": "decimals", "value": 4}]}]),
+             "properties": [{"id": "unit", "value": "currencyUSD"}, {"id": "decimals", "value": 4}]},
+            {"matcher": {"id": "byName", "options": "GPU cost"},
+             "properties": [{"id": "unit", "value": "currencyUSD"}, {"id": "decimals", "value": 4}]},
+            {"matcher": {"id": "byName", "options": "engine seconds"},
+             "properties": [{"id": "unit", "value": "s"}, {"id": "decimals", "value": 3}]}]),
         24, 9))
 
     p.append(lay.row("Over time"))
@@ -443,6 +472,16 @@ def users() -> dict:
               f'$price_prompt_per_1k + sum by (user) (rate(vllm_audit_completion_tokens_total{{{u}}}'
               f'[$__rate_interval])) / 1000 * $price_completion_per_1k) * 3600', "{{user}}")],
         "currencyUSD", stack=True), 12, 8))
+    p.append(lay.place(timeseries(
+        "GPU cost per hour per user", "`vllm_audit_cost_total` rate × 3600: engine share priced at "
+        "the exporter's `--gpu-hour-price`.",
+        [prom(f'sum by (user) (rate(vllm_audit_cost_total{{{u}}}[$__rate_interval])) * 3600', "{{user}}")],
+        "currencyUSD", stack=True), 12, 8))
+    p.append(lay.place(timeseries(
+        "Engine time per user", "`vllm_audit_engine_seconds_total` rate: seconds of engine time "
+        "per second (stacked, at most the engine's busy fraction).",
+        [prom(f'sum by (user) (rate(vllm_audit_engine_seconds_total{{{u}}}[$__rate_interval]))', "{{user}}")],
+        "s", stack=True), 12, 8))
     p.append(lay.place(timeseries(
         "Mean latency per user", "`vllm_audit_user_request_duration_seconds_total` / "
         "`vllm_audit_user_timed_requests_total` (requests with a known latency only).",

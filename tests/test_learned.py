@@ -235,7 +235,7 @@ def _line_time(line: bytes) -> float | None:
 
 
 def test_run_starting_at_the_end_of_a_log_looks_back_for_the_start_up_line(tmp_path):
-    """``run`` (no --from-start) on a log vLLM has been writing: the start-up
+    """``run --from-end`` on a log vLLM has been writing: the start-up
     line is before where reading starts, and is found by looking back, so the
     --max-log-len 20 lists read afterwards are not counted as token counts."""
     lines = MAXLOGLEN.read_bytes().splitlines(keepends=True)
@@ -243,7 +243,7 @@ def test_run_starting_at_the_end_of_a_log_looks_back_for_the_start_up_line(tmp_p
     log = tmp_path / "vllm.log"
     log.write_bytes(b"".join(lines[:at]))
     now = [calendar.timegm((2026, 11, 22, 2, 28, 48))]
-    rt = _live(tmp_path, [log], now)
+    rt = _live(tmp_path, [log], now, "--from-end")  # a first start reads from the start otherwise
     src = rt.pipeline.sources[0]
     assert src.learned["max_log_len"] == LIMIT and src.learned["served"] == ["tiny"]
     assert src.tailer.position()["offset"] == log.stat().st_size  # it did start at the end

@@ -176,7 +176,9 @@ def test_families_exposed_when_empty():
         "vllm_audit_user_request_duration_seconds", "vllm_audit_user_timed_requests",
         "vllm_audit_empty_responses", "vllm_audit_consecutive_empty_responses",
         "vllm_audit_oversized_inputs", "vllm_audit_flags", "vllm_audit_identity_source_requests",
-        "vllm_audit_identity_invalid"}
+        "vllm_audit_identity_invalid", "vllm_audit_engine_seconds",
+        "vllm_audit_engine_requests", "vllm_audit_cost", "vllm_audit_engine_queue_seconds",
+        "vllm_audit_engine_prefill_seconds", "vllm_audit_engine_decode_seconds"}
 
 
 def test_identity_source_share_and_invalid_reasons():

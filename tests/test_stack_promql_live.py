@@ -31,6 +31,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURE = REPO / "tests" / "fixtures" / "vllm-0.32.0" / "debug"
+# A second real capture with the stat-logger plugin's engine.jsonl (the basic
+# and concurrent scenarios): the engine and GPU-cost series.
+ENGINE_CAPTURE = REPO / "tests" / "fixtures" / "vllm-0.32.0" / "engine"
 sys.path.insert(0, str(REPO / "tools"))
 import render_stack  # noqa: E402
 
@@ -122,9 +125,10 @@ def prometheus(tmp_path_factory):
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found on PATH; install it: apt-get install -y prometheus")
-    for name in ("vllm.log", "metrics.txt"):
-        if not (CAPTURE / name).exists():
-            pytest.fail(f"real vLLM capture missing: {CAPTURE / name}")
+    for path in (CAPTURE / "vllm.log", CAPTURE / "metrics.txt", ENGINE_CAPTURE / "vllm.log",
+                 ENGINE_CAPTURE / "engine.jsonl"):
+        if not path.exists():
+            pytest.fail(f"real vLLM capture missing: {path}")
     tmp = tmp_path_factory.mktemp("live")
 
     MetricsHandler.body = (CAPTURE / "metrics.txt").read_bytes()
@@ -135,7 +139,9 @@ def prometheus(tmp_path_factory):
     exporter_addr = f"127.0.0.1:{free_port()}"
     exporter = subprocess.Popen(
         [str(REPO / ".venv" / "bin" / "python"), "-m", "exporter", "run",
-         "--log", str(CAPTURE / "vllm.log"), "--from-start", "--archive-dir", str(tmp / "archive"),
+         "--log", str(CAPTURE / "vllm.log"), "--log", str(ENGINE_CAPTURE / "vllm.log"),
+         "--log", str(ENGINE_CAPTURE / "engine.jsonl"), "--gpu-hour-price", "2",
+         "--from-start", "--archive-dir", str(tmp / "archive"),
          "--web.listen-address", exporter_addr,
          "--vllm-url", f"http://{vllm_addr}", "--scrape-interval", "1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

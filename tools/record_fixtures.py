@@ -23,7 +23,9 @@ over plain HTTP, and three files are written under ``<out>/<setup>/``:
 
 The ``middleware`` set-up also gets ``middleware.jsonl`` from
 ``exporter.middleware.AuditMiddleware``; it is skipped (and says so) when that
-module does not exist or does not import.
+module does not exist or does not import. The ``engine`` set-up gets
+``engine.jsonl`` from the stat-logger plugin (``exporter.statlogger``, found
+through ``vllm-plugin/``'s dist-info on ``PYTHONPATH``).
 The model comes from ``tools/make_tiny_model.py`` (built first if missing).
 """
 
@@ -65,6 +67,11 @@ SETUPS = {
     "forceusage": dict(extra_args=LOG_FLAGS + ["--enable-force-include-usage"],
                        request_logger_debug=True),
     "middleware": dict(extra_args=LOG_FLAGS, request_logger_debug=True, middleware=MIDDLEWARE_CLASS),
+    # The stat-logger plugin's engine.jsonl beside a DEBUG log (users from the
+    # logged body); the basic and concurrent scenarios (no forged lines or
+    # client disconnects: the capture is for engine data).
+    "engine": dict(extra_args=LOG_FLAGS, request_logger_debug=True, engine=True,
+                   scenarios=("scenario_basic", "scenario_concurrent")),
 }
 # The first vLLM version that has what a set-up needs (others: every recorded build).
 MIN_VERSION = {"json": (0, 32), "jsondebug": (0, 32)}  # --logging-config.formatter json
@@ -236,6 +243,13 @@ def record_setup(name: str, out: Path, model_dir: Path, python: str, version: st
     setup_dir.mkdir(parents=True, exist_ok=True)
     kwargs = dict(SETUPS[name])
     env = {}
+    wanted = kwargs.pop("scenarios", None)
+    scenarios = [s for s in SCENARIOS if wanted is None or s.__name__ in wanted]
+    if kwargs.pop("engine", False):
+        engine_file = setup_dir / "engine.jsonl"
+        engine_file.unlink(missing_ok=True)
+        env.update({"VLLM_AUDIT_ENGINE_FILE": str(engine_file), "VLLM_PLUGINS": "vllm_audit",
+                    "PYTHONPATH": os.pathsep.join((str(REPO_ROOT), str(REPO_ROOT / "vllm-plugin")))})
     if kwargs.get("middleware"):
         mw_file = setup_dir / "middleware.jsonl"
         mw_file.unlink(missing_ok=True)
@@ -246,7 +260,7 @@ def record_setup(name: str, out: Path, model_dir: Path, python: str, version: st
     results = []
     with server:
         ready = time.monotonic()
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             results.extend(scenario(server.base_url))
         # Let the abort of the disconnected stream and the last log lines land.
         time.sleep(2.0)

@@ -294,6 +294,8 @@ class ArchiveWriter:
             self._size = os.fstat(self._fd).st_size
         data = "".join(self._buf).encode()
         try:
+            # Not durable.write_fully: the disk-full fault tests swap this
+            # module's os.write to fail (tests/faults/test_fault_disk.py).
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]

@@ -32,10 +32,16 @@ from exporter.chain import HMAC_PREFIX, KeyLoadError, load_key
 from exporter.archive import manifest as mf
 from exporter.archive.layout import iter_lines, list_days
 from exporter.durable import DirError, fsync_dir, usable_dir
+from exporter.cost import Pricing, engine_seconds
 from exporter.record import RECORD_FIELDS, dumps_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CSV_COLUMNS = RECORD_FIELDS + ("seq", "hash")
+# Next to the tokens: the request's share of engine time and its cost at the
+# --gpu-hour-price given to export (exporter/cost.py); the full ``engine``
+# object is its own column further on.
+_AFTER = RECORD_FIELDS.index("completion_tokens") + 1
+DERIVED_COLUMNS = ("engine_seconds", "cost")
+CSV_COLUMNS = RECORD_FIELDS[:_AFTER] + DERIVED_COLUMNS + RECORD_FIELDS[_AFTER:] + ("seq", "hash")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -182,8 +188,10 @@ def _cell(value) -> str:
     return neutralise(str(value))
 
 
-def csv_row(rec: dict) -> list[str]:
-    return [_cell(rec.get(col)) for col in CSV_COLUMNS]
+def csv_row(rec: dict, pricing: Pricing | None = None) -> list[str]:
+    derived = {"engine_seconds": engine_seconds(rec),
+               "cost": pricing.cost(rec) if pricing is not None else None}
+    return [_cell(derived[col] if col in derived else rec.get(col)) for col in CSV_COLUMNS]
 
 
 class _Sink:
@@ -202,7 +210,7 @@ class _Sink:
         return len(text)
 
 
-def write_records(records: Iterable[dict], sink, fmt: str, bom: bool) -> int:
+def write_records(records: Iterable[dict], sink, fmt: str, bom: bool, pricing: Pricing | None = None) -> int:
     count = 0
     if fmt == "csv":
         if bom:
@@ -210,7 +218,7 @@ def write_records(records: Iterable[dict], sink, fmt: str, bom: bool) -> int:
         writer = csv.writer(sink, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
         writer.writerow(CSV_COLUMNS)
         for rec in records:
-            writer.writerow(csv_row(rec))
+            writer.writerow(csv_row(rec, pricing))
             count += 1
     else:
         for rec in records:
@@ -220,7 +228,8 @@ def write_records(records: Iterable[dict], sink, fmt: str, bom: bool) -> int:
 
 
 def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: bytes | None,
-                proven: tuple[Path, list] | None = None) -> int:
+                proven: tuple[Path, list] | None = None,
+                pricing: Pricing | None = None) -> int:
     """``proven``: (archive root, list the written records are collected in)
     when the proof file is to be written."""
     tmp = path.with_name(f".{path.name}.partial")
@@ -229,7 +238,7 @@ def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: b
     try:
         with os.fdopen(fd, "wb") as raw:
             sink = _Sink(raw, key)
-            count = write_records(records, sink, fmt, bom)
+            count = write_records(records, sink, fmt, bom, pricing)
             raw.flush()
             os.fsync(raw.fileno())
     except BaseException:
@@ -257,7 +266,7 @@ def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, use
                 output: str | None = None, source: str = "archive", loki_url: str | None = None,
                 loki_selector: str | None = None, loki_org_id: str | None = None, loki=None,
                 hmac_key_file: str | None = None, hmac_key_env: str | None = None,
-                http_client=None, out=None, err=None) -> int:
+                http_client=None, out=None, err=None, pricing: Pricing | None = None) -> int:
     """CLI entry point for ``export``; returns the exit code."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -301,9 +310,9 @@ def export_main(*, ts_from: str, ts_to: str, archive_dir: str | None = None, use
                     kept: list = []
                     proven = (Path(archive_dir), kept)
                     records = _collect(records, kept)
-            count = _write_file(Path(output), records, fmt, bom, key, proven)
+            count = _write_file(Path(output), records, fmt, bom, key, proven, pricing)
         else:
-            count = write_records(records, out, fmt, bom)
+            count = write_records(records, out, fmt, bom, pricing)
     except Exception as exc:  # Loki/HTTP/disk failures: one line, no traceback, no secrets
         print(f"export failed: {type(exc).__name__}: {exc}", file=err)
         return EXIT_FAILED

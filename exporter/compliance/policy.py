@@ -85,7 +85,7 @@ def redact(text: str) -> str:
 METADATA_FIELDS = frozenset((
     "ts", "request_id", "model", "user", "endpoint", "stream", "prompt_tokens", "completion_tokens",
     "tokens_source", "finish_reason", "status", "empty_response", "latency_seconds", "params", "flags",
-    "ttft_seconds", "http_status", "client", "sources", "seq", "prev_hash", "hash", "identity_source",
+    "ttft_seconds", "http_status", "client", "sources", "engine", "seq", "prev_hash", "hash", "identity_source",
 ))
 PROMPT_FIELDS = ("prompt", "error")
 _CHOICE_METADATA = frozenset(("index", "finish_reason"))

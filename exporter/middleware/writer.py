@@ -9,7 +9,8 @@ Rules:
   ``fallback(item, exc)``), appends the batch as JSON lines and flushes;
   ``fsync`` runs at most every ``fsync_seconds`` and on close.
 - Drops (queue full) and lines lost to write errors are reported by one
-  ``vllm_audit_middleware_dropped`` line with the count since the last report,
+  ``vllm_audit_middleware_dropped`` line (the stat-logger plugin: its own
+  status line, via ``dropped``) with the count since the last report,
   written as soon as a write succeeds again.
 - ``FileSink`` rotates by renaming the file to ``<file>.1`` (replacing any
   older ``.1``) before a write would pass ``max_bytes``, then reopens; the
@@ -114,8 +115,10 @@ class LineWriter:
 
     def __init__(self, sink, render, fallback, *, max_items: int = 10000,
                  max_bytes: int = 256 << 20, fsync_seconds: float = 1.0,
-                 clock=time.time, start: bool = True) -> None:
+                 clock=time.time, start: bool = True, dropped=dropped_line,
+                 name: str = "vllm-audit-writer") -> None:
         self.sink = sink
+        self.dropped_line = dropped  # (count, wall) -> the line that reports losses
         self.render = render
         self.fallback = fallback
         self.max_items = max_items
@@ -137,7 +140,7 @@ class LineWriter:
         self._stop = False
         self._thread = None
         if start:
-            self._thread = threading.Thread(target=self._run, name="vllm-audit-writer", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
             atexit.register(self.close, 2.0)
 
@@ -168,7 +171,7 @@ class LineWriter:
         lines, sizes = [], 0
         owed = self.dropped + self.lost - self.reported
         if owed > 0:
-            lines.append(dropped_line(owed, self.clock()))
+            lines.append(self.dropped_line(owed, self.clock()))
         while self.queue:
             item, size = self.queue.popleft()
             sizes += size

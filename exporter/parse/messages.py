@@ -83,7 +83,7 @@ Ignored reasons: ``empty``, ``not_vllm`` (no vLLM header), ``other_logger``,
 ``stats``, ``continuation``, ``traceback``, ``not_request_log`` (a request-log
 or engine file, but another message), ``malformed_received``,
 ``malformed_output``, ``malformed_body`` (a JSON-body line whose text does not
-start with ``{``), ``malformed_details``, ``malformed_middleware``, and
+start with ``{``), ``malformed_details``, ``malformed_middleware``, ``malformed_engine``, and
 ``internal_error`` (a parser bug caught by the last-resort guard; the fuzz
 tests keep it unreachable).
 
@@ -102,6 +102,7 @@ import re
 from exporter import events as ev
 from exporter.events import Event, Ignored
 from exporter.parse.header import Header, access_fields, body_start, clean, json_header, text_header
+from exporter.parse.engine_line import ENGINE_TYPES, MALFORMED_ENGINE, engine_event
 from exporter.parse.middleware_line import MALFORMED, MIDDLEWARE_TYPES, middleware_event
 from exporter.parse.untrusted import check_body, clean_text, findings
 from exporter.parse.pyrepr import (
@@ -458,12 +459,16 @@ def _parse_json(text: str) -> Event | Ignored:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
+        if '"vllm_audit_engine' in text:
+            return MALFORMED_ENGINE
         return MALFORMED if '"vllm_audit_middleware' in text else _NOT_VLLM
     if not isinstance(obj, dict):
         return _NOT_VLLM
     kind = obj.get("type")
     if kind in MIDDLEWARE_TYPES:
         return middleware_event(obj)
+    if kind in ENGINE_TYPES:
+        return engine_event(obj)
     message = obj.get("message")
     if not isinstance(message, str):
         return _NOT_VLLM

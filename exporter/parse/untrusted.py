@@ -27,7 +27,8 @@ from exporter.record import IDENTITY_INVALID_REASONS, IDENTITY_SOURCES, STATUSES
 
 # Parse-error reasons for lines that were used but had fields dropped or text
 # escaped; counted per line in vllm_audit_parse_errors_total.
-CHECK_PROBLEMS = ("middleware_invalid_field", "body_invalid_field", "unencodable_text")
+CHECK_PROBLEMS = ("middleware_invalid_field", "body_invalid_field", "engine_invalid_field",
+                  "unencodable_text")
 
 
 def findings(field_reason: str, bad: list[str], escaped: bool) -> tuple[list[str], list[str]]:

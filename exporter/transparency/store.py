@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from exporter.archive.layout import TLOG_DIR, checkpoints_path, day_of, list_checkpoint_files
-from exporter.durable import fsync_dir, make_dir
+from exporter.durable import append_durable, make_dir
 
 FILE_MODE = 0o640
 
@@ -81,19 +81,7 @@ class CheckpointStore:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             day = day or self.day_for(self.clock())
-            path = checkpoints_path(self.root, day)
-            existed = path.exists()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if not existed:
-                fsync_dir(path.parent)
+            append_durable(checkpoints_path(self.root, day), line, FILE_MODE)
         return day
 
     def entries(self) -> Iterator[tuple[str, int, dict | None]]:

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from exporter.durable import fsync_dir, make_dir
+from exporter.durable import fsync_dir, make_dir, write_fully
 from exporter.transparency import merkle
 from exporter.transparency.leaf import SALT_BYTES, record_leaf, unavailable_leaf
 
@@ -134,10 +134,7 @@ class TreeFile:
             return
         data = b"".join(self._pending)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
+            write_fully(self._fd, data)
         except OSError:
             try:
                 os.ftruncate(self._fd, self._durable * ENTRY)

@@ -103,9 +103,11 @@ def vllm_settings(pod_logs: Path) -> tuple[list[str], str, dict[str, str], Path]
     [middleware] = [a.split("=", 1)[1] for a in vllm["args"] if a.startswith("--middleware=")]
     env = {e["name"]: e["value"] for e in vllm["env"] if "value" in e}
     logging_json = pod_logs.parent / "logging.json"
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
-    config = compose["configs"]["vllm-logging"]["content"]
-    assert config == (K8S / "base" / "vllm-logging.json").read_text()  # the ConfigMap's file
+    # the ConfigMap's file: compose's config with its ${VAR:-default} sizes at their defaults
+    sys.path.insert(0, str(REPO / "tools"))
+    import render_kubernetes
+    config = render_kubernetes.logging_config()
+    assert config == (K8S / "base" / "vllm-logging.json").read_text()
     logging_json.write_text(config.replace('"/logs/', f'"{pod_logs}/'))
     # the install-middleware init container, as the manifest has it: it copies
     # the package vLLM imports the middleware from and creates its file

@@ -22,7 +22,10 @@ every service as the real program with what compose gives it). Then:
    10001:0 on the shared volume, deletes every generation it followed once
    read and committed (``--prune-rotated``), none failing;
 9. Grafana (not run): its datasources reach the running services and every
-   dashboard query evaluates on the running Prometheus.
+   dashboard query evaluates on the running Prometheus;
+10. the exporter signed checkpoints with the key the signing-key service made
+    (signing.pub printed in its log): ``vllm-audit-exporter verify ARCHIVE
+    --public-key signing.pub`` passes with that public key alone.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -236,6 +241,24 @@ def journey():
         facts["vllm_stdout"] = stack.logs("vllm")
         facts["vllm_log_file"] = (stack.volume_path("vllm-logs") / "vllm.log").read_text(errors="replace")
         facts["exporter_health"] = list(stack.services["exporter"].health.history)
+        # 10. a compliance officer's check, with signing.pub only (copied off
+        # the host as the README says), after `docker compose stop exporter`
+        # (its shutdown checkpoint covers every record)
+        stack.services["exporter"].stop()
+        facts["signing_log"] = stack.logs("signing-key")
+        keys = stack.volume_path("audit-signing-key")
+        facts["key_stat"] = (keys / "signing.key").stat()
+        officer = work / "officer"
+        officer.mkdir()
+        shutil.copy(keys / "signing.pub", officer / "signing.pub")
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_AUDIT_")}
+        clean_env["PYTHONPATH"] = str(REPO)  # this checkout's exporter, whatever the venv points at
+        facts["verify"] = subprocess.run(
+            [sys.executable, "-m", "exporter", "verify", str(archive), "--public-key",
+             str(officer / "signing.pub"), "--format", "json"],
+            capture_output=True, text=True, cwd=officer, env=clean_env, timeout=300)
+        facts["signing_pub"] = (officer / "signing.pub").read_text().strip()
+        facts["records_at_verify"] = len(archive_records(archive))
         facts["timings"]["total"] = time.monotonic() - t0
         print("journey timings (s):", {k: round(v, 1) for k, v in facts["timings"].items()})
         yield facts
@@ -338,3 +361,17 @@ def test_grafana_datasources_reach_the_services_and_dashboard_queries_evaluate(j
     for name, expr in exprs.items():
         result = prom_query(stack, expr)
         assert result["status"] == "success", (name, result.get("error"))
+
+
+def test_archive_verifies_with_the_public_key_alone(journey):
+    result = journey["verify"]
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["problems"] == [], report
+    records = journey["records_at_verify"]
+    assert records >= len(journey["records"]) > 0
+    assert report["records"] == report["tree_size"] == report["signed_size"] == records, report
+    assert report["checkpoints"] >= 2 and report["epochs"][0]["key"] == journey["signing_pub"], report
+    assert journey["signing_pub"] in journey["signing_log"].splitlines()  # printed for the operator
+    key = journey["key_stat"]
+    assert (key.st_uid, key.st_mode & 0o777) == (10001, 0o600)
