@@ -238,8 +238,7 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
                                failures=selfm.rotated_delete_failures)
         pipeline.after_commit.append(pruner.after_commit)
         if saved.get("sources"):  # what the last run read, committed but had not deleted yet
-            for name, tailer in tailers.items():
-                tailer.finished.extend((saved.get("rotated_read") or {}).get(name) or [])
+            pruner.restore(saved)
             pruner.after_commit(saved)
     # A source that starts past its beginning without learned settings (run
     # at the end of an existing log, or a checkpoint from before they were

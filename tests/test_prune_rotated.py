@@ -332,3 +332,11 @@ def test_the_middleware_file_rotates_under_the_lock_and_is_pruned(tmp_path):
     assert tailer.stats.rotations > 20
     assert reg.get_sample_value("d_total", {"source": "mw"}) == tailer.stats.rotations
     assert sorted(os.listdir(tmp_path)) == ["middleware.jsonl", "middleware.jsonl.lock"]
+
+
+def test_a_malformed_entry_in_the_checkpoint_is_ignored(tmp_path):
+    ex = Exporter(tmp_path)
+    tailer = ex.pipeline.sources[0].tailer
+    ex.pruner.restore({"rotated_read": {str(ex.log): [{"file": "/etc/passwd"}, None,
+                                                      {**tailer.position(), "path": "/elsewhere"}]}})
+    assert not tailer.finished

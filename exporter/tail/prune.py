@@ -46,7 +46,7 @@ import os
 import re
 import stat as stat_mod
 
-from exporter.tail.position import OsFs, fingerprint_ok
+from exporter.tail.position import OsFs, fingerprint_ok, validate
 
 log = logging.getLogger("exporter.prune")
 
@@ -77,11 +77,15 @@ class RotatedPruner:
         """``state``: the checkpoint just written (its ``sources`` positions)."""
         committed = state.get("sources") or {}
         for name, tailer in self.tailers.items():
-            try:
-                self._prune(name, tailer, committed.get(name))
-            except Exception as exc:  # noqa: BLE001 - pruning never stops ingestion
-                self._failures.labels(name, "error").inc()
-                log.warning("pruning rotated files of %s failed: %s", tailer.path, exc)
+            self._prune(name, tailer, committed.get(name))
+
+    def restore(self, state: dict) -> None:
+        """The generations a checkpoint lists as read (``rotated_read``): a
+        crash between that commit and their deletion only delays it."""
+        for name, tailer in self.tailers.items():
+            for entry in (state.get("rotated_read") or {}).get(name) or ():
+                if validate(entry, tailer.path) is not None and entry["dev"] is not None:
+                    tailer.finished.append(entry)
 
     def _prune(self, name: str, tailer, pos: dict | None) -> None:
         done = tailer.finished
@@ -97,6 +101,8 @@ class RotatedPruner:
                 self._delete(name, tailer.path, entry)
             except Busy:
                 return  # keep the rest in order for the next commit
+            except Exception as exc:  # noqa: BLE001 - pruning never stops ingestion
+                self._fail(name, "error", str(entry.get("file")), repr(exc))
             done.popleft()
             n -= 1
 
