@@ -22,11 +22,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "live"))
-from stack import (  # noqa: E402
+# tests/live is a package (its stack.py is not tests/stack/, the compose runner)
+from live.stack import (  # noqa: E402
     DEFAULT_MODEL_DIR, REPO, ExporterProcess, VllmServer, archive_records, free_port, get_text,
     post_json, post_stream, wait_until,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from vllm_proc import LIVE_VERSIONS, venv_python  # noqa: E402
 
 pytestmark = pytest.mark.live
