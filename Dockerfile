@@ -16,6 +16,8 @@ COPY vllm-plugin /usr/local/share/vllm-audit/vllm-plugin
 # root inside the vLLM container, readable through the group. /alerts is the
 # alert-log service's volume (compose.yaml); a new named volume takes this owner.
 RUN mkdir -p /archive /alerts && chown 10001:0 /archive /alerts && chmod 0770 /archive /alerts
+# /signing: the signing key's volume (compose.yaml), the exporter's only.
+RUN mkdir -p /signing && chown 10001:0 /signing && chmod 0700 /signing
 USER 10001:0
 VOLUME ["/archive"]
 EXPOSE 9400

@@ -72,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--name", default=None, help="key name (default: <hostname>-vllm-audit)")
     keygen.add_argument("--witness", action="store_true",
                         help="a witness key (cosignature/v1) instead of a log signing key")
+    keygen.add_argument("--keep-existing", action="store_true",
+                        help="an existing DIR/signing.key is kept (exit 0, its signing.pub printed) "
+                             "instead of refused: an init step run at every start")
     prove = sub.add_parser("prove", help="print a stand-alone JSON proof that one record is in the signed log",
                            description="The record, its Merkle inclusion proof, the signed checkpoint "
                                        "with its witness cosignatures and the key epochs up to it: "
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             return prove_main(args.archive_dir, args.request_id, args.seq)
         if args.command == "keygen":
             from .transparency.keys import keygen_main
-            return keygen_main(args.out, args.name, witness=args.witness)
+            return keygen_main(args.out, args.name, witness=args.witness,
+                               keep_existing=args.keep_existing)
         if args.command == "retention":
             return cmd_retention(args)
         if args.command == "alert-log":

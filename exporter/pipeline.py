@@ -137,6 +137,9 @@ class Pipeline:
         self.skip_keys: set | None = None
         self.records_emitted = 0
         self.commits = 0  # successful commits by this pipeline
+        # Called with the checkpoint state after each successful commit, i.e.
+        # once what it covers is durable (--prune-rotated deletes read logs).
+        self.after_commit: list[Callable[[dict], None]] = []
         # The transparency log (--signing-key-file): signs the committed tree.
         self.tlog = None
         for src in sources:
@@ -426,6 +429,10 @@ class Pipeline:
         return {
             "version": CHECKPOINT_VERSION,
             "sources": {s.name: s.tailer.position() for s in self.sources},
+            # --prune-rotated: rotated files drained to their end (exporter.tail.prune),
+            # so a crash between this commit and their deletion does not forget them.
+            "rotated_read": {s.name: list(s.tailer.finished) for s in self.sources
+                             if getattr(s.tailer, "keep_finished", False)},
             "continued": {s.name: s.cr for s in self.sources},
             "line_ends": {s.name: [s.base_cr, s.failed_head] for s in self.sources},
             "correlator": self.correlator.state(),
@@ -456,6 +463,8 @@ class Pipeline:
                 self.health.checkpoint_failed(str(exc))
             self.status.archive(self.sinks.archive)
             return False
+        for hook in self.after_commit:
+            hook(state)
         self._pace(time.thread_time() - cpu0)
         now = self.clock()
         self.commits += 1

@@ -231,6 +231,15 @@ def _assemble(rt: Runtime, *, stdin=None, rebuild: bool = False) -> None:
                         checkpoint_interval=settings.checkpoint_interval, health=health,
                         logging_prefix=settings.vllm_logging_prefix, served=rt.served)
     pipeline.restore(saved)
+    if settings.prune_rotated and live:
+        from .tail.prune import RotatedPruner
+        tailers = {s.name: s.tailer for s in sources if isinstance(s.tailer, FileTailer)}
+        pruner = RotatedPruner(tailers, deleted=selfm.rotated_deleted,
+                               failures=selfm.rotated_delete_failures)
+        pipeline.after_commit.append(pruner.after_commit)
+        if saved.get("sources"):  # what the last run read, committed but had not deleted yet
+            pruner.restore(saved)
+            pruner.after_commit(saved)
     # A source that starts past its beginning without learned settings (run
     # at the end of an existing log, or a checkpoint from before they were
     # kept) looks back for vLLM's last start-up line, so the requests read

@@ -90,6 +90,15 @@ class SelfMetrics:
         self.truncations = Counter(
             "vllm_audit_truncations", "Log files found shorter than the read position (re-read from 0).",
             ["source"], registry=r)
+        self.rotated_deleted = Counter(
+            "vllm_audit_rotated_files_deleted",
+            "Rotated log files deleted after a checkpoint showed them read (--prune-rotated).",
+            ["source"], registry=r)
+        self.rotated_delete_failures = Counter(
+            "vllm_audit_rotated_file_delete_failures",
+            "Read rotated log files not deleted (--prune-rotated), by reason: permission, "
+            "changed (not the bytes read), no_lock (no <log>.lock of the writer), error.",
+            ["source", "reason"], registry=r)
         self.log_file_up = Gauge("vllm_audit_log_file_up",
                                  "1 when the log source is open and readable, else 0.",
                                  ["source"], registry=r)

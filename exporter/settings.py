@@ -61,6 +61,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--from-end", "from_end", "on the first start (no checkpoint) skip what the log "
            "files already hold and read only new lines; ignored once a checkpoint exists",
            False, "bool", ("run",)),
+    # Deleting files the user's writer made must be asked for (compose does).
+    Option("--prune-rotated", "prune_rotated", "delete rotated generations of a --log file "
+           "(<log>.1, <log>.2, ...) once a durable checkpoint shows they were read to their end, "
+           "so the writer's ring holds only unread data", False, "bool", ("run",)),
     Option("--vllm-url", "vllm_url", "vLLM base URL; its /metrics is scraped for up and "
            "audit completeness (empty: no scrape)", None, "str", ("run",), "URL"),
     Option("--scrape-interval", "scrape_interval", "seconds between vLLM /metrics scrapes",
@@ -237,6 +241,7 @@ class Settings:
     archive_dir: Path = Path("audit-archive")
     state_dir: Path = Path("audit-archive/.state")
     from_start: bool = True  # no checkpoint: read existing files from 0 (--from-end: from EOF)
+    prune_rotated: bool = False
     vllm_url: str | None = None
     scrape_interval: float = 15.0
     listen_host: str = "127.0.0.1"
@@ -516,6 +521,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         archive_dir=archive_dir,
         state_dir=Path(v["state_dir"]) if v.get("state_dir") else archive_dir / ".state",
         from_start=not v.get("from_end"),
+        prune_rotated=bool(v.get("prune_rotated")),
         vllm_url=(v.get("vllm_url") or None),
         scrape_interval=v.get("scrape_interval") or 15.0,
         listen_host=host, listen_port=port,

@@ -19,7 +19,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO.parent / "shared" / "data" / "compose-spec.schema.json"
 SERVICES = {"vllm", "exporter", "prometheus", "alertmanager", "alert-log", "loki", "grafana", "open-webui",
-            "dcgm-exporter"}
+            "dcgm-exporter", "signing-key"}
+ONE_SHOT = {"signing-key"}  # runs to completion before the exporter (no healthcheck, no restart)
 
 
 from tests.stack.compose import ComposeLoader, container_ports, interpolate, merge, strip_resets  # noqa: E402
@@ -94,7 +95,9 @@ def test_exporter_command_matches_the_issue(compose):
                 "--vllm-url=http://vllm:8000", "--web.listen-address=0.0.0.0:9400",
                 "--loki-url=http://loki:3100"):
         assert arg in args, arg
-    assert "vllm-logs:/logs:ro" in exporter["volumes"]
+    # --prune-rotated deletes the vllm.log.N it has read and committed: /logs writable
+    assert "--prune-rotated" in args
+    assert "vllm-logs:/logs" in exporter["volumes"]
     assert any(v.startswith("audit-archive:/archive") for v in exporter["volumes"])
 
 
@@ -102,6 +105,13 @@ def test_every_service_has_a_healthcheck_except_optional_gpu_metrics(compose):
     for name, service in compose["services"].items():
         if name == "dcgm-exporter":
             assert service["profiles"] == ["gpu-metrics"]
+            continue
+        if name in ONE_SHOT:
+            # `up --wait` treats a one-shot's exit 0 as done only when a
+            # running service waits for it with this condition
+            assert service["healthcheck"] == {"disable": True} and service["restart"] == "no", name
+            assert any((s.get("depends_on") or {}).get(name, {}).get("condition")
+                       == "service_completed_successfully" for s in compose["services"].values()), name
             continue
         test = service["healthcheck"]["test"]
         assert test[0] == "CMD" and len(test) > 2, name

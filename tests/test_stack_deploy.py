@@ -142,6 +142,9 @@ def test_request_logger_writes_to_the_file_only_and_docker_logs_are_bounded(proj
         handler = config["handlers"][name]
         assert handler["class"] == "exporter.middleware.logfile.SharedRotatingFileHandler", name
         assert handler["maxBytes"] * (handler["backupCount"] + 1) <= 2 << 30, name
+        # ... and the exporter (10001:0) may delete what it has read (--prune-rotated)
+        assert handler["dirMode"] == "0770", name
+    assert "--prune-rotated" in project["services"]["exporter"]["command"]
     logging_opts = vllm["logging"]
     assert logging_opts["driver"] in ("local", "json-file") and logging_opts["options"]["max-size"]
 
@@ -253,3 +256,53 @@ def test_preflight_checks_env_and_selinux(tmp_path):
     assert "SELinux is enforcing" in result.stdout
     cpu = preflight(tmp_path, "--cpu", driver=None, runtimes="{}", env={k: "x" for k in REQUIRED})
     assert cpu.returncode == 0, cpu.stdout
+
+
+def test_the_exporter_signs_checkpoints_with_a_key_made_once_on_a_writable_volume():
+    """Issue 15 in compose: `docker compose up` gave no signed checkpoints (no
+    key, no --signing-key-file). The key lives on a named volume, writable by
+    the exporter (each UTC day's key replaces the file: not a read-only compose
+    secret), made by a one-shot keygen that keeps an existing key, before the
+    exporter starts; origin and witnesses come from .env, empty = default."""
+    from exporter.cli import make_parser
+    from exporter.settings import resolve
+    from tests.stack.runner import dockerfile_user_and_dirs
+
+    def resolved(**env):
+        project_env = {**filled_env(), **env}
+        project_env = {k: v for k, v in project_env.items() if v is not None}  # None: unset
+        services = load_project(CPU, project_env)["services"]
+        exporter = services["exporter"]
+        return services, resolve("run", make_parser().parse_args(exporter["command"]), environment(exporter))
+
+    services, run = resolved()
+    exporter = services["exporter"]
+    assert run["signing_key_file"] is not None, "the exporter gets no --signing-key-file"
+    key = Path(run["signing_key_file"])
+    assert key.name == "signing.key"
+    volume = {m.target: m for m in mounts(exporter)}[str(key.parent)]
+    assert not volume.bind and not volume.read_only, volume
+    assert not str(key).startswith("/run/secrets/")
+    keygens = {n: make_parser().parse_args(s["command"]) for n, s in services.items()
+               if (s.get("command") or [None])[0] == "keygen"}
+    assert len(keygens) == 1, keygens
+    (name, keygen), = keygens.items()
+    assert depends_on(exporter)[name]["condition"] == "service_completed_successfully"
+    assert keygen.keep_existing and Path(keygen.out) == key.parent  # made once, never replaced
+    assert {m.target: m for m in mounts(services[name])}[keygen.out].source == volume.source
+    assert services[name]["image"] == exporter["image"] and services[name]["restart"] == "no"
+    # a new named volume takes the image's owner and mode at its path
+    uid, gid, dirs = dockerfile_user_and_dirs(REPO / "Dockerfile")
+    owner, group, mode = dirs[str(key.parent)]
+    assert (owner, mode & 0o700, mode & 0o077) == (uid, 0o700, 0), (uid, dirs[str(key.parent)])
+    # .env.example's values; an empty one means the default, never the container's hostname
+    example = parse_dotenv((REPO / ".env.example").read_text())
+    assert example["VLLM_AUDIT_WITNESS"] == "" and example["VLLM_AUDIT_LOG_ORIGIN"] == run["log_origin"]
+    for unset in ("", None):
+        services, run_default = resolved(VLLM_AUDIT_LOG_ORIGIN=unset, VLLM_AUDIT_WITNESS=unset)
+        assert run_default["log_origin"] == "localhost/vllm-audit" and run_default["witnesses"] == []
+    services, chosen = resolved(VLLM_AUDIT_LOG_ORIGIN="audit.example.com/prod",
+                                VLLM_AUDIT_WITNESS="https://w1.example/=KEY1 https://w2.example/=KEY2")
+    assert chosen["log_origin"] == "audit.example.com/prod"
+    assert chosen["witnesses"] == ["https://w1.example/=KEY1", "https://w2.example/=KEY2"]
+    assert make_parser().parse_args(services[name]["command"]).name == "audit.example.com/prod"

@@ -56,6 +56,23 @@ def test_keygen_writes_a_secret_key_and_a_one_line_verifier(keydir, capsys):
     assert parse_verifier((keydir / "w" / "signing.pub").read_text()).alg == 0x04
 
 
+
+def test_keygen_keep_existing_never_replaces_a_key_and_refuses_a_lone_public_key(tmp_path, capsys):
+    """compose.yaml's signing-key init step runs it at every start."""
+    out = tmp_path / "keys"
+    assert main(["keygen", "--out", str(out), "--name", "test-log", "--keep-existing"]) == 0
+    key, pub = (out / "signing.key").read_bytes(), (out / "signing.pub").read_text()
+    capsys.readouterr()
+    assert main(["keygen", "--out", str(out), "--name", "other", "--keep-existing"]) == 0
+    assert (out / "signing.key").read_bytes() == key and (out / "signing.pub").read_text() == pub
+    printed = capsys.readouterr().out
+    assert "exists, kept" in printed and pub.strip() in printed.splitlines()  # in the log again
+    (out / "signing.key").unlink()  # a key lost (or a first keygen cut short): no silent new key
+    assert main(["keygen", "--out", str(out), "--keep-existing"]) == 2
+    assert "exists without signing.key" in capsys.readouterr().err
+    assert not (out / "signing.key").exists() and (out / "signing.pub").read_text() == pub
+
+
 def replay(archive, key, *extra):
     return main(["replay", str(CAPTURE), "--archive-dir", str(archive), "--model", "tiny", "--no-progress",
                  "--signing-key-file", str(key), "--log-origin", "example.org/audit", *extra])

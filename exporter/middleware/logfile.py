@@ -15,7 +15,12 @@ rotates under an ``flock`` on ``<file>.lock``:
   exactly this (it drains the old inode, then ``.k-1`` ... the path);
 - so the volume holds at most ``maxBytes × (backupCount + 1)`` of vLLM log;
   lines are lost only if the exporter stays down while all of that is
-  written (size it for your longest outage, docs/operations.md).
+  written (size it for your longest outage, docs/operations.md);
+- ``dirMode`` (e.g. ``"0770"``): the log directory's mode, set at start.
+  The exporter's ``--prune-rotated`` deletes the generations it has read and
+  committed, which needs write access to the directory: compose gives it
+  through the group (vLLM writes as root, the exporter runs as 10001:0), on
+  a volume whose directory Docker creates root-owned 0755.
 
 Any failure goes to ``handleError`` like every logging handler: logging must
 never break vLLM.
@@ -31,7 +36,13 @@ import os
 
 class SharedRotatingFileHandler(logging.handlers.WatchedFileHandler):
     def __init__(self, filename, maxBytes: int = 100 << 20, backupCount: int = 10,  # noqa: N803
-                 encoding=None, delay: bool = False, errors=None):
+                 encoding=None, delay: bool = False, errors=None, dirMode=None):  # noqa: N803
+        if dirMode is not None:
+            try:
+                os.chmod(os.path.dirname(os.path.abspath(filename)),
+                         int(dirMode, 8) if isinstance(dirMode, str) else int(dirMode))
+            except (OSError, ValueError):
+                pass  # not the directory's owner: logging goes on, pruning will count it
         super().__init__(filename, mode="a", encoding=encoding, delay=delay, errors=errors)
         self.maxBytes, self.backupCount = int(maxBytes), max(1, int(backupCount))
         self._lock_fd: int | None = None

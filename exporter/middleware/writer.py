@@ -15,7 +15,11 @@ Rules:
 - ``FileSink`` rotates by renaming the file to ``<file>.1`` (replacing any
   older ``.1``) before a write would pass ``max_bytes``, then reopens; the
   exporter's tailer drains the old inode. It also reopens when the path no
-  longer names the open inode (deleted or moved by someone else).
+  longer names the open inode (deleted or moved by someone else). The rename
+  holds ``flock`` on ``<file>.lock``, the rotation lock of
+  :mod:`.logfile`, so the exporter's ``--prune-rotated`` never deletes a
+  ``.1`` swapped in between its check and its unlink (no lock file: the
+  rename goes on unlocked).
 - A stuck sink stalls only the thread: requests go on, the queue fills, drops
   are counted.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import fcntl
 import json
 import logging
 import os
@@ -44,6 +49,7 @@ class FileSink:
         self.fd: int | None = None
         self.size = 0
         self.ino = None
+        self._lock_fd: int | None = None
 
     def _open(self) -> None:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -68,13 +74,27 @@ class FileSink:
         if self.size and self.size + len(data) > self.max_bytes:
             os.fsync(self.fd)  # the rotated file is complete on disk before it is renamed
             self._close()
-            os.replace(self.path, self.path + ".1")
+            locked = self._lock()
+            try:
+                os.replace(self.path, self.path + ".1")
+            finally:
+                if locked:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             self._open()
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
             self.size += n
+
+    def _lock(self) -> bool:
+        try:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            return True
+        except OSError:
+            return False  # rotation must not depend on it (the pruner then deletes nothing)
 
     def sync(self) -> None:
         if self.fd is not None:
@@ -85,6 +105,9 @@ class FileSink:
             self.sync()
         finally:
             self._close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
 
 class LineWriter:

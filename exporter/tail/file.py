@@ -69,6 +69,7 @@ Counters and the ``up`` gauge live in :class:`TailStats` (``tailer.stats``);
 from __future__ import annotations
 
 import os
+from collections import deque
 from functools import partial
 
 from exporter.tail.lines import Line, LineCutter, TailStats, describe_error
@@ -109,6 +110,11 @@ class FileTailer:
         self._cut = LineCutter(max_line_bytes, self.stats, self._make_pos)
         self.at_eof = False
         self._closed = False
+        # Rotated files drained to their end and left, oldest first: their
+        # positions at EOF (for --prune-rotated, exporter.tail.prune; off:
+        # nothing is kept). Bounded: a file not pruned is not held forever.
+        self.keep_finished = False
+        self.finished: deque[dict] = deque(maxlen=256)
         saved = validate(position, self.path) if position is not None else None
         if position is not None and saved is None:
             self.stats.position_resets += 1
@@ -341,6 +347,8 @@ class FileTailer:
         here = self._make_pos(self._read_off, self._rtail)()
         self._cut.flush()  # the last line of a file we leave is emitted as partial
         same = self._read_off > 0 and fingerprint_ok(fs, f, fs.fstat(f).st_size, here)
+        if self.keep_finished and self._draining and not self._copy_drain and not same:
+            self.finished.append(here)  # read to its end under its rotated name
         self.stats.rotations += not self._copy_drain
         self._f.close()
         self._adopt(f, nxt, self._read_off if same else 0)

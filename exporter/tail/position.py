@@ -53,8 +53,8 @@ def digest(data: bytes) -> str:
 
 
 class OsFs:
-    """The file-system calls the tailer makes; tests inject failures by
-    overriding one method (as root, chmod cannot deny a read)."""
+    """The file-system calls the tailer (and the pruner) makes; tests inject
+    failures by overriding one method (as root, chmod cannot deny a read)."""
 
     def stat(self, path: str) -> os.stat_result:
         return os.stat(path)  # follows symlinks: a retargeted link is a new file
@@ -70,6 +70,9 @@ class OsFs:
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
+
+    def unlink(self, path: str) -> None:  # only exporter.tail.prune deletes
+        os.unlink(path)
 
 
 def new_position(path: str) -> dict:

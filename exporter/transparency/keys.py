@@ -4,7 +4,11 @@
 ``note`` signer format ``PRIVATE+KEY+<name>+<id>+<base64>``) and
 ``DIR/signing.pub`` (the one-line verifier ``<name>+<id>+<base64>``, what an
 auditor is given). ``keygen --witness`` makes a cosignature/v1 key pair for a
-witness (the witness helper's side uses it).
+witness (the witness helper's side uses it). ``--keep-existing`` makes it an
+init step safe to run at every start (compose.yaml's ``signing-key``): an
+existing key is left alone and its ``signing.pub`` printed again; a
+``signing.pub`` without its key is refused, because a new key would not
+verify with the one auditors already pinned.
 
 Forward security: the key in ``--signing-key-file`` signs one epoch (a UTC
 day). The first checkpoint of a new day is signed by the old key *and* a
@@ -25,7 +29,7 @@ import socket
 import sys
 from pathlib import Path
 
-from exporter.durable import fsync_dir, make_dir
+from exporter.durable import fsync_dir, make_dir, write_atomic
 from exporter.secrets import SecretError, read_secret
 from exporter.transparency.note import ALG_COSIGNATURE_V1, ALG_ED25519, NoteError, Signer, parse_signer
 
@@ -94,19 +98,42 @@ def keygen(out: Path, name: str | None, *, witness: bool = False) -> tuple[Path,
     key, pub = out / "signing.key", out / "signing.pub"
     if key.exists():
         raise SigningKeyError(f"keygen: {key} exists; refusing to overwrite a signing key")
+    # signing.pub first: a crash in between leaves a public key without its
+    # key (refused by --keep-existing, nothing signed yet), never a key whose
+    # verifier nobody can be given.
+    write_atomic(pub, (signer.verifier.text() + "\n").encode(), 0o644)
     _write_key(key, signer.text())
-    pub.write_text(signer.verifier.text() + "\n")
-    os.chmod(pub, 0o644)
     return key, pub
 
 
-def keygen_main(out: str, name: str | None, witness: bool = False) -> int:
+def _kept(out: Path) -> tuple[Path, Path] | None:
+    """(key, pub) when DIR already holds a signing key; None when it holds none."""
+    key, pub = out / "signing.key", out / "signing.pub"
+    if key.exists():
+        return key, pub
+    if pub.exists():
+        raise SigningKeyError(f"keygen: {pub} exists without {key.name} (removed, or a first "
+                              "keygen interrupted): a new key would not verify with a signing.pub "
+                              "auditors may hold; move it away to start a new log key")
+    return None
+
+
+def keygen_main(out: str, name: str | None, witness: bool = False, keep_existing: bool = False) -> int:
     try:
-        key, pub = keygen(Path(out), name, witness=witness)
+        kept = _kept(Path(out)) if keep_existing else None
+        if kept:
+            key, pub = kept
+            print(f"signing key: {key} exists, kept (--keep-existing)")
+            if not pub.exists():
+                print(f"keygen: {pub} is missing: give auditors the copy taken at the first start",
+                      file=sys.stderr)
+                return 0
+        else:
+            key, pub = keygen(Path(out), name, witness=witness)
+            print(f"signing key: {key} (keep it secret; give run/replay --signing-key-file {key})")
     except (SigningKeyError, NoteError, OSError) as exc:
         print(f"keygen: {exc}", file=sys.stderr)
         return 2
-    print(f"signing key: {key} (keep it secret; give run/replay --signing-key-file {key})")
     print(f"verifier key: {pub} (give it to auditors: verify --public-key {pub})")
     print(pub.read_text().strip())
     return 0

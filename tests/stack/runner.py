@@ -183,6 +183,7 @@ def images(work: Path) -> dict[str, Image | None]:
         "vllm": Image(path=[str(vllm_shim(work)), str(VLLM_VENV / "bin")], env={"HOME": "/root"}),
         "exporter": exporter_image,
         "alert-log": exporter_image,
+        "signing-key": exporter_image,
         # prom/prometheus and prom/alertmanager run as nobody; their data dirs belong to it
         "prometheus": Image(path=["/usr/bin"], entrypoint=["/usr/bin/prometheus"], uid=65534, gid=65534,
                             dirs={"/prometheus": (65534, 65534, 0o755)}, workdir="/prometheus"),

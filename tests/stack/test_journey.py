@@ -18,15 +18,24 @@ every service as the real program with what compose gives it). Then:
 7. vLLM's stdout/stderr (``docker logs vllm``) holds no prompt or output text
    (which ``/logs/vllm.log`` does hold);
 8. the exporter's compose healthcheck passed every time from start to end;
+   vLLM's log rotates (VLLM_LOG_MAX_BYTES set small) and the exporter, as
+   10001:0 on the shared volume, deletes every generation it followed once
+   read and committed (``--prune-rotated``), none failing;
 9. Grafana (not run): its datasources reach the running services and every
-   dashboard query evaluates on the running Prometheus.
+   dashboard query evaluates on the running Prometheus;
+10. the exporter signed checkpoints with the key the signing-key service made
+    (signing.pub printed in its log): ``vllm-audit-exporter verify ARCHIVE
+    --public-key signing.pub`` passes with that public key alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -57,6 +66,29 @@ PROMPTS = {  # (user, stream) -> a prompt no log line could hold by chance
 EMAILS = {"admin": "admin@example.org", "ana": "ana@example.org"}
 
 
+LOG_MAX_BYTES = 16384
+
+
+def exporter_samples(stack: Stack) -> dict[tuple, float]:
+    """The exporter's own /metrics: {(name, sorted label items): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = stack.get("exporter", 9400, "/metrics")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body if isinstance(body, str) else body.decode())
+            for s in fam.samples}
+
+
+def pruned(stack: Stack) -> dict | None:
+    """Once every rotation the exporter followed in vllm.log has been deleted."""
+    got = exporter_samples(stack)
+    src = (("source", "/logs/vllm.log"),)
+    facts = {"rotations": got.get(("vllm_audit_rotations_total", src), 0),
+             "deleted": got.get(("vllm_audit_rotated_files_deleted_total", src), 0),
+             "failures": {dict(k[1])["reason"]: v for k, v in got.items()
+                          if k[0] == "vllm_audit_rotated_file_delete_failures_total" and v}}
+    return facts if facts["rotations"] and facts["deleted"] >= facts["rotations"] else None
+
+
 def write_env(path: Path) -> dict[str, str]:
     """cp .env.example .env, fill in every (required) value, choose the model."""
     text = (REPO / ".env.example").read_text()
@@ -64,7 +96,9 @@ def write_env(path: Path) -> dict[str, str]:
         text = text.replace(f"\n{var}=\n", f"\n{var}={secrets.token_hex(32)}\n")
     # what a user changes for a small CPU model
     for var, value in (("VLLM_MODEL", str(TINY_MODEL)), ("VLLM_SERVED_MODEL_NAME", MODEL),
-                       ("VLLM_MAX_MODEL_LEN", "512"), ("VLLM_CPU_KVCACHE_SPACE", "1")):
+                       ("VLLM_MAX_MODEL_LEN", "512"), ("VLLM_CPU_KVCACHE_SPACE", "1"),
+                       # small generations: the journey rotates and prunes vllm.log
+                       ("VLLM_LOG_MAX_BYTES", str(LOG_MAX_BYTES))):
         text = "\n".join(f"{var}={value}" if line.startswith(f"{var}=") else line
                          for line in text.splitlines()) + "\n"
     path.write_text(text)
@@ -200,9 +234,31 @@ def journey():
                                      "per-user token series in Prometheus", interval=2)
         facts["loki"] = _wait(lambda: loki_streams(stack, len(facts["records"])), 60, "every record in Loki")
         facts["end_health"] = stack.get("exporter", 9400, "/health")
+        facts["pruned"] = _wait(lambda: pruned(stack), 60, "every followed vllm.log.N deleted")
+        facts["log_volume"] = sorted(os.listdir(stack.volume_path("vllm-logs")))
+        facts["log_volume_mode"] = os.stat(stack.volume_path("vllm-logs")).st_mode & 0o777
+        print("journey log pruning:", facts["pruned"], "left:", facts["log_volume"])
         facts["vllm_stdout"] = stack.logs("vllm")
         facts["vllm_log_file"] = (stack.volume_path("vllm-logs") / "vllm.log").read_text(errors="replace")
         facts["exporter_health"] = list(stack.services["exporter"].health.history)
+        # 10. a compliance officer's check, with signing.pub only (copied off
+        # the host as the README says), after `docker compose stop exporter`
+        # (its shutdown checkpoint covers every record)
+        stack.services["exporter"].stop()
+        facts["signing_log"] = stack.logs("signing-key")
+        keys = stack.volume_path("audit-signing-key")
+        facts["key_stat"] = (keys / "signing.key").stat()
+        officer = work / "officer"
+        officer.mkdir()
+        shutil.copy(keys / "signing.pub", officer / "signing.pub")
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_AUDIT_")}
+        clean_env["PYTHONPATH"] = str(REPO)  # this checkout's exporter, whatever the venv points at
+        facts["verify"] = subprocess.run(
+            [sys.executable, "-m", "exporter", "verify", str(archive), "--public-key",
+             str(officer / "signing.pub"), "--format", "json"],
+            capture_output=True, text=True, cwd=officer, env=clean_env, timeout=300)
+        facts["signing_pub"] = (officer / "signing.pub").read_text().strip()
+        facts["records_at_verify"] = len(archive_records(archive))
         facts["timings"]["total"] = time.monotonic() - t0
         print("journey timings (s):", {k: round(v, 1) for k, v in facts["timings"].items()})
         yield facts
@@ -268,10 +324,19 @@ def test_vllm_stdout_holds_no_prompt_or_output_text(journey):
     stdout, logfile = journey["vllm_stdout"], journey["vllm_log_file"]
     assert "Avg prompt throughput" in stdout or "Starting vLLM" in stdout, "stdout was captured"
     for chat in journey["chats"].values():
-        assert chat["prompt"] in logfile  # the exporter's file has them ...
+        # the exporter's file had them (unless in a generation it has read
+        # and deleted since: the journey rotates vllm.log every 16 KiB) ...
+        assert chat["prompt"] in logfile or journey["pruned"]["deleted"] > 0
         assert chat["prompt"] not in stdout  # ... docker logs does not
         if len(chat["text"].strip()) >= 12:
             assert chat["text"] not in stdout
+
+
+def test_the_exporter_deletes_the_rotated_logs_it_has_read(journey):
+    facts = journey["pruned"]
+    assert facts["deleted"] == facts["rotations"] > 0 and not facts["failures"], facts
+    assert journey["log_volume_mode"] == 0o770  # dirMode: group 0 (the exporter) may delete
+    assert "vllm.log" in journey["log_volume"], journey["log_volume"]  # never the live file
 
 
 def test_exporter_healthy_from_start_to_end(journey):
@@ -296,3 +361,17 @@ def test_grafana_datasources_reach_the_services_and_dashboard_queries_evaluate(j
     for name, expr in exprs.items():
         result = prom_query(stack, expr)
         assert result["status"] == "success", (name, result.get("error"))
+
+
+def test_archive_verifies_with_the_public_key_alone(journey):
+    result = journey["verify"]
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["problems"] == [], report
+    records = journey["records_at_verify"]
+    assert records >= len(journey["records"]) > 0
+    assert report["records"] == report["tree_size"] == report["signed_size"] == records, report
+    assert report["checkpoints"] >= 2 and report["epochs"][0]["key"] == journey["signing_pub"], report
+    assert journey["signing_pub"] in journey["signing_log"].splitlines()  # printed for the operator
+    key = journey["key_stat"]
+    assert (key.st_uid, key.st_mode & 0o777) == (10001, 0o600)
