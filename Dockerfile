@@ -8,6 +8,10 @@ RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.12-slim
 COPY --from=build /install /usr/local
+# The stat-logger plugin's entry point for the package copied, not installed,
+# into vLLM's image (deploy/kubernetes' install-middleware init container
+# copies it beside the package; compose mounts the same directory).
+COPY vllm-plugin /usr/local/share/vllm-audit/vllm-plugin
 # Runs as uid 10001, group 0: the audit middleware writes its file 0640 as
 # root inside the vLLM container, readable through the group. /alerts is the
 # alert-log service's volume (compose.yaml); a new named volume takes this owner.

@@ -12,16 +12,21 @@
   the PrometheusRule is prometheus/rules/, the logging ConfigMap compose's,
   the dashboard ConfigMaps grafana/dashboards/.
 - The wiring the README promises holds in the render: one pod per replica
-  with the exporter as a native sidecar, probes, identity, shared files.
+  with the exporter as a native sidecar, probes, identity, shared files, the
+  stat-logger plugin (its dist-info copied by the init container, run here
+  with the image's paths mapped; its file given to vLLM and the exporter).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -43,6 +48,34 @@ CRD_SCHEMAS = {
 
 sys.path.insert(0, str(ROOT / "tools"))
 import render_kubernetes  # noqa: E402
+
+
+# Where the Dockerfile puts vllm-plugin/ in the exporter image (checked below).
+IMAGE_PLUGIN_DIR = "/usr/local/share/vllm-audit/vllm-plugin"
+PLUGIN_GROUP = "vllm.stat_logger_plugins"
+
+
+def run_install(command: list[str], opt: Path, logs: Path) -> None:
+    """The install-middleware init container's command on this machine: the
+    image's paths mapped (PYTHONPATH dir -> ``opt``, the replica's logs ->
+    ``logs``, the image's vllm-plugin/ -> this checkout's), the package being
+    this checkout's ``exporter``, as the image's is the one it was built from."""
+    mapped = [a.replace(f"'{IMAGE_PLUGIN_DIR}", f"'{ROOT / 'vllm-plugin'}")
+              .replace("'/opt/vllm-audit", f"'{opt}").replace("'/logs/", f"'{logs}/")
+              for a in command]
+    assert mapped[0] == "python"
+    for a in mapped:  # nothing left that would write outside the test's dirs
+        assert not re.search(r"'/(opt|logs|usr)/", a), a
+    opt.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, *mapped[1:]], cwd=ROOT, check=True, timeout=60)
+
+
+def plugin_entry_points(path: Path) -> dict[str, str]:
+    """Entry points of vLLM's stat-logger group that distributions in ``path``
+    carry: what vLLM's loader (importlib.metadata) finds there."""
+    return {ep.name: ep.value for dist in importlib.metadata.distributions(path=[str(path)])
+            for ep in dist.entry_points if ep.group == PLUGIN_GROUP}
 
 
 class _Loader(yaml.SafeLoader):
@@ -292,6 +325,41 @@ def test_logs_secrets_and_config_are_shared_as_files(rendered):
     assert volumes["secrets"]["secret"]["secretName"] == "vllm-audit"
     assert "hmac-key" in {i["path"] for i in volumes["secrets"]["secret"]["items"]}
     assert not any("HMAC" in e["name"] for e in exporter["env"])  # never an env value
+
+
+def test_the_stat_logger_plugin_is_wired(rendered, tmp_path):
+    """As compose: the plugin's dist-info beside the package on vLLM's
+    PYTHONPATH, VLLM_AUDIT_ENGINE_FILE on the shared logs volume, that file
+    one of the exporter's --log, and no VLLM_PLUGINS allowlist without it."""
+    _, objects = rendered
+    pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+    install, exporter = pod["initContainers"]
+    vllm = _by_name(pod["containers"])["vllm"]
+    venv = _by_name(vllm["env"])
+    assert "VLLM_AUDIT_ENGINE_FILE" in venv, "vLLM is not given the plugin's file"
+    engine = venv["VLLM_AUDIT_ENGINE_FILE"]["value"]
+    logs_dir = next(m for m in vllm["volumeMounts"] if m["name"] == "audit")["mountPath"]
+    assert engine.startswith(logs_dir + "/") and "{pid}" not in engine, engine
+    assert f"--log={engine}" in exporter["args"]
+    if "VLLM_PLUGINS" in venv:  # an allowlist must name it ("" matches nothing)
+        assert "vllm_audit" in [p.strip() for p in venv["VLLM_PLUGINS"]["value"].split(",")]
+
+    # the init container puts a dist-info with pyproject's entry point where
+    # PYTHONPATH points (the package alone imports, but vLLM never loads it)
+    opt, logs = tmp_path / "opt", tmp_path / "logs"
+    run_install(install["command"], opt, logs)
+    assert venv["PYTHONPATH"]["value"] == "/opt/vllm-audit"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert plugin_entry_points(opt) == pyproject["project"]["entry-points"][PLUGIN_GROUP] == \
+        {"vllm_audit": "exporter.statlogger.plugin:AuditStatLogger"}
+    assert (opt / "exporter" / "statlogger" / "plugin.py").is_file()
+    assert (logs / "middleware.jsonl").is_file()
+
+    # ... from the image: the Dockerfile's final stage copies vllm-plugin/ there
+    final = (ROOT / "Dockerfile").read_text().split("\nFROM ")[-1]
+    assert re.search(rf"^COPY vllm-plugin {re.escape(IMAGE_PLUGIN_DIR)}$", final, re.M), final
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert "!vllm-plugin/" in ignore[ignore.index("*") + 1:]
 
 
 def test_security_and_resources(rendered):

@@ -23,7 +23,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from test_kubernetes import CRD_SCHEMAS, _Loader, kubectl, render_kubernetes, validate
+from test_kubernetes import (
+    CRD_SCHEMAS, _Loader, kubectl, plugin_entry_points, render_kubernetes, run_install, validate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PS = ROOT / "deploy" / "kubernetes" / "production-stack"
@@ -105,6 +107,25 @@ def test_vllm_runs_the_middleware_with_request_logging():
     env = {e["name"]: e for e in model()["env"]}
     assert env["PYTHONPATH"]["value"] == "/opt/vllm-audit"
     assert env["VLLM_LOGGING_CONFIG_PATH"]["value"] == "/etc/vllm-audit/logging.json"
+
+
+def test_the_stat_logger_plugin_is_wired(tmp_path):
+    """The chart's pod as the base's: the plugin's dist-info beside the package
+    (init container), its file in vLLM's env and among the sidecar's --log."""
+    m = model()
+    env = {e["name"]: e for e in m["env"]}
+    engine = env["VLLM_AUDIT_ENGINE_FILE"]["value"]
+    assert engine == "/logs/engine.jsonl"
+    assert "/logs" in {v["mountPath"] for v in m["extraVolumeMounts"]}
+    [patch] = yaml.safe_load((PS / "exporter-sidecar.yaml").read_text())
+    assert f"--log={engine}" in patch["value"]["args"]
+    if "VLLM_PLUGINS" in env:
+        assert "vllm_audit" in [p.strip() for p in env["VLLM_PLUGINS"]["value"].split(",")]
+    # the chart's `configs` become vLLM's environment too (envFrom)
+    plugins = values()["servingEngineSpec"].get("configs", {}).get("VLLM_PLUGINS")
+    assert plugins is None or "vllm_audit" in [p.strip() for p in plugins.split(",")]
+    run_install(m["initContainer"]["command"], tmp_path / "opt", tmp_path / "logs")
+    assert plugin_entry_points(tmp_path / "opt") == {"vllm_audit": "exporter.statlogger.plugin:AuditStatLogger"}
 
 
 def stand_in_deployment() -> dict:

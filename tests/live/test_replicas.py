@@ -19,7 +19,8 @@ One scenario for the module (the ``replicas`` fixture), each test one promise:
   config as committed (rendered by tools/render_stack.py: 1 s intervals,
   ``for:`` shortened as in tests/live/test_end_to_end.py).
 
-Then: per-replica records (the ``instance`` field, Loki's ``vllm_instance``),
+Then: per-replica records (the ``instance`` field, Loki's ``vllm_instance``)
+with engine timings (the stat-logger plugin as the init container installs it),
 per-replica chains that each verify, metrics aggregated across the replicas
 and filtered by one, VllmEmptyResponses firing on both replicas, VllmDown on
 the one whose vLLM is stopped, and its exporter's readiness going to 503
@@ -41,6 +42,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from test_kubernetes import plugin_entry_points, run_install
 
 from .stack import (
     DEFAULT_MODEL_DIR, REPO, AlertStack, ExporterProcess, LokiServer, StackError, VllmServer,
@@ -110,18 +113,26 @@ def vllm_settings(pod_logs: Path) -> tuple[list[str], str, dict[str, str], Path]
     assert config == (K8S / "base" / "vllm-logging.json").read_text()
     logging_json.write_text(config.replace('"/logs/', f'"{pod_logs}/'))
     # the install-middleware init container, as the manifest has it: it copies
-    # the package vLLM imports the middleware from and creates its file
+    # the package vLLM imports the middleware from and the stat-logger
+    # plugin's dist-info (the image's vllm-plugin/) beside it, and creates the
+    # middleware's file. PYTHONPATH is that directory alone: the plugin vLLM
+    # loads is the one found through the copied dist-info.
     [install] = [c for c in _pod_spec()["initContainers"] if c["name"] == "install-middleware"]
     opt = pod_logs.parent / "opt-vllm-audit"
-    command = [a.replace("'/opt/vllm-audit/", f"'{opt}/").replace("'/logs/", f"'{pod_logs}/")
-               for a in install["command"]]
-    assert command[0] == "python"
-    subprocess.run([sys.executable, *command[1:]], cwd=REPO, check=True, timeout=60)
+    run_install(install["command"], opt, pod_logs)
     assert (opt / "exporter" / "middleware" / "__init__.py").is_file()
+    assert "vllm_audit" in plugin_entry_points(opt)
     assert env["PYTHONPATH"] == "/opt/vllm-audit"
     out = {"VLLM_LOGGING_CONFIG_PATH": str(logging_json), "PYTHONPATH": str(opt),
            "VLLM_AUDIT_MIDDLEWARE_FILE": env["VLLM_AUDIT_MIDDLEWARE_FILE"].replace("/logs/", f"{pod_logs}/"),
-           "VLLM_AUDIT_API_KEY_SALT": SALT, "VLLM_AUDIT_MIDDLEWARE_FSYNC_MS": "100"}
+           "VLLM_AUDIT_API_KEY_SALT": SALT, "VLLM_AUDIT_MIDDLEWARE_FSYNC_MS": "100",
+           "VLLM_AUDIT_ENGINE_FSYNC_MS": "100"}
+    # the plugin's file (and vLLM's allowlist, when the manifests set one);
+    # absent from the manifests, vLLM here gets none and writes no engine lines
+    if "VLLM_AUDIT_ENGINE_FILE" in env:
+        out["VLLM_AUDIT_ENGINE_FILE"] = env["VLLM_AUDIT_ENGINE_FILE"].replace("/logs/", f"{pod_logs}/")
+    if "VLLM_PLUGINS" in env:
+        out["VLLM_PLUGINS"] = env["VLLM_PLUGINS"]
     return flags, middleware, out, logging_json
 
 
@@ -386,6 +397,24 @@ def test_each_replica_records_its_own_requests_once(replicas):
         assert {r["request_id"]: r["user"] for r in rep.records} == rep.sent
     a, b = ({r["request_id"] for r in rep.records} for rep in replicas.replicas)
     assert not a & b
+
+
+def test_each_replicas_records_carry_engine_timings(replicas):
+    """The stat-logger plugin: found by vLLM through the dist-info the init
+    container copied, writing to the manifests' VLLM_AUDIT_ENGINE_FILE, read
+    by the sidecar as one of its --log: every record has its engine timings."""
+    for rep in replicas.replicas:
+        engine_file = rep.dir / "logs" / "engine.jsonl"
+        tail = engine_file.read_text(errors="replace")[-1500:] if engine_file.exists() else "(no file)"
+        assert rep.records, rep.pod
+        for rec in rep.records:
+            eng = rec["engine"]
+            assert eng is not None and "engine" in rec["sources"], (rep.pod, rec, tail)
+            assert eng["devices"] == 1, eng
+            for k in ("queue_seconds", "prefill_seconds", "decode_seconds", "inference_seconds"):
+                assert isinstance(eng[k], float) and eng[k] >= 0, (rep.pod, k, eng)
+            assert eng["inference_seconds"] > 0, eng
+            assert 0 < eng["share_seconds"] <= eng["inference_seconds"] + 1e-6, eng
 
 
 def test_each_replicas_chain_verifies(replicas):
