@@ -13,16 +13,8 @@ from prometheus_client import CollectorRegistry
 from exporter.transparency import tsa
 from tests.witness_helpers import FakeLog
 from tests.tsa_server import LocalTsa, make_ca
+from tests.witness_helpers import eventually
 
-
-
-def eventually(cond, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 from prometheus_client import CollectorRegistry
 
 from exporter.transparency import note
 from exporter.transparency.witness_client import WitnessPool
-from tests.witness_helpers import ORIGIN, FakeLog, WitnessServer
+from tests.witness_helpers import ORIGIN, FakeLog, WitnessServer, eventually
 
 NOW = 1_780_000_000
-
-
-def eventually(cond, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def value(reg, name, **labels) -> float:

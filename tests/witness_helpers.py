@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from pathlib import Path
 
 from exporter.transparency import merkle, note
@@ -97,3 +98,13 @@ class WitnessServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)
+
+
+def eventually(cond, timeout: float = 60.0) -> bool:
+    """Poll ``cond`` until it holds or ``timeout`` passes (tests wait for events)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
