@@ -39,8 +39,17 @@ def _replay(tmp_path, *extra, env=None):
     return lines
 
 
-def test_instance_is_the_last_contract_field_and_null_by_default(tmp_path):
-    assert RECORD_FIELDS[-1] == "instance"  # added at the end: existing order unchanged
+# The record's fields as they were when `instance` was added: fields are only
+# ever appended (engine came later), so this stays RECORD_FIELDS' prefix.
+FIELDS_UP_TO_INSTANCE = (
+    "ts", "request_id", "model", "user", "endpoint", "stream", "prompt", "output", "prompt_tokens",
+    "completion_tokens", "tokens_source", "finish_reason", "status", "empty_response",
+    "latency_seconds", "params", "flags", "ttft_seconds", "http_status", "error", "client",
+    "identity", "choices", "sources", "identity_source", "instance")
+
+
+def test_instance_is_appended_after_the_contract_fields_and_null_by_default(tmp_path):
+    assert RECORD_FIELDS[:len(FIELDS_UP_TO_INSTANCE)] == FIELDS_UP_TO_INSTANCE  # existing order unchanged
     records = _replay(tmp_path)
     assert all(r["instance"] is None for r in records)
     assert list(records[0])[:len(RECORD_FIELDS)] == list(RECORD_FIELDS)
