@@ -175,6 +175,21 @@ def stats(values: list[float], expected: int) -> dict:
             "p90": pct(values, 90), "p99": pct(values, 99), "max": round(max(values), 3) if values else None}
 
 
+def wait_started(proc, url: str, stderr: Path, timeout: float = 60) -> None:
+    """Until the exporter ``proc`` answers ``url`` (its /metrics); exit with
+    its stderr if it dies or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"exporter did not start: {stderr.read_text()[-2000:]}")
+            time.sleep(0.1)
+    time.sleep(0.5)  # the tailer has opened the file (at its end) by now
+
+
 def run_mode(name: str, args: list[str], workdir: Path, n: int, interval: float, poll: float,
              loki_cls, settle: float, writer=None) -> dict:
     d = workdir / name
@@ -206,16 +221,7 @@ def run_mode(name: str, args: list[str], workdir: Path, n: int, interval: float,
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"exporter did not start: {(d / 'exporter.stderr').read_text()[-2000:]}")
-                time.sleep(0.1)
-        time.sleep(0.5)  # the tailer has opened the file (at its end) by now
+        wait_started(proc, url, d / "exporter.stderr")
         metrics_seen: dict[str, float] = {}
         stop = threading.Event()
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import make_big_log  # noqa: E402
-from lag import free_port, render, request_template  # noqa: E402
+from lag import free_port, render, request_template, wait_started  # noqa: E402
 from replay_throughput import machine  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -92,16 +92,7 @@ def run(workdir: Path, rate: float, seconds: float, users: int, sample: float) -
     url = f"http://127.0.0.1:{port}/metrics"
     samples: list[float] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"exporter did not start: {(d / 'exporter.stderr').read_text()[-2000:]}")
-                time.sleep(0.1)
-        time.sleep(0.5)  # the tailer has opened the file (at its end) by now
+        wait_started(proc, url, d / "exporter.stderr")
         idle_rss = rss_mib(proc.pid)
         tpl = request_template()
         n = int(rate * seconds)
