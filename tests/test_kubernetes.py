@@ -261,8 +261,10 @@ def test_the_pod_is_vllm_with_the_exporter_as_native_sidecar(rendered):
     sts = one(objects, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     init = pod["initContainers"]
-    assert [c["name"] for c in init] == ["install-middleware", "exporter"]
-    exporter, vllm = init[1], _by_name(pod["containers"])["vllm"]
+    # in this order: init containers start one after the other, so the
+    # middleware and the signing key exist before the sidecar starts
+    assert [c["name"] for c in init] == ["install-middleware", "signing-key", "exporter"]
+    exporter, vllm = init[2], _by_name(pod["containers"])["vllm"]
     assert exporter["restartPolicy"] == "Always"  # started before vLLM, stopped after it
     assert "--middleware=exporter.middleware.AuditMiddleware" in vllm["args"]
     for flag in ("--enable-log-requests", "--enable-log-outputs", "--enable-force-include-usage"):
@@ -295,7 +297,7 @@ def test_logs_secrets_and_config_are_shared_as_files(rendered):
     _, objects = rendered
     sts = one(objects, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
-    exporter, vllm = pod["initContainers"][1], _by_name(pod["containers"])["vllm"]
+    exporter, vllm = _by_name(pod["initContainers"])["exporter"], _by_name(pod["containers"])["vllm"]
     volumes = _by_name(pod["volumes"])
     # vLLM's log and the middleware file: written by vLLM, read by the exporter,
     # on the replica's own claim (the same volume and subPath in both)
@@ -333,7 +335,8 @@ def test_the_stat_logger_plugin_is_wired(rendered, tmp_path):
     one of the exporter's --log, and no VLLM_PLUGINS allowlist without it."""
     _, objects = rendered
     pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
-    install, exporter = pod["initContainers"]
+    init = _by_name(pod["initContainers"])
+    install, exporter = init["install-middleware"], init["exporter"]
     vllm = _by_name(pod["containers"])["vllm"]
     venv = _by_name(vllm["env"])
     assert "VLLM_AUDIT_ENGINE_FILE" in venv, "vLLM is not given the plugin's file"
@@ -371,8 +374,8 @@ def test_security_and_resources(rendered):
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], c["name"]
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], c["name"]
-    exporter = pod["initContainers"][1]
-    assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+    for name in ("exporter", "signing-key"):
+        assert _by_name(pod["initContainers"])[name]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_monitors_and_budget_select_the_pods(rendered):

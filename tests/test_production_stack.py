@@ -117,7 +117,8 @@ def test_the_stat_logger_plugin_is_wired(tmp_path):
     engine = env["VLLM_AUDIT_ENGINE_FILE"]["value"]
     assert engine == "/logs/engine.jsonl"
     assert "/logs" in {v["mountPath"] for v in m["extraVolumeMounts"]}
-    [patch] = yaml.safe_load((PS / "exporter-sidecar.yaml").read_text())
+    patch = next(op for op in yaml.safe_load((PS / "exporter-sidecar.yaml").read_text())
+                 if op["value"]["name"] == "exporter")
     assert f"--log={engine}" in patch["value"]["args"]
     if "VLLM_PLUGINS" in env:
         assert "vllm_audit" in [p.strip() for p in env["VLLM_PLUGINS"]["value"].split(",")]
@@ -169,14 +170,17 @@ def test_post_renderer_adds_the_exporter_sidecar(tmp_path):
                                             "AlertmanagerConfig", "ConfigMap"}
     dep = next(o for o in objects if o["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["initContainers"]] == ["install-middleware", "exporter"]
-    exporter = pod["initContainers"][1]
+    assert [c["name"] for c in pod["initContainers"]] == ["install-middleware", "signing-key", "exporter"]
+    signing, exporter = pod["initContainers"][1:]
     assert exporter["restartPolicy"] == "Always"
     volumes = {v["name"] for v in pod["volumes"]}
     assert {m["name"] for m in exporter["volumeMounts"]} <= volumes
     vllm_mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     exp_mounts = {m["mountPath"]: m["name"] for m in exporter["volumeMounts"]}
     assert vllm_mounts["/logs"] == exp_mounts["/logs"]  # the files vLLM writes, the exporter reads
+    # the key the signing-key container makes is the one the exporter signs with
+    assert {m["mountPath"]: m["name"] for m in signing["volumeMounts"]}["/signing"] == exp_mounts["/signing"]
+    assert "--signing-key-file=/signing/signing.key" in exporter["args"]
     pm = next(o for o in objects if o["kind"] == "PodMonitor")
     ports = {p["name"] for c in pod["containers"] + pod["initContainers"] for p in c.get("ports", [])}
     assert {ep["port"] for ep in pm["spec"]["podMetricsEndpoints"]} == {"container-port", "metrics"} <= ports

@@ -210,8 +210,9 @@ def base_pod(root: Path = REPO_ROOT) -> dict:
 
 
 # The base pod's volumes under the names used in the chart's pod (extraVolumes);
-# the per-replica claim's two directories become two emptyDirs.
+# the per-replica claim's three directories become three emptyDirs.
 PS_VOLUMES = {("audit", "logs"): "vllm-audit-logs", ("audit", "archive"): "vllm-audit-archive",
+              ("audit", "signing"): "vllm-audit-signing",
               "middleware": "vllm-audit-middleware", "logging": "vllm-audit-logging",
               "secrets": "vllm-audit-secrets", "exporter-tmp": "vllm-audit-tmp",
               "home": "vllm-audit-home", "cache": "vllm-audit-cache"}
@@ -278,12 +279,17 @@ def production_stack_values(root: Path = REPO_ROOT) -> dict:
 
 
 def production_stack_sidecar(root: Path = REPO_ROOT) -> list[dict]:
-    """JSON patch for the chart's Deployment: the base's exporter sidecar."""
+    """JSON patch for the chart's Deployment: the base's signing-key init
+    container, then its exporter sidecar (init containers start in order, so
+    the key exists before the exporter starts)."""
     pod = base_pod(root)
-    exporter = copy.deepcopy(next(c for c in pod["initContainers"] if c["name"] == "exporter"))
-    exporter["image"] = PS_EXPORTER_IMAGE
-    exporter["volumeMounts"] = [_ps_mount(m) for m in exporter["volumeMounts"]]
-    return [{"op": "add", "path": "/spec/template/spec/initContainers/-", "value": exporter}]
+    ops = []
+    for name in ("signing-key", "exporter"):
+        c = copy.deepcopy(next(c for c in pod["initContainers"] if c["name"] == name))
+        c["image"] = PS_EXPORTER_IMAGE
+        c["volumeMounts"] = [_ps_mount(m) for m in c["volumeMounts"]]
+        ops.append({"op": "add", "path": "/spec/template/spec/initContainers/-", "value": c})
+    return ops
 
 
 PS_HEADER = """# vLLM production-stack (helm chart vllm-stack) with the audit middleware; the

@@ -21,7 +21,9 @@ One scenario for the module (the ``replicas`` fixture), each test one promise:
 
 Then: per-replica records (the ``instance`` field, Loki's ``vllm_instance``)
 with engine timings (the stat-logger plugin as the init container installs it),
-per-replica chains that each verify, metrics aggregated across the replicas
+per-replica chains that each verify, per-replica transparency logs signed with
+the key the ``signing-key`` init container made and verified with its
+``signing.pub`` alone, metrics aggregated across the replicas
 and filtered by one, VllmEmptyResponses firing on both replicas, VllmDown on
 the one whose vLLM is stopped, and its exporter's readiness going to 503
 while the other stays ready.
@@ -44,6 +46,7 @@ import pytest
 import yaml
 
 from test_kubernetes import plugin_entry_points, run_install
+from test_kubernetes_signing import container_env, expand
 
 from .stack import (
     DEFAULT_MODEL_DIR, REPO, AlertStack, ExporterProcess, LokiServer, StackError, VllmServer,
@@ -73,8 +76,18 @@ def _expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
+def make_signing_key(pod: str, signing: Path) -> subprocess.CompletedProcess:
+    """The base StatefulSet's signing-key init container, for one replica here."""
+    [spec] = [c for c in _pod_spec()["initContainers"] if c["name"] == "signing-key"]
+    env = container_env(spec, pod)
+    signing.mkdir(parents=True, exist_ok=True)
+    args = [expand(a, env).replace("=/signing", f"={signing}") for a in spec["args"]]
+    return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+
+
 def sidecar_command(pod: str, logs: Path, archive: Path, secrets: Path, vllm_url: str,
-                    loki_url: str) -> tuple[list[str], dict[str, str]]:
+                    loki_url: str, signing: Path) -> tuple[list[str], dict[str, str]]:
     """The base StatefulSet's exporter args and env, for one replica on this machine."""
     [exporter] = [c for c in _pod_spec()["initContainers"] if c["name"] == "exporter"]
     args = []
@@ -83,6 +96,7 @@ def sidecar_command(pod: str, logs: Path, archive: Path, secrets: Path, vllm_url
             continue  # ExporterProcess binds a free port
         arg = arg.replace("=/logs/", f"={logs}/").replace("=/archive", f"={archive}")
         arg = arg.replace("=/run/secrets/vllm-audit/", f"={secrets}/")
+        arg = arg.replace("=/signing/", f"={signing}/")
         arg = arg.replace("=http://127.0.0.1:8000", f"={vllm_url}")
         args.append(arg)
     fields = {"metadata.name": pod, "metadata.namespace": NAMESPACE}
@@ -180,6 +194,7 @@ class Replica:
     sent: dict[str, str] = field(default_factory=dict)  # response id -> user
     records: list[dict] = field(default_factory=list)
     verify: subprocess.CompletedProcess | None = None
+    verify_public: subprocess.CompletedProcess | None = None
     health_after_stop: int | None = None
 
     @property
@@ -286,10 +301,11 @@ def replicas(tmp_path_factory):
             pytest.fail("the real vLLM CPU servers did not start: " + "; ".join(errors))
         run.mark("both vLLM replicas healthy", t0)
 
-        # --- one exporter sidecar per replica
+        # --- one exporter sidecar per replica, after its signing-key init container
         for rep in run.replicas:
+            make_signing_key(rep.pod, rep.dir / "signing")
             args, env = sidecar_command(rep.pod, rep.dir / "logs", rep.archive, secrets,
-                                        rep.srv.base_url, loki.url)
+                                        rep.srv.base_url, loki.url, rep.dir / "signing")
             rep.exporter = ExporterProcess(args, f"127.0.0.1:{free_port()}", rep.dir / "exporter.log",
                                            env=env)
         for rep in run.replicas:
@@ -371,6 +387,11 @@ def replicas(tmp_path_factory):
                 [sys.executable, "-m", "exporter", "verify", str(rep.archive),
                  "--hmac-key-file", str(secrets / "hmac-key")],
                 cwd=REPO, capture_output=True, text=True, timeout=120)
+            # the outsider's check: the replica's verifier key, no secret
+            rep.verify_public = subprocess.run(
+                [sys.executable, "-m", "exporter", "verify", str(rep.archive),
+                 "--public-key", str(rep.dir / "signing" / "signing.pub")],
+                cwd=REPO, capture_output=True, text=True, timeout=120)
         run.mark("exporters stopped, chains verified", t0)
         yield run
     finally:
@@ -422,6 +443,15 @@ def test_each_replicas_chain_verifies(replicas):
         assert rep.verify.returncode == 0, (rep.pod, rep.verify.stdout, rep.verify.stderr)
         assert rep.verify.stdout.startswith("OK:"), rep.verify.stdout
         assert f"{len(rep.sent)} record(s)" in rep.verify.stdout, rep.verify.stdout
+
+
+def test_each_replicas_log_verifies_with_its_public_key_alone(replicas):
+    for rep in replicas.replicas:
+        out = rep.verify_public
+        assert out.returncode == 0, (rep.pod, out.stdout, out.stderr)
+        assert f"OK: {len(rep.sent)} record(s) in a tree of {len(rep.sent)}," in out.stdout, out.stdout
+        pub = (rep.dir / "signing" / "signing.pub").read_text()
+        assert pub.startswith(f"cluster.local/{instance_of(rep.pod)}+"), pub
 
 
 def test_loki_streams_are_labelled_by_replica_under_the_tenant(replicas):
