@@ -8,7 +8,9 @@ Usage::
     .venv/bin/python bench/replay_throughput.py --size 32MiB --profile 30   # cProfile top 30 (stderr)
 
 The log is made by ``bench/make_big_log.py`` from a real vLLM 0.32 capture
-(``--capture debug``, the richest, or ``info``). The exporter runs in this
+(``--capture debug``, the richest, ``info``, ``jsondebug`` for vLLM's JSON
+formatter, or ``deltas``: long streams logged one line per token with
+``--enable-log-deltas``, ~300 lines per request). The exporter runs in this
 process through ``exporter.replay.replay_into``: FileTailer → parse_line →
 Correlator → build_record → detectors → RequestMetrics → ArchiveWriter
 (hash chain, fsync) → checkpoint, exactly what ``vllm-audit-exporter replay``

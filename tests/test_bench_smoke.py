@@ -112,6 +112,15 @@ def test_replay_throughput_of_the_json_formatter_records_every_request():
     _positive(r, "lines_per_cpu_s", "mib_per_cpu_s")
 
 
+def test_replay_throughput_of_a_delta_heavy_log_records_every_stream():
+    # the real one-line-per-token capture (tests/test_records_deltas.py), repeated
+    r = _run(str(BENCH / "replay_throughput.py"), "--size", "2MiB", "--capture", "deltas")
+    assert r["records"] == r["generator"]["requests"] >= 32
+    assert r["statuses"] == {"completed": r["records"]}
+    assert r["lines"] > 100 * r["records"]  # delta-heavy: hundreds of lines per request
+    _positive(r, "lines_per_cpu_s", "mib_per_cpu_s")
+
+
 def test_lag_bench_streaming_deltas_smoke():
     r = _run(str(BENCH / "lag.py"), "--requests", "4", "--modes", "grace0", "--stream-rate", "200",
              "--streams", "2", timeout=120)

@@ -72,6 +72,11 @@ SETUPS = {
     # client disconnects: the capture is for engine data).
     "engine": dict(extra_args=LOG_FLAGS, request_logger_debug=True, engine=True,
                    scenarios=("scenario_basic", "scenario_concurrent")),
+    # One line per generated token (issue 16's streaming-delta-heavy log):
+    # long streams only, logged at DEBUG with deltas on (vLLM's default, said
+    # explicitly). Not among the 23-request set-ups of tests/real_captures.py.
+    "deltas": dict(extra_args=LOG_FLAGS + ["--enable-log-deltas"], request_logger_debug=True,
+                   scenarios=("scenario_long_streams",)),
 }
 # The first vLLM version that has what a set-up needs (others: every recorded build).
 MIN_VERSION = {"json": (0, 32), "jsondebug": (0, 32)}  # --logging-config.formatter json
@@ -221,7 +226,43 @@ def scenario_adversarial(base) -> list[dict]:
     return results
 
 
+def scenario_long_streams(base) -> list[dict]:
+    """Streaming-delta-heavy traffic: 16 streams of 200 tokens (EOS banned, so
+    every stream runs its full length), 4 at a time from 4 users, half with
+    usage in the stream. With the request logger at DEBUG and log deltas on,
+    every generated token is two log lines (details + output): ~6 400 delta
+    lines, what a busy streaming server writes (bench/replay_throughput.py
+    --capture deltas)."""
+    import threading
+
+    results: list = []
+    for wave in range(4):
+        jobs = []
+        for i in range(4):
+            user = f"streamer-{i}"
+            extra = {"stream_options": {"include_usage": True}} if i % 2 else {}
+            body = chat_body(f"Wave {wave}, stream {i}: write a long story about {user}.", user=user,
+                             max_tokens=200, stream=True, logit_bias={EOS_ID: -100}, **extra)
+            jobs.append((f"long_stream_{wave}_{i}", body))
+        wave_results: list = [None] * len(jobs)
+        barrier = threading.Barrier(len(jobs))
+
+        def worker(i, jobs=jobs, out=wave_results, barrier=barrier):
+            barrier.wait()
+            out[i] = run(base, jobs[i][0], jobs[i][1])
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        results.extend(wave_results)
+    return results
+
+
+# Every set-up's scenarios unless it names its own (SETUPS' "scenarios").
 SCENARIOS = (scenario_basic, scenario_concurrent, scenario_adversarial)
+NAMED_SCENARIOS = {s.__name__: s for s in (*SCENARIOS, scenario_long_streams)}
 
 
 def middleware_available(python: str) -> str | None:
@@ -244,7 +285,7 @@ def record_setup(name: str, out: Path, model_dir: Path, python: str, version: st
     kwargs = dict(SETUPS[name])
     env = {}
     wanted = kwargs.pop("scenarios", None)
-    scenarios = [s for s in SCENARIOS if wanted is None or s.__name__ in wanted]
+    scenarios = list(SCENARIOS) if wanted is None else [NAMED_SCENARIOS[n] for n in wanted]
     if kwargs.pop("engine", False):
         engine_file = setup_dir / "engine.jsonl"
         engine_file.unlink(missing_ok=True)
