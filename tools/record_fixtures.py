@@ -179,16 +179,11 @@ def scenario_basic(base) -> list[dict]:
     ]
 
 
-def scenario_concurrent(base) -> list[dict]:
-    """6 requests from 3 users at once, half streaming, so log lines interleave."""
+def run_together(base, jobs: list[tuple[str, dict]]) -> list[dict]:
+    """Send ``jobs`` (scenario name, body) at the same instant, one thread
+    each, so their log lines interleave; results in job order."""
     import threading
 
-    jobs = []
-    for i in range(6):
-        user = ("alice", "bob", "carol")[i % 3]
-        body = chat_body(f"Request {i} from {user}: tell me a story.", user=user,
-                         max_tokens=24, stream=bool(i % 2))
-        jobs.append((f"concurrent_{i}_{user}", body))
     results: list = [None] * len(jobs)
     barrier = threading.Barrier(len(jobs))
 
@@ -202,6 +197,17 @@ def scenario_concurrent(base) -> list[dict]:
     for t in threads:
         t.join()
     return results
+
+
+def scenario_concurrent(base) -> list[dict]:
+    """6 requests from 3 users at once, half streaming, so log lines interleave."""
+    jobs = []
+    for i in range(6):
+        user = ("alice", "bob", "carol")[i % 3]
+        body = chat_body(f"Request {i} from {user}: tell me a story.", user=user,
+                         max_tokens=24, stream=bool(i % 2))
+        jobs.append((f"concurrent_{i}_{user}", body))
+    return run_together(base, jobs)
 
 
 def scenario_adversarial(base) -> list[dict]:
@@ -233,8 +239,6 @@ def scenario_long_streams(base) -> list[dict]:
     every generated token is two log lines (details + output): ~6 400 delta
     lines, what a busy streaming server writes (bench/replay_throughput.py
     --capture deltas)."""
-    import threading
-
     results: list = []
     for wave in range(4):
         jobs = []
@@ -244,19 +248,7 @@ def scenario_long_streams(base) -> list[dict]:
             body = chat_body(f"Wave {wave}, stream {i}: write a long story about {user}.", user=user,
                              max_tokens=200, stream=True, logit_bias={EOS_ID: -100}, **extra)
             jobs.append((f"long_stream_{wave}_{i}", body))
-        wave_results: list = [None] * len(jobs)
-        barrier = threading.Barrier(len(jobs))
-
-        def worker(i, jobs=jobs, out=wave_results, barrier=barrier):
-            barrier.wait()
-            out[i] = run(base, jobs[i][0], jobs[i][1])
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        results.extend(wave_results)
+        results.extend(run_together(base, jobs))
     return results
 
 
