@@ -4,11 +4,12 @@ by the retention record its manifest holds."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from exporter.archive import manifest as mf
 from exporter.archive.layout import data_name
+from exporter.record import parse_ts_or_none
 
 from .problems import MANIFEST_MISMATCH, TRUNCATED, Problem
 
@@ -53,14 +54,11 @@ def unexplained_deletion(day: str, m: dict) -> str | None:
         return ("data file is gone but its manifest holds no retention record (deleted by hand "
                 "or by an attacker, or by an exporter that did not yet record its deletions)")
     at, days = rec.get("at"), rec.get("delete_after_days")
-    try:
-        when = datetime.fromisoformat(str(at).replace("Z", "+00:00"))
-    except ValueError:
-        when = None
+    when = parse_ts_or_none(at)  # the archive's one time reader (retention writes format_ts)
     if rec.get("deleted") not in (data_name(day), data_name(day) + ".gz") or when is None \
             or not isinstance(days, int) or days < 1:
         return f"data file is gone and its manifest's retention record is malformed: {rec!r}"
-    if day >= (when - timedelta(days=days)).astimezone(timezone.utc).strftime("%Y-%m-%d"):
+    if day >= datetime.fromtimestamp(when - days * 86400, tz=timezone.utc).strftime("%Y-%m-%d"):
         return (f"data file is gone, but retention at {at} with delete_after_days={days} would not "
                 "have deleted this day")
     return None
