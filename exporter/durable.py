@@ -12,9 +12,12 @@ exports, retention, the user-label key).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750  # archive, state and dead-letter directories (docs/compliance.md)
@@ -100,17 +103,36 @@ def append_durable(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         fsync_dir(Path(path).parent)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename, durable, ``mode``.
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only when the block ends without an
+    exception: written to ``.<name>.tmp`` beside it, fsynced, renamed over
+    ``path``, the directory fsynced. On an exception the temp file is removed
+    and ``path`` is untouched. For writers that stream (exports, retention's
+    gzip); :func:`write_atomic` for bytes in hand.
 
     chmod after create so a permissive umask cannot widen the mode.
     """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)
-        write_fully(fd, data)
-    finally:
-        os.close(fd)
+        with os.fdopen(fd, "wb") as fh:
+            fd = -1  # the file object owns it now
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``data`` to ``path`` via a temp file + rename, durable, ``mode``."""
+    with atomic_file(path, mode) as fh:
+        fh.write(data)

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import hmac
 import json
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -31,9 +30,9 @@ from pathlib import Path
 from exporter.chain import HMAC_PREFIX, KeyLoadError, load_key
 from exporter.archive import manifest as mf
 from exporter.archive.layout import iter_lines, list_days
-from exporter.durable import DirError, fsync_dir, usable_dir
+from exporter.durable import DirError, atomic_file, usable_dir, write_atomic
 from exporter.cost import Pricing, engine_seconds
-from exporter.record import RECORD_FIELDS, dumps_line
+from exporter.record import RECORD_FIELDS, dumps_line, parse_ts_or_none
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Next to the tokens: the request's share of engine time and its cost at the
@@ -62,13 +61,7 @@ def parse_time(text: str) -> float:
 
 
 def _ts(rec: dict) -> float | None:
-    ts = rec.get("ts")
-    if not isinstance(ts, str):
-        return None
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_ts_or_none(rec.get("ts"))
 
 
 # Keys whose values are protocol, not something anyone wrote ("role":"user").
@@ -232,19 +225,10 @@ def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: b
                 pricing: Pricing | None = None) -> int:
     """``proven``: (archive root, list the written records are collected in)
     when the proof file is to be written."""
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    os.fchmod(fd, 0o640)  # exports hold prompts: same mode as the archive
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            sink = _Sink(raw, key)
-            count = write_records(records, sink, fmt, bom, pricing)
-            raw.flush()
-            os.fsync(raw.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    # exports hold prompts: same mode as the archive
+    with atomic_file(path, 0o640) as raw:
+        sink = _Sink(raw, key)
+        count = write_records(records, sink, fmt, bom, pricing)
     side = [(path.with_name(path.name + ".sha256"), f"{sink.sha.hexdigest()}  {path.name}\n")]
     if proven is not None:
         from exporter.transparency.proof import bundle, dumps
@@ -253,11 +237,8 @@ def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: b
             side.append((path.with_name(path.name + ".proof.json"), dumps(doc)))
     if sink.mac is not None:
         side.append((path.with_name(path.name + ".hmac"), f"{HMAC_PREFIX}{sink.mac.hexdigest()}  {path.name}\n"))
-    for side_path, text in side:
-        with open(side_path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(side_path, 0o640)
-    fsync_dir(path.parent)
+    for side_path, text in side:  # each durable too: a checksum without its file proves nothing
+        write_atomic(side_path, text.encode("utf-8"), 0o640)
     return count
 
 

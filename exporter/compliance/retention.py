@@ -18,7 +18,6 @@ next run deletes it).
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from exporter.archive import manifest as mf
 from exporter.archive.layout import list_days
-from exporter.durable import fsync_dir
+from exporter.durable import atomic_file, fsync_dir
 from exporter.record import format_ts
 
 
@@ -51,17 +50,10 @@ def _cutoff(now: float, days: int) -> str:
 
 def _gzip(src: Path, mode: int) -> Path:
     dst = src.with_name(src.name + ".gz")
-    tmp = src.with_name(f".{dst.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    os.fchmod(fd, mode)
-    with open(src, "rb") as fin, os.fdopen(fd, "wb") as raw:
+    with open(src, "rb") as fin, atomic_file(dst, mode) as raw:
         # mtime=0: the .gz bytes depend only on the content (reproducible).
         with gzip.GzipFile(filename=src.name, mode="wb", fileobj=raw, mtime=0) as gz:
             shutil.copyfileobj(fin, gz, 1 << 20)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, dst)
-    fsync_dir(src.parent)
     src.unlink()
     fsync_dir(src.parent)
     return dst
