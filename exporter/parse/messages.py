@@ -112,6 +112,7 @@ from exporter.parse.pyrepr import (
     decode_literal,
 )
 from exporter.parse.fields import fields, ids_or_none, lora_name, sampling_params, str_or_none
+from exporter.parse.fast import scan as _scan
 from exporter.parse.rust import is_rust, rust_event
 from exporter.parse.startup import STARTUP_FILES, startup_event
 
@@ -156,6 +157,15 @@ _STREAM = {"": "", " (streaming delta)": "delta", " (streaming complete)": "comp
 
 def parse_line(text: str, *, logging_prefix: str = "", continued: bool = False) -> Event | Ignored:
     """Parse one physical line; see the module docstring for every rule."""
+    if _scan is not None and not logging_prefix and not continued:
+        # The C accelerator answers only for lines it is certain of (the
+        # Python result, exactly); None sends the line down the Python path.
+        try:
+            found = _scan(text)
+        except Exception:  # noqa: BLE001 - never worse than the Python path
+            found = None
+        if found is not None:
+            return found
     try:
         return _parse(text, logging_prefix, continued)
     except Exception:  # noqa: BLE001 - a parser bug must not stop ingestion

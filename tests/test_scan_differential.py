@@ -1,0 +1,202 @@
+"""The C accelerator (exporter/parse/_scan.c) and the pure-Python parser give
+identical results: on every line of every real capture and format fixture,
+and on hostile, mutated and truncated lines (hypothesis).
+
+``_scan.scan(text)`` may decline (None: the Python path decides); whenever it
+answers, its Event must equal the Python one exactly: same kind, id, time and
+data, same key order, same value types (``repr`` is compared too, so ``1``
+and ``True`` differ). Where a C compiler exists the extension must have been
+built (``pip install -e .`` builds it): a missing one fails here, it is not
+skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hyp import examples
+
+from exporter.events import Ignored
+from exporter.parse import fast, messages
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_LOGS = sorted(FIXTURES.glob("vllm-*/*/vllm.log")) + sorted((FIXTURES / "formats").glob("*.log"))
+# Lines as the tailer hands them: split on "\n", trailing "\r"s removed,
+# invalid UTF-8 replaced; RAW_LINES keep their "\r" (parse_line's input too).
+RAW_LINES = [line for path in REAL_LOGS for line in path.read_bytes().decode("utf-8", "replace").split("\n")]
+REAL_LINES = [line.rstrip("\r") for line in RAW_LINES]
+HAVE_CC = any(shutil.which(cc) for cc in (os.environ.get("CC") or "cc", "gcc", "cc"))
+FUZZ = settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _load_scan():
+    try:
+        from exporter.parse import _scan
+    except ImportError:
+        return None
+    return _scan
+
+
+_scan_mod = _load_scan()
+
+
+def reference(text: str):
+    """The pure-Python parser, whatever fast path is configured."""
+    try:
+        return messages._parse(text, "", False)
+    except Exception:  # noqa: BLE001 - the same last-resort guard as parse_line
+        return Ignored("internal_error")
+
+
+def c_result(text: str):
+    assert _scan_mod is not None, "exporter.parse._scan is not built (a C compiler exists: pip install -e . builds it)"
+    fast.load()  # idempotent: configures the module
+    return _scan_mod.scan(text)
+
+
+def same(text: str) -> bool:
+    """C and Python agree on ``text``; True when C answered (did not decline)."""
+    got = c_result(text)
+    if got is None:
+        return False
+    want = reference(text)
+    assert got == want, text
+    assert repr(got) == repr(want), text
+    assert list(got.data) == list(want.data), text
+    return True
+
+
+def test_extension_is_built_where_a_compiler_exists():
+    if HAVE_CC:
+        assert _scan_mod is not None, "a C compiler exists but exporter.parse._scan was not built"
+        assert fast.IMPLEMENTATION == ("python" if os.environ.get(fast.ENV, "") not in ("", "0") else "c")
+    else:
+        assert fast.IMPLEMENTATION == "python"
+
+
+def test_env_switch_forces_pure_python():
+    code = "from exporter.parse import fast, messages; print(fast.IMPLEMENTATION, messages._scan is None)"
+    for value, want in (("1", "python True"), ("0", "c False" if _scan_mod else "python True")):
+        env = {**os.environ, fast.ENV: value, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == want.split()
+
+
+def test_every_real_capture_line_is_identical():
+    answered = 0
+    for line in REAL_LINES + RAW_LINES:
+        answered += same(line)
+        # and parse_line (whatever path it takes) is the reference
+        assert repr(messages.parse_line(line)) == repr(reference(line))
+    # the fast path must actually carry the common lines, not decline them all
+    assert answered > len(REAL_LINES) // 3, (answered, len(REAL_LINES))
+    # (a capture's share of request-log lines is about half; the rest is start-up)
+
+
+def test_the_common_kinds_are_answered_in_c():
+    kinds = set()
+    for line in REAL_LINES:
+        got = c_result(line)
+        if got is not None:
+            kinds.add(got.kind)
+    assert kinds >= {"output", "output_details", "added", "finished", "details", "received"}, kinds
+
+
+H = "(APIServer pid=9141) {level} 11-22 02:27:09 [{file}] "
+RL = H.format(level="INFO", file="request_logger.py:108")
+ENG = H.format(level="INFO", file="async_llm.py:578")
+SP = "SamplingParams(n=1, temperature=0.7, top_p=1.0, stop=['a, b'], max_tokens=16, structured_outputs=None)"
+TEMPLATES = (
+    RL + "Generated response {rid}: output: {lit}, finish_reason: stop",
+    RL + "Generated response {rid} (streaming delta): output: {lit}, finish_reason: None",
+    RL + "Generated response {rid} (streaming complete): output: {lit}, output_token_ids: [1, 2, 30], finish_reason: length",
+    RL + "Generated response {rid} (streaming delta) details: output_token_ids: [{n}]",
+    RL + "Generated response {rid} details: output_token_ids: None",
+    RL + "Request {rid} details: prompt: {lit}, prompt_token_ids: [{n}, 7], prompt_embeds shape: None.",
+    RL + "Received request {rid}: prompt: {lit}, params: " + SP + ", prompt_token_ids: [{n}], lora_request: None.",
+    RL + "Received request {rid}: params: " + SP + ", lora_request: None.",
+    ENG + "Added request {rid}.",
+    ENG + "Finished request {rid}.",
+)
+# Everything a prompt can carry that a parser could trip on: quotes,
+# backslashes and escapes, a whole fake log line, NUL, ESC, CR, U+FFFD (what
+# the tailer makes of invalid UTF-8), surrogates, astral and combining text.
+HOSTILE = st.sampled_from([
+    "'", '"', "\\", "\\'", '\\"', "\\n", "\\x41", "\\x4", "\\u00e9", "\\ud800", "\\U0001f600", "\\U00110000",
+    "\\101", "\\q", "\\N{DASH}", ", finish_reason: stop", "', finish_reason: stop", ": output: 'x'",
+    "\n" + ENG + "Finished request evil.", RL + "Generated response evil: output: 'x', finish_reason: stop",
+    "Received request evil: params: " + SP, "\x00", "\x1b[31m", "\r", "\ufffd", "\ud83d", "\U0001f600",
+    "e\u0301", "\u2028", "\xa0", "\u0663", "中文", " ", "(", ")", "[", "]", "{", "}", ",", ".", "None",
+])
+TEXT = st.lists(st.one_of(HOSTILE, st.text(max_size=8)), max_size=8).map("".join)
+RID = st.one_of(st.sampled_from(["chatcmpl-86a1", "cmpl-1-0", "a:", "a:b", "x" * 2050, "id\u00e9", "i\td", "i d"]),
+                st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=30))
+
+
+@st.composite
+def literal(draw):
+    body = draw(TEXT)
+    if draw(st.booleans()):
+        return repr(body)  # what vLLM writes
+    return draw(st.sampled_from(["'", '"'])) + body + draw(st.sampled_from(["'", '"', ""]))  # raw, maybe broken
+
+
+@FUZZ
+@given(st.sampled_from(TEMPLATES), RID, literal(), st.integers(0, 10**20))
+def test_hostile_values_in_real_shapes(template, rid, lit, n):
+    line = template.format(rid=rid, lit=lit, n=n)
+    same(line)
+    for cut in (len(line) - 1, len(line) // 2, len(line) - len(lit) // 2):
+        same(line[:cut])  # truncated lines
+
+
+@FUZZ
+@given(st.sampled_from(TEMPLATES), literal())
+def test_well_formed_lines_are_answered(template, lit):
+    """vLLM's own reprs of any text take the C path (and agree)."""
+    line = template.format(rid="chatcmpl-1", lit=lit, n=5)
+    answered = same(line)
+    if _is_repr(lit):  # repr() writes no escape the C path leaves to Python
+        assert answered, line
+
+
+def _is_repr(lit: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "invalid escape sequence" of a broken literal
+        try:
+            value = ast.literal_eval(lit)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return False
+    return isinstance(value, str) and repr(value) == lit
+
+
+@FUZZ
+@given(st.sampled_from([line for line in REAL_LINES if line]),
+       st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 2), HOSTILE), max_size=4))
+def test_mutations_of_real_lines(line, edits):
+    for position, op, text in edits:
+        p = position % (len(line) + 1)
+        if op == 0:
+            line = line[:p] + text + line[p:]
+        elif op == 1:
+            line = line[:p] + line[p + 1 :]
+        else:
+            line = line[:p] + text + line[p + len(text):]
+    same(line)
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_arbitrary_text_after_a_header(tail):
+    for head in (RL + "Generated response ", RL + "Received request ", RL + "Request ", ENG + "Added request ",
+                 ENG + "Finished request "):
+        same(head + tail)
