@@ -25,6 +25,8 @@
 static PyObject *g_event;        /* exporter.events.Event */
 static PyObject *g_header_fn;    /* text -> (Header, end) | None */
 static PyObject *g_params_fn;    /* sampling_params(s, f) */
+static PyObject *g_body_fn;      /* body_line.body_event(s, start, rid, when) */
+static PyObject *g_access;       /* ACCESS */
 static PyObject *g_kinds[5];     /* OUTPUT, OUTPUT_DETAILS, ADDED, FINISHED, DETAILS */
 static PyObject *g_received;     /* RECEIVED */
 static PyObject *g_headers;      /* dict: header text -> Header */
@@ -579,11 +581,70 @@ static PyObject *dispatch(const Line *L, Py_ssize_t m, PyObject *h) {
     if (starts(L, m, "Request ") && file_is(file, REQUEST_LOGGER_FILES)) {
         Py_ssize_t i = m + 8, k = i;
         while (k < L->n && k < i + 2048 && is_graph(CH(L, k))) k++;
-        if (k == i || k >= L->n || k >= i + 2048 || CH(L, k) != ' ' || !starts(L, k, " details: ")) return DECLINE;
+        if (k == i || k >= L->n || k >= i + 2048 || CH(L, k) != ' ') return DECLINE;
+        int is_details = starts(L, k, " details: ");
+        if (!is_details && !starts(L, k, " JSON body: ")) return DECLINE;
         PyObject *rid = PyUnicode_Substring(L->s, i, k);
-        return rid ? details(L, k + 10, rid, when) : NULL;
+        if (!rid) return NULL;
+        if (is_details) return details(L, k + 10, rid, when);
+        /* the JSON decoding and type checks are Python's (one implementation) */
+        PyObject *start = PyLong_FromSsize_t(k + 12);
+        PyObject *r = start ? PyObject_CallFunctionObjArgs(g_body_fn, L->s, start, rid, when, NULL) : NULL;
+        Py_XDECREF(start);
+        Py_DECREF(rid);
+        return r;
     }
     return DECLINE;
+}
+
+/* A uvicorn access line, "[(NAME pid=N) ]LEVEL:   CLIENT - "METHOD PATH
+ * HTTP/V" STATUS...": what _parse returns when the header regex fails (it
+ * must: LEVEL is followed by ":") and header.access_fields matches. */
+static PyObject *access_line(const Line *L) {
+    Py_ssize_t n = L->n, i = 0;
+    if (CH(L, 0) == '(') { /* header._strip_proc */
+        Py_ssize_t k = 1;
+        while (k < n && CH(L, k) != ')' && CH(L, k) != '(') k++;
+        if (k >= n || CH(L, k) != ')' || k + 2 > 100 || !starts(L, k, ") ")) return DECLINE;
+        Py_ssize_t d = k;
+        while (d - 1 > 0 && is_digit(CH(L, d - 1))) d--;
+        if (d == k || d - 5 <= 1 || !starts(L, d - 5, " pid=")) return DECLINE;
+        i = k + 2;
+    }
+    static const char *levels[] = {"DEBUG:", "INFO:", "WARNING:", "ERROR:", "CRITICAL:", "TRACE:"};
+    int found = 0;
+    for (int j = 0; j < 6; j++)
+        if (starts(L, i, levels[j])) { i += (Py_ssize_t)strlen(levels[j]); found = 1; break; }
+    if (!found) return DECLINE;
+    Py_ssize_t sp = i;
+    while (i < n && CH(L, i) == ' ') i++;
+    if (i == sp || i - sp > 9) return DECLINE;
+    Py_ssize_t ca = i;
+    while (i < n && is_graph(CH(L, i))) i++;
+    Py_ssize_t cb = i;
+    if (cb == ca || cb - ca > 300 || !starts(L, i, " - \"")) return DECLINE;
+    Py_ssize_t ma = i += 4;
+    while (i < n && CH(L, i) >= 'A' && CH(L, i) <= 'Z') i++;
+    Py_ssize_t mb = i;
+    if (mb == ma || mb - ma > 16 || i >= n || CH(L, i) != ' ') return DECLINE;
+    Py_ssize_t pa = ++i;
+    while (i < n && is_graph(CH(L, i))) i++;
+    Py_ssize_t pb = i;
+    if (pb == pa || pb - pa > 8192 || !starts(L, i, " HTTP/")) return DECLINE;
+    Py_ssize_t va = i += 6;
+    while (i < n && (is_digit(CH(L, i)) || CH(L, i) == '.')) i++;
+    if (i == va || i - va > 5 || !starts(L, i, "\" ")) return DECLINE;
+    i += 2;
+    if (i + 3 > n || !is_digit(CH(L, i)) || !is_digit(CH(L, i + 1)) || !is_digit(CH(L, i + 2))) return DECLINE;
+    if (i + 3 < n && (is_word(CH(L, i + 3)) || CH(L, i + 3) >= 128)) return DECLINE; /* \b */
+    int status = (int)(CH(L, i) - '0') * 100 + (int)(CH(L, i + 1) - '0') * 10 + (int)(CH(L, i + 2) - '0');
+    PyObject *data = Py_BuildValue("{sNsNsNsi}", "client", PyUnicode_Substring(L->s, ca, cb), "method",
+                                   PyUnicode_Substring(L->s, ma, mb), "path", PyUnicode_Substring(L->s, pa, pb),
+                                   "status", status);
+    if (!data) return NULL;
+    PyObject *r = PyObject_CallFunctionObjArgs(g_event, g_access, Py_None, Py_None, data, NULL);
+    Py_DECREF(data);
+    return r;
 }
 
 static PyObject *scan(PyObject *self, PyObject *text) {
@@ -593,7 +654,11 @@ static PyObject *scan(PyObject *self, PyObject *text) {
     /* clean(): a trailing \r or an ANSI escape is the Python path's */
     if (L.n < 2 || CH(&L, L.n - 1) == '\r' || PyUnicode_FindChar(text, 0x1b, 0, L.n, 1) != -1) Py_RETURN_NONE;
     Py_ssize_t m = header_end(&L);
-    if (m < 0) Py_RETURN_NONE;
+    if (m < 0) {
+        PyObject *r = access_line(&L);
+        if (!r && !PyErr_Occurred()) Py_RETURN_NONE;
+        return r;
+    }
     PyObject *h = header_for(&L, m);
     if (!h) {
         if (PyErr_Occurred()) return NULL;
@@ -608,10 +673,12 @@ static PyObject *scan(PyObject *self, PyObject *text) {
 }
 
 static PyObject *configure(PyObject *self, PyObject *args) {
-    PyObject *event, *header_fn, *params_fn, *out, *out_details, *added, *finished, *det, *rec;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &event, &header_fn, &params_fn, &out, &out_details, &added,
-                          &finished, &det, &rec))
+    PyObject *event, *header_fn, *params_fn, *body_fn, *out, *out_details, *added, *finished, *det, *rec, *acc;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO", &event, &header_fn, &params_fn, &body_fn, &out, &out_details,
+                          &added, &finished, &det, &rec, &acc))
         return NULL;
+    Py_XSETREF(g_body_fn, Py_NewRef(body_fn));
+    Py_XSETREF(g_access, Py_NewRef(acc));
     Py_XSETREF(g_event, Py_NewRef(event));
     Py_XSETREF(g_header_fn, Py_NewRef(header_fn));
     Py_XSETREF(g_params_fn, Py_NewRef(params_fn));
@@ -632,7 +699,7 @@ static PyObject *clear_cache(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "scan(text) -> Event | None (None: let the Python parser decide)"},
-    {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, *kinds)"},
+    {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds)"},
     {"clear_cache", clear_cache, METH_NOARGS, "forget the cached headers"},
     {NULL, NULL, 0, NULL},
 };
