@@ -60,7 +60,7 @@ def reference(text: str):
 
 def c_result(text: str):
     assert _scan_mod is not None, "exporter.parse._scan is not built (a C compiler exists: pip install -e . builds it)"
-    fast.load()  # idempotent: configures the module
+    fast.configure(_scan_mod)  # whatever VLLM_AUDIT_PURE_PYTHON says: this test compares both
     return _scan_mod.scan(text)
 
 
@@ -91,6 +91,24 @@ def test_env_switch_forces_pure_python():
         env = {**os.environ, fast.ENV: value, "PYTHONPATH": str(ROOT)}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.split() == want.split()
+
+
+GUARDS = ("tests/test_forgery_pipeline.py", "tests/test_records_real.py", "tests/test_hostile_input.py",
+          "tests/test_parse_formats.py")
+
+
+def test_guards_pass_on_the_other_path():
+    """The whole suite runs on the path this process selected; the security
+    and record guards run here once more on the other one."""
+    other = "0" if fast.IMPLEMENTATION == "python" else "1"
+    if other == "0" and _scan_mod is None:
+        assert not HAVE_CC  # nothing else to run: only the Python path exists here
+        return
+    env = {**os.environ, fast.ENV: other, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GUARDS], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout
 
 
 def test_every_real_capture_line_is_identical():
@@ -217,3 +235,14 @@ def test_arbitrary_text_after_a_header(tail):
     for head in (RL + "Generated response ", RL + "Received request ", RL + "Request ", ENG + "Added request ",
                  ENG + "Finished request "):
         same(head + tail)
+
+
+def test_parser_info_metric_names_the_active_path():
+    from prometheus_client import CollectorRegistry
+
+    from exporter.selfmetrics import SelfMetrics
+
+    reg = CollectorRegistry()
+    SelfMetrics(reg, sources=("vllm",))
+    assert reg.get_sample_value("vllm_audit_parser_info", {"implementation": fast.IMPLEMENTATION}) == 1
+    assert fast.IMPLEMENTATION == ("c" if _scan_mod is not None and not os.environ.get(fast.ENV) else "python")

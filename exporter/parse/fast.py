@@ -32,11 +32,17 @@ def load():
     try:
         from exporter.parse import _scan
 
-        _scan.configure(ev.Event, _header, sampling_params, body_event, ev.OUTPUT, ev.OUTPUT_DETAILS,
-                        ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS)
+        configure(_scan)
     except (ImportError, TypeError):  # not built, or a stale build of another version
         return None
     return _scan
+
+
+def configure(module) -> None:
+    """Hand the C module the Python pieces it calls back (the header rules,
+    SamplingParams, the JSON body) and the event kinds."""
+    module.configure(ev.Event, _header, sampling_params, body_event, ev.OUTPUT, ev.OUTPUT_DETAILS,
+                     ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS)
 
 
 def set_enabled(enabled: bool) -> None:
