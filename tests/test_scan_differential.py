@@ -246,3 +246,35 @@ def test_parser_info_metric_names_the_active_path():
     SelfMetrics(reg, sources=("vllm",))
     assert reg.get_sample_value("vllm_audit_parser_info", {"implementation": fast.IMPLEMENTATION}) == 1
     assert fast.IMPLEMENTATION == ("c" if _scan_mod is not None and not os.environ.get(fast.ENV) else "python")
+
+
+def test_no_reference_or_memory_leaks():
+    """A C extension that leaks a reference per line would grow without bound
+    in a sidecar that runs for months: none may (answers and declines alike)."""
+    import gc
+    import tracemalloc
+
+    from exporter import events as ev
+
+    lines = REAL_LINES + RAW_LINES + [line[: len(line) // 2] for line in REAL_LINES]
+    watched = (None, True, ev.OUTPUT, ev.OUTPUT_DETAILS, ev.RECEIVED, ev.DETAILS, ev.ADDED, ev.ACCESS, ev.BODY,
+               "", "delta", "complete")
+
+    def run():
+        for line in lines:
+            c_result(line)
+
+    run()
+    gc.collect()
+    refs = [sys.getrefcount(x) for x in watched]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            run()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert [sys.getrefcount(x) for x in watched] == refs
+    assert grown < 64 * 1024, grown

@@ -650,9 +650,15 @@ static PyObject *access_line(const Line *L) {
 static PyObject *scan(PyObject *self, PyObject *text) {
     if (!g_event) { PyErr_SetString(PyExc_RuntimeError, "_scan.configure() not called"); return NULL; }
     if (!PyUnicode_CheckExact(text)) Py_RETURN_NONE;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0) return NULL;
+#endif
     Line L = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), text};
     /* clean(): a trailing \r or an ANSI escape is the Python path's */
-    if (L.n < 2 || CH(&L, L.n - 1) == '\r' || PyUnicode_FindChar(text, 0x1b, 0, L.n, 1) != -1) Py_RETURN_NONE;
+    if (L.n < 2 || CH(&L, L.n - 1) == '\r') Py_RETURN_NONE;
+    Py_ssize_t esc = PyUnicode_FindChar(text, 0x1b, 0, L.n, 1);
+    if (esc == -2) return NULL;
+    if (esc != -1) Py_RETURN_NONE;
     Py_ssize_t m = header_end(&L);
     if (m < 0) {
         PyObject *r = access_line(&L);
