@@ -80,6 +80,7 @@ def same(text: str) -> bool:
 def test_extension_is_built_where_a_compiler_exists():
     if HAVE_CC:
         assert _scan_mod is not None, "a C compiler exists but exporter.parse._scan was not built"
+        assert not fast.stale(_scan_mod), "exporter.parse._scan was built from an older _scan.c: rebuild it"
         assert fast.IMPLEMENTATION == ("python" if os.environ.get(fast.ENV, "") not in ("", "0") else "c")
     else:
         assert fast.IMPLEMENTATION == "python"

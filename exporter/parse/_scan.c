@@ -710,7 +710,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__scan(void) {
     PyObject *mod = PyModule_Create(&module);
@@ -731,5 +731,10 @@ PyMODINIT_FUNC PyInit__scan(void) {
     KEY(g_info[1], "delta");
     KEY(g_info[2], "complete");
     if (!g_headers) return NULL;
+#ifndef SCAN_SOURCE_SHA256
+#define SCAN_SOURCE_SHA256 ""
+#endif
+    /* setup.py compiles in the source's digest: fast.stale() compares it */
+    if (PyModule_AddStringConstant(mod, "SOURCE_SHA256", SCAN_SOURCE_SHA256) < 0) return NULL;
     return mod;
 }

@@ -11,7 +11,9 @@ says which (``c`` or ``python``; exported as ``vllm_audit_parser_info``).
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 from exporter import events as ev
 from exporter.parse.body_line import body_event
@@ -32,10 +34,23 @@ def load():
     try:
         from exporter.parse import _scan
 
+        if stale(_scan):
+            return None
         configure(_scan)
     except (ImportError, TypeError):  # not built, or a stale build of another version
         return None
     return _scan
+
+
+def stale(module) -> bool:
+    """A checkout's module built from another version of ``_scan.c`` (an
+    installed package ships no source: nothing to compare)."""
+    source = Path(__file__).with_name("_scan.c")
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return getattr(module, "SOURCE_SHA256", "") != digest
 
 
 def configure(module) -> None:
