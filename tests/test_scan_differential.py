@@ -279,3 +279,15 @@ def test_no_reference_or_memory_leaks():
         tracemalloc.stop()
     assert [sys.getrefcount(x) for x in watched] == refs
     assert grown < 64 * 1024, grown
+
+
+@FUZZ
+@given(st.sampled_from([line for line in REAL_LINES if line]), st.integers(0, 100_000), st.binary(max_size=12))
+def test_invalid_utf8_as_the_tailer_decodes_it(line, position, junk):
+    """Bytes spliced into a real line (invalid UTF-8, NUL, a cut multi-byte
+    character), decoded as exporter/tail does it (errors replaced)."""
+    raw = line.encode("utf-8")
+    p = position % (len(raw) + 1)
+    text = (raw[:p] + junk + raw[p:]).decode("utf-8", "replace")
+    same(text)
+    same((raw[:p]).decode("utf-8", "replace"))  # a line cut at any byte
