@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hyp import examples
 
-from exporter.events import Event, Ignored
+from exporter.events import Event
 from exporter.parse import fast, messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +52,30 @@ _scan_mod = _load_scan()
 
 def reference(text: str):
     """The pure-Python parser, whatever fast path is configured."""
+    saved = fast.scan, fast.dispatch
+    fast.scan = fast.dispatch = None
     try:
-        return messages._parse(text, "", False)
-    except Exception:  # noqa: BLE001 - the same last-resort guard as parse_line
-        return Ignored("internal_error")
+        return messages.parse_line(text)
+    finally:
+        fast.scan, fast.dispatch = saved
+
+
+def with_c(text: str):
+    """parse_line with the C accelerator on, whatever VLLM_AUDIT_PURE_PYTHON says."""
+    assert _scan_mod is not None, "exporter.parse._scan is not built (a C compiler exists: pip install -e . builds it)"
+    fast.configure(_scan_mod)
+    saved = fast.scan, fast.dispatch
+    fast.scan, fast.dispatch = _scan_mod.scan, _scan_mod.dispatch
+    try:
+        return messages.parse_line(text)
+    finally:
+        fast.scan, fast.dispatch = saved
+
+
+def same_line(text: str) -> None:
+    """The whole of parse_line agrees with and without C (JSON lines included)."""
+    got, want = with_c(text), reference(text)
+    assert got == want and repr(got) == repr(want), text
 
 
 def c_result(text: str):
@@ -74,6 +94,7 @@ def same(text: str) -> bool:
     assert repr(got) == repr(want), text
     if isinstance(want, Event):
         assert list(got.data) == list(want.data), text
+    assert repr(with_c(text)) == repr(want), text
     return True
 
 
@@ -116,11 +137,33 @@ def test_every_real_capture_line_is_identical():
     answered = 0
     for line in REAL_LINES + RAW_LINES:
         answered += same(line)
-        # and parse_line (whatever path it takes) is the reference
-        assert repr(messages.parse_line(line)) == repr(reference(line))
+        same_line(line)
     # the fast path must actually carry the common lines, not decline them all
     assert answered > len(REAL_LINES) // 3, (answered, len(REAL_LINES))
     # (a capture's share of request-log lines is about half; the rest is start-up)
+
+
+JSON_LINES = [line for line in REAL_LINES if line.startswith("{")]
+
+
+def test_json_formatter_messages_are_identical():
+    from exporter.parse.header import json_header
+
+    answered = 0
+    for line in JSON_LINES:
+        same_line(line)
+        obj = json.loads(line)
+        header = json_header(obj) if isinstance(obj, dict) else None
+        if header is None or not isinstance(obj.get("message"), str):
+            continue
+        message = obj["message"].split("\n", 1)[0]
+        fast.configure(_scan_mod)
+        got = _scan_mod.dispatch(message, header)
+        if got is not None:
+            answered += 1
+            want = messages._dispatch(message, 0, header)
+            assert repr(got) == repr(want), line
+    assert len(JSON_LINES) > 100 and answered > len(JSON_LINES) // 4, (answered, len(JSON_LINES))
 
 
 def test_the_common_kinds_are_answered_in_c():
@@ -193,6 +236,16 @@ def test_hostile_values_in_real_shapes(template, rid, lit, n):
     same(line)
     for cut in (len(line) - 1, len(line) // 2, len(line) - len(lit) // 2):
         same(line[:cut])  # truncated lines
+
+
+@FUZZ
+@given(st.sampled_from(TEMPLATES), RID, literal(), st.integers(0, 10**20),
+       st.sampled_from(["vllm.entrypoints.logger", "vllm.v1.engine.async_llm", "vllm.other"]))
+def test_hostile_messages_of_the_json_formatter(template, rid, lit, n, name):
+    message = template.format(rid=rid, lit=lit, n=n).split("] ", 1)[-1]
+    obj = {"asctime": "2026-11-22 10:00:00,123", "levelname": "INFO", "name": name, "message": message}
+    same_line(json.dumps(obj))
+    same_line(json.dumps(obj, ensure_ascii=False)[:-3])
 
 
 @FUZZ

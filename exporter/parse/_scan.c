@@ -678,6 +678,25 @@ static PyObject *scan(PyObject *self, PyObject *text) {
     return r;
 }
 
+/* dispatch(message, header): messages._dispatch(message, 0, header) for a
+ * message whose header came from elsewhere (the JSON formatter's object). */
+static PyObject *dispatch_message(PyObject *self, PyObject *args) {
+    PyObject *text, *h;
+    if (!g_event) { PyErr_SetString(PyExc_RuntimeError, "_scan.configure() not called"); return NULL; }
+    if (!PyArg_ParseTuple(args, "UO", &text, &h)) return NULL;
+    if (!PyUnicode_CheckExact(text) || !PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 3) Py_RETURN_NONE;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0) return NULL;
+#endif
+    Line L = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), text};
+    if (L.n < 2) Py_RETURN_NONE;
+    Py_INCREF(h);
+    PyObject *r = dispatch(&L, 0, h);
+    Py_DECREF(h);
+    if (!r && !PyErr_Occurred()) Py_RETURN_NONE;
+    return r;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *event, *header_fn, *params_fn, *body_fn, *out, *out_details, *added, *finished, *det, *rec, *acc;
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOO", &event, &header_fn, &params_fn, &body_fn, &out, &out_details,
@@ -705,6 +724,8 @@ static PyObject *clear_cache(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "scan(text) -> Event | None (None: let the Python parser decide)"},
+    {"dispatch", dispatch_message, METH_VARARGS,
+     "dispatch(message, header) -> Event | Ignored | None (a message without its header line)"},
     {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds)"},
     {"clear_cache", clear_cache, METH_NOARGS, "forget the cached headers"},
     {NULL, NULL, 0, NULL},

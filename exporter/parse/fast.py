@@ -2,7 +2,8 @@
 accelerator (``exporter/parse/_scan.c``) or none (pure Python).
 
 ``scan(text)`` returns what the Python parser returns for the common
-request-log lines, or None, and the caller then runs the Python parser,
+request-log lines (``dispatch(message, header)`` the same for a JSON-formatter
+message), or None, and the caller then runs the Python parser,
 which remains the reference and the only path for every other line. The
 accelerator is used when it was built (``pip install`` builds it where a C
 compiler exists) unless ``VLLM_AUDIT_PURE_PYTHON=1``; ``IMPLEMENTATION``
@@ -62,12 +63,13 @@ def configure(module) -> None:
 
 def set_enabled(enabled: bool) -> None:
     """Switch the accelerator on (when built) or off, for benchmarks and tests."""
-    global scan, IMPLEMENTATION
+    global scan, dispatch, IMPLEMENTATION
     module = load() if enabled else None
     scan = None if module is None else module.scan
+    dispatch = None if module is None else module.dispatch
     IMPLEMENTATION = "python" if scan is None else "c"
 
 
-scan = None
+scan = dispatch = None
 IMPLEMENTATION = "python"
 set_enabled(True)

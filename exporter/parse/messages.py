@@ -378,7 +378,15 @@ def _parse_json(text: str) -> Event | Ignored:
     if "\n" in message:
         # Only an exception text is multi-line; its first line is all we read.
         message = message.split("\n", 1)[0]
-    result = _dispatch(message, 0, header)
+    result = None
+    dispatch = fast.dispatch
+    if dispatch is not None:
+        try:
+            result = dispatch(message, header)
+        except Exception:  # noqa: BLE001 - never worse than the Python path
+            result = None
+    if result is None:
+        result = _dispatch(message, 0, header)
     if result.__class__ is Event and result.kind == ev.STARTUP and isinstance(obj.get("process"), int):
         result.data["pid"] = obj["process"]
     return result
