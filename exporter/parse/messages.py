@@ -106,8 +106,8 @@ from exporter.parse.engine_line import ENGINE_TYPES, MALFORMED_ENGINE, engine_ev
 from exporter.parse.middleware_line import MALFORMED, MIDDLEWARE_TYPES, middleware_event
 from exporter.parse import fast
 from exporter.parse.body_line import body_event
-from exporter.parse.fields import fields, lora_name, sampling_params, str_or_none, ids_or_none
 from exporter.parse.output_line import generated
+from exporter.parse.prompt_line import details, received
 from exporter.parse.pyrepr import ReprError
 from exporter.parse.untrusted import clean_text
 from exporter.parse.rust import is_rust, rust_event
@@ -126,8 +126,6 @@ _STATS = Ignored("stats")
 _CONT = Ignored("continuation")
 _TRACE = Ignored("traceback")
 _NOT_REQ = Ignored("not_request_log")
-_BAD_RECEIVED = Ignored("malformed_received")
-_BAD_DETAILS = Ignored("malformed_details")
 
 _TRACEBACK_STARTS = (
     "Traceback (most recent call last)",
@@ -190,7 +188,7 @@ def _parse(text: str, logging_prefix: str, continued: bool) -> Event | Ignored:
 def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     """Route the message at ``s[m:]`` by its opening words, checking the logger file."""
     if s.startswith("Received request ", m):
-        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
+        return received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
     if s.startswith("Generated response ", m):
         return generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
     if s.startswith("Request ", m):
@@ -254,15 +252,6 @@ def _no_space(t: str) -> bool:
     return _ID.fullmatch(t) is not None
 
 
-def _take_id(s: str, i: int, sep: str) -> tuple[str, int] | None:
-    """Id running from ``i`` to ``sep`` (bounded search); returns (id, position of sep)."""
-    k = s.find(sep, i, i + 2048)
-    if k <= i:
-        return None
-    rid = s[i:k]
-    return (rid, k) if _no_space(rid) else None
-
-
 # -- request logger -----------------------------------------------------------
 
 
@@ -274,7 +263,7 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
     if s.startswith(" details: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
             return _other_file(s, i - 8, h)
-        return _details(s, k + 10, rid, h)
+        return details(s, k + 10, rid, h)
     if s.startswith(" JSON body: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
             return _other_file(s, i - 8, h)
@@ -303,46 +292,6 @@ def _failure_reason(rest: str) -> str:
         if close > 0:
             return r[1:close] + r[close + 1 :]
     return r
-
-
-def _prompt_fields(s: str, f: dict[str, tuple[int, int]], data: dict) -> None:
-    if "prompt" in f:
-        data["prompt"] = str_or_none(s, f["prompt"])
-    if "prompt_token_ids" in f:
-        ids, count = ids_or_none(s, f["prompt_token_ids"])
-        data["prompt_token_ids"] = ids
-        data["prompt_token_count"] = count
-
-
-def _received(s: str, i: int, h: Header) -> Event | Ignored:
-    found = _take_id(s, i, ": ")
-    if found is None or not s.endswith("."):
-        return _BAD_RECEIVED
-    rid, k = found
-    try:
-        f = fields(s, k + 2, len(s) - 1)
-        data: dict = {"params": sampling_params(s, f) if "params" in f else {}}
-        _prompt_fields(s, f, data)
-        lora = f.get("lora_request")
-        if lora is not None:
-            name = lora_name(s, lora)
-            if name is not None:
-                data["lora_name"] = name
-    except ReprError:
-        return _BAD_RECEIVED
-    return Event(ev.RECEIVED, rid, h.when, data)
-
-
-def _details(s: str, i: int, rid: str, h: Header) -> Event | Ignored:
-    if not s.endswith("."):
-        return _BAD_DETAILS
-    try:
-        f = fields(s, i, len(s) - 1)
-        data: dict = {}
-        _prompt_fields(s, f, data)
-    except ReprError:
-        return _BAD_DETAILS
-    return Event(ev.DETAILS, rid, h.when, data)
 
 
 # -- JSON lines: vLLM's JSON formatter (our middleware line: middleware_line) --
