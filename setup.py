@@ -13,8 +13,12 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "exporter/parse/_scan.c"
-DIGEST = hashlib.sha256((Path(__file__).resolve().parent / SOURCE).read_bytes()).hexdigest()
+HERE = Path(__file__).resolve().parent
+# One translation unit: _scan.c includes its _scan_*.h parts. The digest
+# covers every part, in name order (exporter/parse/fast.py hashes the same).
+PARTS = sorted((HERE / "exporter" / "parse").glob("_scan*.[ch]"), key=lambda p: p.name)
+DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in PARTS)).hexdigest()
 
-setup(ext_modules=[Extension("exporter.parse._scan", [SOURCE], optional=True, extra_compile_args=["-O2"],
-                             define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')])])
+setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"], optional=True,
+                             depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
+                             extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')])])

@@ -44,11 +44,14 @@ def load():
 
 
 def stale(module) -> bool:
-    """A checkout's module built from another version of ``_scan.c`` (an
-    installed package ships no source: nothing to compare)."""
-    source = Path(__file__).with_name("_scan.c")
+    """A checkout's module built from another version of ``_scan.c`` and its
+    ``_scan_*.h`` parts (an installed package may ship no source: then
+    nothing is compared)."""
+    parts = sorted(Path(__file__).parent.glob("_scan*.[ch]"), key=lambda p: p.name)  # as setup.py
+    if not parts:
+        return False
     try:
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
     except OSError:
         return False
     return getattr(module, "SOURCE_SHA256", "") != digest
