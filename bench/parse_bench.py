@@ -4,6 +4,12 @@ Usage::
 
     .venv/bin/python bench/parse_bench.py                 # synthetic 0.32 DEBUG mix
     .venv/bin/python bench/parse_bench.py --file LOG ...  # any log (repeatable)
+    .venv/bin/python bench/parse_bench.py --compare       # C accelerator vs pure Python
+
+``--compare`` times the same file twice in this one process, once with the
+C accelerator (``exporter/parse/_scan.c``) and once with it switched off
+(what ``VLLM_AUDIT_PURE_PYTHON=1`` selects), and prints both and their
+ratio; without it the path the environment selects is timed.
 
 The synthetic log is a steady-state vLLM 0.32 server with request logging at
 DEBUG (the heaviest format: JSON body, details with prompt ids, INFO received,
@@ -25,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.parse import parse_line  # noqa: E402
+from exporter.parse import fast, parse_line  # noqa: E402
 
 H = "(APIServer pid=4242) {level} 11-22 10:00:{s:02d} [{file}] "
 SP = (
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file", action="append", type=Path, help="log file(s) instead of the synthetic mix")
     ap.add_argument("--requests", type=int, default=2000, help="synthetic requests (default 2000)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compare", action="store_true", help="time the C accelerator and pure Python, same run")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.log"
@@ -118,10 +125,26 @@ def main(argv: list[str] | None = None) -> int:
         mib = path.stat().st_size / 2**20
         t_bare = best(bare, path, args.rounds)
         t_parse = best(parsed, path, args.rounds)
+        t_pure = None
+        if args.compare:
+            if fast.scan is None:
+                print(f"--compare: the C accelerator is not active (parser: {fast.IMPLEMENTATION})")
+                return 1
+            fast.set_enabled(False)
+            try:
+                t_pure = best(parsed, path, args.rounds)
+            finally:
+                fast.set_enabled(True)
     print(f"input: {label}: {lines} lines, {mib:.1f} MiB")
     print(f"bare readline loop: {lines / t_bare:,.0f} lines/s, {mib / t_bare:,.1f} MiB/s ({t_bare:.3f} s CPU)")
-    print(f"readline + parse_line: {lines / t_parse:,.0f} lines/s, {mib / t_parse:,.1f} MiB/s ({t_parse:.3f} s CPU)")
+    print(f"readline + parse_line [{fast.IMPLEMENTATION}]: {lines / t_parse:,.0f} lines/s, "
+          f"{mib / t_parse:,.1f} MiB/s ({t_parse:.3f} s CPU)")
     print(f"ratio parse/bare: {t_parse / t_bare:.1f}x")
+    if t_pure is not None:
+        print(f"readline + parse_line [python]: {lines / t_pure:,.0f} lines/s, "
+              f"{mib / t_pure:,.1f} MiB/s ({t_pure:.3f} s CPU)")
+        print(f"ratio python/c (parse loop CPU): {t_pure / t_parse:.2f}x; "
+              f"parse only, bare loop subtracted: {(t_pure - t_bare) / max(t_parse - t_bare, 1e-9):.2f}x")
     return 0
 
 

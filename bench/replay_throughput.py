@@ -6,6 +6,13 @@ Usage::
     .venv/bin/python bench/replay_throughput.py --size 1MiB            # smoke
     .venv/bin/python bench/replay_throughput.py --log FILE             # an existing log
     .venv/bin/python bench/replay_throughput.py --size 32MiB --profile 30   # cProfile top 30 (stderr)
+    .venv/bin/python bench/replay_throughput.py --size 32MiB --compare      # C parser vs pure Python
+
+``--compare`` replays the same log twice in this process, with the C parser
+accelerator (``exporter/parse/_scan.c``) and with the pure-Python parser
+(what ``VLLM_AUDIT_PURE_PYTHON=1`` selects), into two archives, and adds
+``pure_python`` (its figures), ``speedup_cpu`` and ``archives_identical``
+(every archive file byte for byte) to the JSON line.
 
 The log is made by ``bench/make_big_log.py`` from a real vLLM 0.32 capture
 (``--capture debug``, the richest, ``info``, ``jsondebug`` for vLLM's JSON
@@ -83,7 +90,8 @@ def bare_loops(path: Path) -> dict:
     return {"lines": n, "bare_read_cpu_s": read, "bare_decode_cpu_s": decode}
 
 
-def replay(path: Path, workdir: Path, *, profile: int = 0, extra: list[str] | None = None) -> dict:
+def replay(path: Path, workdir: Path, *, profile: int = 0, extra: list[str] | None = None,
+           archive_name: str = "archive") -> dict:
     # Import everything the replay touches before the clock starts.
     from exporter import runtime, summary  # noqa: F401
     from exporter.cli import make_parser
@@ -91,7 +99,7 @@ def replay(path: Path, workdir: Path, *, profile: int = 0, extra: list[str] | No
     from exporter.compliance import detect  # noqa: F401
     from exporter.settings import build
 
-    archive = workdir / "archive"
+    archive = workdir / archive_name
     shutil.rmtree(archive, ignore_errors=True)
     argv = ["replay", str(path), "--archive-dir", str(archive), "--no-progress", *(extra or [])]
     settings = build("replay", make_parser().parse_args(argv), {})
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="cProfile the replay, print the top N functions to stderr (slows it down)")
+    p.add_argument("--compare", action="store_true",
+                   help="replay with the C parser accelerator and with pure Python, same run")
     p.add_argument("--exporter-arg", action="append", default=[], metavar="ARG",
                    help="extra replay flag (repeatable), e.g. --exporter-arg=--merge-grace=0")
     a = p.parse_args(argv)
@@ -162,8 +172,37 @@ def main(argv: list[str] | None = None) -> int:
         out["meets"] = {"mib_per_cpu_s": out["mib_per_cpu_s"] >= TARGET_MIB_S,
                         "requests_per_cpu_s": out["requests_per_cpu_s"] >= TARGET_REQ_S,
                         "ratio_vs_bare_decode": out["ratio_vs_bare_decode"] <= TARGET_RATIO}
+        out["parser"] = _parser()
+        if a.compare:
+            out.update(compare(log, workdir, mib, res, a.exporter_arg))
         print(json.dumps(out))
     return 0
+
+
+def _parser() -> str:
+    from exporter.parse import fast
+    return fast.IMPLEMENTATION
+
+
+def compare(log: Path, workdir: Path, mib: float, res: dict, extra: list[str]) -> dict:
+    """The same replay with the pure-Python parser; the two archives compared."""
+    from exporter.parse import fast
+    if fast.scan is None:
+        return {"pure_python": None, "compare_error": "the C parser accelerator is not active"}
+    fast.set_enabled(False)
+    try:
+        pure = replay(log, workdir, extra=extra, archive_name="archive-python")
+    finally:
+        fast.set_enabled(True)
+    a, b = workdir / "archive", workdir / "archive-python"
+    names = sorted(p.name for p in a.iterdir() if p.is_file())
+    same = names == sorted(p.name for p in b.iterdir() if p.is_file()) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    cpu = pure["exporter_cpu_s"]
+    return {"pure_python": {"exporter_cpu_s": round(cpu, 3), "mib_per_cpu_s": round(mib / cpu, 2),
+                            "requests_per_cpu_s": round(pure["records"] / cpu, 1), "records": pure["records"]},
+            "speedup_cpu": round(cpu / res["exporter_cpu_s"], 2), "archives_identical": same,
+            "archive_files": names}
 
 
 if __name__ == "__main__":

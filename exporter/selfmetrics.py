@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.parse import fast as parse_fast
 from exporter.wire import ENGINE_PROBLEMS
 
 # parse.Ignored reasons that are not errors (docs/design.md, "Events"), plus
@@ -170,6 +171,11 @@ class SelfMetrics:
         self.build_info = Gauge("vllm_audit_build_info", "Exporter version; always 1.",
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
+        # Which parser runs (README, "Parser fast path"): "c" (the optional
+        # accelerator was built) or "python" (not built, or VLLM_AUDIT_PURE_PYTHON=1).
+        self.parser_info = Gauge("vllm_audit_parser_info", "Parser implementation in use; always 1.",
+                                 ["implementation"], registry=r)
+        self.parser_info.labels(parse_fast.IMPLEMENTATION).set(1)
 
         for setting in ("max_log_len", "model"):
             self.settings_conflicts.labels(setting)

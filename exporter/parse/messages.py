@@ -104,14 +104,12 @@ from exporter.events import Event, Ignored
 from exporter.parse.header import Header, access_fields, body_start, clean, json_header, text_header
 from exporter.parse.engine_line import ENGINE_TYPES, MALFORMED_ENGINE, engine_event
 from exporter.parse.middleware_line import MALFORMED, MIDDLEWARE_TYPES, middleware_event
-from exporter.parse.untrusted import check_body, clean_text, findings
-from exporter.parse.pyrepr import (
-    DQ_PATTERN,
-    SQ_PATTERN,
-    ReprError,
-    decode_literal,
-)
-from exporter.parse.fields import fields, ids_or_none, lora_name, sampling_params, str_or_none
+from exporter.parse import fast
+from exporter.parse.body_line import body_event
+from exporter.parse.output_line import generated
+from exporter.parse.prompt_line import details, received
+from exporter.parse.pyrepr import ReprError
+from exporter.parse.untrusted import clean_text
 from exporter.parse.rust import is_rust, rust_event
 from exporter.parse.startup import STARTUP_FILES, startup_event
 
@@ -128,10 +126,6 @@ _STATS = Ignored("stats")
 _CONT = Ignored("continuation")
 _TRACE = Ignored("traceback")
 _NOT_REQ = Ignored("not_request_log")
-_BAD_RECEIVED = Ignored("malformed_received")
-_BAD_OUTPUT = Ignored("malformed_output")
-_BAD_BODY = Ignored("malformed_body")
-_BAD_DETAILS = Ignored("malformed_details")
 
 _TRACEBACK_STARTS = (
     "Traceback (most recent call last)",
@@ -141,21 +135,20 @@ _TRACEBACK_STARTS = (
     "The above exception was the direct cause",
 )
 _ID = re.compile(r"\S+")
-_WORD = re.compile(r"[A-Za-z_]\w{0,60}")
-# Generated-response lines, whole: literal alternatives cannot overlap and the
-# string literal is the unrolled-loop form, so this cannot backtrack badly.
-_OUTPUT_LINE = re.compile(
-    r"(\S{1,2048}?)( \(streaming (?:delta|complete)\))?"
-    r"(?:: output: (" + SQ_PATTERN + "|" + DQ_PATTERN + r"|None), "
-    r"(?:output_token_ids: (\[[0-9, ]*\]|None), )?finish_reason: ([A-Za-z_]\w{0,60})"
-    r"| details: output_token_ids: (\[[0-9, ]*\]|None))",
-    re.S,
-)
-_STREAM = {"": "", " (streaming delta)": "delta", " (streaming complete)": "complete"}
 
 
 def parse_line(text: str, *, logging_prefix: str = "", continued: bool = False) -> Event | Ignored:
     """Parse one physical line; see the module docstring for every rule."""
+    scan = fast.scan
+    if scan is not None and not logging_prefix and not continued:
+        # The C accelerator answers only for lines it is certain of (the
+        # Python result, exactly); None sends the line down the Python path.
+        try:
+            found = scan(text)
+        except Exception:  # noqa: BLE001 - never worse than the Python path
+            found = None
+        if found is not None:
+            return found
     try:
         return _parse(text, logging_prefix, continued)
     except Exception:  # noqa: BLE001 - a parser bug must not stop ingestion
@@ -195,9 +188,9 @@ def _parse(text: str, logging_prefix: str, continued: bool) -> Event | Ignored:
 def _dispatch(s: str, m: int, h: Header) -> Event | Ignored:
     """Route the message at ``s[m:]`` by its opening words, checking the logger file."""
     if s.startswith("Received request ", m):
-        return _received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
+        return received(s, m + 17, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
     if s.startswith("Generated response ", m):
-        return _generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
+        return generated(s, m + 19, h) if h.file in REQUEST_LOGGER_FILES else _other_file(s, m, h)
     if s.startswith("Request ", m):
         return _request(s, m + 8, h)
     for prefix, kind in (("Added request ", ev.ADDED), ("Finished request ", ev.FINISHED)):
@@ -259,15 +252,6 @@ def _no_space(t: str) -> bool:
     return _ID.fullmatch(t) is not None
 
 
-def _take_id(s: str, i: int, sep: str) -> tuple[str, int] | None:
-    """Id running from ``i`` to ``sep`` (bounded search); returns (id, position of sep)."""
-    k = s.find(sep, i, i + 2048)
-    if k <= i:
-        return None
-    rid = s[i:k]
-    return (rid, k) if _no_space(rid) else None
-
-
 # -- request logger -----------------------------------------------------------
 
 
@@ -279,44 +263,11 @@ def _request(s: str, i: int, h: Header) -> Event | Ignored:
     if s.startswith(" details: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
             return _other_file(s, i - 8, h)
-        return _details(s, k + 10, rid, h)
+        return details(s, k + 10, rid, h)
     if s.startswith(" JSON body: ", k):
         if h.file not in REQUEST_LOGGER_FILES:
             return _other_file(s, i - 8, h)
-        raw = s[k + 12 :]
-        if not raw.startswith("{"):
-            return _BAD_BODY  # not even the start of the client's JSON object
-        closed = None
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            body = None  # --max-log-len cut it (or 0.31's [:-1] slice): keep the event
-            try:
-                # 0.31 drops the closing "}" when --max-log-len is unset: the
-                # body as it would be with it. Only the correlator, knowing
-                # the start-up line's version and max_log_len, may use it.
-                closed = json.loads(raw + "}")
-            except (ValueError, RecursionError):
-                closed = None
-        problems: list[str] = []
-        if isinstance(body, dict):
-            body, bad, escaped = check_body(body)
-            problems, flags = findings("body_invalid_field", bad, escaped)
-            if flags:
-                body["input_flags"] = flags
-        else:
-            body = None
-        data = {"body": body, "raw_len": len(raw), "truncated_body": body is None}
-        if isinstance(closed, dict):
-            closed, bad, escaped = check_body(closed)
-            more, flags = findings("body_invalid_field", bad, escaped)
-            if flags:
-                closed["input_flags"] = flags
-            data["body_closed"] = closed
-            problems = more
-        if problems:
-            data["problems"] = problems
-        return Event(ev.BODY, rid, h.when, data)
+        return body_event(s, k + 12, rid, h.when)
     if s.startswith(" aborted", k):
         if h.file not in ENGINE_FILES:
             return _other_file(s, i - 8, h)
@@ -341,115 +292,6 @@ def _failure_reason(rest: str) -> str:
         if close > 0:
             return r[1:close] + r[close + 1 :]
     return r
-
-
-def _prompt_fields(s: str, f: dict[str, tuple[int, int]], data: dict) -> None:
-    if "prompt" in f:
-        data["prompt"] = str_or_none(s, f["prompt"])
-    if "prompt_token_ids" in f:
-        ids, count = ids_or_none(s, f["prompt_token_ids"])
-        data["prompt_token_ids"] = ids
-        data["prompt_token_count"] = count
-
-
-def _received(s: str, i: int, h: Header) -> Event | Ignored:
-    found = _take_id(s, i, ": ")
-    if found is None or not s.endswith("."):
-        return _BAD_RECEIVED
-    rid, k = found
-    try:
-        f = fields(s, k + 2, len(s) - 1)
-        data: dict = {"params": sampling_params(s, f) if "params" in f else {}}
-        _prompt_fields(s, f, data)
-        lora = f.get("lora_request")
-        if lora is not None:
-            name = lora_name(s, lora)
-            if name is not None:
-                data["lora_name"] = name
-    except ReprError:
-        return _BAD_RECEIVED
-    return Event(ev.RECEIVED, rid, h.when, data)
-
-
-def _details(s: str, i: int, rid: str, h: Header) -> Event | Ignored:
-    if not s.endswith("."):
-        return _BAD_DETAILS
-    try:
-        f = fields(s, i, len(s) - 1)
-        data: dict = {}
-        _prompt_fields(s, f, data)
-    except ReprError:
-        return _BAD_DETAILS
-    return Event(ev.DETAILS, rid, h.when, data)
-
-
-def _generated(s: str, i: int, h: Header) -> Event | Ignored:
-    m = _OUTPUT_LINE.fullmatch(s, i)
-    if m is not None:
-        try:
-            return _generated_fast(s, m, h)
-        except ReprError:
-            return _BAD_OUTPUT
-    return _generated_general(s, i, h)
-
-
-def _generated_fast(s: str, m: re.Match, h: Header) -> Event:
-    """The exact shapes vLLM writes, matched in one regex (most lines of a stream)."""
-    rid, info = m.group(1), _STREAM[m.group(2) or ""]
-    if m.start(6) >= 0:  # "... details: output_token_ids: L"
-        ids, count = ids_or_none(s, m.span(6))
-        return Event(ev.OUTPUT_DETAILS, rid, h.when, {"stream_info": info, "output_token_ids": ids, "output_token_count": count})
-    data: dict = {"stream_info": info}
-    if m.start(4) >= 0:
-        data["output_token_ids"], data["output_token_count"] = ids_or_none(s, m.span(4))
-    a, b = m.span(3)
-    data["output"] = None if s[a] == "N" else decode_literal(s, a, b)
-    reason = m.group(5)
-    data["finish_reason"] = None if reason == "None" else reason
-    return Event(ev.OUTPUT, rid, h.when, data)
-
-
-def _generated_general(s: str, i: int, h: Header) -> Event | Ignored:
-    k = s.find(" ", i, i + 2048)
-    if k <= i:
-        return _BAD_OUTPUT
-    token = s[i:k]
-    info, details = "", False
-    if token.endswith(":"):  # non-streaming output line: "ID: output: ..."
-        rid, pos = token[:-1], k + 1
-    else:
-        rid, pos = token, k
-        for candidate in (" (streaming delta)", " (streaming complete)"):
-            if s.startswith(candidate, k):
-                info, pos = candidate, k + len(candidate)
-                break
-        if s.startswith(" details: ", pos):
-            details, pos = True, pos + 10
-        elif s.startswith(": ", pos):
-            pos += 2
-        else:
-            return _BAD_OUTPUT
-    if not rid:
-        return _BAD_OUTPUT
-    try:
-        f = fields(s, pos, len(s))
-        data: dict = {"stream_info": _STREAM[info]}
-        if "output_token_ids" in f:
-            data["output_token_ids"], data["output_token_count"] = ids_or_none(s, f["output_token_ids"])
-        if details:
-            if "output_token_ids" not in f:
-                raise ReprError("details line without output_token_ids")
-            return Event(ev.OUTPUT_DETAILS, rid, h.when, data)
-        if "output" not in f or "finish_reason" not in f:
-            raise ReprError("output line without output/finish_reason")
-        data["output"] = str_or_none(s, f["output"])
-        reason = s[slice(*f["finish_reason"])]
-        if _WORD.fullmatch(reason) is None:
-            raise ReprError("finish_reason is not a word")
-        data["finish_reason"] = None if reason == "None" else reason
-    except ReprError:
-        return _BAD_OUTPUT
-    return Event(ev.OUTPUT, rid, h.when, data)
 
 
 # -- JSON lines: vLLM's JSON formatter (our middleware line: middleware_line) --
@@ -485,7 +327,15 @@ def _parse_json(text: str) -> Event | Ignored:
     if "\n" in message:
         # Only an exception text is multi-line; its first line is all we read.
         message = message.split("\n", 1)[0]
-    result = _dispatch(message, 0, header)
+    result = None
+    dispatch = fast.dispatch
+    if dispatch is not None:
+        try:
+            result = dispatch(message, header)
+        except Exception:  # noqa: BLE001 - never worse than the Python path
+            result = None
+    if result is None:
+        result = _dispatch(message, 0, header)
     if result.__class__ is Event and result.kind == ev.STARTUP and isinstance(obj.get("process"), int):
         result.data["pid"] = obj["process"]
     return result

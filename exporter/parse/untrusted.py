@@ -244,16 +244,21 @@ _LINE_CHECKS = {"type": lambda c, name, value: value, "request_id": _typed("text
 
 # -- the client's JSON body (vLLM's DEBUG "JSON body" line) ---------------------------
 
+# (field, check, label): built once, not per body (one body per request at DEBUG)
+_BODY_CHECKS = tuple((name, check, f"body.{name}") for name, check in (
+    ("model", _Checker.text), ("user", _Checker.text), ("stream", _Checker.boolean),
+    ("temperature", _Checker.number), ("max_completion_tokens", _Checker.integer),
+    ("max_tokens", _Checker.integer), ("max_output_tokens", _Checker.integer)))
+
+
 def check_body(body: dict) -> tuple[dict, list[str], bool]:
     """The fields of a client's request body the record uses, checked:
     ``model``, ``user``, ``stream`` and the sampling parameters."""
     c = _Checker()
     out = {}
-    for name, check in (("model", c.text), ("user", c.text), ("stream", c.boolean), ("temperature", c.number),
-                        ("max_completion_tokens", c.integer), ("max_tokens", c.integer),
-                        ("max_output_tokens", c.integer)):
+    for name, check, label in _BODY_CHECKS:
         if name in body:
-            out[name] = check(f"body.{name}", body[name])
+            out[name] = check(c, label, body[name])
     if "n" in body:
         out["n"] = c.integer("body.n", body["n"], 1)
     fmt = body.get("response_format")

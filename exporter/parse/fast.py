@@ -1,0 +1,78 @@
+"""Which implementation of the hot parse path runs: the optional C
+accelerator (``exporter/parse/_scan.c``) or none (pure Python).
+
+``scan(text)`` returns what the Python parser returns for the common
+request-log lines (``dispatch(message, header)`` the same for a JSON-formatter
+message), or None, and the caller then runs the Python parser,
+which remains the reference and the only path for every other line. The
+accelerator is used when it was built (``pip install`` builds it where a C
+compiler exists) unless ``VLLM_AUDIT_PURE_PYTHON=1``; ``IMPLEMENTATION``
+says which (``c`` or ``python``; exported as ``vllm_audit_parser_info``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from exporter import events as ev
+from exporter.parse.body_line import body_event
+from exporter.parse.fields import sampling_params
+from exporter.parse.header import text_header
+
+ENV = "VLLM_AUDIT_PURE_PYTHON"
+
+
+def _header(text: str):
+    return text_header(text, 0, None)
+
+
+def load():
+    """The configured ``_scan`` module, or None (not built, or forced off by the env)."""
+    if os.environ.get(ENV, "") not in ("", "0"):
+        return None
+    try:
+        from exporter.parse import _scan
+
+        if stale(_scan):
+            return None
+        configure(_scan)
+    except (ImportError, TypeError):  # not built, or a stale build of another version
+        return None
+    return _scan
+
+
+def stale(module) -> bool:
+    """A checkout's module built from another version of ``_scan.c`` and its
+    ``_scan_*.h`` parts (an installed package may ship no source: then
+    nothing is compared)."""
+    parts = sorted(Path(__file__).parent.glob("_scan*.[ch]"), key=lambda p: p.name)  # as setup.py
+    if not parts:
+        return False
+    try:
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+    except OSError:
+        return False
+    return getattr(module, "SOURCE_SHA256", "") != digest
+
+
+def configure(module) -> None:
+    """Hand the C module the Python pieces it calls back (the header rules,
+    SamplingParams, the JSON body) and the event kinds."""
+    module.configure(ev.Event, _header, sampling_params, body_event, ev.OUTPUT, ev.OUTPUT_DETAILS,
+                     ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS)
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch the accelerator on (when built) or off, for benchmarks and tests."""
+    global scan, dispatch, IMPLEMENTATION
+    module = load() if enabled else None
+    scan = None if module is None else module.scan
+    dispatch = None if module is None else module.dispatch
+    IMPLEMENTATION = "python" if scan is None else "c"
+
+
+scan = dispatch = None
+IMPLEMENTATION = "python"
+set_enabled(True)

@@ -1,0 +1,24 @@
+"""Optional C accelerator of the log parser (exporter/parse/_scan.c).
+
+Everything else about the package is in pyproject.toml. ``optional=True``:
+where no compiler (or no Python headers) exists, the build of the extension
+fails quietly and the install goes on; the parser then runs its pure-Python
+path, which is the reference and always kept (README, "Parser fast path").
+The source's SHA-256 is compiled in, so a checkout never runs a module
+built from an older source (exporter/parse/fast.py).
+"""
+
+import hashlib
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+HERE = Path(__file__).resolve().parent
+# One translation unit: _scan.c includes its _scan_*.h parts. The digest
+# covers every part, in name order (exporter/parse/fast.py hashes the same).
+PARTS = sorted((HERE / "exporter" / "parse").glob("_scan*.[ch]"), key=lambda p: p.name)
+DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in PARTS)).hexdigest()
+
+setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"], optional=True,
+                             depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
+                             extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')])])
