@@ -52,7 +52,6 @@ def make_parser() -> argparse.ArgumentParser:
                         help="check a proof from `prove` or an export's FILE.proof.json (no DIR)")
     verify.add_argument("--format", dest="output_format", choices=("text", "json"), default="text",
                         help="with --public-key or --proof: json is a report to file")
-    verify.add_argument("--hmac-key-file", default=None, help="HMAC key file [env VLLM_AUDIT_HMAC_KEY]")
     add_options(verify, "verify")
     retention = sub.add_parser("retention", help="compress or delete old archive days now")
     retention.add_argument("archive_dir", metavar="DIR")
@@ -80,9 +79,8 @@ def make_parser() -> argparse.ArgumentParser:
                                        "with its witness cosignatures and the key epochs up to it: "
                                        "`verify --proof FILE --public-key signing.pub` checks it alone.")
     prove.add_argument("request_id", metavar="REQUEST_ID")
-    prove.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR", "audit-archive"),
-                       help="archive to read [env VLLM_AUDIT_ARCHIVE_DIR]")
     prove.add_argument("--seq", type=int, default=None, help="which record, when a client reused the id")
+    add_options(prove, "prove")
     witness = sub.add_parser(
         "witness", help="run a C2SP tlog-witness that cosigns another host's checkpoints",
         description="Serve POST /add-checkpoint (c2sp.org/tlog-witness): cosign a log's checkpoint "
@@ -95,9 +93,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
-    # The flag names are pinned by the export contract (README, "Export").
-    p.add_argument("--archive-dir", default=os.environ.get("VLLM_AUDIT_ARCHIVE_DIR") or "audit-archive",
-                   help="archive to read [env VLLM_AUDIT_ARCHIVE_DIR]")
+    # The flag names are pinned by the export contract (README, "Export");
+    # --archive-dir and the HMAC key come from the option table.
     p.add_argument("--from", dest="time_from", required=True, metavar="T",
                    help="start time, RFC 3339 or YYYY-MM-DD (inclusive)")
     p.add_argument("--to", dest="time_to", required=True, metavar="T",
@@ -110,7 +107,6 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="write here (and FILE.sha256 / FILE.hmac beside it); default stdout")
     p.add_argument("--source", choices=("archive", "loki"), default="archive")
-    p.add_argument("--hmac-key-file", default=None, help="sign the export [env VLLM_AUDIT_HMAC_KEY]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "prove":
             from .transparency.proof import prove_main
-            return prove_main(args.archive_dir, args.request_id, args.seq)
+            return prove_main(str(resolve("prove", args, os.environ)["archive_dir"]),
+                              args.request_id, args.seq)
         if args.command == "keygen":
             from .transparency.keys import keygen_main
             return keygen_main(args.out, args.name, witness=args.witness,
@@ -150,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             from .compliance.export import export_main
             opts = resolve("export", args, os.environ)
             return export_main(
-                ts_from=args.time_from, ts_to=args.time_to, archive_dir=args.archive_dir,
+                ts_from=args.time_from, ts_to=args.time_to,
+                archive_dir=str(opts["archive_dir"]),
                 user=args.user, model=args.model, grep=args.grep, fmt=args.format, bom=args.bom,
                 output=args.output, source=args.source, loki_url=opts["loki_url"],
                 loki=loki_settings(opts) if args.source == "loki" else None,
-                hmac_key_file=args.hmac_key_file, hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None,
+                hmac_key_file=opts["hmac_key_file"], hmac_key_env=opts["hmac_key"],
                 pricing=pricing(opts))
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -182,13 +180,13 @@ def cmd_verify(args) -> int:
                           witness_keys=opts["witness_keys"], min_witnesses=opts["min_witnesses"],
                           max_gap=opts["max_gap"], tsa_cert=opts["tsa_cert"] and str(opts["tsa_cert"]),
                           fmt=args.output_format)
-        if code != 0 or not (args.hmac_key_file or os.environ.get("VLLM_AUDIT_HMAC_KEY")):
+        if code != 0 or not (opts["hmac_key_file"] or opts["hmac_key"]):
             return code
         # A key was given too: the HMAC chain is checked as well.
     if not args.archive_dir:
         raise SettingsError("verify: give the archive DIR")
-    return verify_main(args.archive_dir, hmac_key_file=args.hmac_key_file,
-                       hmac_key_env=os.environ.get("VLLM_AUDIT_HMAC_KEY") or None,
+    return verify_main(args.archive_dir, hmac_key_file=opts["hmac_key_file"],
+                       hmac_key_env=opts["hmac_key"],
                        state_dir=opts["state_dir"] and str(opts["state_dir"]))
 
 

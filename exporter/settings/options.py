@@ -35,7 +35,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--log", "logs", "vLLM log file to tail (repeatable; '-' = stdin). Give the audit "
            "middleware's JSONL file here too.", [], "list", ("run",), "FILE"),
     Option("--archive-dir", "archive_dir", "directory of the local audit archive (JSONL, one file "
-           "per UTC day) and of the exporter's state", Path("audit-archive"), "path", _BOTH, "DIR"),
+           "per UTC day) and of the exporter's state", Path("audit-archive"), "path",
+           (*_BOTH, "prove", "export"), "DIR"),
     Option("--state-dir", "state_dir", "where checkpoints live (default: ARCHIVE_DIR/.state)",
            None, "path", (*_BOTH, "verify", "retention"), "DIR"),
     # First start (no checkpoint): read what vLLM already wrote, so nothing it
@@ -95,9 +96,9 @@ OPTIONS: tuple[Option, ...] = (
            "SECONDS"),
     Option("--hmac-key-file", "hmac_key_file", "key for the archive's HMAC-SHA256 chain (else env "
            "VLLM_AUDIT_HMAC_KEY; else a plain, labelled SHA-256 chain)", None, "path",
-           (*_BOTH, "retention"), "FILE"),
+           (*_BOTH, "retention", "verify", "export"), "FILE"),
     Option("--hmac-key", "hmac_key", "HMAC key itself (prefer the env var or --hmac-key-file)",
-           None, "str", (*_BOTH, "retention"), "KEY"),
+           None, "str", (*_BOTH, "retention", "verify", "export"), "KEY"),
     Option("--loki-url", "loki_url", "Loki base URL: run/replay push every record to it, export --source loki reads from it", None, "str",
            _LOKI, "URL"),
     Option("--loki-tenant", "loki_tenant", "X-Scope-OrgID", None, "str", _LOKI, "ID"),
