@@ -49,17 +49,23 @@ def server(request, tmp_path_factory):
             yield client, audit
 
 
+def complete_lines(audit: Path) -> list[dict]:
+    """The lines the writer has finished: a big line can be mid-write (the
+    writer loops over partial os.write calls), and a reader that parses the
+    unterminated tail sees half a JSON object (seen once under load)."""
+    text = audit.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+
+
 def lines_for(audit: Path, predicate, timeout: float = 30.0) -> list[dict]:
     """Poll the file another process writes until a matching line shows up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if audit.exists():
-            found = [line for line in map(json.loads, audit.read_text().splitlines())
-                     if predicate(line)]
+            found = [line for line in complete_lines(audit) if predicate(line)]
             if found:
                 time.sleep(0.2)  # a duplicate would arrive in the same batch; give it the chance
-                return [line for line in map(json.loads, audit.read_text().splitlines())
-                        if predicate(line)]
+                return [line for line in complete_lines(audit) if predicate(line)]
         time.sleep(0.05)
     raise AssertionError(f"no middleware line within {timeout}s")
 

@@ -106,7 +106,8 @@ class Deployment:
         def enough():
             if not self.audit.exists():
                 return None
-            got = [json.loads(x) for x in self.audit.read_text().splitlines()]
+            text = self.audit.read_text()  # only finished lines: the writer may be mid-line
+            got = [json.loads(x) for x in text[:text.rfind("\n") + 1].splitlines()]
             return got if len(got) >= count else None
         return wait_until(enough, 60, f"{count} middleware lines in {self.audit}")
 
