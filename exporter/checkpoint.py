@@ -400,7 +400,7 @@ def read_file(name: str, key: bytes | None) -> tuple[dict | None, str | None]:
     state, why, gen = _decode(data, key)
     if state is None or gen is None:
         return state, why
-    base = name[:-len(".prev")] if name.endswith(".prev") else name
+    base = name.removesuffix(".prev")
     jname = journal.journal_name(base, gen)
     try:
         with open(jname, "rb") as f:
