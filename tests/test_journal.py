@@ -38,10 +38,8 @@ class Model:
         self.order = 0
         self.n = 0
 
-    def add(self, slot=None):
-        slot = slot or f"r{self.order}"
-        if slot in self.store:
-            return
+    def add(self, _arg=None):
+        slot = f"r{self.order}"
         self.store[slot] = {"key": slot, "order": self.order, "outputs": [], "é": "ü"}
         self.order += 1
         self.store.dirty.add(slot)
