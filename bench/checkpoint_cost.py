@@ -25,7 +25,7 @@ in ``journal_amortised_ms``: its cost times the commits' share of a base.
 
 ``--rss N`` runs two children, one per format, each building N in-flight
 entries and committing ``--commits`` times; their peak RSS (``ru_maxrss``,
-KiB on Linux) is reported in MiB.
+KiB on Linux, read by each child itself) is reported in MiB.
 
 Prints one JSON line.
 """
@@ -162,6 +162,7 @@ def child(fmt: str, n: int, commits: int, changes: int) -> None:
             commit(fx, path, i)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
 def rss(n: int, commits: int, changes: int) -> dict:
@@ -169,11 +170,11 @@ def rss(n: int, commits: int, changes: int) -> dict:
     for fmt in ("snapshot", "journal"):
         cmd = [sys.executable, __file__, "--child", fmt, "--inflight", str(n), "--commits", str(commits),
                "--changes", str(changes)]
-        proc = subprocess.Popen(cmd, cwd=ROOT)
-        _pid, status, ru = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"child {fmt} failed")
-        out[f"{fmt}_peak_rss_mib"] = round(ru.ru_maxrss / 1024, 1)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"child {fmt} failed: {done.stderr[-2000:]}")
+        kib = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_kib"]  # the child's own ru_maxrss
+        out[f"{fmt}_peak_rss_mib"] = round(kib / 1024, 1)
     return {"inflight": n, **out}
 
 
