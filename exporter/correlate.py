@@ -47,10 +47,12 @@ from __future__ import annotations
 import heapq
 import math
 import re
+from collections import OrderedDict
 from typing import Callable
 
 from . import events as ev
 from .events import id_count
+from .inflight import InFlight
 from .record import parse_ts_or_none
 
 _TAIL_INDEX = re.compile(r"-\d+$")
@@ -86,7 +88,7 @@ class Correlator:
         self.on_evict = on_evict
         self.eager = False  # record a request whose both sides are in at once (live)
         self.cfg: dict | None = None  # learned settings of the source being read (exporter.learned)
-        self.inflight: dict[str, dict] = {}
+        self.inflight = InFlight()  # slot -> entry, oldest first (exporter.inflight)
         self.by_log_id: dict[str, str] = {}
         self.middleware_seen = False
         self._pending_evicted: list[dict] = []
@@ -94,7 +96,7 @@ class Correlator:
         # Requests recorded lately (key -> their received time), oldest first:
         # a line arriving after its request was recorded must not open a
         # second record for it (RECENT_MAX bounds the memory).
-        self.recent: dict[str, float | None] = {}
+        self.recent: OrderedDict[str, float | None] = OrderedDict()
         # A client may reuse its X-Request-Id: a second request under a base
         # id that is still in flight gets an entry of its own under an alias
         # slot ("<id>#<order>"); base id -> its alias slots, oldest first.
@@ -113,6 +115,9 @@ class Correlator:
     def state(self) -> dict:
         # Evicted-but-not-yet-recorded entries are recorded before any
         # checkpoint (the pipeline calls ready() first), so they are not kept.
+        # The in-flight store goes as it is: the checkpoint journals only its
+        # dirty slots (exporter.checkpoint, exporter.journal).
+        self.inflight.mark(self._touched)
         return {"inflight": self.inflight, "middleware_seen": self.middleware_seen,
                 "next_order": self._next_order, "recent": list(self.recent.items())}
 
@@ -120,10 +125,10 @@ class Correlator:
         if not state:
             return
         # Arrival order is dict order (the oldest first): _bound relies on it.
-        self.inflight = dict(sorted((state.get("inflight") or {}).items(), key=lambda kv: kv[1]["order"]))
+        self.inflight = InFlight(sorted((state.get("inflight") or {}).items(), key=lambda kv: kv[1]["order"]))
         self.middleware_seen = bool(state.get("middleware_seen"))
         self._next_order = int(state.get("next_order") or 0)
-        self.recent = {k: v for k, v in state.get("recent") or []}
+        self.recent = OrderedDict((k, v) for k, v in state.get("recent") or [])
         self.by_log_id = {e["log_id"]: k for k, e in self.inflight.items() if e.get("log_id")}
         self.aliases = {}
         for slot, e in self.inflight.items():
@@ -421,14 +426,15 @@ class Correlator:
     def _bound(self) -> None:
         while len(self.inflight) > self.max_inflight:
             # Entries are inserted in arrival order and never re-inserted, so
-            # the first is the oldest: O(1), where a min() over every
-            # in-flight request made a pile-up quadratic.
-            oldest = next(iter(self.inflight.values()))
+            # the first is the oldest: O(1) (an OrderedDict, exporter.inflight),
+            # where a min() over every in-flight request made a pile-up quadratic.
+            oldest = self.inflight.oldest()
             self.on_evict("capacity")
             self._pending_evicted.append(self._pop(oldest.get("slot", oldest["key"])))
 
     def _pop(self, slot: str) -> dict:
         entry = self.inflight.pop(slot)
+        self.inflight.dirty.add(slot)
         self._heaped.pop(slot, None)
         if entry.get("log_id") and self.by_log_id.get(entry["log_id"]) == slot:
             del self.by_log_id[entry["log_id"]]
@@ -439,7 +445,7 @@ class Correlator:
                 del self.aliases[key]
         self.recent[key] = entry["received_t"] if entry["received_t"] is not None else entry["first_t"]
         if len(self.recent) > RECENT_MAX:
-            del self.recent[next(iter(self.recent))]
+            self.recent.popitem(last=False)  # O(1): a dict's front fills with dead slots
         return entry
 
     def _late(self, key: str, kind: str, received: float | None = None) -> bool:
@@ -511,6 +517,7 @@ class Correlator:
             e = self.inflight.get(slot)
             if e is not None:
                 self._push(slot, e)
+        self.inflight.mark(self._touched)  # what the next checkpoint journals
         self._touched = set()
         heap = self._due
         while heap and heap[0][0] <= watermark:

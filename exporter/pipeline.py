@@ -3,7 +3,9 @@
 The pipeline is single-threaded: between two lines, tailer positions,
 in-flight requests, the metric store and the archive contents are mutually
 consistent. ``commit()`` makes that state durable in order: archive write +
-fsync first, then one checkpoint file (temp + fsync + rename) holding the
+fsync first, then one checkpoint (a file written temp + fsync + rename, or
+once the in-flight state is large one fsynced journal record of what changed
+since, :mod:`exporter.checkpoint`) holding the
 positions of the last processed lines, the in-flight requests, the time
 resolver, the metric snapshot and the archive's size and chain head. On start
 the archive is cut back to the checkpointed size and reading resumes at the
@@ -478,10 +480,12 @@ class Pipeline:
         """Widen the commit gap so a commit costing ``cpu`` seconds takes at
         most COMMIT_CPU_SHARE of the time (never beyond MAX_COMMIT_GAP).
 
-        A checkpoint holds every in-flight request, so its cost grows with a
-        pile-up (stock vLLM never logs some requests as finished; they wait
-        for --request-timeout). A fixed interval made that quadratic in the
-        pile-up's size; pacing keeps the total linear. Commit frequency only
+        A full snapshot holds every in-flight request, so its cost grew with
+        a pile-up (stock vLLM never logs some requests as finished; they wait
+        for --request-timeout) and a fixed interval made that quadratic in
+        the pile-up's size. The journal (exporter.journal) makes a commit cost
+        what changed; pacing still bounds the compactions and any commit
+        that turns out expensive. Commit frequency only
         decides how much is re-read after a crash, never what is recorded, so
         exactly-once holds at any gap. Small commits (< PACE_FROM_CPU) keep
         the configured interval exactly.

@@ -49,12 +49,17 @@ def read_anchor(state_dir: Path, key: bytes | None) -> Anchor:
             f"{name} is not keyed with the archive key (written by an exporter older than keyed "
             "checkpoints, or replaced by someone without the key): records cut from the end "
             "cannot be ruled out"))
-    if why not in ("missing", "empty", "not_json", "bad_format", "needs_key"):
+    if why.startswith("journal_corrupt"):  # format 3: a record damaged before the last one
+        return Anchor(problem=Problem(CHECKPOINT, str(name), None, None,
+                                      f"its journal cannot be replayed: {why}"))
+    if why not in ("missing", "empty", "not_json", "bad_format", "needs_key") \
+            and not why.startswith("journal_missing"):
         raise VerifyUsageError(f"cannot read {name}: {why}")
     prev, _ = ckpt.read_file(str(name) + ".prev", key)
     if prev is not None:
+        reason, _, journal = why.partition(" ")  # "journal_missing (<file>)"
         return Anchor(prev.get("archive"), warning=(
-            f"{name} is {why.replace('_', ' ')}; checked against {name.name}.prev, so records "
+            f"{name} is {reason.replace('_', ' ')}{' ' + journal if journal else ''}; checked against {name.name}.prev, so records "
             "committed after it cannot be checked"))
     where = f"no checkpoint in {state_dir}" if state_dir.is_dir() else f"no state directory {state_dir}"
     return Anchor(warning=f"{where}: records cut from the end of the newest file cannot be ruled out "
