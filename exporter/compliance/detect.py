@@ -264,7 +264,11 @@ def _card_ok(s: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
-_DIGIT = re.compile(r"[0-9]")
+# Every number detector's pattern needs one of these in the view: four
+# digits in a row (ID, card, the mobile/landline/NANP forms), "+" and a digit
+# (E.164) or digit "." digit (IPv4). One scan for all five detectors; text
+# without any (most prose, and digits such as "3 of 12") skips them.
+_NUMBER_HINT = re.compile(r"[0-9]{4}|\+[0-9]|[0-9]\.[0-9]", re.ASCII)
 # Where a secret may start, each found from a literal character (the re
 # engine skips to those; an alternation of prefixes would try every one at
 # every position).
@@ -276,14 +280,13 @@ _SECRET_HINT_A = re.compile(r"A(?:KIA|SIA|Iza)")
 _SECRET_MARKERS = ("earer", "eyJ", "uthorization")
 
 
-def _has_digit(text: str) -> bool:
-    return _DIGIT.search(text) is not None
-
-
+def _may_hold_number(text: str) -> bool:
+    return _NUMBER_HINT.search(text) is not None
 
 
 def _may_hold_secret(text: str) -> bool:
-    return (any(m in text for m in _SECRET_MARKERS) or _SECRET_HINT_A.search(text) is not None
+    m1, m2, m3 = _SECRET_MARKERS
+    return (m1 in text or m2 in text or m3 in text or _SECRET_HINT_A.search(text) is not None
             or ("_" in text and _SECRET_HINT_US.search(text) is not None)
             or ("-" in text and _SECRET_HINT_DASH.search(text) is not None))
 
@@ -304,12 +307,13 @@ def _may_hold_email(text: str) -> bool:
 _DETECTORS = (
     ("secret", _SECRET, None, _may_hold_secret),
     ("email", _email_spans, None, _may_hold_email),
-    ("cn_id", _CN_ID, _cn_id_ok, _has_digit),
-    ("bank_card", _CARD, _card_ok, _has_digit),
-    ("phone", _PHONE, None, _has_digit),
-    ("phone", _nanp_spans, None, _has_digit),
-    ("ipv4", _IPV4, _ipv4_ok, _has_digit),
+    ("cn_id", _CN_ID, _cn_id_ok, _may_hold_number),
+    ("bank_card", _CARD, _card_ok, _may_hold_number),
+    ("phone", _PHONE, None, _may_hold_number),
+    ("phone", _nanp_spans, None, _may_hold_number),
+    ("ipv4", _IPV4, _ipv4_ok, _may_hold_number),
 )
+_PREFILTERS = tuple(dict.fromkeys(may for *_, may in _DETECTORS))
 
 
 def find_spans(text: str) -> list[tuple[int, int, str]]:
@@ -320,16 +324,16 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
     if not text:
         return []
     view = scan_view(text)
+    checked = {may: may(view) for may in _PREFILTERS}
+    if not any(checked.values()):  # the common case: nothing could match
+        return []
     # Taken spans never overlap, so sorted by start they are sorted by end
     # too, and one bisection finds the only two neighbours a new span could
     # overlap (a scan of all of them was quadratic in the number of spans).
     starts: list[int] = []
     ends: list[int] = []
     kinds: list[str] = []
-    checked: dict = {}
     for kind, rx, valid, may_match in _DETECTORS:
-        if may_match not in checked:
-            checked[may_match] = may_match(view)
         if not checked[may_match]:
             continue
         found = rx(view) if callable(rx) else (m.span() for m in rx.finditer(view))
