@@ -73,7 +73,21 @@ def new_record() -> dict:
     return rec
 
 
-format_ts = utc_text  # RFC 3339, UTC, milliseconds: one writer for records and the middleware line
+_TS_MEMO: dict[float, str] = {}
+
+
+def format_ts(epoch_seconds: float) -> str:
+    """RFC 3339, UTC, milliseconds: :func:`exporter.wire.utc_text`, the one
+    writer for records and the middleware line, remembered per value (a text
+    log's times are whole seconds, shared by every request of that second;
+    the memo is bounded)."""
+    text = _TS_MEMO.get(epoch_seconds)
+    if text is None:
+        text = utc_text(epoch_seconds)
+        if len(_TS_MEMO) >= 4096:
+            _TS_MEMO.clear()
+        _TS_MEMO[epoch_seconds] = text
+    return text
 
 
 def parse_ts(text: str) -> float:
