@@ -57,3 +57,18 @@ def test_prefilters_never_hide_a_span(seed):
 def test_number_hint_sees_every_number_form(text):
     assert D._may_hold_number(D.scan_view(text))
     assert D.find_spans(text) == reference_spans(text) != []
+
+
+@pytest.mark.parametrize("text", ["a", "é中文", "\uffff", "\U00010000", "x\U0001F600y", "\ud800", "\udfff\ud800",
+                                  "𝟏𝟐𝟑", "١٢٣"])
+def test_has_astral_is_a_utf16_length_test(text):
+    assert D._has_astral(text) == (len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text))
+
+
+def test_number_hint_is_the_three_forms():
+    import re
+    forms = re.compile(r"[0-9]{4}|\+[0-9]|[0-9]\.[0-9]", re.ASCII)
+    rng = random.Random(3)
+    for _ in range(20000):
+        text = "".join(rng.choice("0123+.a 9-") for _ in range(rng.randint(0, 9)))
+        assert D._may_hold_number(text) == bool(forms.search(text)), text

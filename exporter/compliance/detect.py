@@ -71,7 +71,7 @@ _IN_ASTRAL_ZONE = re.compile("[\U000104a0-\U0001e959\U0001fbf0-\U0001fbf9]")
 
 
 def _has_astral(text: str) -> bool:
-    return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
+    return bool(text) and max(text) > "\uffff"  # a code point beyond the BMP (no copy)
 
 
 _ESCAPE = re.compile(r"\\+(?:u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|x[0-9A-Fa-f]{2}|[nrtbfv\"'/])?")
@@ -268,7 +268,8 @@ def _card_ok(s: str) -> bool:
 # digits in a row (ID, card, the mobile/landline/NANP forms), "+" and a digit
 # (E.164) or digit "." digit (IPv4). One scan for all five detectors; text
 # without any (most prose, and digits such as "3 of 12") skips them.
-_NUMBER_HINT = re.compile(r"[0-9]{4}|\+[0-9]|[0-9]\.[0-9]", re.ASCII)
+# (Led by one character class, so the re engine skips to candidates.)
+_NUMBER_HINT = re.compile(r"[0-9+](?:(?<=\+)[0-9]|(?<=[0-9])(?:[0-9]{3}|\.[0-9]))", re.ASCII)
 # Where a secret may start, each found from a literal character (the re
 # engine skips to those; an alternation of prefixes would try every one at
 # every position).
