@@ -262,9 +262,32 @@ class LineCutter:
         """Cut ``buf[i:end]`` (complete lines, no NUL, none too long; at most
         ``k`` of them) into ``out``; returns where the next line starts."""
         data = bytes(buf[i:end])
-        parts = data.split(b"\n") if k is None else data.split(b"\n", k)
-        rest = parts.pop()  # b"" after the last newline, or the lines over k
         stats = self.stats
+        try:  # one decode for the chunk (no "\n" is inside a UTF-8 sequence: the same texts)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None:  # some line is not UTF-8: decoded one by one, replacing
+            parts = data.split(b"\n") if k is None else data.split(b"\n", k)
+            rest = len(parts.pop())  # bytes after the last newline, or the lines over k
+            texts, sizes = [], []
+            for p in parts:
+                try:
+                    texts.append(p.decode("utf-8"))
+                except UnicodeDecodeError:
+                    stats.invalid_utf8 += 1
+                    texts.append(p.decode("utf-8", "replace"))
+                sizes.append(len(p) + 1)
+        else:
+            texts = text.split("\n") if k is None else text.split("\n", k)
+            if len(text) == len(data):  # ASCII: characters are bytes
+                rest = len(texts.pop())
+                sizes = None
+            else:
+                parts = data.split(b"\n") if k is None else data.split(b"\n", k)
+                rest = len(parts.pop())
+                texts.pop()
+                sizes = [len(p) + 1 for p in parts]
         frozen = self.frozen_pos
         if frozen is not None:
             chunk, make = _Chunk(frozen(), off, bytes(tail), data), None
@@ -272,27 +295,21 @@ class LineCutter:
             chunk, make = None, self.make_pos
             pre = bytes(tail)
         append, base = out.append, off
-        for p in parts:
-            size = len(p) + 1
+        for j, t in enumerate(texts):
+            size = len(t) + 1 if sizes is None else sizes[j]
             off += size
             if chunk is not None:
                 pos = (chunk, off)
             else:
                 rel = off - base
-                t = data[rel - TAIL_BYTES:rel] if rel >= TAIL_BYTES else (pre + data[:rel])[-TAIL_BYTES:]
-                pos = make(off, t)
-            if p[-1:] == b"\r":
-                body = p.rstrip(b"\r")
-                cr = size - 1 - len(body)
+                tl = data[rel - TAIL_BYTES:rel] if rel >= TAIL_BYTES else (pre + data[:rel])[-TAIL_BYTES:]
+                pos = make(off, tl)
+            if t.endswith("\r"):
+                body = t.rstrip("\r")
+                append(Line(body, size, pos, False, False, len(t) - len(body)))
             else:
-                body, cr = p, 0
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.invalid_utf8 += 1
-                text = body.decode("utf-8", "replace")
-            append(Line(text, size, pos, False, False, cr))
-        return end - len(rest)
+                append(Line(t, size, pos, False, False, 0))
+        return end - rest
 
     def flush(self) -> None:
         """Move every buffered byte to ``ready``; the rest is a partial line."""
