@@ -72,3 +72,32 @@ def test_number_hint_is_the_three_forms():
     for _ in range(20000):
         text = "".join(rng.choice("0123+.a 9-") for _ in range(rng.randint(0, 9)))
         assert D._may_hold_number(text) == bool(forms.search(text)), text
+
+
+def _plain_phrase_regex(phrases):
+    """The phrases as one plain alternation (what the prefix tree must equal)."""
+    import re
+    parts = ["\\s+".join(re.escape(w) for w in p.lower().split()) for p in phrases if p.strip()]
+    return re.compile("|".join(parts)) if parts else None
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_injection_phrase_tree_finds_what_the_alternation_finds(seed):
+    rng = random.Random(seed)
+    letters = ["a", "b", "ab", "A", " ", "  ", "\t", ".", "忽略", "*", "(", "\\"]
+    phrases = tuple("".join(rng.choice(letters) for _ in range(rng.randint(0, 6)))
+                    for _ in range(rng.randint(0, 6)))
+    tree, plain = D._phrase_regex(phrases), _plain_phrase_regex(phrases)
+    assert (tree is None) == (plain is None)
+    for _ in range(300):
+        text = "".join(rng.choice(letters + ["\n", "x"]) for _ in range(rng.randint(0, 14))).lower()
+        if plain is not None:
+            assert bool(tree.search(text)) == bool(plain.search(text)), (phrases, text)
+
+
+def test_default_injection_phrases_tree():
+    tree = D._phrase_regex(D.DEFAULT_INJECTION_PHRASES)
+    plain = _plain_phrase_regex(D.DEFAULT_INJECTION_PHRASES)
+    for p in D.DEFAULT_INJECTION_PHRASES:
+        for text in (p.lower(), "x " + p.lower().replace(" ", " \n\t ") + " y", p.lower()[:-1]):
+            assert bool(tree.search(text)) == bool(plain.search(text)), text

@@ -374,9 +374,37 @@ DEFAULT_INJECTION_PHRASES: tuple[str, ...] = (
 def _phrase_regex(phrases: tuple[str, ...]) -> re.Pattern | None:
     # Matched against str.lower() of the prompt: a case-sensitive pattern
     # keeps the engine's fast prefix scan (re.IGNORECASE was ~10x slower).
-    # Words may be separated by any whitespace run.
-    parts = ["\\s+".join(re.escape(w) for w in p.lower().split()) for p in phrases if p.strip()]
-    return re.compile("|".join(parts)) if parts else None
+    # Words may be separated by any whitespace run. Only whether a phrase
+    # occurs matters (detect() flags it), so the phrases are merged into one
+    # prefix tree: at a candidate position the engine tries each distinct
+    # next character once, not every phrase ("ignore previous ...", "ignore
+    # all ..." share "ignore "), and a phrase that another one starts with
+    # stands for both. tests/test_detect_prefilter.py checks it against the
+    # plain alternation.
+    trie: dict = {}
+    for p in phrases:
+        words = p.lower().split()
+        if not words:
+            continue
+        node = trie
+        for token in [t for i, w in enumerate(words) for t in ([r"\s+"] if i else []) + [re.escape(c) for c in w]]:
+            if None in node:
+                break  # a shorter phrase already ends here
+            node = node.setdefault(token, {})
+        else:
+            node.clear()
+            node[None] = True
+    return re.compile(_trie_pattern(trie)) if trie else None
+
+
+def _trie_pattern(node: dict) -> str:
+    out = []
+    while None not in node and len(node) == 1:  # a run without branches, iteratively
+        (token, node), = node.items()
+        out.append(token)
+    if None not in node:
+        out.append("(?:" + "|".join(_trie_pattern({t: child}) for t, child in node.items()) + ")")
+    return "".join(out)
 
 
 # -- structured output -----------------------------------------------------------------
