@@ -79,27 +79,27 @@ def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
     return out, "log"
 
 
-@dataclass
 class _Sources:
     """What one entry offers, read once: the middleware line, the client's
-    logged JSON body, and the fields that find the logged prompt."""
+    logged JSON body, the fields that find the logged prompt, and ``limit``,
+    the ``--max-log-len`` in effect (the flag, else the entry's start-up
+    setting)."""
 
-    e: dict
-    mw: dict | None
-    body: dict | None
-    ctx: AssembleContext
-    flags: list
-    middleware_seen: bool = False
-    log_prompt: str | None = None
-    choices: list = None
-    out_origin: str = "log"
+    __slots__ = ("body", "choices", "ctx", "e", "flags", "limit", "log_prompt", "middleware_seen", "mw",
+                 "out_origin")
 
-    @property
-    def limit(self) -> int | None:
-        if self.ctx.max_log_len is not None:
-            return self.ctx.max_log_len
-        cfg = self.e.get("cfg")
-        return cfg.get("max_log_len") if cfg else None
+    def __init__(self, e: dict, mw: dict | None, body: dict | None, ctx: AssembleContext, flags: list,
+                 middleware_seen: bool = False):
+        self.e, self.mw, self.body, self.ctx, self.flags = e, mw, body, ctx, flags
+        self.middleware_seen = middleware_seen
+        self.log_prompt: str | None = None
+        self.choices: list | None = None
+        self.out_origin = "log"
+        if ctx.max_log_len is not None:
+            self.limit = ctx.max_log_len
+        else:
+            cfg = e.get("cfg")
+            self.limit = cfg.get("max_log_len") if cfg else None
 
 
 def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
@@ -328,14 +328,15 @@ def _completion_from_log(e, choices, n, limit, ctx, out_origin):
         return None, None
     if e["out_ids"] is not None and not e.get("out_ids_truncated"):
         return e["out_ids"], "logged_ids"
-    if e["outputs"] and all(c["ids"] is not None for c in choices) \
-            and (n is None or n == len(choices)) and not any(
-                limit is not None and c["ids"] >= limit for c in choices):
-        return sum(c["ids"] for c in choices), "logged_ids"
+    ids = [c["ids"] for c in choices]  # ints or None
+    known = None not in ids
+    if e["outputs"] and known and (n is None or n == len(choices)) and (
+            limit is None or not ids or max(ids) < limit):
+        return sum(ids), "logged_ids"
     if e["stream"] and e["deltas"] and e["delta_ids_known"]:
         return e["delta_ids"], "logged_ids"
-    if choices and all(c["ids"] is not None for c in choices):  # stream placeholder count
-        return sum(c["ids"] for c in choices), "logged_ids"
+    if choices and known:  # stream placeholder count
+        return sum(ids), "logged_ids"
     if ctx.count_tokens and choices and (n is None or n == len(choices)) and not any(
             _truncated(c["text"], limit) for c in choices) and all(c["text"] is not None for c in choices):
         counts = [ctx.count_tokens(c["text"], False) if c["text"] else 0 for c in choices]

@@ -144,6 +144,13 @@ class BoundedLabels:
         # clean to one label (truncation), and an attacker could vary them.
         self._cache: dict[object, str] = {None: UNKNOWN, "": UNKNOWN}
         self._cache_max = 4 * limit + 16
+        # raw values that fold to __other__: an answer that never changes
+        # (the admitted set only grows, up to the limit, until restore()
+        # replaces it and empties both). Beyond the limit most raw values
+        # (10k users, --max-users 500) land here; this memo starts again
+        # empty when full rather than stopping, so it follows the traffic.
+        self._other: dict[object, str] = {}
+        self._other_max = max(4096, self._cache_max)
         # Admission is the only write; a lock keeps two threads (pipeline and
         # Loki pusher) from both taking the last slot. Lookups need no lock.
         self._lock = threading.Lock()
@@ -155,6 +162,8 @@ class BoundedLabels:
         try:
             return self._cache[value]
         except KeyError:
+            if value in self._other:
+                return OTHER
             return self._slow(value)
         except TypeError:  # unhashable raw value (a list from bad JSON)
             return self._slow(repr(value))
@@ -181,8 +190,14 @@ class BoundedLabels:
                 if text not in self._admitted and len(self._admitted) < self.limit:
                     self._admitted[text] = None
                 result = text if text in self._admitted else OTHER
-        if result != OTHER and len(self._cache) < self._cache_max:
-            self._cache[value] = result
+        if result != OTHER:
+            if len(self._cache) < self._cache_max:
+                self._cache[value] = result
+        else:
+            other = self._other
+            if len(other) >= self._other_max:
+                other.clear()
+            other[value] = OTHER
         return result
 
     def state(self) -> list[str]:
@@ -201,6 +216,7 @@ class BoundedLabels:
             if len(self._admitted) > self.limit:
                 self._admitted = dict.fromkeys(list(self._admitted)[: self.limit])
             self._cache = {None: UNKNOWN, "": UNKNOWN}
+            self._other = {}
 
 
 class UserLabels(BoundedLabels):

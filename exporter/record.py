@@ -73,7 +73,21 @@ def new_record() -> dict:
     return rec
 
 
-format_ts = utc_text  # RFC 3339, UTC, milliseconds: one writer for records and the middleware line
+_TS_MEMO: dict[float, str] = {}
+
+
+def format_ts(epoch_seconds: float) -> str:
+    """RFC 3339, UTC, milliseconds: :func:`exporter.wire.utc_text`, the one
+    writer for records and the middleware line, remembered per value (a text
+    log's times are whole seconds, shared by every request of that second;
+    the memo is bounded)."""
+    text = _TS_MEMO.get(epoch_seconds)
+    if text is None:
+        text = utc_text(epoch_seconds)
+        if len(_TS_MEMO) >= 4096:
+            _TS_MEMO.clear()
+        _TS_MEMO[epoch_seconds] = text
+    return text
 
 
 def parse_ts(text: str) -> float:
@@ -98,16 +112,37 @@ _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).enco
 _CANONICAL_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
+# The C accelerator's encoder (exporter/parse/_scan_json.h), set by
+# exporter.parse.fast when it is built and enabled: the same bytes as the two
+# encoders above for what a record holds, None (then they run) for anything
+# else. None here: pure Python.
+_c_json = None
+
+
+def set_c_encoder(fn) -> None:
+    """``json_line(obj, sort_keys, text)`` of the C accelerator, or None."""
+    global _c_json
+    _c_json = fn
+
+
 def dumps_line(record: dict) -> str:
     """The archive/Loki line: contract key order, compact, UTF-8 kept.
 
     Deterministic for equal input, which is what makes a Loki resend
     byte-identical (and so deduplicated by Loki).
     """
+    if _c_json is not None:
+        line = _c_json(record, False, True)
+        if line is not None:
+            return line
     return _LINE_ENCODER(record)
 
 
 def canonical_bytes(record: dict) -> bytes:
     """Canonical form for hashing: sorted keys, compact, UTF-8, no chain hash."""
     body = {k: v for k, v in record.items() if k != "hash"} if "hash" in record else record
+    if _c_json is not None:
+        data = _c_json(body, True, False)
+        if data is not None:
+            return data
     return _CANONICAL_ENCODER(body).encode()

@@ -52,3 +52,15 @@ def test_a_logged_body_gives_the_params_the_middleware_would_send(body):
 def test_one_time_writer():
     from exporter.record import format_ts
     assert format_ts(1795341600.1234) == utc_text(1795341600.1234) == "2026-11-22T10:00:00.123Z"
+
+
+def test_record_time_memo_is_utc_text():
+    """record.format_ts remembers texts per value: still utc_text's, every time."""
+    import random
+
+    from exporter.record import format_ts
+    rng = random.Random(7)
+    values = [1795341600 + rng.choice([0, 0.0005, 0.9994999, 0.9995, 0.9999996, 0.123, 59.9999999])
+              + rng.randrange(0, 5) for _ in range(3000)] + [0, 0.0, -0.0, 1, 1.0, 951782400.5]
+    for v in values + values[::-1]:
+        assert format_ts(v) == utc_text(v)

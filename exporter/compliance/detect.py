@@ -71,7 +71,7 @@ _IN_ASTRAL_ZONE = re.compile("[\U000104a0-\U0001e959\U0001fbf0-\U0001fbf9]")
 
 
 def _has_astral(text: str) -> bool:
-    return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
+    return bool(text) and max(text) > "\uffff"  # a code point beyond the BMP (no copy)
 
 
 _ESCAPE = re.compile(r"\\+(?:u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|x[0-9A-Fa-f]{2}|[nrtbfv\"'/])?")
@@ -264,7 +264,12 @@ def _card_ok(s: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
-_DIGIT = re.compile(r"[0-9]")
+# Every number detector's pattern needs one of these in the view: four
+# digits in a row (ID, card, the mobile/landline/NANP forms), "+" and a digit
+# (E.164) or digit "." digit (IPv4). One scan for all five detectors; text
+# without any (most prose, and digits such as "3 of 12") skips them.
+# (Led by one character class, so the re engine skips to candidates.)
+_NUMBER_HINT = re.compile(r"[0-9+](?:(?<=\+)[0-9]|(?<=[0-9])(?:[0-9]{3}|\.[0-9]))", re.ASCII)
 # Where a secret may start, each found from a literal character (the re
 # engine skips to those; an alternation of prefixes would try every one at
 # every position).
@@ -276,14 +281,13 @@ _SECRET_HINT_A = re.compile(r"A(?:KIA|SIA|Iza)")
 _SECRET_MARKERS = ("earer", "eyJ", "uthorization")
 
 
-def _has_digit(text: str) -> bool:
-    return _DIGIT.search(text) is not None
-
-
+def _may_hold_number(text: str) -> bool:
+    return _NUMBER_HINT.search(text) is not None
 
 
 def _may_hold_secret(text: str) -> bool:
-    return (any(m in text for m in _SECRET_MARKERS) or _SECRET_HINT_A.search(text) is not None
+    m1, m2, m3 = _SECRET_MARKERS
+    return (m1 in text or m2 in text or m3 in text or _SECRET_HINT_A.search(text) is not None
             or ("_" in text and _SECRET_HINT_US.search(text) is not None)
             or ("-" in text and _SECRET_HINT_DASH.search(text) is not None))
 
@@ -304,12 +308,13 @@ def _may_hold_email(text: str) -> bool:
 _DETECTORS = (
     ("secret", _SECRET, None, _may_hold_secret),
     ("email", _email_spans, None, _may_hold_email),
-    ("cn_id", _CN_ID, _cn_id_ok, _has_digit),
-    ("bank_card", _CARD, _card_ok, _has_digit),
-    ("phone", _PHONE, None, _has_digit),
-    ("phone", _nanp_spans, None, _has_digit),
-    ("ipv4", _IPV4, _ipv4_ok, _has_digit),
+    ("cn_id", _CN_ID, _cn_id_ok, _may_hold_number),
+    ("bank_card", _CARD, _card_ok, _may_hold_number),
+    ("phone", _PHONE, None, _may_hold_number),
+    ("phone", _nanp_spans, None, _may_hold_number),
+    ("ipv4", _IPV4, _ipv4_ok, _may_hold_number),
 )
+_PREFILTERS = tuple(dict.fromkeys(may for *_, may in _DETECTORS))
 
 
 def find_spans(text: str) -> list[tuple[int, int, str]]:
@@ -320,16 +325,16 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
     if not text:
         return []
     view = scan_view(text)
+    checked = {may: may(view) for may in _PREFILTERS}
+    if not any(checked.values()):  # the common case: nothing could match
+        return []
     # Taken spans never overlap, so sorted by start they are sorted by end
     # too, and one bisection finds the only two neighbours a new span could
     # overlap (a scan of all of them was quadratic in the number of spans).
     starts: list[int] = []
     ends: list[int] = []
     kinds: list[str] = []
-    checked: dict = {}
     for kind, rx, valid, may_match in _DETECTORS:
-        if may_match not in checked:
-            checked[may_match] = may_match(view)
         if not checked[may_match]:
             continue
         found = rx(view) if callable(rx) else (m.span() for m in rx.finditer(view))
@@ -369,9 +374,37 @@ DEFAULT_INJECTION_PHRASES: tuple[str, ...] = (
 def _phrase_regex(phrases: tuple[str, ...]) -> re.Pattern | None:
     # Matched against str.lower() of the prompt: a case-sensitive pattern
     # keeps the engine's fast prefix scan (re.IGNORECASE was ~10x slower).
-    # Words may be separated by any whitespace run.
-    parts = ["\\s+".join(re.escape(w) for w in p.lower().split()) for p in phrases if p.strip()]
-    return re.compile("|".join(parts)) if parts else None
+    # Words may be separated by any whitespace run. Only whether a phrase
+    # occurs matters (detect() flags it), so the phrases are merged into one
+    # prefix tree: at a candidate position the engine tries each distinct
+    # next character once, not every phrase ("ignore previous ...", "ignore
+    # all ..." share "ignore "), and a phrase that another one starts with
+    # stands for both. tests/test_detect_prefilter.py checks it against the
+    # plain alternation.
+    trie: dict = {}
+    for p in phrases:
+        words = p.lower().split()
+        if not words:
+            continue
+        node = trie
+        for token in [t for i, w in enumerate(words) for t in ([r"\s+"] if i else []) + [re.escape(c) for c in w]]:
+            if None in node:
+                break  # a shorter phrase already ends here
+            node = node.setdefault(token, {})
+        else:
+            node.clear()
+            node[None] = True
+    return re.compile(_trie_pattern(trie)) if trie else None
+
+
+def _trie_pattern(node: dict) -> str:
+    out = []
+    while None not in node and len(node) == 1:  # a run without branches, iteratively
+        (token, node), = node.items()
+        out.append(token)
+    if None not in node:
+        out.append("(?:" + "|".join(_trie_pattern({t: child}) for t, child in node.items()) + ")")
+    return "".join(out)
 
 
 # -- structured output -----------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include "_scan_common.h"
 #include "_scan_repr.h"
 #include "_scan_messages.h"
+#include "_scan_json.h"
 
 /* -- header ---------------------------------------------------------------- */
 
@@ -156,6 +157,8 @@ static PyMethodDef methods[] = {
      "dispatch(message, header) -> Event | Ignored | None (a message without its header line)"},
     {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds)"},
     {"clear_cache", clear_cache, METH_NOARGS, "forget the cached headers"},
+    {"json_line", json_line, METH_VARARGS,
+     "json_line(obj, sort_keys, text) -> bytes | str | None: compact JSON as json writes it (None: ask json)"},
     {NULL, NULL, 0, NULL},
 };
 

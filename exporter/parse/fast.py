@@ -1,6 +1,10 @@
 """Which implementation of the hot parse path runs: the optional C
 accelerator (``exporter/parse/_scan.c``) or none (pure Python).
 
+It also encodes records (``json_line``, set in :mod:`exporter.record`):
+the bytes of the json module for what a record holds, else None and json
+runs.
+
 ``scan(text)`` returns what the Python parser returns for the common
 request-log lines (``dispatch(message, header)`` the same for a JSON-formatter
 message), or None, and the caller then runs the Python parser,
@@ -17,6 +21,7 @@ import os
 from pathlib import Path
 
 from exporter import events as ev
+from exporter import record
 from exporter.parse.body_line import body_event
 from exporter.parse.fields import sampling_params
 from exporter.parse.header import text_header
@@ -65,11 +70,13 @@ def configure(module) -> None:
 
 
 def set_enabled(enabled: bool) -> None:
-    """Switch the accelerator on (when built) or off, for benchmarks and tests."""
+    """Switch the accelerator on (when built) or off, for benchmarks and tests
+    (the parser and the record encoder of exporter.record together)."""
     global scan, dispatch, IMPLEMENTATION
     module = load() if enabled else None
     scan = None if module is None else module.scan
     dispatch = None if module is None else module.dispatch
+    record.set_c_encoder(None if module is None else module.json_line)
     IMPLEMENTATION = "python" if scan is None else "c"
 
 

@@ -107,7 +107,7 @@ class FileTailer:
         self._head = b""
         self._head_digest: str | None = None  # of the full HEAD_BYTES
         self._mtime: int | None = None
-        self._cut = LineCutter(max_line_bytes, self.stats, self._make_pos)
+        self._cut = LineCutter(max_line_bytes, self.stats, self._make_pos, self._frozen_pos)
         self.at_eof = False
         self._closed = False
         # Rotated files drained to their end and left, oldest first: their
@@ -169,7 +169,7 @@ class FileTailer:
                 break
             switches += 1
         if out:
-            self._pos = out[-1]._pos
+            self._pos = out[-1].deferred()
             self.stats.lines += len(out)
         if self._f is not None and not cut.pending:
             self._pos = self._make_pos(cut.line_off, cut.tail)  # skipped NULs, switched files
@@ -257,6 +257,17 @@ class FileTailer:
         hl = min(HEAD_BYTES, off)
         head = self._head_digest if hl == HEAD_BYTES and self._head_digest else digest(self._head[:hl])
         return partial(build_position, self._where, off, hl, head, tail)
+
+    def _frozen_pos(self):
+        """``_make_pos`` with this file's identity and head as they are now
+        (lines cut in bulk build their position later, if ever)."""
+        where, head, head_digest = self._where, self._head, self._head_digest
+
+        def make(off: int, tail: bytes) -> dict:
+            hl = min(HEAD_BYTES, off)
+            h = head_digest if hl == HEAD_BYTES and head_digest else digest(head[:hl])
+            return build_position(where, off, hl, h, tail)
+        return make
 
     # -- reading ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from exporter.tail.position import TAIL_BYTES
@@ -38,9 +39,20 @@ class Line:
 
     @property
     def pos(self) -> dict:
-        if callable(self._pos):
-            self._pos = self._pos()
-        return self._pos
+        p = self._pos
+        if p.__class__ is tuple:  # (chunk, end offset): cut in bulk, built on demand
+            p = self._pos = p[0].position(p[1])
+        elif callable(p):
+            p = self._pos = p()
+        return p
+
+    def deferred(self):
+        """``pos`` itself if built, else a callable building it (for a
+        tailer's own position after this line)."""
+        p = self._pos
+        if p.__class__ is tuple:
+            return partial(p[0].position, p[1])
+        return p
 
     def __eq__(self, other):
         if not isinstance(other, Line):
@@ -111,13 +123,43 @@ def cut_utf8(prefix: bytes) -> bytes:
     return prefix
 
 
+class _Chunk:
+    """The bytes of lines cut in one bulk step, kept so that a line's
+    position is built only when asked for (the pipeline asks for one line's
+    per checkpoint): ``make`` is the position builder frozen when the lines
+    were cut, ``pre`` the TAIL_BYTES before ``data``, which starts at file
+    offset ``base``."""
+
+    __slots__ = ("base", "data", "make", "pre")
+
+    def __init__(self, make: Callable, base: int, pre: bytes, data: bytes):
+        self.make, self.base, self.pre, self.data = make, base, pre, data
+
+    def position(self, off: int) -> dict:
+        rel = off - self.base
+        if rel >= TAIL_BYTES:
+            tail = self.data[rel - TAIL_BYTES:rel]
+        else:
+            tail = (self.pre + self.data[:rel])[-TAIL_BYTES:]
+        p = self.make(off, tail)
+        return p() if callable(p) else p
+
+
 class LineCutter:
     """Bytes in, lines out. ``make_pos(offset, tail)`` returns the position
     (a dict, or a callable building it) for a line ending at ``offset``
-    whose last raw bytes are ``tail`` (at most TAIL_BYTES)."""
+    whose last raw bytes are ``tail`` (at most TAIL_BYTES).
 
-    def __init__(self, max_line_bytes: int, stats: TailStats, make_pos: Callable):
+    ``frozen_pos``, if given, returns a ``make_pos`` whose answers do not
+    depend on anything that changes later (which file, its head): lines cut
+    in bulk then carry their position unbuilt (see :class:`_Chunk`)."""
+
+    bulk = True  # False: line by line only (tests/test_tail_bulk.py compares the two)
+
+    def __init__(self, max_line_bytes: int, stats: TailStats, make_pos: Callable,
+                 frozen_pos: Callable | None = None):
         self.max_line_bytes, self.stats, self.make_pos = max_line_bytes, stats, make_pos
+        self.frozen_pos = frozen_pos
         self.ready: deque[Line] = deque()  # cut out of order of a poll: long lines, flushes
         self._buf = bytearray()
         self.reset(0, b"")
@@ -167,6 +209,7 @@ class LineCutter:
         buf, n, i = self._buf, len(self._buf), 0
         find, stats, make_pos, maxb = buf.find, self.stats, self.make_pos, self.max_line_bytes
         off, tail, scan = self.line_off, self.tail, self._scan
+        bulk = self.bulk
         while limit is None or len(out) < limit:
             if i < n and buf[i] == 0:  # NUL run left by a stale writer
                 m = _NON_NUL.search(buf, i)
@@ -176,6 +219,19 @@ class LineCutter:
                 tail = (tail + buf[max(i, j - TAIL_BYTES):j])[-TAIL_BYTES:]
                 i = j
                 continue
+            if bulk:
+                # The common case in one step: every complete line left, no
+                # NUL among them, none over the limit. Same lines as the
+                # line-by-line path below (which handles everything else).
+                bulk = False
+                last = buf.rfind(b"\n", i)
+                if last >= 0 and last + 1 - i <= maxb and buf.find(b"\0", i, last + 1) < 0:
+                    j = self._bulk(buf, i, last + 1, off, tail, None if limit is None else limit - len(out),
+                                   out)
+                    off += j - i
+                    tail = (tail + buf[max(i, j - TAIL_BYTES):j])[-TAIL_BYTES:]
+                    i = j
+                    continue
             nl = find(b"\n", i if i >= scan else scan)
             if nl < 0:
                 scan = n
@@ -200,6 +256,60 @@ class LineCutter:
                 out.append(Line(decode(raw[:-1], stats), size, make_pos(off, tail)))
         del buf[:i]
         self.line_off, self.tail, self._scan = off, bytes(tail), max(0, scan - i)
+
+    def _bulk(self, buf: bytearray, i: int, end: int, off: int, tail: bytes, k: int | None,
+              out: list[Line]) -> int:
+        """Cut ``buf[i:end]`` (complete lines, no NUL, none too long; at most
+        ``k`` of them) into ``out``; returns where the next line starts."""
+        data = bytes(buf[i:end])
+        stats = self.stats
+        try:  # one decode for the chunk (no "\n" is inside a UTF-8 sequence: the same texts)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None:  # some line is not UTF-8: decoded one by one, replacing
+            parts = data.split(b"\n") if k is None else data.split(b"\n", k)
+            rest = len(parts.pop())  # bytes after the last newline, or the lines over k
+            texts, sizes = [], []
+            for p in parts:
+                try:
+                    texts.append(p.decode("utf-8"))
+                except UnicodeDecodeError:
+                    stats.invalid_utf8 += 1
+                    texts.append(p.decode("utf-8", "replace"))
+                sizes.append(len(p) + 1)
+        else:
+            texts = text.split("\n") if k is None else text.split("\n", k)
+            if len(text) == len(data):  # ASCII: characters are bytes
+                rest = len(texts.pop())
+                sizes = None
+            else:
+                parts = data.split(b"\n") if k is None else data.split(b"\n", k)
+                rest = len(parts.pop())
+                texts.pop()
+                sizes = [len(p) + 1 for p in parts]
+        frozen = self.frozen_pos
+        if frozen is not None:
+            chunk, make = _Chunk(frozen(), off, bytes(tail), data), None
+        else:
+            chunk, make = None, self.make_pos
+            pre = bytes(tail)
+        append, base = out.append, off
+        for j, t in enumerate(texts):
+            size = len(t) + 1 if sizes is None else sizes[j]
+            off += size
+            if chunk is not None:
+                pos = (chunk, off)
+            else:
+                rel = off - base
+                tl = data[rel - TAIL_BYTES:rel] if rel >= TAIL_BYTES else (pre + data[:rel])[-TAIL_BYTES:]
+                pos = make(off, tl)
+            if t.endswith("\r"):
+                body = t.rstrip("\r")
+                append(Line(body, size, pos, False, False, len(t) - len(body)))
+            else:
+                append(Line(t, size, pos, False, False, 0))
+        return end - rest
 
     def flush(self) -> None:
         """Move every buffered byte to ``ready``; the rest is a partial line."""
