@@ -40,7 +40,7 @@ from exporter.archive.layout import iter_lines, list_days, tree_path
 from exporter.transparency.audit_checkpoints import check_checkpoints
 from exporter.transparency.audit_report import Problem, Report  # noqa: F401  (Problem: part of the API)
 from exporter.transparency.leaf import record_leaf
-from exporter.transparency.leaf_line import verify_line
+from exporter.transparency import leaf_line
 from exporter.transparency.note import NoteError, Verifier, parse_verifier
 from exporter.transparency.tree import ENTRY, TreeReader
 
@@ -99,7 +99,7 @@ def _records(root: Path, salts_leaves, report: Report) -> None:
             # decided, and its problem named, by the definition below.
             if expected <= n:
                 entry = salts_leaves[expected - 1]
-                if verify_line(raw, entry[:16], entry[16:]) == expected:
+                if leaf_line.verify_line(raw, entry[:16], entry[16:]) == expected:
                     report.records += 1
                     expected += 1
                     continue

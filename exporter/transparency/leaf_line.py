@@ -37,7 +37,9 @@ whose leaf by the definition is the stored one.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from pathlib import Path
 
 from exporter.record import RECORD_FIELDS
 from exporter.transparency.leaf import _CONTENT_PREFIX, CONTENT_FIELDS, LEAF_PREFIX
@@ -50,7 +52,7 @@ _SLOTS = tuple((b',"' + k.encode() + b'":', b',"' + KEYS[i + 1].encode() + b'":'
 _STRINGY = tuple(k for k in RECORD_FIELDS if k in CONTENT_FIELDS)
 _CHAIN = b',"prev_hash":"'
 _CHAIN_TAIL = re.compile(rb',"prev_hash":"[\x20\x21\x23-\x5b\x5d-\x7e]*","hash":"[\x20\x21\x23-\x5b\x5d-\x7e]*"\}\n?')
-_ERASED = re.compile(rb'\{"erased":("sha256:[0-9a-f]{64}")\}')
+_ERASED = re.compile(rb'\{"erased":("sha256:[^"\\]*(?:\\.[^"\\]*)*")\}', re.DOTALL)
 _HEAD = b'{"' + RECORD_FIELDS[0].encode() + b'":'
 _NULL = b"null"
 _sha256 = hashlib.sha256
@@ -160,7 +162,7 @@ def _once(b: bytes) -> bool:
     return len(_MARKS.findall(b)) == len(_SLOTS)
 
 
-def writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:
+def py_writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:
     """Leaf hash of a sealed ``record`` from its encoded ``line``, or None
     (use :func:`exporter.transparency.leaf.record_leaf`) outside the exact
     case: keys :data:`KEYS` in order, content values strings or null (a
@@ -181,7 +183,7 @@ def writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:
     return _sha256(b"\x00" + b).digest()
 
 
-def verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
+def py_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
     """The line's ``seq`` when ``raw`` certainly has Merkle leaf ``leaf``
     (see the module's docstring), else None: "not shown here", ask the
     definition (which also names the problem)."""
@@ -194,3 +196,57 @@ def verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
         return None
     a, e = regs[len(_SLOTS) + 1]
     return int(raw[a:e])
+
+
+# -- the C accelerator (_leaf.c: the same grammar checked in full, and the
+# hashing, in one call) ---------------------------------------------------------
+ENV = "VLLM_AUDIT_PURE_PYTHON"  # as exporter.parse.fast: "1" forces the pure-Python path
+
+
+def _load():
+    if os.environ.get(ENV, "") not in ("", "0"):
+        return None
+    try:
+        from exporter.transparency import _leaf
+    except ImportError:
+        return None
+    src = Path(__file__).with_name("_leaf.c")
+    try:  # a checkout never runs a module built from another version of its source
+        if src.exists() and getattr(_leaf, "SOURCE_SHA256", "") != hashlib.sha256(src.read_bytes()).hexdigest():
+            return None
+    except OSError:
+        pass
+    _leaf.configure(tuple(k.encode() for k in KEYS), tuple(k in CONTENT_FIELDS for k in KEYS),
+                    LEAF_PREFIX, _CONTENT_PREFIX)
+    return _leaf
+
+
+def c_line_leaf(raw: bytes, salt: bytes, want_bytes: bool = False):
+    """``(seq, leaf hash)`` (``want_bytes``: leaf bytes) by the C module, or None."""
+    return _C.leaf(raw, salt, want_bytes)
+
+
+def _c_writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:
+    r = _C.leaf(line, salt)
+    return None if r is None else r[1]
+
+
+def _c_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
+    r = _C.leaf(raw, salt)
+    return r[0] if r is not None and r[1] == leaf else None
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the C module (when built and current) or the pure-Python path."""
+    global _C, writer_leaf, verify_line, IMPLEMENTATION
+    _C = _load() if enabled else None
+    writer_leaf = py_writer_leaf if _C is None else _c_writer_leaf
+    verify_line = py_verify_line if _C is None else _c_verify_line
+    IMPLEMENTATION = "python" if _C is None else "c"
+
+
+_C = None
+writer_leaf = py_writer_leaf
+verify_line = py_verify_line
+IMPLEMENTATION = "python"
+set_enabled(True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from exporter.durable import fsync_dir, make_dir, write_fully
 from exporter.transparency import merkle
 from exporter.transparency.leaf import SALT_BYTES, record_leaf, unavailable_leaf
-from exporter.transparency.leaf_line import writer_leaf
+from exporter.transparency import leaf_line
 
 ENTRY = SALT_BYTES + 32
 _READ = ENTRY * 4096
@@ -147,7 +147,7 @@ class TreeFile:
         leaves = []
         for i, record in enumerate(records):
             salt = salts[i]
-            leaf = writer_leaf(record, lines[i], salt) if lines is not None else None
+            leaf = leaf_line.writer_leaf(record, lines[i], salt) if lines is not None else None
             if leaf is None:
                 if record.get("unavailable") is True and len(record) == 2:
                     salt, leaf = bytes(SALT_BYTES), unavailable_leaf(record["seq"])
