@@ -72,6 +72,7 @@ class Meter:
 def run(log: Path, work: Path) -> dict:
     from exporter.replay import replay_into
     from exporter.settings import load
+    from exporter.transparency import leaf_line
     from exporter.transparency.audit import audit, load_verifier
     from exporter.transparency.keys import keygen
     from exporter.transparency.log import TransparencyLog
@@ -115,6 +116,7 @@ def run(log: Path, work: Path) -> dict:
         "total_ratio": round((tlog_cpu + verify_cpu) / replay_cpu, 4),
         "target_ratio": TARGET,
         "met": (tlog_cpu + verify_cpu) / replay_cpu < TARGET,
+        "leaf_implementation": leaf_line.IMPLEMENTATION,
         "python": platform.python_version(),
     }
 
@@ -124,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=make_big_log.parse_size, default=make_big_log.parse_size("16MiB"))
     p.add_argument("--log", type=Path, default=None, help="an existing log instead of a generated one")
     p.add_argument("--keep", type=Path, default=None, help="keep the archive here (for profiling)")
+    p.add_argument("--pure-python-leaf", action="store_true",
+                   help="the leaf from the archive line without the C accelerator (exporter/transparency/_leaf.c)")
     args = p.parse_args(argv)
+    from exporter.transparency import leaf_line
+    leaf_line.set_enabled(not args.pure_python_leaf)
     work = Path(tempfile.mkdtemp(prefix="tlog-bench-"))
     try:
         log = args.log

@@ -21,7 +21,12 @@ from exporter.settings import build as build_settings
 from exporter.transparency import leaf_line, merkle
 from exporter.transparency.audit import audit, load_verifier
 from exporter.transparency.keys import keygen
-from exporter.transparency.leaf import CONTENT_FIELDS, erased_value, leaf_bytes, record_leaf
+from exporter.transparency.leaf import (
+    CONTENT_FIELDS,
+    erased_value,
+    leaf_bytes,
+    record_leaf,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMPLS = ["python"] + (["c"] if leaf_line._load() is not None else [])
@@ -78,12 +83,11 @@ def _lines() -> list[bytes]:
             out += b"".join(f.read_bytes() for f in sorted(archive.glob("audit-*.jsonl"))).splitlines()
         finally:
             shutil.rmtree(archive.parent, ignore_errors=True)
-    prev, seq, sealed = "genesis", 0, []
-    for raw in out:
+    prev, sealed = "genesis", []
+    for seq, raw in enumerate(out, 1):
         rec = json.loads(raw)
         for k in ("seq", "prev_hash", "hash"):
             del rec[k]
-        seq += 1
         s = chain.seal(rec, seq, prev)
         prev = s["hash"]
         sealed.append(json.dumps(s, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
@@ -191,7 +195,7 @@ def test_verify_names_a_tampered_line(tmp_path, impl, where):
     _replay(FIXTURES / "vllm-0.32.0" / "middleware", root, "--signing-key-file", str(key),
             "--log-origin", "fastpath.example/audit")
     assert audit(root, load_verifier(str(pub), "--public-key")).ok
-    day = sorted(root.glob("audit-*.jsonl"))[0]
+    day = min(root.glob("audit-*.jsonl"))
     lines = day.read_bytes().splitlines(keepends=True)
     rec = json.loads(lines[16])
     if where == "prompt":

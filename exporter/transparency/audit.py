@@ -37,10 +37,10 @@ from pathlib import Path
 
 from exporter.archive import manifest as mf
 from exporter.archive.layout import iter_lines, list_days, tree_path
+from exporter.transparency import leaf_line
 from exporter.transparency.audit_checkpoints import check_checkpoints
 from exporter.transparency.audit_report import Problem, Report  # noqa: F401  (Problem: part of the API)
 from exporter.transparency.leaf import record_leaf
-from exporter.transparency import leaf_line
 from exporter.transparency.note import NoteError, Verifier, parse_verifier
 from exporter.transparency.tree import ENTRY, TreeReader
 

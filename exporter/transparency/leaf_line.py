@@ -5,33 +5,40 @@ re-encoded with every non-null content field replaced by its salted
 commitment. That costs a JSON encoding of the record per record on the
 writer's side, and a decoding plus an encoding on the verifier's. This
 module gets the *same bytes* from the archive line (the writer's one
-encoding of the record, compact, keys in record order): each content
-field's value is the byte span after its key ``,"<name>":`` up to the next
-field's key, it is hashed where it lies, and the leaf bytes are the line
-with those spans replaced by their commitments and the chain fields
-(``,"prev_hash":...,"hash":...``, the line's last two keys) cut off.
+encoding of the record: compact, keys in record order): the line is matched
+against the grammar of the writer's shape, each content value's byte span
+is hashed where it lies, and the leaf bytes are the line with those spans
+replaced by their commitments (a null stays, an ``{"erased": c}`` value
+becomes ``c``) and the chain fields (``,"prev_hash":...,"hash":...``, the
+line's last two keys) cut off.
 
-The writer (:func:`writer_leaf`) finds the spans by key search, which is
-exact only in its own case: the record's keys are :data:`KEYS` in order,
-every content value is a string or null (a JSON string cannot hold ``,"``,
-so no key hides in one) and each content key occurs once in the leaf bytes
-(so the occurrence found is the top-level one). Otherwise it uses the
-definition.
+The grammar: JSON's own lexical structure (strings with their escapes,
+atoms, brackets), the top-level keys exactly :data:`KEYS` in order, ``seq``
+a plain integer, the chain values printable ASCII. JSON's grammar is
+unambiguous, so a match is the line's real top-level structure and each
+captured span is exactly the value ``json.loads`` reads for that key.
+``_leaf.c`` checks it in full (and hashes, one call per line); the pure
+Python reference, :data:`LINE_RE`, nests values at most :data:`DEPTH`
+deep and leaves atoms and escapes to the hash check below.
 
-The verifier (:func:`verify_line`) matches the line against
-:data:`LINE_RE`, JSON's lexical structure with the top-level keys fixed, so
-a match is the line's real top-level structure and each captured span is
-the value ``json.loads`` reads for that key; and it uses the result only to
-*accept*. A line the fast path does not accept goes to the definition,
-which decides and names the problem. Why an acceptance is sound: if
-``leaf_hash(B) == stored leaf`` for ``B`` built from ``raw`` then, SHA-256
-being collision resistant, ``B`` *is* the writer's leaf bytes; each span
-cut out of ``raw`` sat in a top-level content slot and hashes to that
-slot's commitment (which binds salt, field name and value bytes), so it is
-byte for byte the writer's encoding of the value (or the same erased
-commitment); every other byte of ``raw`` before the chain tail is ``B``'s
-verbatim. So ``raw`` decodes to the writer's record (chain values aside),
-whose leaf by the definition is the stored one.
+The writer (:func:`writer_leaf`, C only) uses it when the line matches:
+its line is the canonical encoding of the sealed record, so the bytes are
+the definition's. Otherwise (and in pure Python, where cutting the line
+costs more than the C JSON encoder saves) it uses the definition.
+
+The verifier (:func:`verify_line`) uses it only to *accept*; a line it does
+not accept goes to the definition, which decides and names the problem.
+Why an acceptance is sound: if ``leaf_hash(B) == stored leaf`` for ``B``
+built from ``raw`` then, SHA-256 being collision resistant, ``B`` *is* the
+writer's leaf bytes; each span cut out of ``raw`` sat in a top-level content
+slot and hashes to that slot's commitment (which binds salt, field name and
+value bytes), so it is byte for byte the writer's encoding of the value (or
+carries the same erased commitment); every other byte of ``raw`` before the
+chain tail is ``B``'s verbatim, i.e. canonical. So ``raw`` decodes to the
+writer's record (chain values aside), whose leaf by the definition is the
+stored one. (tests/test_tlog_fastpath.py checks "fast accepts => the
+definition accepts" on tampered lines; tests/test_leaf_pinned.py pins both
+paths to main's leaves for every real capture.)
 """
 
 from __future__ import annotations
@@ -49,11 +56,7 @@ KEYS: tuple[str, ...] = RECORD_FIELDS + ("seq", "prev_hash", "hash")
 # Per content field, in line order: (key marker, the next field's marker, name || 0x00).
 _SLOTS = tuple((b',"' + k.encode() + b'":', b',"' + KEYS[i + 1].encode() + b'":', k.encode() + b"\x00")
                for i, k in enumerate(RECORD_FIELDS) if k in CONTENT_FIELDS)
-_STRINGY = tuple(k for k in RECORD_FIELDS if k in CONTENT_FIELDS)
-_CHAIN = b',"prev_hash":"'
-_CHAIN_TAIL = re.compile(rb',"prev_hash":"[\x20\x21\x23-\x5b\x5d-\x7e]*","hash":"[\x20\x21\x23-\x5b\x5d-\x7e]*"\}\n?')
 _ERASED = re.compile(rb'\{"erased":("sha256:[^"\\]*(?:\\.[^"\\]*)*")\}', re.DOTALL)
-_HEAD = b'{"' + RECORD_FIELDS[0].encode() + b'":'
 _NULL = b"null"
 _sha256 = hashlib.sha256
 
@@ -116,33 +119,6 @@ def _build(raw: bytes, spans, cut: int, salt: bytes) -> bytes:
     return b"".join(out)
 
 
-def _find_spans(raw: bytes):
-    """Content spans by key search (exact only for the writer's own lines,
-    see :func:`writer_leaf`); ``(spans, cut)`` or None."""
-    cut = raw.rfind(_CHAIN)
-    if cut < 0 or _CHAIN_TAIL.fullmatch(raw, cut) is None or not raw.startswith(_HEAD):
-        return None
-    spans = []
-    pos = 0
-    for marker, nxt, _ in _SLOTS:
-        if raw.startswith(marker, pos):
-            a = pos + len(marker)
-        else:
-            a = raw.find(marker, pos, cut)
-            if a < 0:
-                return None
-            a += len(marker)
-        if raw.startswith(_NULL, a) and raw.startswith(nxt, a + 4):
-            b = a + 4
-        else:
-            b = raw.find(nxt, a, cut + 1)
-            if b < 0:
-                return None
-        spans.append((a, b))
-        pos = b
-    return spans, cut
-
-
 def line_leaf_bytes(raw: bytes, salt: bytes) -> bytes | None:
     """Leaf bytes of archive line ``raw`` (with or without its ``\\n``) when
     it is in :data:`LINE_RE`'s grammar, else None."""
@@ -151,36 +127,6 @@ def line_leaf_bytes(raw: bytes, salt: bytes) -> bytes | None:
         return None
     regs = m.regs
     return _build(raw, regs[1:len(_SLOTS) + 1], regs[-1][0], salt)
-
-
-_MARKS = re.compile(b"|".join(re.escape(m) for m, _, _ in _SLOTS))
-
-
-def _once(b: bytes) -> bool:
-    """Each content key occurs once in ``b`` (each occurs at least once
-    there, found by :func:`_find_spans`: so the count says it)."""
-    return len(_MARKS.findall(b)) == len(_SLOTS)
-
-
-def py_writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:
-    """Leaf hash of a sealed ``record`` from its encoded ``line``, or None
-    (use :func:`exporter.transparency.leaf.record_leaf`) outside the exact
-    case: keys :data:`KEYS` in order, content values strings or null (a
-    JSON string cannot hold ``,"``, so no key hides in one) and each content
-    key once in the line (so the one found is the top-level one)."""
-    if tuple(record) != KEYS:
-        return None
-    for k in _STRINGY:
-        v = record[k]
-        if v is not None and v.__class__ is not str:
-            return None
-    found = _find_spans(line)
-    if found is None:
-        return None
-    b = _build(line, found[0], found[1], salt)
-    if not _once(b):
-        return None
-    return _sha256(b"\x00" + b).digest()
 
 
 def py_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
@@ -224,6 +170,11 @@ def _load():
 def c_line_leaf(raw: bytes, salt: bytes, want_bytes: bool = False):
     """``(seq, leaf hash)`` (``want_bytes``: leaf bytes) by the C module, or None."""
     return _C.leaf(raw, salt, want_bytes)
+
+
+def py_writer_leaf(record: dict, line: bytes, salt: bytes) -> None:
+    """Always None: without the C module the writer uses the definition (in
+    pure Python, cutting the line costs more than the C JSON encoder saves)."""
 
 
 def _c_writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:

@@ -26,9 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from exporter.durable import fsync_dir, make_dir, write_fully
-from exporter.transparency import merkle
+from exporter.transparency import leaf_line, merkle
 from exporter.transparency.leaf import SALT_BYTES, record_leaf, unavailable_leaf
-from exporter.transparency import leaf_line
 
 ENTRY = SALT_BYTES + 32
 _READ = ENTRY * 4096
