@@ -18,7 +18,7 @@ a plain integer, the chain values printable ASCII. JSON's grammar is
 unambiguous, so a match is the line's real top-level structure and each
 captured span is exactly the value ``json.loads`` reads for that key.
 ``_leaf.c`` checks it in full (and hashes, one call per line); the pure
-Python reference, :data:`LINE_RE`, nests values at most :data:`DEPTH`
+Python reference, :func:`line_re`, nests values at most :data:`DEPTH`
 deep and leaves atoms and escapes to the hash check below.
 
 The writer (:func:`writer_leaf`, C only) uses it when the line matches:
@@ -66,7 +66,7 @@ _sha256 = hashlib.sha256
 # line's real top-level structure, so each captured span is the value
 # ``json.loads`` reads for that key. Atoms and escapes are not checked here
 # (the leaf hash is: see the module docstring).
-DEPTH = 3
+DEPTH = 2
 _S = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
 _A = rb'[-+.0-9A-Za-z]+'
 
@@ -90,7 +90,15 @@ def _line_pattern() -> bytes:
     return b"".join(parts)
 
 
-LINE_RE = re.compile(_line_pattern(), re.DOTALL)
+_LINE_RE: list = []
+
+
+def line_re() -> re.Pattern:
+    """The grammar compiled (on first use: it takes a good second, and with
+    the C module it is never needed)."""
+    if not _LINE_RE:
+        _LINE_RE.append(re.compile(_line_pattern(), re.DOTALL))
+    return _LINE_RE[0]
 
 
 
@@ -121,8 +129,8 @@ def _build(raw: bytes, spans, cut: int, salt: bytes) -> bytes:
 
 def line_leaf_bytes(raw: bytes, salt: bytes) -> bytes | None:
     """Leaf bytes of archive line ``raw`` (with or without its ``\\n``) when
-    it is in :data:`LINE_RE`'s grammar, else None."""
-    m = LINE_RE.fullmatch(raw)
+    it is in :func:`line_re`'s grammar, else None."""
+    m = line_re().fullmatch(raw)
     if m is None:
         return None
     regs = m.regs
@@ -133,7 +141,7 @@ def py_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
     """The line's ``seq`` when ``raw`` certainly has Merkle leaf ``leaf``
     (see the module's docstring), else None: "not shown here", ask the
     definition (which also names the problem)."""
-    m = LINE_RE.fullmatch(raw)
+    m = line_re().fullmatch(raw)
     if m is None:
         return None
     regs = m.regs
