@@ -210,3 +210,17 @@ def test_verify_names_a_tampered_line(tmp_path, impl, where):
     p = report.problems[0]
     assert f"{day.name} line 17" in str(p)
     assert p.kind == ("edited" if where != "seq" else "deleted")
+
+
+def test_a_stale_or_missing_build_is_not_used(monkeypatch):
+    try:
+        from exporter.transparency import _leaf
+    except ImportError:
+        pytest.skip("the C accelerator is not built")
+    monkeypatch.delenv(leaf_line.ENV, raising=False)
+    assert leaf_line._load() is not None, "exporter.transparency._leaf was built from an older _leaf.c: rebuild it"
+    monkeypatch.setattr(_leaf, "SOURCE_SHA256", "0" * 64)
+    assert leaf_line._load() is None
+    monkeypatch.undo()
+    monkeypatch.setenv(leaf_line.ENV, "1")
+    assert leaf_line._load() is None
