@@ -1,10 +1,12 @@
 # vllm-audit-exporter image (compose.yaml service `exporter`).
 #   docker build -t vllm-audit-exporter .
 FROM python:3.12-slim AS build
-# A C compiler for the optional parser accelerator (exporter/parse/_scan.c,
-# README "Parser fast path"), in this stage only: the image gets the built
-# module, no compiler. Without one the install still succeeds (pure Python).
-RUN (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+# A C compiler for the optional accelerators (exporter/parse/_scan.c, README
+# "Parser fast path"; exporter/transparency/_leaf.c, which needs OpenSSL's
+# headers: "Transparency log fast path"), in this stage only: the image gets
+# the built modules (and the slim image's own libcrypto), no compiler.
+# Without one the install still succeeds (pure Python).
+RUN (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
      && rm -rf /var/lib/apt/lists/*) || echo "no C compiler: the parser runs in pure Python"
 WORKDIR /src
 COPY pyproject.toml setup.py README.md* ./

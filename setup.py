@@ -1,4 +1,5 @@
-"""Optional C accelerator of the log parser (exporter/parse/_scan.c).
+"""Optional C accelerators: the log parser (exporter/parse/_scan.c) and the
+transparency log's leaf (exporter/transparency/_leaf.c).
 
 Everything else about the package is in pyproject.toml. ``optional=True``:
 where no compiler (or no Python headers) exists, the build of the extension
@@ -19,6 +20,13 @@ HERE = Path(__file__).resolve().parent
 PARTS = sorted((HERE / "exporter" / "parse").glob("_scan*.[ch]"), key=lambda p: p.name)
 DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in PARTS)).hexdigest()
 
+# The transparency log's leaf from an archive line (exporter/transparency/
+# _leaf.c, OpenSSL's SHA-256; leaf_line.py is its pure-Python reference).
+LEAF_DIGEST = hashlib.sha256((HERE / "exporter" / "transparency" / "_leaf.c").read_bytes()).hexdigest()
+
 setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"], optional=True,
                              depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
-                             extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')])])
+                             extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')]),
+                   Extension("exporter.transparency._leaf", ["exporter/transparency/_leaf.c"], optional=True,
+                             libraries=["crypto"], extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
+                             define_macros=[("LEAF_SOURCE_SHA256", f'"{LEAF_DIGEST}"')])])

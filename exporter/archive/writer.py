@@ -95,7 +95,8 @@ class ArchiveWriter:
         self._file: str | None = None
         self._size = 0
         self._fd: int | None = None
-        self._buf: list[str] = []
+        self._buf: list[bytes] = []  # encoded lines, "\n" included
+        self._recs: list[dict] = []   # their sealed records, not yet handed to the tree
         # The last flush failed (disk full, read-only...): its error, and since when.
         # Cleared by the next flush that succeeds.
         self.write_error: str | None = None
@@ -242,9 +243,10 @@ class ArchiveWriter:
         """
         sealed = self._chain.seal(record, self._seq + 1, self._head)
         self._seq, self._head = sealed["seq"], sealed["hash"]
-        self._buf.append(dumps_line(sealed) + "\n")
+        self._buf.append((dumps_line(sealed) + "\n").encode())
         if self.tree is not None:
-            self.tree.append(sealed)
+            # Leaves are computed at flush, for the batch, from these lines.
+            self._recs.append(sealed)
         if len(self._buf) >= self._fsync_every and self.write_error is None:
             try:
                 self.flush()
@@ -264,8 +266,14 @@ class ArchiveWriter:
 
     def flush(self) -> None:
         """Write and fsync the buffered lines, switching day files first."""
-        if not self._buf and not (self.tree is not None and self.tree.pending):
+        if not self._buf and not (self.tree is not None and (self.tree.pending or self._recs)):
             return
+        if self._recs:
+            # The tree's entries for the records not handed over yet (their
+            # lines are the last len(self._recs) of the buffer). Once handed
+            # over they stay pending in the tree until its flush succeeds.
+            recs, self._recs = self._recs, []
+            self.tree.extend(recs, self._buf[len(self._buf) - len(recs):])
         try:
             if self._buf:
                 self._write_buffer()
@@ -292,7 +300,7 @@ class ArchiveWriter:
         elif self._fd is None:  # a day switch that failed after sealing the old day
             self._open_fd()
             self._size = os.fstat(self._fd).st_size
-        data = "".join(self._buf).encode()
+        data = b"".join(self._buf)
         try:
             # Not durable.write_fully: the disk-full fault tests swap this
             # module's os.write to fail (tests/faults/test_fault_disk.py).
@@ -333,6 +341,7 @@ class ArchiveWriter:
         the pipeline is being rebuilt from its last checkpoint, which
         re-derives those records."""
         self._buf.clear()
+        self._recs.clear()
         if self.tree is not None:
             self.tree.abandon()
         if self._fd is not None:

@@ -27,9 +27,11 @@ class _Roots:
     def root(self, size: int) -> bytes:
         if size < self.frontier.size:  # only a rolled-back size
             return self.reader.root(size)
-        while self.frontier.size < size:
-            self.frontier.append(self.leaves[self.frontier.size])
-        return self.frontier.root()
+        f = self.frontier
+        if f.size < size:
+            span = getattr(self.leaves, "span", None)  # audit._Entries: read in bulk
+            f.extend(span(f.size, size) if span else self.leaves[f.size:size])
+        return f.root()
 
 
 def check_checkpoints(root: Path, genesis: Verifier, leaves, reader, witnesses: list[Verifier],

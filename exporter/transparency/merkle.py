@@ -126,6 +126,21 @@ class Frontier:
         self.nodes.append(h)
         self.size += 1
 
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """:meth:`append` of each of ``leaves`` in order, in one call."""
+        nodes = self.nodes
+        pop, push = nodes.pop, nodes.append
+        sha = hashlib.sha256
+        n = self.size
+        for h in leaves:
+            m = n
+            while m & 1:
+                h = sha(b"\x01" + pop() + h).digest()
+                m >>= 1
+            push(h)
+            n += 1
+        self.size = n
+
     def root(self) -> bytes:
         if not self.nodes:
             return EMPTY_ROOT

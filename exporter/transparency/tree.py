@@ -20,14 +20,13 @@ entry per archived record.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from exporter.durable import fsync_dir, make_dir, write_fully
-from exporter.transparency import merkle
+from exporter.transparency import leaf_line, merkle
 from exporter.transparency.leaf import SALT_BYTES, record_leaf, unavailable_leaf
 
 ENTRY = SALT_BYTES + 32
@@ -46,16 +45,19 @@ def _frontier_of(path: Path, count: int) -> merkle.Frontier:
             chunk = fh.read(min(left, 4096) * ENTRY)
             if len(chunk) < ENTRY:
                 raise TreeError(f"{path}: shorter than {count} entries")
-            for off in range(0, len(chunk) - len(chunk) % ENTRY, ENTRY):
-                f.append(chunk[off + SALT_BYTES:off + ENTRY])
+            f.extend([chunk[off + SALT_BYTES:off + ENTRY]
+                      for off in range(0, len(chunk) - len(chunk) % ENTRY, ENTRY)])
             left -= len(chunk) // ENTRY
     return f
+
+
+_SALT_BATCH = 256
 
 
 class TreeFile:
     """The writer's side: appends entries, flushed with the archive."""
 
-    def __init__(self, path: Path, mode: int = 0o640) -> None:
+    def __init__(self, path: Path, mode: int = 0o640, random: Callable[[int], bytes] = os.urandom) -> None:
         self.path = Path(path)
         self._mode = mode
         self._fd: int | None = None
@@ -63,11 +65,17 @@ class TreeFile:
         self._frontier = merkle.Frontier()
         self._committed: tuple[int, list[bytes]] = (0, [])
         self._pending: list[bytes] = []
-        # Salts: SHA-256 of a per-process random seed (never stored) and a
-        # counter, cut to 16 bytes: as unpredictable as os.urandom per
-        # record, without a system call per record.
-        self._seed = os.urandom(32)
-        self._salts = 0
+        # Salts: 16 bytes of the kernel's CSPRNG per record, drawn for a
+        # batch of records in one call (``random(16 * n)``, cut in 16-byte
+        # pieces). The pieces of one draw are as independent and as
+        # unpredictable as separate draws (a CSPRNG's output is
+        # indistinguishable from uniform bytes, however it is cut), so this
+        # is os.urandom per record without a system call per record. A
+        # draw lives only in this process's memory until its salts are used
+        # (at most a batch ahead, like the seed of a DRBG would).
+        self._random = random
+        self._salt_pool = b""
+        self._salt_at = 0
 
     # -- recovery -------------------------------------------------------------
     def recover(self, seq: int, saved: dict | None, records: Callable[[int], Iterator[dict]]) -> None:
@@ -114,15 +122,39 @@ class TreeFile:
             self.flush()
 
     # -- writing --------------------------------------------------------------
-    def append(self, record: dict) -> None:
-        self._salts += 1
-        salt = hashlib.sha256(self._seed + self._salts.to_bytes(8, "big")).digest()[:SALT_BYTES]
-        if record.get("unavailable") is True and len(record) == 2:
-            salt, leaf = bytes(SALT_BYTES), unavailable_leaf(record["seq"])
-        else:
-            leaf = record_leaf(record, salt)
-        self._pending.append(salt + leaf)
-        self._frontier.append(leaf)
+    def _salts(self, n: int) -> list[bytes]:
+        pool, at = self._salt_pool, self._salt_at
+        if len(pool) - at < n * SALT_BYTES:
+            pool = pool[at:] + self._random(max(n, _SALT_BATCH) * SALT_BYTES)
+            at = 0
+        out = [pool[i:i + SALT_BYTES] for i in range(at, at + n * SALT_BYTES, SALT_BYTES)]
+        self._salt_pool, self._salt_at = pool, at + n * SALT_BYTES
+        return out
+
+    def append(self, record: dict, line: bytes | None = None) -> None:
+        """One sealed record (``line``: its archive line, if at hand)."""
+        self.extend([record], None if line is None else [line])
+
+    def extend(self, records: list[dict], lines: list[bytes] | None = None) -> None:
+        """Entries for sealed ``records`` in order; ``lines``: their archive
+        lines (bytes, as written), from which the leaf is computed without
+        re-encoding the record (:mod:`exporter.transparency.leaf_line`)."""
+        if not records:
+            return
+        salts = self._salts(len(records))
+        entries = self._pending
+        leaves = []
+        for i, record in enumerate(records):
+            salt = salts[i]
+            leaf = leaf_line.writer_leaf(record, lines[i], salt) if lines is not None else None
+            if leaf is None:
+                if record.get("unavailable") is True and len(record) == 2:
+                    salt, leaf = bytes(SALT_BYTES), unavailable_leaf(record["seq"])
+                else:
+                    leaf = record_leaf(record, salt)
+            entries.append(salt + leaf)
+            leaves.append(leaf)
+        self._frontier.extend(leaves)
 
     @property
     def pending(self) -> int:
@@ -195,16 +227,22 @@ class TreeReader:
         except FileNotFoundError:
             return 0
 
-    def entries(self, lo: int, hi: int) -> list[bytes]:
+    def read(self, lo: int, hi: int, part: slice = slice(None)) -> list[bytes]:
+        """Entries ``lo..hi-1`` in one read, each cut to ``part`` of it
+        (``slice(SALT_BYTES, None)``: the leaf hashes)."""
         with open(self.path, "rb") as fh:
             fh.seek(lo * ENTRY)
             data = fh.read((hi - lo) * ENTRY)
         if len(data) != (hi - lo) * ENTRY:
             raise ValueError(f"tree file holds fewer than {hi} entries")
-        return [data[i:i + ENTRY] for i in range(0, len(data), ENTRY)]
+        start, stop, _ = part.indices(ENTRY)
+        return [data[i + start:i + stop] for i in range(0, len(data), ENTRY)]
+
+    def entries(self, lo: int, hi: int) -> list[bytes]:
+        return self.read(lo, hi)
 
     def leaves(self, lo: int, hi: int) -> list[bytes]:
-        return [e[SALT_BYTES:] for e in self.entries(lo, hi)]
+        return self.read(lo, hi, slice(SALT_BYTES, None))
 
     def salt(self, index: int) -> bytes:
         return self.entries(index, index + 1)[0][:SALT_BYTES]

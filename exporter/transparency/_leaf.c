@@ -1,0 +1,305 @@
+/* Optional C accelerator of exporter/transparency/leaf_line.py: the Merkle
+ * leaf of an archive line from the line's bytes.
+ *
+ * leaf(raw, salt, want_bytes=False) -> (seq, leaf hash) | (seq, leaf bytes) | None
+ *
+ * The line must be in the writer's shape: a JSON object whose top-level keys
+ * are exactly the configured ones in order (configure()), the last two being
+ * the chain fields (printable-ASCII strings), "seq" a plain integer. JSON's
+ * grammar is checked in full (strings and their escapes, numbers, literals,
+ * nesting), so the spans found are the line's real top-level values. The
+ * leaf bytes are LEAF_PREFIX + the line up to the chain fields + "}", with
+ * each non-null content value replaced by "sha256:" + hex SHA-256(
+ * CONTENT_PREFIX || salt || name || 0x00 || value bytes), or by the inner
+ * string of an {"erased":"sha256:..."} value. leaf_line.py is the reference
+ * (pure Python, same grammar) and says why a match may be trusted.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <openssl/sha.h>
+
+#define MAX_KEYS 64
+#define MAX_DEPTH 64
+
+static int nkeys = 0;
+static char *keys[MAX_KEYS];
+static Py_ssize_t klens[MAX_KEYS];
+static int content[MAX_KEYS];
+static int seq_key = -1;
+static unsigned char *leaf_prefix = NULL, *content_prefix = NULL;
+static Py_ssize_t leaf_prefix_len = 0, content_prefix_len = 0;
+
+typedef struct { const unsigned char *s; Py_ssize_t n, i; } Cur;
+
+static int scan_value(Cur *c, int depth);
+
+static int is_hex(unsigned char ch) {
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+static int scan_string(Cur *c) {
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i, n = c->n;
+    if (i >= n || s[i] != '"') return -1;
+    i++;
+    for (;;) {
+        if (i >= n) return -1;
+        unsigned char ch = s[i];
+        if (ch == '"') { c->i = i + 1; return 0; }
+        if (ch < 0x20) return -1;
+        if (ch == '\\') {
+            if (i + 1 >= n) return -1;
+            unsigned char e = s[i + 1];
+            if (e == 'u') {
+                if (i + 5 >= n || !is_hex(s[i + 2]) || !is_hex(s[i + 3]) || !is_hex(s[i + 4]) || !is_hex(s[i + 5]))
+                    return -1;
+                i += 6;
+            } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+                i += 2;
+            } else {
+                return -1;
+            }
+            continue;
+        }
+        i++;
+    }
+}
+
+static int lit(Cur *c, const char *w) {
+    Py_ssize_t k = (Py_ssize_t)strlen(w);
+    if (c->i + k > c->n || memcmp(c->s + c->i, w, (size_t)k) != 0) return -1;
+    c->i += k;
+    return 0;
+}
+
+static int digits(Cur *c) {
+    Py_ssize_t st = c->i;
+    while (c->i < c->n && c->s[c->i] >= '0' && c->s[c->i] <= '9') c->i++;
+    return c->i > st ? 0 : -1;
+}
+
+static int scan_number(Cur *c) {
+    if (c->i < c->n && c->s[c->i] == '-') {
+        c->i++;
+        if (c->i < c->n && c->s[c->i] == 'I') return lit(c, "Infinity");
+    }
+    if (c->i >= c->n) return -1;
+    if (c->s[c->i] == '0') c->i++;
+    else if (c->s[c->i] >= '1' && c->s[c->i] <= '9') digits(c);
+    else return -1;
+    if (c->i < c->n && c->s[c->i] == '.') { c->i++; if (digits(c)) return -1; }
+    if (c->i < c->n && (c->s[c->i] == 'e' || c->s[c->i] == 'E')) {
+        c->i++;
+        if (c->i < c->n && (c->s[c->i] == '+' || c->s[c->i] == '-')) c->i++;
+        if (digits(c)) return -1;
+    }
+    return 0;
+}
+
+static int scan_value(Cur *c, int depth) {
+    if (c->i >= c->n) return -1;
+    unsigned char ch = c->s[c->i];
+    switch (ch) {
+    case '"': return scan_string(c);
+    case 't': return lit(c, "true");
+    case 'f': return lit(c, "false");
+    case 'n': return lit(c, "null");
+    case 'N': return lit(c, "NaN");
+    case 'I': return lit(c, "Infinity");
+    case '{':
+        if (depth >= MAX_DEPTH) return -1;
+        c->i++;
+        if (c->i < c->n && c->s[c->i] == '}') { c->i++; return 0; }
+        for (;;) {
+            if (scan_string(c)) return -1;
+            if (c->i >= c->n || c->s[c->i] != ':') return -1;
+            c->i++;
+            if (scan_value(c, depth + 1)) return -1;
+            if (c->i >= c->n) return -1;
+            if (c->s[c->i] == ',') { c->i++; continue; }
+            if (c->s[c->i] == '}') { c->i++; return 0; }
+            return -1;
+        }
+    case '[':
+        if (depth >= MAX_DEPTH) return -1;
+        c->i++;
+        if (c->i < c->n && c->s[c->i] == ']') { c->i++; return 0; }
+        for (;;) {
+            if (scan_value(c, depth + 1)) return -1;
+            if (c->i >= c->n) return -1;
+            if (c->s[c->i] == ',') { c->i++; continue; }
+            if (c->s[c->i] == ']') { c->i++; return 0; }
+            return -1;
+        }
+    default:
+        if (ch == '-' || (ch >= '0' && ch <= '9')) return scan_number(c);
+        return -1;
+    }
+}
+
+static int chain_string(Cur *c) {
+    const unsigned char *s = c->s;
+    if (c->i >= c->n || s[c->i] != '"') return -1;
+    Py_ssize_t i = c->i + 1;
+    while (i < c->n && s[i] >= 0x20 && s[i] <= 0x7e && s[i] != '"' && s[i] != '\\') i++;
+    if (i >= c->n || s[i] != '"') return -1;
+    c->i = i + 1;
+    return 0;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static PyObject *leaf(PyObject *self, PyObject *args) {
+    Py_buffer raw, salt;
+    int want_bytes = 0;
+    if (nkeys < 3 || seq_key < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "_leaf: configure() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*y*|p", &raw, &salt, &want_bytes)) return NULL;
+    Cur c = {(const unsigned char *)raw.buf, raw.len, 0};
+    Py_ssize_t va[MAX_KEYS], vb[MAX_KEYS], cut = -1;
+    PyObject *result = NULL;
+    int ok = 1;
+    for (int k = 0; k < nkeys && ok; k++) {
+        if (c.i >= c.n || c.s[c.i] != (k == 0 ? '{' : ',')) { ok = 0; break; }
+        if (k == nkeys - 2) cut = c.i;
+        c.i++;
+        if (c.i + klens[k] + 3 > c.n || c.s[c.i] != '"' || memcmp(c.s + c.i + 1, keys[k], (size_t)klens[k]) != 0
+            || c.s[c.i + 1 + klens[k]] != '"' || c.s[c.i + 2 + klens[k]] != ':') { ok = 0; break; }
+        c.i += klens[k] + 3;
+        va[k] = c.i;
+        if (k >= nkeys - 2) {
+            if (chain_string(&c)) ok = 0;
+        } else if (k == seq_key) {
+            if (c.i < c.n && c.s[c.i] == '0') c.i++;
+            else if (c.i < c.n && c.s[c.i] >= '1' && c.s[c.i] <= '9') digits(&c);
+            else ok = 0;
+            if (ok && c.i - va[k] > 18) ok = 0;  /* fits in a long long */
+        } else if (scan_value(&c, 0)) {
+            ok = 0;
+        }
+        vb[k] = c.i;
+    }
+    if (ok && c.i < c.n && c.s[c.i] == '}') c.i++; else ok = 0;
+    if (ok && c.i < c.n && c.s[c.i] == '\n') c.i++;
+    if (!ok || c.i != c.n) { Py_INCREF(Py_None); result = Py_None; goto done; }
+
+    /* leaf bytes: prefix + line[:cut] with content pieces + "}" */
+    Py_ssize_t cap = leaf_prefix_len + cut + 2;
+    for (int k = 0; k < nkeys; k++) if (content[k]) cap += 73;
+    unsigned char *buf = PyMem_Malloc((size_t)cap);
+    if (buf == NULL) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t o = 0, pos = 0;
+    memcpy(buf, leaf_prefix, (size_t)leaf_prefix_len);
+    o = leaf_prefix_len;
+    for (int k = 0; k < nkeys; k++) {
+        if (!content[k]) continue;
+        Py_ssize_t a = va[k], b = vb[k];
+        const unsigned char *v = c.s + a;
+        Py_ssize_t len = b - a;
+        if (len == 4 && memcmp(v, "null", 4) == 0) continue;
+        memcpy(buf + o, c.s + pos, (size_t)(a - pos));
+        o += a - pos;
+        pos = b;
+        /* {"erased":"sha256:..."} exactly: its inner string as is */
+        if (len >= 11 + 9 && memcmp(v, "{\"erased\":\"sha256:", 18) == 0 && v[len - 1] == '}') {
+            Cur e = {v, len - 1, 10};
+            if (scan_string(&e) == 0 && e.i == len - 1) {
+                memcpy(buf + o, v + 10, (size_t)(len - 11));
+                o += len - 11;
+                continue;
+            }
+        }
+        SHA256_CTX ctx;
+        unsigned char md[32];
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, content_prefix, (size_t)content_prefix_len);
+        SHA256_Update(&ctx, salt.buf, (size_t)salt.len);
+        SHA256_Update(&ctx, keys[k], (size_t)klens[k]);
+        SHA256_Update(&ctx, "", 1);
+        SHA256_Update(&ctx, v, (size_t)len);
+        SHA256_Final(md, &ctx);
+        memcpy(buf + o, "\"sha256:", 8);
+        o += 8;
+        for (int j = 0; j < 32; j++) { buf[o++] = HEX[md[j] >> 4]; buf[o++] = HEX[md[j] & 15]; }
+        buf[o++] = '"';
+    }
+    memcpy(buf + o, c.s + pos, (size_t)(cut - pos));
+    o += cut - pos;
+    buf[o++] = '}';
+    long long seq = 0;
+    for (Py_ssize_t j = va[seq_key]; j < vb[seq_key]; j++) seq = seq * 10 + (c.s[j] - '0');
+    if (want_bytes) {
+        result = Py_BuildValue("(Ly#)", seq, (const char *)buf, o);
+    } else {
+        SHA256_CTX ctx;
+        unsigned char md[32];
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, "", 1);
+        SHA256_Update(&ctx, buf, (size_t)o);
+        SHA256_Final(md, &ctx);
+        result = Py_BuildValue("(Ly#)", seq, (const char *)md, (Py_ssize_t)32);
+    }
+    PyMem_Free(buf);
+done:
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&salt);
+    return result;
+}
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *ks, *cs;
+    Py_buffer lp, cp;
+    if (!PyArg_ParseTuple(args, "O!O!y*y*", &PyTuple_Type, &ks, &PyTuple_Type, &cs, &lp, &cp)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(ks);
+    if (n < 3 || n > MAX_KEYS || PyTuple_GET_SIZE(cs) != n) {
+        PyBuffer_Release(&lp); PyBuffer_Release(&cp);
+        PyErr_SetString(PyExc_ValueError, "_leaf.configure: bad key tuples");
+        return NULL;
+    }
+    for (int k = 0; k < nkeys; k++) PyMem_Free(keys[k]);
+    nkeys = 0;
+    seq_key = -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *key = PyTuple_GET_ITEM(ks, k);
+        if (!PyBytes_Check(key)) {
+            PyBuffer_Release(&lp); PyBuffer_Release(&cp);
+            PyErr_SetString(PyExc_TypeError, "_leaf.configure: keys must be bytes");
+            return NULL;
+        }
+        klens[k] = PyBytes_GET_SIZE(key);
+        keys[k] = PyMem_Malloc((size_t)klens[k] + 1);
+        memcpy(keys[k], PyBytes_AS_STRING(key), (size_t)klens[k] + 1);
+        content[k] = PyObject_IsTrue(PyTuple_GET_ITEM(cs, k));
+        if (klens[k] == 3 && memcmp(keys[k], "seq", 3) == 0) seq_key = (int)k;
+        nkeys = (int)k + 1;
+    }
+    PyMem_Free(leaf_prefix); PyMem_Free(content_prefix);
+    leaf_prefix = PyMem_Malloc((size_t)lp.len + 1); memcpy(leaf_prefix, lp.buf, (size_t)lp.len); leaf_prefix_len = lp.len;
+    content_prefix = PyMem_Malloc((size_t)cp.len + 1); memcpy(content_prefix, cp.buf, (size_t)cp.len); content_prefix_len = cp.len;
+    PyBuffer_Release(&lp); PyBuffer_Release(&cp);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"leaf", leaf, METH_VARARGS, "leaf(raw, salt, want_bytes=False) -> (seq, leaf hash or bytes) | None"},
+    {"configure", configure, METH_VARARGS, "configure(keys, is_content, leaf_prefix, content_prefix)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_leaf", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__leaf(void) {
+#ifdef LEAF_SOURCE_SHA256
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", LEAF_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+#else
+    return PyModule_Create(&module);
+#endif
+}
