@@ -5,7 +5,6 @@ says what those spans must be)."""
 from __future__ import annotations
 
 import random
-from bisect import bisect_right
 
 import pytest
 
@@ -19,24 +18,7 @@ ALPHABET = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "１", "٣", "+", 
 
 def reference_spans(text: str) -> list[tuple[int, int, str]]:
     """find_spans without any prefilter: every detector on every text."""
-    if not text:
-        return []
-    view = D.scan_view(text)
-    starts: list[int] = []
-    ends: list[int] = []
-    kinds: list[str] = []
-    for kind, rx, valid, _ in D._DETECTORS:
-        found = rx(view) if callable(rx) else (m.span() for m in rx.finditer(view))
-        for s, e in found:
-            i = bisect_right(starts, s)
-            if (i and ends[i - 1] > s) or (i < len(starts) and starts[i] < e):
-                continue
-            if valid is not None and not valid(view[s:e]):
-                continue
-            starts.insert(i, s)
-            ends.insert(i, e)
-            kinds.insert(i, kind)
-    return list(zip(starts, ends, kinds))
+    return D.find_spans(text, prefilter=False)
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -317,17 +317,22 @@ _DETECTORS = (
 _PREFILTERS = tuple(dict.fromkeys(may for *_, may in _DETECTORS))
 
 
-def find_spans(text: str) -> list[tuple[int, int, str]]:
+def find_spans(text: str, *, prefilter: bool = True) -> list[tuple[int, int, str]]:
     """Non-overlapping ``(start, end, kind)`` PII/secret spans, by start.
 
     Offsets index ``text`` itself; the detectors read :func:`scan_view`.
+    ``prefilter=False`` runs every detector on every text: the reference
+    the prefilters are tested against (they may only skip, never hide).
     """
     if not text:
         return []
     view = scan_view(text)
-    checked = {may: may(view) for may in _PREFILTERS}
-    if not any(checked.values()):  # the common case: nothing could match
-        return []
+    if prefilter:
+        checked = {may: may(view) for may in _PREFILTERS}
+        if not any(checked.values()):  # the common case: nothing could match
+            return []
+    else:
+        checked = dict.fromkeys(_PREFILTERS, True)
     # Taken spans never overlap, so sorted by start they are sorted by end
     # too, and one bisection finds the only two neighbours a new span could
     # overlap (a scan of all of them was quadratic in the number of spans).
