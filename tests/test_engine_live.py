@@ -107,12 +107,14 @@ def send_requests(base: str) -> list[str]:
     ids: list[str] = []
     lock = threading.Lock()
 
-    def one(user: str, i: int, stream: bool) -> None:
+    def one(user: str, i: int, stream: bool, max_tokens: int | None = None,
+            first_chunk: threading.Event | None = None) -> None:
         body = {"model": "tiny", "messages": [{"role": "user", "content": f"count to {i}"}],
-                "max_tokens": 12 + i, "temperature": 0, "ignore_eos": True}
+                "max_tokens": max_tokens or 12 + i, "temperature": 0, "ignore_eos": True}
         headers = {"X-OpenWebUI-User-Email": user}
         if stream:
-            status, chunks, _ = post_stream(base, "/v1/chat/completions", dict(body, stream=True), headers)
+            status, chunks, _ = post_stream(base, "/v1/chat/completions", dict(body, stream=True), headers,
+                                            first_chunk=first_chunk)
             rid = json.loads(chunks[0])["id"]
         else:
             status, reply = post_json(base, "/v1/chat/completions", body, headers)
@@ -122,10 +124,19 @@ def send_requests(base: str) -> list[str]:
             ids.append(rid)
 
     one(USERS[0], 0, False)  # alone in the engine: its share is its whole inference time
+    # A batch by construction, not by luck: the others are sent once a long
+    # request is being decoded (its first chunk arrived), so they share the
+    # engine with it. Started together with it, on two busy cores the
+    # client threads could arrive one after another, never batched (seen
+    # with vLLM 0.28.0: shares == inference).
+    decoding = threading.Event()
+    anchor = threading.Thread(target=one, args=(USERS[1], 7, True, 400, decoding))
+    anchor.start()
+    assert decoding.wait(120), "the long request never started streaming"
     threads = [threading.Thread(target=one, args=(USERS[i % 2], i, i % 3 == 0)) for i in range(1, 7)]
     for t in threads:
         t.start()
-    for t in threads:
+    for t in threads + [anchor]:
         t.join()
     return ids
 

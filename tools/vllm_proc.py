@@ -39,6 +39,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -332,12 +333,15 @@ def post_json(base_url: str, path: str, body: dict, headers: dict | None = None,
 
 
 def post_stream(base_url: str, path: str, body: dict, headers: dict | None = None,
-                timeout: float = 120.0, disconnect_after: int | None = None
+                timeout: float = 120.0, disconnect_after: int | None = None,
+                first_chunk: threading.Event | None = None
                 ) -> tuple[int, list[str], dict | str | None]:
     """POST a streaming request; return (status, raw SSE data payloads, error body).
 
     ``disconnect_after=N`` closes the socket after N data chunks, like a client
-    that goes away mid-stream.
+    that goes away mid-stream. ``first_chunk`` is set when the first data
+    chunk arrives: the request is then being decoded, so others sent now
+    share the engine with it.
     """
     conn = _connect(base_url, timeout)
     chunks: list[str] = []
@@ -359,6 +363,8 @@ def post_stream(base_url: str, path: str, body: dict, headers: dict | None = Non
             if not text.startswith("data:"):
                 continue
             chunks.append(text[5:].strip())
+            if first_chunk is not None:
+                first_chunk.set()
             if disconnect_after is not None and len(chunks) >= disconnect_after:
                 conn.sock.shutdown(socket.SHUT_RDWR)
                 break
