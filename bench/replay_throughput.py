@@ -54,8 +54,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import make_big_log  # noqa: E402
 
-TARGET_MIB_S = 100.0
-TARGET_REQ_S = 50_000.0
+# Issue #16's Done-when for a ~400 MB real-format DEBUG log: ahead of Fluent
+# Bit's regex parsing (20.5 MiB/s, vector-test-harness). These are absolute
+# figures, so they depend on the machine; the ratio to the bare decode loop
+# measured in the same run does not, which is why it is printed beside them.
+TARGET_MIB_S = 25.0
+TARGET_REQ_S = 10_000.0
+# An older, machine-independent stretch goal (the first benchmark issue):
+# within 4x of a bare line loop. Far off; kept so the figure stays visible.
 TARGET_RATIO = 4.0
 
 
