@@ -5,8 +5,9 @@ skipped by their manifest's ``ts_min``/``ts_max``) or Loki ``query_range``
 (:mod:`exporter.loki.query`). The time window is on the record's
 ``ts`` (request received), half-open ``[from, to)``.
 
-CSV is meant for Excel: UTF-8 (optional BOM), RFC 4180 quoting, CRLF, and
-cells that Excel would evaluate as a formula get a leading ``'``. A file
+The file formats are :mod:`exporter.compliance.export_format`. CSV is
+meant for Excel: UTF-8 (optional BOM), RFC 4180 quoting, CRLF, and cells
+that Excel would evaluate as a formula get a leading ``'``. A file
 export is written to a temp name and renamed when complete, with
 ``<output>.sha256`` (``sha256sum -c`` format) and, with a key,
 ``<output>.hmac`` beside it. When the archive has a signed transparency log,
@@ -18,7 +19,6 @@ export without the archive and without any secret.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import json
@@ -31,19 +31,12 @@ from exporter.chain import HMAC_PREFIX, KeyLoadError, load_key
 from exporter.archive import manifest as mf
 from exporter.archive.layout import iter_lines, list_days
 from exporter.durable import DirError, atomic_file, usable_dir, write_atomic
-from exporter.cost import Pricing, engine_seconds
-from exporter.record import RECORD_FIELDS, dumps_line, parse_ts_or_none
+# neutralise: re-exported, callers import it from here (the CSV-injection rule)
+from exporter.compliance.export_format import neutralise, write_records  # noqa: F401
+from exporter.cost import Pricing
+from exporter.record import parse_ts_or_none
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# Next to the tokens: the request's share of engine time and its cost at the
-# --gpu-hour-price given to export (exporter/cost.py); the full ``engine``
-# object is its own column further on.
-_AFTER = RECORD_FIELDS.index("completion_tokens") + 1
-DERIVED_COLUMNS = ("engine_seconds", "cost")
-CSV_COLUMNS = RECORD_FIELDS[:_AFTER] + DERIVED_COLUMNS + RECORD_FIELDS[_AFTER:] + ("seq", "hash")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 class ExportUsageError(ValueError):
     pass
 
@@ -164,29 +157,6 @@ def _collect(records: Iterable[dict], into: list) -> Iterator[dict]:
         yield rec
 
 
-def neutralise(text: str) -> str:
-    """Stop Excel/LibreOffice evaluating a cell as a formula (CSV injection)."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return neutralise(str(value))
-
-
-def csv_row(rec: dict, pricing: Pricing | None = None) -> list[str]:
-    derived = {"engine_seconds": engine_seconds(rec),
-               "cost": pricing.cost(rec) if pricing is not None else None}
-    return [_cell(derived[col] if col in derived else rec.get(col)) for col in CSV_COLUMNS]
-
-
 class _Sink:
     """Text sink that hashes what it writes (signature without re-reading)."""
 
@@ -201,23 +171,6 @@ class _Sink:
             self.mac.update(data)
         self.raw.write(data)
         return len(text)
-
-
-def write_records(records: Iterable[dict], sink, fmt: str, bom: bool, pricing: Pricing | None = None) -> int:
-    count = 0
-    if fmt == "csv":
-        if bom:
-            sink.write("\ufeff")
-        writer = csv.writer(sink, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(CSV_COLUMNS)
-        for rec in records:
-            writer.writerow(csv_row(rec, pricing))
-            count += 1
-    else:
-        for rec in records:
-            sink.write(dumps_line(rec) + "\n")
-            count += 1
-    return count
 
 
 def _write_file(path: Path, records: Iterable[dict], fmt: str, bom: bool, key: bytes | None,

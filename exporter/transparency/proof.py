@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from exporter.archive.layout import iter_lines, list_checkpoint_files, list_days, tree_path
+from exporter.compliance.export_format import write_records
 from exporter.transparency import merkle
 from exporter.transparency.audit import load_verifier
 from exporter.transparency.leaf import record_leaf
@@ -234,7 +235,6 @@ def check(doc: dict, genesis: Verifier, witnesses: list[Verifier] = (), min_witn
 
 def _export_matches(doc: dict, proof_path: Path) -> str | None:
     """None, or why the export file beside the proof does not match it."""
-    from exporter.compliance.export import write_records
     exp = doc["export"]
     path = proof_path.parent / exp["file"]
     if not path.exists():
