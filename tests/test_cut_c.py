@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hyp import examples
 from test_tail_bulk import PIECES, cut_all, stream, tail_file
 
-from exporter.tail import lines
+from exporter.tail import FileTailer, lines
 from exporter.tail.lines import Line, LineCutter, TailStats, _Chunk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,34 @@ def test_file_tailer_same_with_c_and_python(seed, tmp_path, monkeypatch):
     ref = tail_file(path, bulk=True, monkeypatch=monkeypatch, read_size=read_size, limit=limit)
     monkeypatch.setattr(lines, "_C", c_module())
     assert tail_file(path, bulk=True, monkeypatch=monkeypatch, read_size=read_size, limit=limit) == ref
+
+
+@need_c
+@pytest.mark.parametrize("seed", range(12))
+def test_file_tailer_long_lines_at_any_read_size(seed, tmp_path, monkeypatch):
+    """Lines over the limit, read in pieces smaller than a line (a read's
+    repeated tail bytes are skipped, not sliced off): the same lines and
+    positions as the file read in one piece and cut line by line, with the
+    bulk step in C and in Python."""
+    rng = random.Random(seed)
+    path = tmp_path / "vllm.log"
+    path.write_bytes(stream(rng, rng.randint(50, 1500)) + b"\n")
+    maxb = rng.choice([16, 64, 300])
+
+    def tail(read_size: int, limit: int | None):
+        t = FileTailer(str(path), from_start=True, max_line_bytes=maxb, read_size=read_size)
+        got = []
+        while batch := t.poll(limit):
+            got += [(ln.text, ln.nbytes, ln.cr, ln.truncated, ln.partial, ln.pos) for ln in batch]
+        t.close()
+        return got, t.position(), t.stats
+
+    monkeypatch.setattr(LineCutter, "bulk", False)
+    want = tail(1 << 20, None)
+    monkeypatch.setattr(LineCutter, "bulk", True)
+    for c in (c_module(), None):
+        monkeypatch.setattr(lines, "_C", c)
+        assert tail(rng.choice([1, 7, 33, 100, 4096]), rng.choice([None, 5])) == want
 
 
 @need_c

@@ -194,18 +194,19 @@ class LineCutter:
         """Drop the bytes up to the next newline (started mid-line)."""
         self._long = [None, 0, self.tail]
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, start: int = 0) -> None:
+        """Add the bytes ``data[start:]`` (taken without slicing ``data``)."""
         lg = self._long
         if lg is not None:
-            nl = data.find(b"\n")
+            nl = data.find(b"\n", start)
             end = len(data) if nl < 0 else nl + 1
-            lg[1] += end
-            lg[2] = (lg[2] + data[max(0, end - TAIL_BYTES):end])[-TAIL_BYTES:]
+            lg[1] += end - start
+            lg[2] = (lg[2] + data[max(start, end - TAIL_BYTES):end])[-TAIL_BYTES:]
             if nl < 0:
                 return
             self._end_long(partial=False)
-            data = data[end:]
-        self._buf += data
+            start = end
+        self._buf += memoryview(data)[start:] if start else data
 
     def _end_long(self, partial: bool) -> None:
         (prefix, total, last), self._long = self._long, None
