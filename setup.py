@@ -1,5 +1,6 @@
-"""Optional C accelerators: the log parser (exporter/parse/_scan.c) and the
-transparency log's leaf (exporter/transparency/_leaf.c).
+"""Optional C accelerators: the log parser (exporter/parse/_scan.c), the
+transparency log's leaf (exporter/transparency/_leaf.c) and the tailer's
+line cutting (exporter/tail/_cut.c).
 
 Everything else about the package is in pyproject.toml. ``optional=True``:
 where no compiler (or no Python headers) exists, the build of the extension
@@ -24,9 +25,15 @@ DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in PARTS)).hexdigest()
 # _leaf.c, OpenSSL's SHA-256; leaf_line.py is its pure-Python reference).
 LEAF_DIGEST = hashlib.sha256((HERE / "exporter" / "transparency" / "_leaf.c").read_bytes()).hexdigest()
 
+# The tailer's bulk line cutting (exporter/tail/_cut.c; LineCutter._py_bulk in
+# exporter/tail/lines.py is its pure-Python reference).
+CUT_DIGEST = hashlib.sha256((HERE / "exporter" / "tail" / "_cut.c").read_bytes()).hexdigest()
+
 setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"], optional=True,
                              depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
                              extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')]),
                    Extension("exporter.transparency._leaf", ["exporter/transparency/_leaf.c"], optional=True,
                              libraries=["crypto"], extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
-                             define_macros=[("LEAF_SOURCE_SHA256", f'"{LEAF_DIGEST}"')])])
+                             define_macros=[("LEAF_SOURCE_SHA256", f'"{LEAF_DIGEST}"')]),
+                   Extension("exporter.tail._cut", ["exporter/tail/_cut.c"], optional=True,
+                             extra_compile_args=["-O2"], define_macros=[("CUT_SOURCE_SHA256", f'"{CUT_DIGEST}"')])])

@@ -295,17 +295,17 @@ class FileTailer:
             return False
         if data[:k] != self._rtail:  # rewritten under us
             return self._truncated()
-        data = data[k:]
-        if not data:
+        n = len(data) - k  # new bytes after the _rtail the read repeats (not sliced off: a copy)
+        if not n:
             return False
-        self._read_off += len(data)
-        self.stats.bytes += len(data)
+        self._read_off += n
+        self.stats.bytes += n
         self.stats.offset = self._read_off
-        self._rtail = (self._rtail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+        self._rtail = data[-TAIL_BYTES:]  # data: the file from the old offset - k (k < TAIL_BYTES: from 0)
         if len(self._head) < HEAD_BYTES and len(self._head) < self._read_off:
             self._head = fs.pread(f, min(HEAD_BYTES, self._read_off), 0)
             self._head_digest = digest(self._head) if len(self._head) == HEAD_BYTES else None
-        self._cut.feed(data)
+        self._cut.feed(data, k)
         return True
 
     # -- rotation and truncation -------------------------------------------

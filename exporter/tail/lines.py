@@ -4,14 +4,23 @@ Used by :mod:`exporter.tail` (rules there, in the module docstring). This
 module knows nothing about files: it is fed bytes, keeps the offset of the
 next line start and the last 32 bytes before it (for the position's tail
 digest), and asks a callback for the position after each line.
+
+The bulk step (a run of complete lines, see :meth:`LineCutter._bulk`) runs
+in the optional C accelerator ``exporter/tail/_cut.c`` when it was built
+(``pip install`` builds it where a C compiler exists) and is current, unless
+``VLLM_AUDIT_PURE_PYTHON=1``; ``IMPLEMENTATION`` says which (``c`` or
+``python``). The pure-Python step is the reference and always kept.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from exporter.tail.position import TAIL_BYTES
@@ -28,20 +37,25 @@ class Line:
     inside a multi-line message, so the pipeline can tell the *next* line is
     a continuation whatever it looks like). ``pos`` is built on first access:
     the pipeline reads it for one line per checkpoint, and building it costs
-    a digest."""
+    a digest: the constructor's ``pos`` is the position, a callable building
+    it, or the :class:`_Chunk` of a bulk cut with ``end`` the line's end
+    offset in it.
 
-    __slots__ = ("text", "nbytes", "truncated", "partial", "cr", "_pos")
+    ``__init__`` only assigns the fields: the C bulk step (``_cut.c``)
+    fills the same slots of new instances without calling it."""
+
+    __slots__ = ("text", "nbytes", "truncated", "partial", "cr", "_pos", "_end")
 
     def __init__(self, text: str, nbytes: int, pos, truncated: bool = False, partial: bool = False,
-                 cr: int = 0):
-        self.text, self.nbytes, self._pos = text, nbytes, pos
+                 cr: int = 0, end: int | None = None):
+        self.text, self.nbytes, self._pos, self._end = text, nbytes, pos, end
         self.truncated, self.partial, self.cr = truncated, partial, cr
 
     @property
     def pos(self) -> dict:
         p = self._pos
-        if p.__class__ is tuple:  # (chunk, end offset): cut in bulk, built on demand
-            p = self._pos = p[0].position(p[1])
+        if p.__class__ is _Chunk:  # cut in bulk: built on demand
+            p = self._pos = p.position(self._end)
         elif callable(p):
             p = self._pos = p()
         return p
@@ -50,8 +64,8 @@ class Line:
         """``pos`` itself if built, else a callable building it (for a
         tailer's own position after this line)."""
         p = self._pos
-        if p.__class__ is tuple:
-            return partial(p[0].position, p[1])
+        if p.__class__ is _Chunk:
+            return partial(p.position, self._end)
         return p
 
     def __eq__(self, other):
@@ -128,7 +142,7 @@ class _Chunk:
     position is built only when asked for (the pipeline asks for one line's
     per checkpoint): ``make`` is the position builder frozen when the lines
     were cut, ``pre`` the TAIL_BYTES before ``data``, which starts at file
-    offset ``base``."""
+    offset ``base`` (``data`` is set once the lines are cut)."""
 
     __slots__ = ("base", "data", "make", "pre")
 
@@ -180,18 +194,19 @@ class LineCutter:
         """Drop the bytes up to the next newline (started mid-line)."""
         self._long = [None, 0, self.tail]
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, start: int = 0) -> None:
+        """Add the bytes ``data[start:]`` (taken without slicing ``data``)."""
         lg = self._long
         if lg is not None:
-            nl = data.find(b"\n")
+            nl = data.find(b"\n", start)
             end = len(data) if nl < 0 else nl + 1
-            lg[1] += end
-            lg[2] = (lg[2] + data[max(0, end - TAIL_BYTES):end])[-TAIL_BYTES:]
+            lg[1] += end - start
+            lg[2] = (lg[2] + data[max(start, end - TAIL_BYTES):end])[-TAIL_BYTES:]
             if nl < 0:
                 return
             self._end_long(partial=False)
-            data = data[end:]
-        self._buf += data
+            start = end
+        self._buf += memoryview(data)[start:] if start else data
 
     def _end_long(self, partial: bool) -> None:
         (prefix, total, last), self._long = self._long, None
@@ -261,6 +276,17 @@ class LineCutter:
               out: list[Line]) -> int:
         """Cut ``buf[i:end]`` (complete lines, no NUL, none too long; at most
         ``k`` of them) into ``out``; returns where the next line starts."""
+        frozen = self.frozen_pos
+        if frozen is not None and _C is not None:  # the same lines, in one C pass
+            chunk = _Chunk(frozen(), off, bytes(tail), b"")
+            j, invalid, chunk.data = _C.cut(buf, i, end, -1 if k is None else k, off, chunk, out)
+            self.stats.invalid_utf8 += invalid
+            return j
+        return self._py_bulk(buf, i, end, off, tail, k, out)
+
+    def _py_bulk(self, buf: bytearray, i: int, end: int, off: int, tail: bytes, k: int | None,
+                 out: list[Line]) -> int:
+        """:meth:`_bulk` in pure Python: the reference."""
         data = bytes(buf[i:end])
         stats = self.stats
         try:  # one decode for the chunk (no "\n" is inside a UTF-8 sequence: the same texts)
@@ -299,16 +325,16 @@ class LineCutter:
             size = len(t) + 1 if sizes is None else sizes[j]
             off += size
             if chunk is not None:
-                pos = (chunk, off)
+                pos, at = chunk, off
             else:
                 rel = off - base
                 tl = data[rel - TAIL_BYTES:rel] if rel >= TAIL_BYTES else (pre + data[:rel])[-TAIL_BYTES:]
-                pos = make(off, tl)
+                pos, at = make(off, tl), None
             if t.endswith("\r"):
                 body = t.rstrip("\r")
-                append(Line(body, size, pos, False, False, len(t) - len(body)))
+                append(Line(body, size, pos, False, False, len(t) - len(body), at))
             else:
-                append(Line(t, size, pos, False, False, 0))
+                append(Line(t, size, pos, False, False, 0, at))
         return end - rest
 
     def flush(self) -> None:
@@ -334,3 +360,39 @@ def describe_error(exc: OSError, path: str) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"{path}: no such file (waiting for it)"
     return f"{path}: {exc.strerror or type(exc).__name__}"
+
+
+# -- the C accelerator (_cut.c: LineCutter's bulk step) --------------------------
+ENV = "VLLM_AUDIT_PURE_PYTHON"  # as exporter.parse.fast: "1" forces the pure-Python path
+
+
+def _load():
+    if os.environ.get(ENV, "") not in ("", "0"):
+        return None
+    try:
+        from exporter.tail import _cut
+    except ImportError:
+        return None
+    src = Path(__file__).with_name("_cut.c")
+    try:  # a checkout never runs a module built from another version of its source
+        if src.exists() and getattr(_cut, "SOURCE_SHA256", "") != hashlib.sha256(src.read_bytes()).hexdigest():
+            return None
+    except OSError:
+        pass
+    try:
+        _cut.configure(Line, _Chunk)
+    except TypeError:  # Line's fields are not the slots it fills: a build of another version
+        return None
+    return _cut
+
+
+def set_enabled(enabled: bool) -> None:
+    """Cut in bulk with the C module (when built and current) or in pure Python."""
+    global _C, IMPLEMENTATION
+    _C = _load() if enabled else None
+    IMPLEMENTATION = "python" if _C is None else "c"
+
+
+_C = None
+IMPLEMENTATION = "python"
+set_enabled(True)
