@@ -21,6 +21,12 @@ static PyObject *k_stream_info, *k_output_token_ids, *k_output_token_count, *k_o
     *k_finish_reason, *k_prompt, *k_prompt_token_ids, *k_prompt_token_count, *k_params,
     *k_params_open;
 
+/* Event's slot offsets (kind, request_id, when, data), found by configure()
+ * when Event is the plain slots dataclass it is: then an event is allocated
+ * and its four slots filled here, as its generated __init__ would, without
+ * a Python call per line. 0: call Event() instead. */
+static Py_ssize_t g_event_off[4];
+
 #define HEADER_CACHE_MAX 4096
 #define MAX_FIELDS 16
 
