@@ -158,11 +158,14 @@ class Correlator:
                 entry["slot"] = slot
             self._next_order += 1
             self.inflight[slot] = entry
+            self._touched.add(slot)
+            return entry  # its times are t already
         self._touched.add(slot)
         if t is not None:
             if entry["first_t"] is None:
                 entry["first_t"] = t
-            entry["last_t"] = t if entry["last_t"] is None else max(entry["last_t"], t)
+            last = entry["last_t"]
+            entry["last_t"] = t if last is None or t > last else last  # max(last, t), no call
         return entry
 
     def _key_for(self, log_id: str) -> tuple[str, str | None]:
@@ -219,7 +222,7 @@ class Correlator:
                     if entry["first_t"] is None:
                         entry["first_t"] = t
                     last = entry["last_t"]
-                    entry["last_t"] = t if last is None else max(last, t)
+                    entry["last_t"] = t if last is None or t > last else last  # max(last, t)
                 when = event.when
                 if when is not None and when.year is not None:
                     entry["precise"] = True
