@@ -44,11 +44,12 @@ typedef struct {
 /* Declining is always correct; these keep the code flat. */
 #define DECLINE ((PyObject *)NULL)
 
-static int starts(const Line *L, Py_ssize_t i, const char *lit) {
-    Py_ssize_t k = (Py_ssize_t)strlen(lit);
-    if (i < 0 || i + k > L->n) return 0;
-    for (Py_ssize_t j = 0; j < k; j++)
-        if (CH(L, i + j) != (Py_UCS4)(unsigned char)lit[j]) return 0;
+/* One pass, no strlen: the literal's NUL ends the comparison, the line's
+ * end fails it. */
+static inline int starts(const Line *L, Py_ssize_t i, const char *lit) {
+    if (i < 0) return 0;
+    for (Py_ssize_t j = 0; lit[j]; j++)
+        if (i + j >= L->n || CH(L, i + j) != (Py_UCS4)(unsigned char)lit[j]) return 0;
     return 1;
 }
 
