@@ -116,10 +116,13 @@ class Correlator:
         # Evicted-but-not-yet-recorded entries are recorded before any
         # checkpoint (the pipeline calls ready() first), so they are not kept.
         # The in-flight store goes as it is: the checkpoint journals only its
-        # dirty slots (exporter.checkpoint, exporter.journal).
+        # dirty slots (exporter.checkpoint, exporter.journal). So does
+        # ``recent``, as a JSON object (key -> received time): no copy per
+        # commit, and it encodes a third cheaper than a list of pairs (every
+        # journal record carries it whole). restore() reads both forms.
         self.inflight.mark(self._touched)
         return {"inflight": self.inflight, "middleware_seen": self.middleware_seen,
-                "next_order": self._next_order, "recent": list(self.recent.items())}
+                "next_order": self._next_order, "recent": self.recent}
 
     def restore(self, state: dict | None) -> None:
         if not state:
@@ -128,7 +131,8 @@ class Correlator:
         self.inflight = InFlight(sorted((state.get("inflight") or {}).items(), key=lambda kv: kv[1]["order"]))
         self.middleware_seen = bool(state.get("middleware_seen"))
         self._next_order = int(state.get("next_order") or 0)
-        self.recent = OrderedDict((k, v) for k, v in state.get("recent") or [])
+        recent = state.get("recent") or []
+        self.recent = OrderedDict(recent.items() if isinstance(recent, dict) else ((k, v) for k, v in recent))
         self.by_log_id = {e["log_id"]: k for k, e in self.inflight.items() if e.get("log_id")}
         self.aliases = {}
         for slot, e in self.inflight.items():
@@ -154,11 +158,14 @@ class Correlator:
                 entry["slot"] = slot
             self._next_order += 1
             self.inflight[slot] = entry
+            self._touched.add(slot)
+            return entry  # its times are t already
         self._touched.add(slot)
         if t is not None:
             if entry["first_t"] is None:
                 entry["first_t"] = t
-            entry["last_t"] = t if entry["last_t"] is None else max(entry["last_t"], t)
+            last = entry["last_t"]
+            entry["last_t"] = t if last is None or t > last else last  # max(last, t), no call
         return entry
 
     def _key_for(self, log_id: str) -> tuple[str, str | None]:
@@ -168,16 +175,37 @@ class Correlator:
         return base_id(log_id)
 
     def _find_internal(self, rid: str) -> str | None:
-        if rid in self.by_log_id:
-            return self.by_log_id[rid]
-        for candidate in (_CHILD_PREFIX.sub("", rid), _INTERNAL_SUFFIX.sub("", rid),
-                          _INTERNAL_SUFFIX.sub("", _CHILD_PREFIX.sub("", rid))):
-            if candidate in self.by_log_id:
-                return self.by_log_id[candidate]
-            key, _ = base_id(candidate)
-            if key in self.inflight:
-                return key
-        return None
+        by_log_id, inflight = self.by_log_id, self.inflight
+        known = by_log_id.get(rid)
+        if known is not None:
+            return known
+        # The candidates in order: child prefix off, suffix off, both off.
+        # Each is built only when the one before it failed (most Added lines
+        # match on the second), and one equal to a candidate already tried
+        # is skipped: neither dict changes in between, so the answer is the same.
+        child = _CHILD_PREFIX.sub("", rid) if rid[:1].isdecimal() else rid
+        if child != rid:
+            known = by_log_id.get(child)
+            if known is not None:
+                return known
+        key, _ = base_id(child)
+        if key in inflight:
+            return key
+        bare = _INTERNAL_SUFFIX.sub("", rid)
+        known = by_log_id.get(bare)
+        if known is not None:
+            return known
+        key, _ = base_id(bare)
+        if key in inflight:
+            return key
+        if child == rid:
+            return None  # "both off" is "suffix off", tried above
+        both = _INTERNAL_SUFFIX.sub("", child)
+        known = by_log_id.get(both)
+        if known is not None:
+            return known
+        key, _ = base_id(both)
+        return key if key in inflight else None
 
     def feed(self, event: ev.Event, t: float | None) -> None:
         """File one event; ``t`` is its resolved time (epoch seconds) or None."""
@@ -194,7 +222,7 @@ class Correlator:
                     if entry["first_t"] is None:
                         entry["first_t"] = t
                     last = entry["last_t"]
-                    entry["last_t"] = t if last is None else max(last, t)
+                    entry["last_t"] = t if last is None or t > last else last  # max(last, t)
                 when = event.when
                 if when is not None and when.year is not None:
                     entry["precise"] = True
@@ -278,11 +306,12 @@ class Correlator:
             key, endpoint = rid, None
         else:
             key, endpoint = self._key_for(rid)
-        if self._late(key, kind):
+        if key in self.recent and self._late(key, kind):
             return
         slot = key
         if kind == ev.RECEIVED or kind == ev.BODY:
-            base = self.inflight[key]["key"] if key in self.inflight else key
+            e = self.inflight.get(key)
+            base = key if e is None else e["key"]
             slot = self._slot(base, "received" if kind == ev.RECEIVED else "body", t)
             key = base
         entry = self._entry(slot, t, key)
@@ -322,8 +351,17 @@ class Correlator:
         nearest to ``t``. With none, a reused id opens a new slot. So a
         backlog read one file after the other splits into the same requests
         as when the lines are fed live."""
-        slots = [s for s in (key, *self.aliases.get(key, ())) if s in self.inflight]
-        free = [s for s in slots if self.inflight[s].get(field) is None]
+        inflight = self.inflight
+        aliases = self.aliases.get(key)
+        if not aliases:  # the usual case: at most the base slot itself
+            e = inflight.get(key)
+            if e is None or e.get(field) is None:
+                return key
+            alias = f"{key}#{self._next_order}"
+            self.aliases[key] = [alias]
+            return alias
+        slots = [s for s in (key, *aliases) if s in inflight]
+        free = [s for s in slots if inflight[s].get(field) is None]
         if len(free) == 1:
             return free[0]
         if free:

@@ -319,6 +319,8 @@ class Pipeline:
         startup_kind, summary_kind = ev.STARTUP, ev.SUMMARY
         timed = False
         received, mw_kind = ev.RECEIVED, ev.MIDDLEWARE
+        special = frozenset((access, dropped_kind, engine_status, startup_kind, summary_kind, failed_kind))
+        checked = frozenset((mw_kind, body_kind, engine_kind))  # kinds whose data may name problems
         prefix, prev_cr, base_cr, head = self.logging_prefix, src.cr, src.base_cr, src.failed_head
         for line in lines:
             cr = line.cr
@@ -343,25 +345,26 @@ class Pipeline:
                 ignored[reason] = ignored.get(reason, 0) + 1
                 continue
             kind = result.kind
-            if kind is access or kind == access:
-                ignored["access"] = ignored.get("access", 0) + 1
-                continue
-            if kind == dropped_kind:
-                self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
-                continue
-            if kind == engine_status:
-                self.selfm.engine_status(result.data)
-                continue
-            if kind == startup_kind:
-                self._learn(src, result.data, None if result.when is None else resolve(result.when, name))
-                ignored["startup"] = ignored.get("startup", 0) + 1
-                continue
-            if kind == summary_kind and (src.learned or {}).get("frontend") != "rust":
-                self._learn(src, {"what": "rust_frontend"}, None)  # only the Rust frontend writes it
-            if kind == failed_kind:
-                k = line.text.find("] Request ")
-                head = line.text[:k + 2] if k >= 0 else None
-            if (kind == mw_kind or kind == body_kind or kind == engine_kind) and "problems" in result.data:
+            if kind in special:  # one set probe keeps the bulk (outputs) off this chain
+                if kind == access:
+                    ignored["access"] = ignored.get("access", 0) + 1
+                    continue
+                if kind == dropped_kind:
+                    self.selfm.middleware_dropped.inc(result.data.get("dropped") or 0)
+                    continue
+                if kind == engine_status:
+                    self.selfm.engine_status(result.data)
+                    continue
+                if kind == startup_kind:
+                    self._learn(src, result.data, None if result.when is None else resolve(result.when, name))
+                    ignored["startup"] = ignored.get("startup", 0) + 1
+                    continue
+                if kind == summary_kind and (src.learned or {}).get("frontend") != "rust":
+                    self._learn(src, {"what": "rust_frontend"}, None)  # only the Rust frontend writes it
+                if kind == failed_kind:
+                    k = line.text.find("] Request ")
+                    head = line.text[:k + 2] if k >= 0 else None
+            elif kind in checked and "problems" in result.data:
                 for reason in result.data["problems"]:
                     ignored[reason] = ignored.get(reason, 0) + 1
             when = result.when

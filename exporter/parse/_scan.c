@@ -19,6 +19,7 @@
  * tests/test_scan_differential.py proves C and Python agree.
  */
 #include "_scan_common.h"
+#include <structmember.h>
 #include "_scan_repr.h"
 #include "_scan_messages.h"
 #include "_scan_json.h"
@@ -54,12 +55,61 @@ static Py_ssize_t header_end(const Line *L) {
     return i + 2;
 }
 
+/* The headers used last, by a hash of their text: a hit costs no string
+ * object (a line's header text as a key of g_headers would be one per
+ * line). Each slot owns its key and Header; a slot is only a shortcut to
+ * what g_headers said for exactly that text. */
+#define RECENT_HEADERS 64
+static struct { PyObject *key, *header; } g_recent[RECENT_HEADERS];
+
+static void forget_recent(void) {
+    for (int j = 0; j < RECENT_HEADERS; j++) {
+        Py_CLEAR(g_recent[j].key);
+        Py_CLEAR(g_recent[j].header);
+    }
+}
+
+static size_t header_hash(const Line *L, Py_ssize_t m) {
+    size_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < m; i++) h = (h ^ CH(L, i)) * 16777619u;
+    return h;
+}
+
+static int same_text(const Line *L, Py_ssize_t m, PyObject *key) {
+    if (PyUnicode_GET_LENGTH(key) != m) return 0;
+    int kind = PyUnicode_KIND(key);
+    const void *data = PyUnicode_DATA(key);
+    if (kind == L->kind) return memcmp(data, L->data, (size_t)m * (size_t)kind) == 0;
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (PyUnicode_READ(kind, data, i) != CH(L, i)) return 0;
+    return 1;
+}
+
+static PyObject *header_lookup(const Line *L, Py_ssize_t m, PyObject **key_out);
+
 /* The Header for text[:m] (borrowed), or NULL with no error set to decline. */
 static PyObject *header_for(const Line *L, Py_ssize_t m) {
+    size_t slot = header_hash(L, m) % RECENT_HEADERS;
+    if (g_recent[slot].key && same_text(L, m, g_recent[slot].key)) return g_recent[slot].header;
+    PyObject *key = NULL;
+    PyObject *h = header_lookup(L, m, &key);
+    if (h && key) {
+        Py_XSETREF(g_recent[slot].header, Py_NewRef(h));
+        Py_XSETREF(g_recent[slot].key, key);  /* takes the reference */
+        return g_recent[slot].header;
+    }
+    Py_XDECREF(key);
+    return h;
+}
+
+/* header_for's g_headers part; *key_out gets a new reference to text[:m]
+ * when a Header is returned. */
+static PyObject *header_lookup(const Line *L, Py_ssize_t m, PyObject **key_out) {
     PyObject *key = PyUnicode_Substring(L->s, 0, m);
     if (!key) return NULL;
     PyObject *h = PyDict_GetItemWithError(g_headers, key);
-    if (h || PyErr_Occurred()) { Py_DECREF(key); return h; }
+    if (h) { *key_out = key; return h; }
+    if (PyErr_Occurred()) { Py_DECREF(key); return NULL; }
     PyObject *got = PyObject_CallOneArg(g_header_fn, L->s);
     if (!got) { Py_DECREF(key); return NULL; }
     if (got == Py_None || !PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2 ||
@@ -71,9 +121,10 @@ static PyObject *header_for(const Line *L, Py_ssize_t m) {
     if (PyDict_GET_SIZE(g_headers) >= HEADER_CACHE_MAX) PyDict_Clear(g_headers);
     h = PyTuple_GET_ITEM(got, 0);
     int bad = PyDict_SetItem(g_headers, key, h);
-    Py_DECREF(key);
     Py_DECREF(got);  /* the dict keeps h alive (borrowed by the caller) */
-    return bad ? NULL : h;
+    if (bad) { Py_DECREF(key); return NULL; }
+    *key_out = key;
+    return h;
 }
 
 static PyObject *scan(PyObject *self, PyObject *text) {
@@ -126,14 +177,52 @@ static PyObject *dispatch_message(PyObject *self, PyObject *args) {
     return r;
 }
 
+/* g_event_off for Event, or zeros (then events are made by calling Event).
+ * ``plain``: the caller vouches that Event's __init__ is the generated one
+ * of a slots dataclass (fast.plain_event), which only stores its arguments.
+ * Then each of the four fields must be a writable object slot, Event's
+ * __new__ object's, and one Event made by calling it must hold exactly its
+ * arguments at those offsets: so allocating and filling is what the call
+ * does. */
+static int find_event_slots(PyObject *event, int plain) {
+    static const char *names[4] = {"kind", "request_id", "when", "data"};
+    Py_ssize_t off[4];
+    memset(g_event_off, 0, sizeof g_event_off);
+    if (!plain || !PyType_Check(event) || ((PyTypeObject *)event)->tp_new != PyBaseObject_Type.tp_new) return 0;
+    int has_post = PyObject_HasAttrString(event, "__post_init__");
+    if (has_post) return 0;
+    for (int j = 0; j < 4; j++) {
+        PyObject *d = PyObject_GetAttrString(event, names[j]);
+        if (!d) { PyErr_Clear(); return 0; }
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+                 !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
+        off[j] = ok ? ((PyMemberDescrObject *)d)->d_member->offset : 0;
+        Py_DECREF(d);
+        if (off[j] <= 0) return 0;
+    }
+    PyObject *probe[4] = {PyUnicode_FromString("k"), PyUnicode_FromString("r"), PyTuple_New(0), PyDict_New()};
+    PyObject *e = (probe[0] && probe[1] && probe[2] && probe[3])
+                      ? PyObject_CallFunctionObjArgs(event, probe[0], probe[1], probe[2], probe[3], NULL)
+                      : NULL;
+    int same = e != NULL && Py_IS_TYPE(e, (PyTypeObject *)event);
+    for (int j = 0; j < 4 && same; j++) same = *(PyObject **)((char *)e + off[j]) == probe[j];
+    Py_XDECREF(e);
+    for (int j = 0; j < 4; j++) Py_XDECREF(probe[j]);
+    if (PyErr_Occurred()) return -1;
+    if (same) memcpy(g_event_off, off, sizeof off);
+    return 0;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *event, *header_fn, *params_fn, *body_fn, *out, *out_details, *added, *finished, *det, *rec, *acc;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO", &event, &header_fn, &params_fn, &body_fn, &out, &out_details,
-                          &added, &finished, &det, &rec, &acc))
+    int plain = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO|p", &event, &header_fn, &params_fn, &body_fn, &out, &out_details,
+                          &added, &finished, &det, &rec, &acc, &plain))
         return NULL;
     Py_XSETREF(g_body_fn, Py_NewRef(body_fn));
     Py_XSETREF(g_access, Py_NewRef(acc));
     Py_XSETREF(g_event, Py_NewRef(event));
+    if (find_event_slots(event, plain) < 0) return NULL;
     Py_XSETREF(g_header_fn, Py_NewRef(header_fn));
     Py_XSETREF(g_params_fn, Py_NewRef(params_fn));
     Py_XSETREF(g_kinds[K_OUTPUT], Py_NewRef(out));
@@ -143,11 +232,17 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_XSETREF(g_kinds[K_DETAILS], Py_NewRef(det));
     Py_XSETREF(g_received, Py_NewRef(rec));
     PyDict_Clear(g_headers);
+    forget_recent();
     Py_RETURN_NONE;
+}
+
+static PyObject *direct_events(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(g_event_off[0] != 0);
 }
 
 static PyObject *clear_cache(PyObject *self, PyObject *unused) {
     PyDict_Clear(g_headers);
+    forget_recent();
     Py_RETURN_NONE;
 }
 
@@ -155,8 +250,9 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "scan(text) -> Event | None (None: let the Python parser decide)"},
     {"dispatch", dispatch_message, METH_VARARGS,
      "dispatch(message, header) -> Event | Ignored | None (a message without its header line)"},
-    {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds)"},
+    {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds[, plain])"},
     {"clear_cache", clear_cache, METH_NOARGS, "forget the cached headers"},
+    {"direct_events", direct_events, METH_NOARGS, "whether events are allocated without calling Event()"},
     {"json_line", json_line, METH_VARARGS,
      "json_line(obj, sort_keys, text) -> bytes | str | None: compact JSON as json writes it (None: ask json)"},
     {NULL, NULL, 0, NULL},

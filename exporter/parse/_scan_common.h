@@ -21,6 +21,12 @@ static PyObject *k_stream_info, *k_output_token_ids, *k_output_token_count, *k_o
     *k_finish_reason, *k_prompt, *k_prompt_token_ids, *k_prompt_token_count, *k_params,
     *k_params_open;
 
+/* Event's slot offsets (kind, request_id, when, data), found by configure()
+ * when Event is the plain slots dataclass it is: then an event is allocated
+ * and its four slots filled here, as its generated __init__ would, without
+ * a Python call per line. 0: call Event() instead. */
+static Py_ssize_t g_event_off[4];
+
 #define HEADER_CACHE_MAX 4096
 #define MAX_FIELDS 16
 
@@ -38,11 +44,12 @@ typedef struct {
 /* Declining is always correct; these keep the code flat. */
 #define DECLINE ((PyObject *)NULL)
 
-static int starts(const Line *L, Py_ssize_t i, const char *lit) {
-    Py_ssize_t k = (Py_ssize_t)strlen(lit);
-    if (i < 0 || i + k > L->n) return 0;
-    for (Py_ssize_t j = 0; j < k; j++)
-        if (CH(L, i + j) != (Py_UCS4)(unsigned char)lit[j]) return 0;
+/* One pass, no strlen: the literal's NUL ends the comparison, the line's
+ * end fails it. */
+static inline int starts(const Line *L, Py_ssize_t i, const char *lit) {
+    if (i < 0) return 0;
+    for (Py_ssize_t j = 0; lit[j]; j++)
+        if (i + j >= L->n || CH(L, i + j) != (Py_UCS4)(unsigned char)lit[j]) return 0;
     return 1;
 }
 

@@ -7,9 +7,21 @@
 
 /* -- messages ------------------------------------------------------------------ */
 
+/* Event(kind, rid, when, data), all four borrowed. */
+static PyObject *new_event(PyObject *kind, PyObject *rid, PyObject *when, PyObject *data) {
+    if (!g_event_off[0]) return PyObject_CallFunctionObjArgs(g_event, kind, rid, when, data, NULL);
+    PyTypeObject *tp = (PyTypeObject *)g_event;
+    PyObject *r = tp->tp_alloc(tp, 0);
+    if (!r) return NULL;
+    PyObject *values[4] = {kind, rid, when, data};
+    for (int j = 0; j < 4; j++) *(PyObject **)((char *)r + g_event_off[j]) = Py_NewRef(values[j]);
+    return r;
+}
+
+/* Event(kind, rid, when, data), taking the references to rid and data. */
 static PyObject *event(PyObject *kind, PyObject *rid, PyObject *when, PyObject *data) {
     PyObject *r = NULL;
-    if (rid && data) r = PyObject_CallFunctionObjArgs(g_event, kind, rid, when, data, NULL);
+    if (rid && data) r = new_event(kind, rid, when, data);
     Py_XDECREF(rid);
     Py_XDECREF(data);
     return r;
@@ -238,7 +250,7 @@ static PyObject *access_line(const Line *L) {
                                    PyUnicode_Substring(L->s, ma, mb), "path", PyUnicode_Substring(L->s, pa, pb),
                                    "status", status);
     if (!data) return NULL;
-    PyObject *r = PyObject_CallFunctionObjArgs(g_event, g_access, Py_None, Py_None, data, NULL);
+    PyObject *r = new_event(g_access, Py_None, Py_None, data);
     Py_DECREF(data);
     return r;
 }

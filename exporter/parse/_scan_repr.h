@@ -11,6 +11,16 @@
 static Py_ssize_t string_end(const Line *L, Py_ssize_t a) {
     Py_UCS4 q = CH(L, a);
     Py_ssize_t j = a + 1;
+    if (L->kind == PyUnicode_1BYTE_KIND) {  /* the same loop without the per-character kind switch */
+        const Py_UCS1 *d = (const Py_UCS1 *)L->data;
+        while (j < L->n) {
+            Py_UCS1 c = d[j];
+            if (c == '\\') j += 2;
+            else if (c == q) return j + 1;
+            else j++;
+        }
+        return -1;
+    }
     while (j < L->n) {
         Py_UCS4 c = CH(L, j);
         if (c == '\\') j += 2;

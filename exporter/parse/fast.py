@@ -66,7 +66,19 @@ def configure(module) -> None:
     """Hand the C module the Python pieces it calls back (the header rules,
     SamplingParams, the JSON body) and the event kinds."""
     module.configure(ev.Event, _header, sampling_params, body_event, ev.OUTPUT, ev.OUTPUT_DETAILS,
-                     ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS)
+                     ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS, plain_event(ev.Event))
+
+
+def plain_event(cls) -> bool:
+    """``cls`` is a dataclass of its own whose ``__init__`` is the generated
+    one (it only stores its four arguments): the C module may then allocate
+    events and fill their slots itself instead of calling ``cls`` per line
+    (it checks the slots and one call's result too)."""
+    init = cls.__dict__.get("__init__")
+    code = getattr(init, "__code__", None)
+    return ("__dataclass_fields__" in cls.__dict__ and code is not None and code.co_filename == "<string>"
+            and not hasattr(cls, "__post_init__")
+            and list(cls.__dataclass_fields__) == ["kind", "request_id", "when", "data"])
 
 
 def set_enabled(enabled: bool) -> None:

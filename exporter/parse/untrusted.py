@@ -244,6 +244,7 @@ _LINE_CHECKS = {"type": lambda c, name, value: value, "request_id": _typed("text
 
 # -- the client's JSON body (vLLM's DEBUG "JSON body" line) ---------------------------
 
+_TEXT, _BOOLEAN, _INTEGER, _NUMBER = _Checker.text, _Checker.boolean, _Checker.integer, _Checker.number
 # (field, check, label): built once, not per body (one body per request at DEBUG)
 _BODY_CHECKS = tuple((name, check, f"body.{name}") for name, check in (
     ("model", _Checker.text), ("user", _Checker.text), ("stream", _Checker.boolean),
@@ -258,7 +259,17 @@ def check_body(body: dict) -> tuple[dict, list[str], bool]:
     out = {}
     for name, check, label in _BODY_CHECKS:
         if name in body:
-            out[name] = check(c, label, body[name])
+            value = body[name]
+            # What the check keeps as it is, without the call: ASCII text
+            # (no surrogate to escape), a finite non-negative float or int,
+            # a bool. Anything else goes through the check.
+            cls = value.__class__
+            if cls is str and check is _TEXT and value.isascii() or cls is bool and check is _BOOLEAN \
+                    or cls is int and check is _INTEGER and value >= 0 \
+                    or cls is float and check is _NUMBER and 0.0 <= value < math.inf:
+                out[name] = value
+            else:
+                out[name] = check(c, label, value)
     if "n" in body:
         out["n"] = c.integer("body.n", body["n"], 1)
     fmt = body.get("response_format")
