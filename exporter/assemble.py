@@ -37,14 +37,25 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .correlate import base_id
+from .correlate import ENDPOINT_BY_PREFIX
 from .events import id_count
 from .wire import params as body_params
-from .record import ENGINE_FIELDS, PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
+from .record import ENGINE_FIELDS, PARAM_FIELDS, RECORD_FIELDS, format_ts, parse_ts_or_none
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
 _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
 _STREAM_DEFAULTED = ("chat", "completion", "responses")  # endpoints whose "stream" defaults to false
+
+# build_record runs once per request, so its constant costs count: a record
+# starts as a copy of this (a dict copy is ~10x cheaper
+# than dict.fromkeys; exporter.record.new_record's other values are all
+# overwritten below), and an absent middleware line or mapping reads as this
+# empty dict, never written to, instead of a fresh ``{}`` at every lookup.
+_BLANK_RECORD = dict.fromkeys(RECORD_FIELDS)
+_NOTHING: dict = {}
+# tokens_source, the weaker of the prompt's and the completion's sources.
+_WEAKER = {(a, b): max((x for x in (a, b) if x is not None), key=_SOURCE_RANK.__getitem__, default=None)
+           for a in (None, *_SOURCE_RANK) for b in (None, *_SOURCE_RANK)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,14 @@ class AssembleContext:
 
 def _truncated(value, limit: int | None) -> bool:
     return limit is not None and value is not None and len(value) >= limit
+
+
+def _endpoint_of(log_id: str) -> str | None:
+    """``correlate.base_id(log_id)[1]`` without computing the base id."""
+    for prefix, endpoint in ENDPOINT_BY_PREFIX:
+        if log_id.startswith(prefix):
+            return endpoint
+    return None
 
 
 def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
@@ -80,18 +99,21 @@ def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
 
 
 class _Sources:
-    """What one entry offers, read once: the middleware line, the client's
-    logged JSON body, the fields that find the logged prompt, and ``limit``,
+    """What one entry offers, read once: the middleware line (``mw``, or
+    ``_NOTHING`` as ``mwd``), the client's logged JSON body, the fields that
+    find the logged prompt, the Rust frontend's ``summary``, and ``limit``,
     the ``--max-log-len`` in effect (the flag, else the entry's start-up
     setting)."""
 
-    __slots__ = ("body", "choices", "ctx", "e", "flags", "limit", "log_prompt", "middleware_seen", "mw",
-                 "out_origin")
+    __slots__ = ("body", "choices", "ctx", "e", "flags", "limit", "log_prompt", "middleware_seen", "mw", "mwd",
+                 "out_origin", "summary")
 
-    def __init__(self, e: dict, mw: dict | None, body: dict | None, ctx: AssembleContext, flags: list,
-                 middleware_seen: bool = False):
-        self.e, self.mw, self.body, self.ctx, self.flags = e, mw, body, ctx, flags
+    def __init__(self, e: dict, mw: dict | None, body: dict | None, ctx: AssembleContext, middleware_seen: bool):
+        self.e, self.mw, self.body, self.ctx = e, mw, body, ctx
+        self.mwd = _NOTHING if mw is None else mw
+        self.flags: list[str] = []
         self.middleware_seen = middleware_seen
+        self.summary = e.get("summary") or _NOTHING
         self.log_prompt: str | None = None
         self.choices: list | None = None
         self.out_origin = "log"
@@ -114,9 +136,10 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
                    or e.get("summary"))
     if mw is None and not has_log:
         return None
-    src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [], middleware_seen)
-    rec = new_record()
-    rec["instance"] = src.ctx.instance
+    body = e["body"]
+    src = _Sources(e, mw, body if isinstance(body, dict) else None, ctx, middleware_seen)
+    rec = _BLANK_RECORD.copy()  # every field is set below or stays unknown
+    rec["instance"] = ctx.instance
     rec["sources"] = (["vllm_log"] if has_log or src.body else []) + (["middleware"] if mw is not None else [])
     _identity(rec, src)
     _prompt(rec, src)
@@ -125,7 +148,8 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
     _tokens(rec, src)
     _outcome(rec, src)
     _flags(rec, src)
-    _engine(rec, e)
+    if e.get("engine") is not None:
+        _engine(rec, e)
     return rec
 
 
@@ -140,16 +164,16 @@ def _engine(rec: dict, e: dict) -> None:
 
 def _identity(rec: dict, src: _Sources) -> None:
     """ts, request_id, endpoint, model, user, stream."""
-    e, mw, body = src.e, src.mw or {}, src.body
-    received_ts = parse_ts_or_none(mw.get("received_at")) or e["received_t"] or e["first_t"]
+    e, mw, body = src.e, src.mwd, src.body
+    received_ts = (parse_ts_or_none(mw.get("received_at")) if mw else None) or e["received_t"] or e["first_t"]
     rec["ts"] = format_ts(received_ts) if received_ts is not None else None
     log_id = e["log_id"]
     rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
-    rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
-    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model \
-        or (e.get("summary") or {}).get("model") or (e.get("cfg") or {}).get("model")
+    rec["endpoint"] = endpoint = mw.get("endpoint") or (_endpoint_of(log_id) if log_id else None)
+    rec["model"] = mw.get("model") or (body.get("model") if body is not None else None) or src.ctx.model \
+        or src.summary.get("model") or (e.get("cfg") or _NOTHING).get("model")
     user, source = mw.get("user"), mw.get("identity_source")
-    invalid = (mw.get("identity") or {}).get("invalid_reason") is not None
+    invalid = (mw.get("identity") or _NOTHING).get("invalid_reason") is not None
     if user is None and not invalid and body is not None and body.get("user") is not None:
         # Log only (or a line without a user): the client's own field. Never
         # when the middleware refused the request's identity.
@@ -163,10 +187,11 @@ def _identity(rec: dict, src: _Sources) -> None:
     if invalid:
         src.flags.append("identity_invalid")
     stream = mw.get("stream")
-    if stream is None and body is not None and isinstance(body.get("stream"), bool):
-        stream = body["stream"]
-    if stream is None and body is not None and "stream" not in body and rec["endpoint"] in _STREAM_DEFAULTED:
-        stream = False  # the OpenAI default: the body was logged as sent, without "stream"
+    if stream is None and body is not None:
+        stream = body.get("stream")
+        if stream.__class__ is not bool:
+            # The OpenAI default: the body was logged as sent, without "stream".
+            stream = False if "stream" not in body and endpoint in _STREAM_DEFAULTED else None
     rec["stream"] = e["stream"] if stream is None else stream
 
 
@@ -183,8 +208,8 @@ def _legacy_source(user: str, ident: dict) -> str | None:
 def _prompt(rec: dict, src: _Sources) -> None:
     """The client's messages (middleware) before the rendered prompt vLLM logged."""
     e = src.e
-    src.log_prompt = (e["details"] or {}).get("prompt") or (e["received"] or {}).get("prompt")
-    if src.mw is not None and src.mw.get("prompt") is not None:
+    src.log_prompt = (e["details"] or _NOTHING).get("prompt") or (e["received"] or _NOTHING).get("prompt")
+    if src.mwd.get("prompt") is not None:
         rec["prompt"] = json_text(src.mw["prompt"])
     else:
         rec["prompt"] = src.log_prompt
@@ -194,25 +219,32 @@ def _prompt(rec: dict, src: _Sources) -> None:
 
 def _outputs(rec: dict, src: _Sources) -> None:
     """output (choice 0) and choices (more than one)."""
-    src.choices, src.out_origin = _output_texts(src.e, src.mw)
-    texts = [c["text"] for c in src.choices]
-    rec["output"] = texts[0] if texts else None
-    if src.out_origin == "log" and any(_truncated(t, src.limit) for t in texts):
+    choices, origin = _output_texts(src.e, src.mw)
+    src.choices, src.out_origin = choices, origin
+    rec["output"] = choices[0]["text"] if choices else None
+    limit = src.limit
+    if limit is not None and origin == "log" and any(_truncated(c["text"], limit) for c in choices):
         src.flags.append("output_truncated")
-    if len(src.choices) > 1:
+    if len(choices) > 1:
         rec["choices"] = [{"index": c["index"], "text": c["text"],
-                           "finish_reason": c["finish_reason"]} for c in src.choices]
+                           "finish_reason": c["finish_reason"]} for c in choices]
 
 
 def _params(rec: dict, src: _Sources) -> None:
     """Client-sent first (middleware, then the logged body), then vLLM's effective values."""
-    params = dict.fromkeys(PARAM_FIELDS)
-    for given in ((src.mw or {}).get("params") or {}, body_params(src.body) if src.body is not None else {},
-                  (src.e["received"] or {}).get("params") or {}):
-        for k in PARAM_FIELDS:
-            if params[k] is None and given.get(k) is not None:
-                params[k] = given[k]
-    body_read = src.body is not None or isinstance((src.mw or {}).get("stream"), bool)
+    mw, body = src.mwd, src.body
+    sent = mw.get("params") or _NOTHING
+    logged = body_params(body) if body is not None else _NOTHING
+    effective = (src.e["received"] or _NOTHING).get("params") or _NOTHING
+    params = {}
+    for k in PARAM_FIELDS:
+        v = sent.get(k)
+        if v is None:
+            v = logged[k] if body is not None else None
+            if v is None:
+                v = effective.get(k)
+        params[k] = v
+    body_read = body is not None or isinstance(mw.get("stream"), bool)
     if params["n"] is None and body_read and rec["endpoint"] in ("chat", "completion"):
         params["n"] = 1  # the OpenAI default for a body read whole without "n"
     rec["params"] = params
@@ -220,56 +252,55 @@ def _params(rec: dict, src: _Sources) -> None:
 
 def _tokens(rec: dict, src: _Sources) -> None:
     """prompt_tokens, completion_tokens and the weakest source used."""
-    e, mw, ctx, limit = src.e, src.mw, src.ctx, src.limit
-    used: list[str] = []
-    usage = (mw or {}).get("usage") or {}
-    summary = e.get("summary") or {}
+    e, mw, ctx, limit, summary = src.e, src.mw, src.ctx, src.limit, src.summary
+    usage = src.mwd.get("usage") or _NOTHING
+    pt_how = ct_how = None
     pt = usage.get("prompt_tokens")
     if pt is None and summary.get("prompt_tokens") is not None:
         pt = summary["prompt_tokens"]  # the Rust frontend logs the response's usage
     if pt is not None:
-        used.append("usage")
+        pt_how = "usage"
     elif mw is not None and mw.get("rejected_prompt_tokens") is not None:
         # The count vLLM states when it rejects an over-long prompt. vLLM 0.32
         # says "at least N input tokens" (it stops counting): flagged as a
         # lower bound, still enough to see an oversized input.
         pt = mw["rejected_prompt_tokens"]
-        used.append("usage")
+        pt_how = "usage"
         if "at least" in (mw.get("error") or ""):
             src.flags.append("prompt_tokens_at_least")
     else:
-        ids = (e["details"] or {}).get("prompt_token_ids")
+        ids = (e["details"] or _NOTHING).get("prompt_token_ids")
         if ids is None:
-            ids = (e["received"] or {}).get("prompt_token_ids")
+            ids = (e["received"] or _NOTHING).get("prompt_token_ids")
         n = id_count(ids)
         if n is not None and not (limit is not None and n >= limit):
             pt = n
-            used.append("logged_ids")
+            pt_how = "logged_ids"
         elif ctx.count_tokens and src.log_prompt is not None and not _truncated(src.log_prompt, limit):
             pt = ctx.count_tokens(src.log_prompt, rec["endpoint"] == "chat")
             if pt is not None:
-                used.append("tokenizer")
+                pt_how = "tokenizer"
     rec["prompt_tokens"] = pt
 
     ct = usage.get("completion_tokens")
     if ct is None:
         ct = summary.get("completion_tokens")
     if ct is not None:
-        used.append("usage")
+        ct_how = "usage"
     else:
-        ct, how = _completion_from_log(e, src.choices, rec["params"].get("n"), limit, ctx, src.out_origin)
-        if ct is not None:
-            used.append(how)
+        ct, ct_how = _completion_from_log(e, src.choices, rec["params"]["n"], limit, ctx, src.out_origin)
+        if ct is None:
+            ct_how = None
     rec["completion_tokens"] = ct
-    rec["tokens_source"] = max(used, key=_SOURCE_RANK.__getitem__) if used else None
+    rec["tokens_source"] = _WEAKER[pt_how, ct_how]
 
 
 def _outcome(rec: dict, src: _Sources) -> None:
     """status, finish_reason, empty_response, latency, TTFT, HTTP status, error, client, identity."""
-    e, mw, choices = src.e, src.mw, src.choices
+    e, mw, choices, summary = src.e, src.mw, src.choices, src.summary
     if mw is not None:
         status = mw.get("status") or "completed"
-    elif e["aborted"] or (e.get("summary") or {}).get("finish_reason") == "abort":
+    elif e["aborted"] or summary.get("finish_reason") == "abort":
         status = "aborted"
     elif e["failed"]:
         status = "error"
@@ -283,19 +314,18 @@ def _outcome(rec: dict, src: _Sources) -> None:
         finish = None
     if finish is None and e["stream"] and e["last_finish"]:
         finish = e["last_finish"]
-    if finish is None and e.get("summary"):
-        finish = e["summary"].get("finish_reason")
+    if finish is None and summary:
+        finish = summary.get("finish_reason")
     if finish is None and status == "aborted":
         finish = "abort"
     rec["finish_reason"] = finish
 
-    texts = [c["text"] for c in choices]
     if mw is not None and mw.get("empty_response") is not None:
         rec["empty_response"] = bool(mw["empty_response"])
-    elif status == "completed" and texts:
+    elif status == "completed" and choices:
         # From the log: a logged non-streaming text is never empty; a stream's
         # complete line shows the accumulated text.
-        rec["empty_response"] = all(t == "" for t in texts)
+        rec["empty_response"] = all([c["text"] == "" for c in choices])
     if mw is not None:
         rec["latency_seconds"] = mw.get("latency_seconds")
         rec["ttft_seconds"] = mw.get("ttft_seconds")
