@@ -468,3 +468,17 @@ def test_a_log_only_entry(seen):
     assert rec["params"] == {"max_tokens": 16, "temperature": 0.0, "n": 1, "json_mode": False}
     assert rec["tokens_source"] == "logged_ids" and rec["stream"] is False
     assert rec["flags"] == (["middleware_missing"] if seen else [])
+
+
+def reference_utc_text(epoch_seconds: float) -> str:
+    from datetime import datetime, timezone
+    stamp = datetime.fromtimestamp(epoch_seconds, timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+@settings(max_examples=examples(3000), deadline=None)
+@given(st.floats(min_value=-62135596800.0, max_value=253402300799.0) | st.integers(0, 2**33).map(float)
+       | st.sampled_from([0.0, 0.0005, 0.9995, 1795314449.1235, 1795314449.9999, -0.001, -31536000000.0]))
+def test_utc_text_equals_the_reference(t):
+    from exporter.wire import utc_text
+    assert utc_text(t) == reference_utc_text(t)
