@@ -47,10 +47,10 @@ _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
 _STREAM_DEFAULTED = ("chat", "completion", "responses")  # endpoints whose "stream" defaults to false
 
 # build_record runs once per request, so its constant costs count: a record
-# starts as a copy of this (a dict copy is ~10x cheaper
-# than dict.fromkeys; exporter.record.new_record's other values are all
-# overwritten below), and an absent middleware line or mapping reads as this
-# empty dict, never written to, instead of a fresh ``{}`` at every lookup.
+# starts as a copy of this (~10x cheaper than exporter.record.new_record's
+# dict.fromkeys; the values new_record sets are all set below), and an
+# absent middleware line or mapping reads as this empty dict, never written
+# to, instead of a fresh ``{}`` at every lookup.
 _BLANK_RECORD = dict.fromkeys(RECORD_FIELDS)
 _NOTHING: dict = {}
 # tokens_source, the weaker of the prompt's and the completion's sources.

@@ -276,9 +276,9 @@ def _card_ok(s: str) -> bool:
 
 # Every number detector's pattern needs one of these in the view: four
 # digits in a row (ID, card, the mobile/landline/NANP forms), "+" and a digit
-# (E.164) or digit "." digit (IPv4). One scan for all five detectors; text
-# without any (most prose, and digits such as "3 of 12") skips them.
-# (Led by one character class, so the re engine skips to candidates.)
+# (E.164) or digit "." digit (IPv4); text without any (most prose, and
+# digits such as "3 of 12") skips them. (Led by one character class, so the
+# re engine skips to candidates.) The finer hints below narrow it down.
 _NUMBER_HINT = re.compile(r"[0-9+](?:(?<=\+)[0-9]|(?<=[0-9])(?:[0-9]{3}|\.[0-9]))", re.ASCII)
 # Where a secret may start, each found from a literal character (the re
 # engine skips to those; an alternation of prefixes would try every one at
@@ -298,13 +298,14 @@ _SECRET_MARKERS = ("earer", "eyJ", "uthorization")
 # id such as "user05975" (which pass _NUMBER_HINT) skips them.
 _LONG_NUMBER_HINT = re.compile(r"[0-9](?:[ .()+-]*[0-9]){7}", re.ASCII)
 _IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]", re.ASCII)
-# find_spans's gate: one scan that finds every text any detector's hint
-# holds (the hints of _PREFILTERS below; the "_" and "-" ones widened to
-# their last three characters, one lookbehind). Every alternative starts
-# with a literal: the re engine then skips to candidates by a bitmap and
-# rejects an alternative by its first character, where a class followed by
-# lookbehinds on it costs ~15 ns a lookbehind at every "_" of a chat
-# template ("<|im_start|>"). The marker substrings are tested with ``in``.
+# find_spans's gate: one scan that matches wherever any hint of _PREFILTERS
+# below would (the "_" and "-" secret hints widened to their last three
+# characters, one lookbehind each), so a view it does not match skips every
+# detector and every other hint. Every alternative starts with a literal:
+# the re engine then skips to candidates by a bitmap and rejects an
+# alternative by its first character, where a class followed by lookbehinds
+# on it costs ~15 ns a lookbehind at every "_" of a chat template
+# ("<|im_start|>"). The marker substrings are tested with ``in``.
 _ANY_HINT = re.compile("|".join((
     r"_(?<=hf_|r8_|h[pousr]_|pm_|sk_|ve_|st_|at_)",
     r"-(?:(?<=sk-|x[abposr]-|pi-|lx-|at-)|(?=----BEGIN ))",
@@ -562,4 +563,4 @@ def _detect(record: dict, oversized_input_tokens: int, rx: re.Pattern | None) ->
     tokens = record.get("prompt_tokens")
     if isinstance(tokens, int) and tokens > oversized_input_tokens:
         flags.add("oversized_input")
-    return sorted(flags) if flags else []
+    return sorted(flags)
