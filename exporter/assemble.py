@@ -37,14 +37,25 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .correlate import base_id
+from .correlate import ENDPOINT_BY_PREFIX
 from .events import id_count
 from .wire import params as body_params
-from .record import ENGINE_FIELDS, PARAM_FIELDS, format_ts, new_record, parse_ts_or_none
+from .record import ENGINE_FIELDS, PARAM_FIELDS, RECORD_FIELDS, format_ts, parse_ts_or_none
 
 _STREAM_FALLBACK = re.compile(r"^<streaming_complete: (\d+) tokens>$")
 _SOURCE_RANK = {"usage": 0, "logged_ids": 1, "tokenizer": 2}
 _STREAM_DEFAULTED = ("chat", "completion", "responses")  # endpoints whose "stream" defaults to false
+
+# build_record runs once per request, so its constant costs count: a record
+# starts as a copy of this (~10x cheaper than exporter.record.new_record's
+# dict.fromkeys; the values new_record sets are all set below), and an
+# absent middleware line or mapping reads as this empty dict, never written
+# to, instead of a fresh ``{}`` at every lookup.
+_BLANK_RECORD = dict.fromkeys(RECORD_FIELDS)
+_NOTHING: dict = {}
+# tokens_source, the weaker of the prompt's and the completion's sources.
+_WEAKER = {(a, b): max((x for x in (a, b) if x is not None), key=_SOURCE_RANK.__getitem__, default=None)
+           for a in (None, *_SOURCE_RANK) for b in (None, *_SOURCE_RANK)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,14 @@ def _truncated(value, limit: int | None) -> bool:
     return limit is not None and value is not None and len(value) >= limit
 
 
+def _endpoint_of(log_id: str) -> str | None:
+    """``correlate.base_id(log_id)[1]`` without computing the base id."""
+    for prefix, endpoint in ENDPOINT_BY_PREFIX:
+        if log_id.startswith(prefix):
+            return endpoint
+    return None
+
+
 def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
     """[(index, text, finish_reason, ids)], and where they came from."""
     if mw is not None and mw.get("choices") is not None:
@@ -67,8 +86,11 @@ def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
         return [{"index": c.get("index", i), "text": c.get("text"),
                  "finish_reason": c.get("finish_reason"), "ids": None}
                 for i, c in enumerate(chs)], "middleware"
-    if e["outputs"]:
-        return [dict(o, index=i) for i, o in enumerate(e["outputs"])], "log"
+    outputs = e["outputs"]
+    if outputs:
+        if len(outputs) == 1:  # most requests: no comprehension (a call of its own before Python 3.12)
+            return [dict(outputs[0], index=0)], "log"
+        return [dict(o, index=i) for i, o in enumerate(outputs)], "log"
     out = []
     for i, text in enumerate(e["complete"]):
         ids = None
@@ -79,197 +101,152 @@ def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
     return out, "log"
 
 
-class _Sources:
-    """What one entry offers, read once: the middleware line, the client's
-    logged JSON body, the fields that find the logged prompt, and ``limit``,
-    the ``--max-log-len`` in effect (the flag, else the entry's start-up
-    setting)."""
-
-    __slots__ = ("body", "choices", "ctx", "e", "flags", "limit", "log_prompt", "middleware_seen", "mw",
-                 "out_origin")
-
-    def __init__(self, e: dict, mw: dict | None, body: dict | None, ctx: AssembleContext, flags: list,
-                 middleware_seen: bool = False):
-        self.e, self.mw, self.body, self.ctx, self.flags = e, mw, body, ctx, flags
-        self.middleware_seen = middleware_seen
-        self.log_prompt: str | None = None
-        self.choices: list | None = None
-        self.out_origin = "log"
-        if ctx.max_log_len is not None:
-            self.limit = ctx.max_log_len
-        else:
-            cfg = e.get("cfg")
-            self.limit = cfg.get("max_log_len") if cfg else None
-
-
 def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
     """The record for a finished/evicted entry; None if there is no request
     behind it (a DEBUG JSON body whose id matches nothing). The steps follow
     the module docstring's "which source wins", field group by group.
     ``middleware_seen``: a middleware source exists (the correlator's), so a
-    record without its line is flagged ``middleware_missing``."""
+    record without its line is flagged ``middleware_missing``.
+
+    One function, a section per field group: it runs once per request, and
+    a helper per group sharing a state object cost a tenth more."""
     mw = e.get("mw")
     has_log = bool(e["received"] or e["details"] or e["outputs"] or e["complete"]
                    or e["deltas"] or e["aborted"] or e["failed"] or e["out_ids"] is not None
                    or e.get("summary"))
     if mw is None and not has_log:
         return None
-    src = _Sources(e, mw, e["body"] if isinstance(e["body"], dict) else None, ctx, [], middleware_seen)
-    rec = new_record()
-    rec["instance"] = src.ctx.instance
-    rec["sources"] = (["vllm_log"] if has_log or src.body else []) + (["middleware"] if mw is not None else [])
-    _identity(rec, src)
-    _prompt(rec, src)
-    _outputs(rec, src)
-    _params(rec, src)
-    _tokens(rec, src)
-    _outcome(rec, src)
-    _flags(rec, src)
-    _engine(rec, e)
-    return rec
+    # What the entry offers, read once: the middleware line (``line``: the
+    # line or an empty dict), the client's logged JSON body, the Rust
+    # frontend's summary, and ``limit``, the --max-log-len in effect (the
+    # flag, else the entry's start-up setting).
+    line = _NOTHING if mw is None else mw
+    body = e["body"]
+    if not isinstance(body, dict):
+        body = None
+    summary = e.get("summary") or _NOTHING
+    limit = ctx.max_log_len
+    if limit is None:
+        cfg = e.get("cfg")
+        limit = cfg.get("max_log_len") if cfg else None
+    flags: list[str] = []
+    rec = _BLANK_RECORD.copy()  # every field is set below or stays unknown
+    rec["instance"] = ctx.instance
+    if has_log or body:
+        rec["sources"] = ["vllm_log"] if mw is None else ["vllm_log", "middleware"]
+    else:
+        rec["sources"] = [] if mw is None else ["middleware"]
 
-
-def _engine(rec: dict, e: dict) -> None:
-    """The stat-logger plugin's timings (``e.get``: checkpoints from before it had none)."""
-    line = e.get("engine")
-    if line is not None:
-        rec["engine"] = {k: line.get(k) for k in ENGINE_FIELDS}
-        if "engine" not in rec["sources"]:
-            rec["sources"].append("engine")
-
-
-def _identity(rec: dict, src: _Sources) -> None:
-    """ts, request_id, endpoint, model, user, stream."""
-    e, mw, body = src.e, src.mw or {}, src.body
-    received_ts = parse_ts_or_none(mw.get("received_at")) or e["received_t"] or e["first_t"]
+    # -- identity: ts, request_id, endpoint, model, user, stream
+    received_ts = (parse_ts_or_none(line.get("received_at")) if line else None) or e["received_t"] or e["first_t"]
     rec["ts"] = format_ts(received_ts) if received_ts is not None else None
     log_id = e["log_id"]
-    rec["request_id"] = log_id or mw.get("response_id") or mw.get("request_id") or e["key"]
-    rec["endpoint"] = mw.get("endpoint") or (base_id(log_id)[1] if log_id else None)
-    rec["model"] = mw.get("model") or (body or {}).get("model") or src.ctx.model \
-        or (e.get("summary") or {}).get("model") or (e.get("cfg") or {}).get("model")
-    user, source = mw.get("user"), mw.get("identity_source")
-    invalid = (mw.get("identity") or {}).get("invalid_reason") is not None
+    rec["request_id"] = log_id or line.get("response_id") or line.get("request_id") or e["key"]
+    rec["endpoint"] = endpoint = line.get("endpoint") or (_endpoint_of(log_id) if log_id else None)
+    rec["model"] = line.get("model") or (body.get("model") if body is not None else None) or ctx.model \
+        or summary.get("model") or (e.get("cfg") or _NOTHING).get("model")
+    user, source = line.get("user"), line.get("identity_source")
+    invalid = (line.get("identity") or _NOTHING).get("invalid_reason") is not None
     if user is None and not invalid and body is not None and body.get("user") is not None:
         # Log only (or a line without a user): the client's own field. Never
         # when the middleware refused the request's identity.
         user, source = str(body.get("user")), "user_field"
-    if source is None and user is not None and src.mw is not None:
+    if source is None and user is not None and mw is not None:
         # A line from before identity_source existed: the same order as the
         # middleware's (header, user field, key hash), told apart by value.
-        source = _legacy_source(user, mw.get("identity") or {})
+        source = _legacy_source(user, line.get("identity") or {})
     rec["user"] = user
     rec["identity_source"] = source if user is not None else None
     if invalid:
-        src.flags.append("identity_invalid")
-    stream = mw.get("stream")
-    if stream is None and body is not None and isinstance(body.get("stream"), bool):
-        stream = body["stream"]
-    if stream is None and body is not None and "stream" not in body and rec["endpoint"] in _STREAM_DEFAULTED:
-        stream = False  # the OpenAI default: the body was logged as sent, without "stream"
+        flags.append("identity_invalid")
+    stream = line.get("stream")
+    if stream is None and body is not None:
+        stream = body.get("stream")
+        if stream.__class__ is not bool:
+            # The OpenAI default: the body was logged as sent, without "stream".
+            stream = False if "stream" not in body and endpoint in _STREAM_DEFAULTED else None
     rec["stream"] = e["stream"] if stream is None else stream
 
-
-def _legacy_source(user: str, ident: dict) -> str | None:
-    if user in (ident.get("headers") or {}).values():
-        return None  # header or header_secret: the old line does not say which
-    if user == ident.get("user_field"):
-        return "user_field"
-    if user.startswith("key:") and (ident.get("api_key_hash") or "").startswith(user[4:]):
-        return "api_key"
-    return None
-
-
-def _prompt(rec: dict, src: _Sources) -> None:
-    """The client's messages (middleware) before the rendered prompt vLLM logged."""
-    e = src.e
-    src.log_prompt = (e["details"] or {}).get("prompt") or (e["received"] or {}).get("prompt")
-    if src.mw is not None and src.mw.get("prompt") is not None:
-        rec["prompt"] = json_text(src.mw["prompt"])
+    # -- prompt: the client's messages (middleware) before the rendered prompt vLLM logged
+    log_prompt = (e["details"] or _NOTHING).get("prompt") or (e["received"] or _NOTHING).get("prompt")
+    if line.get("prompt") is not None:
+        rec["prompt"] = json_text(mw["prompt"])
     else:
-        rec["prompt"] = src.log_prompt
-        if _truncated(src.log_prompt, src.limit):
-            src.flags.append("prompt_truncated")
+        rec["prompt"] = log_prompt
+        if _truncated(log_prompt, limit):
+            flags.append("prompt_truncated")
 
-
-def _outputs(rec: dict, src: _Sources) -> None:
-    """output (choice 0) and choices (more than one)."""
-    src.choices, src.out_origin = _output_texts(src.e, src.mw)
-    texts = [c["text"] for c in src.choices]
-    rec["output"] = texts[0] if texts else None
-    if src.out_origin == "log" and any(_truncated(t, src.limit) for t in texts):
-        src.flags.append("output_truncated")
-    if len(src.choices) > 1:
+    # -- output (choice 0) and choices (more than one)
+    choices, origin = _output_texts(e, mw)
+    rec["output"] = choices[0]["text"] if choices else None
+    if limit is not None and origin == "log" and any(_truncated(c["text"], limit) for c in choices):
+        flags.append("output_truncated")
+    if len(choices) > 1:
         rec["choices"] = [{"index": c["index"], "text": c["text"],
-                           "finish_reason": c["finish_reason"]} for c in src.choices]
+                           "finish_reason": c["finish_reason"]} for c in choices]
 
-
-def _params(rec: dict, src: _Sources) -> None:
-    """Client-sent first (middleware, then the logged body), then vLLM's effective values."""
-    params = dict.fromkeys(PARAM_FIELDS)
-    for given in ((src.mw or {}).get("params") or {}, body_params(src.body) if src.body is not None else {},
-                  (src.e["received"] or {}).get("params") or {}):
-        for k in PARAM_FIELDS:
-            if params[k] is None and given.get(k) is not None:
-                params[k] = given[k]
-    body_read = src.body is not None or isinstance((src.mw or {}).get("stream"), bool)
-    if params["n"] is None and body_read and rec["endpoint"] in ("chat", "completion"):
+    # -- params: client-sent first (middleware, then the logged body), then vLLM's effective values
+    sent = line.get("params") or _NOTHING
+    logged = body_params(body) if body is not None else _NOTHING
+    effective = (e["received"] or _NOTHING).get("params") or _NOTHING
+    params = {}
+    for k in PARAM_FIELDS:
+        v = sent.get(k)
+        if v is None:
+            v = logged[k] if body is not None else None
+            if v is None:
+                v = effective.get(k)
+        params[k] = v
+    body_read = body is not None or isinstance(line.get("stream"), bool)
+    if params["n"] is None and body_read and endpoint in ("chat", "completion"):
         params["n"] = 1  # the OpenAI default for a body read whole without "n"
     rec["params"] = params
 
-
-def _tokens(rec: dict, src: _Sources) -> None:
-    """prompt_tokens, completion_tokens and the weakest source used."""
-    e, mw, ctx, limit = src.e, src.mw, src.ctx, src.limit
-    used: list[str] = []
-    usage = (mw or {}).get("usage") or {}
-    summary = e.get("summary") or {}
+    # -- tokens: prompt_tokens, completion_tokens and the weakest source used
+    usage = line.get("usage") or _NOTHING
+    pt_how = ct_how = None
     pt = usage.get("prompt_tokens")
     if pt is None and summary.get("prompt_tokens") is not None:
         pt = summary["prompt_tokens"]  # the Rust frontend logs the response's usage
     if pt is not None:
-        used.append("usage")
+        pt_how = "usage"
     elif mw is not None and mw.get("rejected_prompt_tokens") is not None:
         # The count vLLM states when it rejects an over-long prompt. vLLM 0.32
         # says "at least N input tokens" (it stops counting): flagged as a
         # lower bound, still enough to see an oversized input.
         pt = mw["rejected_prompt_tokens"]
-        used.append("usage")
+        pt_how = "usage"
         if "at least" in (mw.get("error") or ""):
-            src.flags.append("prompt_tokens_at_least")
+            flags.append("prompt_tokens_at_least")
     else:
-        ids = (e["details"] or {}).get("prompt_token_ids")
+        ids = (e["details"] or _NOTHING).get("prompt_token_ids")
         if ids is None:
-            ids = (e["received"] or {}).get("prompt_token_ids")
+            ids = (e["received"] or _NOTHING).get("prompt_token_ids")
         n = id_count(ids)
         if n is not None and not (limit is not None and n >= limit):
             pt = n
-            used.append("logged_ids")
-        elif ctx.count_tokens and src.log_prompt is not None and not _truncated(src.log_prompt, limit):
-            pt = ctx.count_tokens(src.log_prompt, rec["endpoint"] == "chat")
+            pt_how = "logged_ids"
+        elif ctx.count_tokens and log_prompt is not None and not _truncated(log_prompt, limit):
+            pt = ctx.count_tokens(log_prompt, endpoint == "chat")
             if pt is not None:
-                used.append("tokenizer")
+                pt_how = "tokenizer"
     rec["prompt_tokens"] = pt
-
     ct = usage.get("completion_tokens")
     if ct is None:
         ct = summary.get("completion_tokens")
     if ct is not None:
-        used.append("usage")
+        ct_how = "usage"
     else:
-        ct, how = _completion_from_log(e, src.choices, rec["params"].get("n"), limit, ctx, src.out_origin)
-        if ct is not None:
-            used.append(how)
+        ct, ct_how = _completion_from_log(e, choices, params["n"], limit, ctx, origin)
+        if ct is None:
+            ct_how = None
     rec["completion_tokens"] = ct
-    rec["tokens_source"] = max(used, key=_SOURCE_RANK.__getitem__) if used else None
+    rec["tokens_source"] = _WEAKER[pt_how, ct_how]
 
-
-def _outcome(rec: dict, src: _Sources) -> None:
-    """status, finish_reason, empty_response, latency, TTFT, HTTP status, error, client, identity."""
-    e, mw, choices = src.e, src.mw, src.choices
+    # -- outcome: status, finish_reason, empty_response, latency, TTFT, HTTP status, error, client, identity
     if mw is not None:
         status = mw.get("status") or "completed"
-    elif e["aborted"] or (e.get("summary") or {}).get("finish_reason") == "abort":
+    elif e["aborted"] or summary.get("finish_reason") == "abort":
         status = "aborted"
     elif e["failed"]:
         status = "error"
@@ -283,19 +260,22 @@ def _outcome(rec: dict, src: _Sources) -> None:
         finish = None
     if finish is None and e["stream"] and e["last_finish"]:
         finish = e["last_finish"]
-    if finish is None and e.get("summary"):
-        finish = e["summary"].get("finish_reason")
+    if finish is None and summary:
+        finish = summary.get("finish_reason")
     if finish is None and status == "aborted":
         finish = "abort"
     rec["finish_reason"] = finish
-
-    texts = [c["text"] for c in choices]
     if mw is not None and mw.get("empty_response") is not None:
         rec["empty_response"] = bool(mw["empty_response"])
-    elif status == "completed" and texts:
+    elif status == "completed" and choices:
         # From the log: a logged non-streaming text is never empty; a stream's
         # complete line shows the accumulated text.
-        rec["empty_response"] = all(t == "" for t in texts)
+        empty = True
+        for c in choices:
+            if c["text"] != "":
+                empty = False
+                break
+        rec["empty_response"] = empty
     if mw is not None:
         rec["latency_seconds"] = mw.get("latency_seconds")
         rec["ttft_seconds"] = mw.get("ttft_seconds")
@@ -308,19 +288,33 @@ def _outcome(rec: dict, src: _Sources) -> None:
     if e["failed"] and rec["error"] is None:
         rec["error"] = e["failed"]
 
-
-def _flags(rec: dict, src: _Sources) -> None:
-    """Data-quality flags (detector findings are added by the pipeline)."""
-    flags = src.flags
-    pt = rec["prompt_tokens"]
-    if pt is not None and pt > src.ctx.oversized_input_tokens:
+    # -- flags: data quality (detector findings are added by the pipeline)
+    if pt is not None and pt > ctx.oversized_input_tokens:
         flags.append("oversized_input")
-    if src.middleware_seen and src.mw is None:
+    if middleware_seen and mw is None:
         flags.append("middleware_missing")
-    for checked in (src.mw, src.body):  # what exporter.parse.untrusted dropped or escaped
+    for checked in (mw, body):  # what exporter.parse.untrusted dropped or escaped
         if checked is not None and checked.get("input_flags"):
             flags.extend(f for f in checked["input_flags"] if f not in flags)
     rec["flags"] = flags
+
+    # -- engine: the stat-logger plugin's timings (``e.get``: checkpoints from before it had none)
+    engine = e.get("engine")
+    if engine is not None:
+        rec["engine"] = {k: engine.get(k) for k in ENGINE_FIELDS}
+        if "engine" not in rec["sources"]:
+            rec["sources"].append("engine")
+    return rec
+
+
+def _legacy_source(user: str, ident: dict) -> str | None:
+    if user in (ident.get("headers") or {}).values():
+        return None  # header or header_secret: the old line does not say which
+    if user == ident.get("user_field"):
+        return "user_field"
+    if user.startswith("key:") and (ident.get("api_key_hash") or "").startswith(user[4:]):
+        return "api_key"
+    return None
 
 
 def _completion_from_log(e, choices, n, limit, ctx, out_origin):
@@ -328,7 +322,7 @@ def _completion_from_log(e, choices, n, limit, ctx, out_origin):
         return None, None
     if e["out_ids"] is not None and not e.get("out_ids_truncated"):
         return e["out_ids"], "logged_ids"
-    ids = [c["ids"] for c in choices]  # ints or None
+    ids = [choices[0]["ids"]] if len(choices) == 1 else [c["ids"] for c in choices]  # ints or None
     known = None not in ids
     if e["outputs"] and known and (n is None or n == len(choices)) and (
             limit is None or not ids or max(ids) < limit):

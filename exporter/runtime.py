@@ -64,9 +64,8 @@ def checkpoint_path(settings: Settings) -> Path:
 
 
 def _detector(settings: Settings):
-    from .compliance.detect import detect
-    threshold = settings.oversized_input_tokens
-    return lambda rec: detect(rec, oversized_input_tokens=threshold)
+    from .compliance.detect import detector
+    return detector(oversized_input_tokens=settings.oversized_input_tokens)
 
 
 def _policy(destination: str, prompt_mode: str, output_mode: str, key: bytes | None):

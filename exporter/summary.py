@@ -27,20 +27,25 @@ class Summary:
         self.tokens_unknown = 0
 
     def add(self, rec: dict) -> None:
+        # Once per record (the replay's hook): each field read once.
+        get = rec.get
         self.requests += 1
-        self.by_status[rec.get("status")] += 1
-        self.by_model[rec.get("model") or "unknown"] += 1
-        row = self.users[rec.get("user") if rec.get("user") is not None else "(unknown)"]
+        self.by_status[get("status")] += 1
+        self.by_model[get("model") or "unknown"] += 1
+        user = get("user")
+        row = self.users[user if user is not None else "(unknown)"]
+        prompt_tokens, completion_tokens = get("prompt_tokens"), get("completion_tokens")
         row[0] += 1
-        row[1] += rec.get("prompt_tokens") or 0
-        row[2] += rec.get("completion_tokens") or 0
-        if rec.get("prompt_tokens") is None or rec.get("completion_tokens") is None:
+        row[1] += prompt_tokens or 0
+        row[2] += completion_tokens or 0
+        if prompt_tokens is None or completion_tokens is None:
             self.tokens_unknown += 1
-        if rec.get("latency_seconds") is not None:
-            self.latencies.append(rec["latency_seconds"])
-        if rec.get("empty_response"):
+        latency = get("latency_seconds")
+        if latency is not None:
+            self.latencies.append(latency)
+        if get("empty_response"):
             self.empty += 1
-        if "oversized_input" in (rec.get("flags") or ()):
+        if "oversized_input" in (get("flags") or ()):
             self.oversized += 1
 
     def as_dict(self) -> dict:

@@ -23,14 +23,12 @@ _JSON_KINDS = ("json_object", "json_schema")
 def utc_text(epoch_seconds: float) -> str:
     """RFC 3339, UTC, millisecond precision: ``2026-11-22T10:00:00.123Z``."""
     stamp = datetime.fromtimestamp(epoch_seconds, timezone.utc)
+    if stamp.year >= 1000:
+        # isoformat is ~1.5x cheaper than strftime (once per record), and the
+        # same text: "YYYY-MM-DDTHH:MM:SS.mmm" before its "+00:00".
+        return stamp.isoformat(timespec="milliseconds")[:23] + "Z"
+    # strftime's %Y does not pad years below 1000 (glibc): kept as it was.
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-def _first(body: dict, *names):
-    for name in names:
-        if body.get(name) is not None:
-            return body[name]
-    return None
 
 
 def params(body) -> dict:
@@ -41,13 +39,19 @@ def params(body) -> dict:
     read and asked for neither, null without a body."""
     if not isinstance(body, dict):
         return {"max_tokens": None, "temperature": None, "n": None, "json_mode": None}
+    # Read once per request by the exporter: plain lookups, no helper calls.
     fmt = body.get("response_format")
-    if fmt is None and isinstance(body.get("text"), dict):
-        fmt = body["text"].get("format")
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    return {"max_tokens": _first(body, "max_completion_tokens", "max_tokens", "max_output_tokens"),
-            "temperature": _first(body, "temperature"), "n": _first(body, "n"),
-            "json_mode": kind in _JSON_KINDS}
+    if fmt is None:
+        text = body.get("text")
+        if isinstance(text, dict):
+            fmt = text.get("format")
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_output_tokens")
+    return {"max_tokens": max_tokens, "temperature": body.get("temperature"), "n": body.get("n"),
+            "json_mode": (fmt.get("type") if isinstance(fmt, dict) else None) in _JSON_KINDS}
 
 
 def prompt_of(endpoint: str, body):

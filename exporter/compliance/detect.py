@@ -65,13 +65,23 @@ def _char_class(cps: list[int]) -> str:
 # character, so the astral digits are looked for only in text that has an
 # astral character at all (UTF-16 longer than the text), in two ranges
 # (U+104A0..U+1E959, U+1FBF0..U+1FBF9) that leave out the emoji.
-_FOLD_BMP = re.compile("[" + _char_class(sorted(c for c in _FOLD if c < 0x10000)) + "]+")
+# The searches use a single class (not _FOLD_BMP's runs, "[...]+"): only a
+# pattern led by a class gets the re engine's skip to candidates, ~5 ns a
+# character instead of a match attempt at every one; and one scan
+# (_FOLD_HINT, both sets) tells whether either fold is needed at all.
+# max(text) would cost ~25 ns a character.
+_BMP_FOLDED = _char_class(sorted(c for c in _FOLD if c < 0x10000))
+_ASTRAL_ZONE = "\\U000104a0-\\U0001e959\\U0001fbf0-\\U0001fbf9"
+_FOLD_BMP = re.compile("[" + _BMP_FOLDED + "]+")
+_FOLD_BMP_HINT = re.compile("[" + _BMP_FOLDED + "]")
 _FOLD_ASTRAL = re.compile("[" + _char_class(sorted(c for c in _FOLD if c >= 0x10000)) + "]+")
-_IN_ASTRAL_ZONE = re.compile("[\U000104a0-\U0001e959\U0001fbf0-\U0001fbf9]")
+_IN_ASTRAL_ZONE = re.compile("[" + _ASTRAL_ZONE + "]")
+_FOLD_HINT = re.compile("[" + _BMP_FOLDED + _ASTRAL_ZONE + "]")
+_ASTRAL = re.compile("[\\U00010000-\\U0010ffff]")
 
 
 def _has_astral(text: str) -> bool:
-    return bool(text) and max(text) > "\uffff"  # a code point beyond the BMP (no copy)
+    return _ASTRAL.search(text) is not None  # a code point beyond the BMP (no copy)
 
 
 _ESCAPE = re.compile(r"\\+(?:u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|x[0-9A-Fa-f]{2}|[nrtbfv\"'/])?")
@@ -88,9 +98,9 @@ def _blank(m: re.Match) -> str:
 def scan_view(text: str) -> str:
     """What the detectors read: ``text`` folded and unescaped in place (same
     length, so spans map back 1:1; see above)."""
-    if not text.isascii():
+    if not text.isascii() and _FOLD_HINT.search(text):
         # Run by run: a whole-text str.translate costs ~40 ns a character.
-        if _FOLD_BMP.search(text):
+        if _FOLD_BMP_HINT.search(text):
             text = _FOLD_BMP.sub(_fold_run, text)
         if _has_astral(text) and _IN_ASTRAL_ZONE.search(text):
             text = _FOLD_ASTRAL.sub(_fold_run, text)
@@ -266,9 +276,9 @@ def _card_ok(s: str) -> bool:
 
 # Every number detector's pattern needs one of these in the view: four
 # digits in a row (ID, card, the mobile/landline/NANP forms), "+" and a digit
-# (E.164) or digit "." digit (IPv4). One scan for all five detectors; text
-# without any (most prose, and digits such as "3 of 12") skips them.
-# (Led by one character class, so the re engine skips to candidates.)
+# (E.164) or digit "." digit (IPv4); text without any (most prose, and
+# digits such as "3 of 12") skips them. (Led by one character class, so the
+# re engine skips to candidates.) The finer hints below narrow it down.
 _NUMBER_HINT = re.compile(r"[0-9+](?:(?<=\+)[0-9]|(?<=[0-9])(?:[0-9]{3}|\.[0-9]))", re.ASCII)
 # Where a secret may start, each found from a literal character (the re
 # engine skips to those; an alternation of prefixes would try every one at
@@ -281,8 +291,39 @@ _SECRET_HINT_A = re.compile(r"A(?:KIA|SIA|Iza)")
 _SECRET_MARKERS = ("earer", "eyJ", "uthorization")
 
 
+# Finer number hints, each a necessary condition for its detectors: an ID,
+# card, phone or NANP number is at least 8 digits in one run of digits and
+# the separators those patterns allow (" .()+-"), and an IPv4 address holds
+# digit "." 1-3 digits "." digit. Text with a year, a decimal ("4.2") or an
+# id such as "user05975" (which pass _NUMBER_HINT) skips them.
+_LONG_NUMBER_HINT = re.compile(r"[0-9](?:[ .()+-]*[0-9]){7}", re.ASCII)
+_IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]", re.ASCII)
+# find_spans's gate: one scan that matches wherever any hint of _PREFILTERS
+# below would (the "_" and "-" secret hints widened to their last three
+# characters, one lookbehind each), so a view it does not match skips every
+# detector and every other hint. Every alternative starts with a literal:
+# the re engine then skips to candidates by a bitmap and rejects an
+# alternative by its first character, where a class followed by lookbehinds
+# on it costs ~15 ns a lookbehind at every "_" of a chat template
+# ("<|im_start|>"). The marker substrings are tested with ``in``.
+_ANY_HINT = re.compile("|".join((
+    r"_(?<=hf_|r8_|h[pousr]_|pm_|sk_|ve_|st_|at_)",
+    r"-(?:(?<=sk-|x[abposr]-|pi-|lx-|at-)|(?=----BEGIN ))",
+    r"@", r"\](?<=\[(?:at|AT)\])", r"\)(?<=\((?:at|AT)\))", r"A(?:KIA|SIA|Iza)",
+    *(digit + r"(?:\.[0-9]{1,3}\.[0-9]|(?:[ .()+-]*[0-9]){7})" for digit in "0123456789"),
+)), re.ASCII)
+
+
 def _may_hold_number(text: str) -> bool:
     return _NUMBER_HINT.search(text) is not None
+
+
+def _may_hold_long_number(text: str) -> bool:
+    return _LONG_NUMBER_HINT.search(text) is not None and _NUMBER_HINT.search(text) is not None
+
+
+def _may_hold_ipv4(text: str) -> bool:
+    return _IPV4_HINT.search(text) is not None
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -290,6 +331,11 @@ def _may_hold_secret(text: str) -> bool:
     return (m1 in text or m2 in text or m3 in text or _SECRET_HINT_A.search(text) is not None
             or ("_" in text and _SECRET_HINT_US.search(text) is not None)
             or ("-" in text and _SECRET_HINT_DASH.search(text) is not None))
+
+
+def _may_hold_any(view: str) -> bool:
+    m1, m2, m3 = _SECRET_MARKERS
+    return m1 in view or m2 in view or m3 in view or _ANY_HINT.search(view) is not None
 
 
 def _may_hold_obfuscated(text: str) -> bool:
@@ -308,11 +354,11 @@ def _may_hold_email(text: str) -> bool:
 _DETECTORS = (
     ("secret", _SECRET, None, _may_hold_secret),
     ("email", _email_spans, None, _may_hold_email),
-    ("cn_id", _CN_ID, _cn_id_ok, _may_hold_number),
-    ("bank_card", _CARD, _card_ok, _may_hold_number),
-    ("phone", _PHONE, None, _may_hold_number),
-    ("phone", _nanp_spans, None, _may_hold_number),
-    ("ipv4", _IPV4, _ipv4_ok, _may_hold_number),
+    ("cn_id", _CN_ID, _cn_id_ok, _may_hold_long_number),
+    ("bank_card", _CARD, _card_ok, _may_hold_long_number),
+    ("phone", _PHONE, None, _may_hold_long_number),
+    ("phone", _nanp_spans, None, _may_hold_long_number),
+    ("ipv4", _IPV4, _ipv4_ok, _may_hold_ipv4),
 )
 _PREFILTERS = tuple(dict.fromkeys(may for *_, may in _DETECTORS))
 
@@ -328,9 +374,9 @@ def find_spans(text: str, *, prefilter: bool = True) -> list[tuple[int, int, str
         return []
     view = scan_view(text)
     if prefilter:
-        checked = {may: may(view) for may in _PREFILTERS}
-        if not any(checked.values()):  # the common case: nothing could match
+        if not _may_hold_any(view):  # the common case: nothing could match
             return []
+        checked = {may: may(view) for may in _PREFILTERS}
     else:
         checked = dict.fromkeys(_PREFILTERS, True)
     # Taken spans never overlap, so sorted by start they are sorted by end
@@ -468,28 +514,48 @@ _SPAN_FLAGS = {"email": "pii_email", "phone": "pii_phone", "cn_id": "pii_cn_id",
 def detect(record: dict, *, oversized_input_tokens: int = 2048,
            injection_phrases: tuple[str, ...] | list[str] = DEFAULT_INJECTION_PHRASES) -> list[str]:
     """Sorted, unique flag names for a record (prompt, output, choices[].text)."""
+    return _detect(record, oversized_input_tokens, _phrase_regex(tuple(injection_phrases)))
+
+
+def detector(*, oversized_input_tokens: int = 2048,
+             injection_phrases: tuple[str, ...] | list[str] = DEFAULT_INJECTION_PHRASES):
+    """:func:`detect` with its settings bound, the phrase regex looked up
+    once instead of for every record (the pipeline's detector)."""
+    rx = _phrase_regex(tuple(injection_phrases))
+    return lambda record: _detect(record, oversized_input_tokens, rx)
+
+
+def _detect(record: dict, oversized_input_tokens: int, rx: re.Pattern | None) -> list[str]:
     flags: set[str] = set()
-    prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
-    output = record.get("output") if isinstance(record.get("output"), str) else None
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str):
+        prompt = None
+    output = record.get("output")
+    if not isinstance(output, str):
+        output = None
     outputs = [output] if output is not None else []
     for choice in record.get("choices") or ():
         # output is choice 0's text already; scan the other choices.
         if isinstance(choice, dict) and isinstance(choice.get("text"), str) and (
                 choice.get("index") != 0 or output is None):
             outputs.append(choice["text"])
-    for text in ([prompt] if prompt else []) + outputs:
+    if prompt:
+        for _, _, kind in find_spans(prompt):
+            flags.add(_SPAN_FLAGS[kind])
+    for text in outputs:
         for _, _, kind in find_spans(text):
             flags.add(_SPAN_FLAGS[kind])
     # Injection is an attack on the input; outputs quoting such phrases are
     # usually answers about them, not attacks.
-    rx = _phrase_regex(tuple(injection_phrases))
     if prompt and rx is not None and rx.search(prompt.lower()):
         flags.add("prompt_injection")
     params = record.get("params") or {}
     if params.get("json_mode") is True and output is not None and _json_invalid(output):
         flags.add("json_invalid")
-    if any(_TOOL_CALLS in t and tool_args_invalid(t) for t in outputs):
-        flags.add("tool_args_invalid")
+    for text in outputs:
+        if _TOOL_CALLS in text and tool_args_invalid(text):
+            flags.add("tool_args_invalid")
+            break
     empty = record.get("empty_response")
     if empty is True or (empty is None and record.get("status") == "completed"
                          and output is not None and not output.strip()):
