@@ -75,6 +75,10 @@ ENGINE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32, "flag": 128,
                 "source": 8, "reason": 16}
 
+# Memo of distinct (model, endpoint, status, finish_reason, identity_source)
+# raw values (RequestMetrics._head): a handful in practice, bounded because
+# a client chooses the model name.
+_HEADS_MAX = 4096
 _NUMERIC = (int, float)  # exact classes: bool is not a count
 _INF = float("inf")
 
@@ -190,6 +194,9 @@ class RequestMetrics:
         self._counters: dict[str, dict[tuple, float]] = {n: {} for n in _COUNTERS}
         self._gauges: dict[str, dict[tuple, float]] = {n: {} for n in _GAUGES}
         self._hists = {n: _Histogram(spec[2]) for n, spec in _HISTOGRAMS.items()}
+        # Raw label values -> labels and keys (_head); emptied with the store,
+        # as restore() replaces the label bounds it was derived from.
+        self._heads: dict[tuple, tuple] = {}
         c, h = self._counters, self._hists
         # Bound once: attribute and dict lookups are a visible share of the
         # per-record cost.
@@ -223,18 +230,25 @@ class RequestMetrics:
         metric that needs them; they never raise, so one odd record cannot
         stop the pipeline.
         """
-        dims = self.dims
         served = self.served
-        model = dims["model"].label(rec.get("model") if served is None else served.fold(rec.get("model")))
-        user = self.users.label(rec.get("user"))
-        endpoint = dims["endpoint"].label(rec.get("endpoint"))
+        model = rec.get("model")
+        if served is not None:
+            model = served.fold(model)
         status = rec.get("status")
-        mu = (model, user) if self._with_user else (model,)
+        raw = (model, rec.get("endpoint"), status, rec.get("finish_reason"), rec.get("identity_source") or "none")
+        try:
+            head = self._heads.get(raw)
+        except TypeError:  # an unhashable raw value (a list from bad JSON)
+            head = None
+        if head is None:
+            head = self._head(raw)
+        model, endpoint, m1, request_tail, source_key = head
+        user = self.users.label(rec.get("user"))
+        mu = (model, user) if self._with_user else m1
         served = status != "rejected"
         with self._lock:
             c = self._c_requests
-            key = mu + (endpoint, dims["status"].label(status),
-                        dims["finish_reason"].label(rec.get("finish_reason")))
+            key = mu + request_tail
             c[key] = c.get(key, 0.0) + 1.0
 
             pt = rec.get("prompt_tokens")
@@ -245,7 +259,14 @@ class RequestMetrics:
                 if served:
                     c = self._c_prompt
                     c[mu] = c.get(mu, 0.0) + pt
-                    self._h_prompt.observe((model,), pt)
+                    # _Histogram.observe, inlined (as below): the call is a
+                    # visible share of this method.
+                    h = self._h_prompt
+                    row = h.series.get(m1)
+                    if row is None:
+                        row = h.series[m1] = [0] * h._width + [0.0]
+                    row[bisect_left(h.bounds, pt)] += 1
+                    row[-1] += pt
                 if pt > self.oversized_input_tokens:
                     c = self._c_oversized
                     k = mu + ("accepted" if served else "rejected",)
@@ -255,7 +276,12 @@ class RequestMetrics:
             if served and ct.__class__ in _NUMERIC and 0 <= ct < _INF:
                 c = self._c_completion
                 c[mu] = c.get(mu, 0.0) + ct
-                self._h_completion.observe((model,), ct)
+                h = self._h_completion
+                row = h.series.get(m1)
+                if row is None:
+                    row = h.series[m1] = [0] * h._width + [0.0]
+                row[bisect_left(h.bounds, ct)] += 1
+                row[-1] += ct
 
             lat = rec.get("latency_seconds")
             if lat.__class__ in _NUMERIC and lat < _INF and lat == lat:
@@ -270,7 +296,7 @@ class RequestMetrics:
 
             ttft = rec.get("ttft_seconds")
             if ttft.__class__ in _NUMERIC and ttft < _INF and ttft == ttft:
-                self._h_ttft.observe((model,), ttft if ttft > 0 else 0.0)
+                self._h_ttft.observe(m1, ttft if ttft > 0 else 0.0)
 
             empty = rec.get("empty_response")
             if empty is True:
@@ -280,16 +306,15 @@ class RequestMetrics:
                 # None (unknown) leaves the streak alone: it is neither
                 # evidence of a broken model nor of a healthy one.
                 g = self._g_consecutive
-                g[(model,)] = g.get((model,), 0.0) + 1.0 if empty is True else 0.0
+                g[m1] = g.get(m1, 0.0) + 1.0 if empty is True else 0.0
 
             c = self._c_source
-            k = (model, dims["source"].label(rec.get("identity_source") or "none"))
-            c[k] = c.get(k, 0.0) + 1.0
+            c[source_key] = c.get(source_key, 0.0) + 1.0
             ident = rec.get("identity")
             reason = ident.get("invalid_reason") if isinstance(ident, dict) else None
             if reason is not None:
                 c = self._c_invalid
-                k = (model, dims["reason"].label(reason))
+                k = (model, self.dims["reason"].label(reason))
                 c[k] = c.get(k, 0.0) + 1.0
             engine = rec.get("engine")
             if engine is not None:
@@ -298,10 +323,33 @@ class RequestMetrics:
             flags = rec.get("flags")
             if flags:
                 c = self._c_flags
-                label = dims["flag"].label
+                label = self.dims["flag"].label
                 for flag in (flags if len(flags) == 1 else dict.fromkeys(flags)):
                     k = (model, label(flag))
                     c[k] = c.get(k, 0.0) + 1.0
+
+    def _head(self, raw: tuple) -> tuple:
+        """The labels of a record's (model, endpoint, status, finish_reason,
+        identity_source) and the keys built from them, remembered for ``raw``.
+
+        A label, once given, never changes until that dimension is restored
+        (admission only grows the set, up to the limit; _clear() empties this
+        memo), so the memo answers as the dimensions would. Only all-str (or
+        None) tuples are kept: other raw values can be equal as keys while
+        cleaning to different labels (1 and True).
+        """
+        dims = self.dims
+        model = dims["model"].label(raw[0])
+        endpoint = dims["endpoint"].label(raw[1])
+        head = (model, endpoint, (model,),
+                (endpoint, dims["status"].label(raw[2]), dims["finish_reason"].label(raw[3])),
+                (model, dims["source"].label(raw[4])))
+        if all(v is None or v.__class__ is str for v in raw):
+            heads = self._heads
+            if len(heads) >= _HEADS_MAX:  # many odd values: start again rather than grow
+                heads.clear()
+            heads[raw] = head
+        return head
 
     def _observe_engine(self, rec: dict, engine, model: str, mu: tuple) -> None:
         """Engine share, cost and phase histograms (under the lock)."""
