@@ -26,6 +26,7 @@ from exporter.secrets import SecretError, read_secret
 GENESIS = "genesis"
 HMAC_PREFIX = "hmac-sha256:"
 SHA_PREFIX = "sha256:"
+CHAIN_KEYS = ("seq", "prev_hash", "hash")
 
 
 class KeyLoadError(ValueError):
@@ -88,7 +89,10 @@ class Chain:
 
     def seal(self, record: dict, seq: int, prev_hash: str) -> dict:
         """A new dict: ``record`` + ``seq``, ``prev_hash``, ``hash`` (in that order)."""
-        sealed = {k: v for k, v in record.items() if k not in ("seq", "prev_hash", "hash")}
+        if "seq" in record or "prev_hash" in record or "hash" in record:
+            sealed = {k: v for k, v in record.items() if k not in CHAIN_KEYS}
+        else:
+            sealed = dict(record)  # the usual case: one C-level copy, same key order
         sealed["seq"] = seq
         sealed["prev_hash"] = prev_hash
         sealed["hash"] = self.digest(canonical_bytes(sealed))

@@ -28,7 +28,7 @@ from exporter.chain import GENESIS, Chain
 from exporter.archive import manifest as mf
 from exporter.archive.layout import data_name, day_of, iter_lines, list_days, manifest_name, parse_name
 from exporter.durable import fsync_dir, make_dir
-from exporter.record import dumps_line
+from exporter.record import line_bytes
 
 _CHUNK = 1 << 16
 
@@ -243,7 +243,7 @@ class ArchiveWriter:
         """
         sealed = self._chain.seal(record, self._seq + 1, self._head)
         self._seq, self._head = sealed["seq"], sealed["hash"]
-        self._buf.append((dumps_line(sealed) + "\n").encode())
+        self._buf.append(line_bytes(sealed))
         if self.tree is not None:
             # Leaves are computed at flush, for the batch, from these lines.
             self._recs.append(sealed)
