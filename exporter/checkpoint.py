@@ -73,7 +73,12 @@ from .inflight import InFlight
 FORMAT = 2  # a full snapshot; format 1 is still read
 JOURNAL_FORMAT = 3  # a base with a journal (module rules)
 JOURNAL_FROM = 256 * 1024  # bytes of snapshot from which a store is journaled
-JOURNAL_MIN = 1 << 20  # bytes a journal may always reach before compaction
+# Bytes a journal may always reach before compaction. A compaction is a
+# full encoding of the in-flight store and the recent ids (~20 ms at 20 000
+# recent ids); a restart replays at most this much journal (a few tens of
+# ms of JSON decoding at 4 MiB), so a larger bound buys fewer compactions
+# for a start-up cost nobody notices: a 32 MiB replay went from 3 bases to 1.
+JOURNAL_MIN = 4 << 20
 JOURNAL_RATIO = 1.0  # ... or this many times its base
 _JOURNAL_PATH = re.compile(r"\.j\d+$")
 _BASE_HEAD = re.compile(rb'^\{"checkpoint":3,"journal":(\d+),')
