@@ -18,7 +18,8 @@ import hashlib
 import hmac
 import os
 
-from exporter.record import canonical_bytes
+from exporter import record as _record
+from exporter.record import canonical_bytes, line_bytes
 from exporter.secrets import SecretError, read_secret
 
 # A readable sentinel rather than 64 zeros: it cannot be confused with a real
@@ -26,6 +27,7 @@ from exporter.secrets import SecretError, read_secret
 GENESIS = "genesis"
 HMAC_PREFIX = "hmac-sha256:"
 SHA_PREFIX = "sha256:"
+CHAIN_KEYS = ("seq", "prev_hash", "hash")
 
 
 class KeyLoadError(ValueError):
@@ -88,11 +90,36 @@ class Chain:
 
     def seal(self, record: dict, seq: int, prev_hash: str) -> dict:
         """A new dict: ``record`` + ``seq``, ``prev_hash``, ``hash`` (in that order)."""
-        sealed = {k: v for k, v in record.items() if k not in ("seq", "prev_hash", "hash")}
+        if "seq" in record or "prev_hash" in record or "hash" in record:
+            sealed = {k: v for k, v in record.items() if k not in CHAIN_KEYS}
+        else:
+            sealed = dict(record)  # the usual case: one C-level copy, same key order
         sealed["seq"] = seq
         sealed["prev_hash"] = prev_hash
         sealed["hash"] = self.digest(canonical_bytes(sealed))
         return sealed
+
+    def seal_line(self, record: dict, seq: int, prev_hash: str) -> tuple[dict, bytes]:
+        """:meth:`seal`, and the sealed record's archive line (:func:`line_bytes`).
+
+        With the C accelerators the record is encoded once: the canonical
+        bytes come from the line without its hash (``canonical_and_line``),
+        and the line with its hash is that line closed by ``,"hash":"…"}``,
+        which is what encoding the sealed record gives (the hash is its
+        last key and plain ASCII)."""
+        if "seq" in record or "prev_hash" in record or "hash" in record:
+            sealed = {k: v for k, v in record.items() if k not in CHAIN_KEYS}
+        else:
+            sealed = dict(record)
+        sealed["seq"] = seq
+        sealed["prev_hash"] = prev_hash
+        both = _record.canonical_and_line(sealed)
+        if both is None:
+            sealed["hash"] = self.digest(canonical_bytes(sealed))
+            return sealed, line_bytes(sealed)
+        digest = self.digest(both[0])
+        sealed["hash"] = digest
+        return sealed, b"".join((both[1][:-1], b',"hash":"', digest.encode(), b'"}\n'))
 
     def verify_record(self, record: dict) -> bool:
         """True when ``record['hash']`` matches its content under this chain's key.

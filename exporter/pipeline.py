@@ -35,6 +35,7 @@ self metrics and /health).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -456,10 +457,21 @@ class Pipeline:
         the next commit retries; nothing is acknowledged in between."""
         self._last_commit = self.clock()
         cpu0 = time.thread_time()
+        # The snapshot is tens of thousands of small objects (the recent ids'
+        # pairs above all) that live exactly as long as the commit and hold
+        # no cycles: the cyclic GC would only walk them again and again as
+        # they are made (a third of a commit's CPU). Paused for the commit,
+        # it never sees them: refcounting frees them all at the end.
+        paused = gc.isenabled()
         try:
-            self.sinks.archive.flush()
-            state = self.state()
-            write_atomic(str(self.checkpoint_path), state)
+            gc.disable()
+            try:
+                self.sinks.archive.flush()
+                state = self.state()
+                write_atomic(str(self.checkpoint_path), state)
+            finally:
+                if paused:
+                    gc.enable()
             self.committed_archive = state["archive"]
             self._dirty = False
         except (OSError, CheckpointError) as exc:

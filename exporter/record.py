@@ -125,6 +125,39 @@ def set_c_encoder(fn) -> None:
     _c_json = fn
 
 
+# The transparency accelerator's ``canonical(line)`` (exporter/transparency/
+# _leaf.c), set by exporter.transparency.leaf_line when it is built: a
+# compact line with every object's keys sorted, the canonical bytes without
+# a second encoding; None for what it declines.
+_c_canon = None
+
+
+def set_c_canonical(fn) -> None:
+    global _c_canon
+    _c_canon = fn
+
+
+def canonical_and_line(record: dict) -> tuple[bytes, bytes] | None:
+    """``(canonical_bytes(record), line)`` from one encoding, ``line`` being
+    :func:`line_bytes` without its ``"\\n"``; None (then use those two) when
+    either C piece is missing or declines. ``record`` holds no ``hash``.
+
+    The C encoder accepts only exact dicts with str keys, finite floats and
+    the other plain JSON types, for which sort_keys=True differs from the
+    line only in the order of each object's members; ``canonical`` sorts
+    them by their UTF-8 bytes (code point order, as Python sorts str) and
+    declines a key holding an escape. tests/test_archivefast_canonical.py
+    holds the two paths equal."""
+    enc, canon = _c_json, _c_canon
+    if enc is None or canon is None:
+        return None
+    line = enc(record, False, False)
+    if line is None:
+        return None
+    data = canon(line)
+    return None if data is None else (data, line)
+
+
 def dumps_line(record: dict) -> str:
     """The archive/Loki line: contract key order, compact, UTF-8 kept.
 
@@ -136,6 +169,17 @@ def dumps_line(record: dict) -> str:
         if line is not None:
             return line
     return _LINE_ENCODER(record)
+
+
+def line_bytes(record: dict) -> bytes:
+    """:func:`dumps_line` + ``"\\n"``, UTF-8: the archive's line as written.
+    The C encoder gives the bytes directly, saving the str round trip per
+    record."""
+    if _c_json is not None:
+        line = _c_json(record, False, False)
+        if line is not None:
+            return line + b"\n"
+    return (_LINE_ENCODER(record) + "\n").encode()
 
 
 def canonical_bytes(record: dict) -> bytes:

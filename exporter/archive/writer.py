@@ -28,7 +28,6 @@ from exporter.chain import GENESIS, Chain
 from exporter.archive import manifest as mf
 from exporter.archive.layout import data_name, day_of, iter_lines, list_days, manifest_name, parse_name
 from exporter.durable import fsync_dir, make_dir
-from exporter.record import dumps_line
 
 _CHUNK = 1 << 16
 
@@ -241,9 +240,9 @@ class ArchiveWriter:
         pipeline to stop taking records until a flush succeeds again (its
         commit retries). While failing, no further implicit flush is tried.
         """
-        sealed = self._chain.seal(record, self._seq + 1, self._head)
+        sealed, line = self._chain.seal_line(record, self._seq + 1, self._head)
         self._seq, self._head = sealed["seq"], sealed["hash"]
-        self._buf.append((dumps_line(sealed) + "\n").encode())
+        self._buf.append(line)
         if self.tree is not None:
             # Leaves are computed at flush, for the batch, from these lines.
             self._recs.append(sealed)

@@ -2,6 +2,7 @@
  * leaf of an archive line from the line's bytes.
  *
  * leaf(raw, salt, want_bytes=False) -> (seq, leaf hash) | (seq, leaf bytes) | None
+ * canonical(raw) -> bytes | None (the chain's canonical form of a line; below)
  *
  * The line must be in the writer's shape: a JSON object whose top-level keys
  * are exactly the configured ones in order (configure()), the last two being
@@ -38,12 +39,21 @@ static int is_hex(unsigned char ch) {
     return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
 }
 
+/* 1 for a byte a string holds as is (not '"', '\\' or a control character):
+ * the scan skips runs of them in a tight loop (prompts are long). */
+static unsigned char plain[256];
+
+static void init_plain(void) {
+    for (int b = 0x20; b < 256; b++) plain[b] = b != '"' && b != '\\';
+}
+
 static int scan_string(Cur *c) {
     const unsigned char *s = c->s;
     Py_ssize_t i = c->i, n = c->n;
     if (i >= n || s[i] != '"') return -1;
     i++;
     for (;;) {
+        while (i < n && plain[s[i]]) i++;
         if (i >= n) return -1;
         unsigned char ch = s[i];
         if (ch == '"') { c->i = i + 1; return 0; }
@@ -249,6 +259,198 @@ done:
     return result;
 }
 
+/* canonical(raw) -> bytes | None: the compact JSON value ``raw`` with the
+ * members of every object sorted by key, i.e. what
+ * json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+ * gives for the value ``raw`` encodes with sort_keys=False (the chain's
+ * canonical bytes from the archive line, exporter.record.sealed_line).
+ * Values are copied byte for byte; keys compare as their UTF-8 bytes, which
+ * is code point order, Python's str order. None (never a guess) for a key
+ * holding an escape (its bytes are not its characters), a repeated key,
+ * a structure outside JSON's compact grammar, or nesting beyond MAX_DEPTH.
+ * The input is the C encoder's own line, so inside strings only the
+ * closing quote is looked for (escapes and atoms are the encoder's).
+ * Sorting only moves bytes: the output is exactly as long as the input. */
+typedef struct { Py_ssize_t k, klen, m, mend, at; } Member;  /* key text; the member "key":value; its place */
+
+/* The top-level object's keys of the last call and the order that sorts
+ * them: records all have the same keys, so the sort is done once. */
+#define TOP_MAX 40
+static int top_n = -1;
+static Py_ssize_t top_klen[TOP_MAX], top_perm[TOP_MAX];
+static unsigned char top_keys[4096];
+
+static const unsigned char *member_base;
+
+static inline int member_cmp(const void *a, const void *b) {
+    const Member *x = a, *y = b;
+    Py_ssize_t n = x->klen < y->klen ? x->klen : y->klen;
+    int r = memcmp(member_base + x->k, member_base + y->k, (size_t)n);
+    if (r) return r;
+    return (x->klen > y->klen) - (x->klen < y->klen);
+}
+
+/* The end of the string at c->i, for canonical(): its input is the C
+ * encoder's line, so only the structure matters here; memchr finds the
+ * closing quote (a quote after an odd run of backslashes is escaped). */
+static int skip_string(Cur *c) {
+    const unsigned char *s = c->s;
+    Py_ssize_t i = c->i + 1, n = c->n;
+    for (;;) {
+        const unsigned char *q = i < n ? memchr(s + i, '"', (size_t)(n - i)) : NULL;
+        if (q == NULL) return -1;
+        Py_ssize_t e = q - s, b = e;
+        while (b > c->i + 1 && s[b - 1] == '\\') b--;
+        if (((e - b) & 1) == 0) { c->i = e + 1; return 0; }
+        i = e + 1;
+    }
+}
+
+/* ``out`` starts as a copy of the input. Canonicalising a value only
+ * reorders the members of its objects, so a value keeps its offset and
+ * length: each object is sorted in place once its members' values are,
+ * through ``scratch`` (as long as the input). */
+typedef struct { unsigned char *out, *scratch; } Canon;
+
+static int canon_value(Canon *w, Cur *c, int depth) {
+    if (c->i >= c->n) return -1;
+    unsigned char ch = c->s[c->i];
+    if (ch == '[') {
+        if (depth >= MAX_DEPTH) return -1;
+        c->i++;
+        if (c->i < c->n && c->s[c->i] == ']') { c->i++; return 0; }
+        for (;;) {
+            if (canon_value(w, c, depth + 1)) return -1;
+            if (c->i >= c->n) return -1;
+            if (c->s[c->i] == ',') { c->i++; continue; }
+            if (c->s[c->i] == ']') { c->i++; return 0; }
+            return -1;
+        }
+    }
+    if (ch == '"') return skip_string(c);
+    if (ch != '{') return scan_value(c, depth);
+    if (depth >= MAX_DEPTH) return -1;
+    c->i++;
+    if (c->i < c->n && c->s[c->i] == '}') { c->i++; return 0; }
+    Member small[40], *m = small;
+    Py_ssize_t cnt = 0, cap = 40;
+    int rc = -1, sorted = 1;
+    for (;;) {
+        Py_ssize_t ks = c->i;
+        if (ks >= c->n || c->s[ks] != '"' || skip_string(c)) goto done;
+        Py_ssize_t klen = c->i - ks - 2;
+        if (memchr(c->s + ks + 1, '\\', (size_t)klen) != NULL) goto done;
+        if (c->i >= c->n || c->s[c->i] != ':') goto done;
+        c->i++;
+        if (canon_value(w, c, depth + 1)) goto done;
+        if (cnt == cap) {
+            Member *bigger = PyMem_Malloc((size_t)(cap * 2) * sizeof(Member));
+            if (bigger == NULL) { PyErr_NoMemory(); rc = -2; goto done; }
+            memcpy(bigger, m, (size_t)cnt * sizeof(Member));
+            if (m != small) PyMem_Free(m);
+            m = bigger;
+            cap *= 2;
+        }
+        m[cnt].k = ks + 1; m[cnt].klen = klen; m[cnt].m = ks; m[cnt].mend = c->i; m[cnt].at = cnt;
+        member_base = c->s;
+        if (cnt && member_cmp(&m[cnt - 1], &m[cnt]) >= 0) sorted = 0;
+        cnt++;
+        if (c->i >= c->n) goto done;
+        if (c->s[c->i] == ',') { c->i++; continue; }
+        if (c->s[c->i] == '}') { c->i++; break; }
+        goto done;
+    }
+    if (!sorted && depth == 0 && cnt == top_n) {
+        /* The record's own keys, as the last time: their order is known. */
+        Py_ssize_t off = 0, j = 0;
+        for (; j < cnt; j++) {
+            if (m[j].klen != top_klen[j] || memcmp(c->s + m[j].k, top_keys + off, (size_t)m[j].klen) != 0) break;
+            off += m[j].klen;
+        }
+        if (j == cnt) {
+            Member by_key[TOP_MAX];
+            for (j = 0; j < cnt; j++) by_key[j] = m[top_perm[j]];
+            memcpy(m, by_key, (size_t)cnt * sizeof(Member));
+            sorted = 2;  /* in key order now, without repeats (the keys sorted last time) */
+        }
+    }
+    if (!sorted) {
+        member_base = c->s;
+        if (cnt <= 64) {  /* few members: an insertion sort beats qsort's indirect calls */
+            for (Py_ssize_t j = 1; j < cnt; j++) {
+                Member x = m[j];
+                Py_ssize_t h = j;
+                while (h > 0 && member_cmp(&m[h - 1], &x) > 0) { m[h] = m[h - 1]; h--; }
+                m[h] = x;
+            }
+        } else {
+            qsort(m, (size_t)cnt, sizeof(Member), member_cmp);
+        }
+        for (Py_ssize_t j = 1; j < cnt; j++)
+            if (member_cmp(&m[j - 1], &m[j]) == 0) goto done;  /* a repeated key: not a dict's */
+        if (depth == 0 && cnt <= TOP_MAX) {
+            Py_ssize_t total = 0;
+            for (Py_ssize_t j = 0; j < cnt; j++) total += m[j].klen;
+            if (total <= (Py_ssize_t)sizeof(top_keys)) {
+                Py_ssize_t off = 0;
+                for (Py_ssize_t j = 0; j < cnt; j++) top_perm[j] = m[j].at;  /* sorted j <- original at */
+                for (Py_ssize_t j = 0; j < cnt; j++) {  /* the keys in their original order */
+                    Py_ssize_t a = 0;
+                    while (m[a].at != j) a++;
+                    top_klen[j] = m[a].klen;
+                    memcpy(top_keys + off, c->s + m[a].k, (size_t)m[a].klen);
+                    off += m[a].klen;
+                }
+                top_n = (int)cnt;
+            }
+        }
+    }
+    if (sorted != 1) {
+        /* the members as canonicalised so far, then back in key order */
+        Py_ssize_t lo = m[0].m, hi = m[0].mend;
+        for (Py_ssize_t j = 1; j < cnt; j++) {
+            if (m[j].m < lo) lo = m[j].m;
+            if (m[j].mend > hi) hi = m[j].mend;
+        }
+        memcpy(w->scratch + lo, w->out + lo, (size_t)(hi - lo));
+        Py_ssize_t o = lo;
+        for (Py_ssize_t j = 0; j < cnt; j++) {
+            if (j) w->out[o++] = ',';
+            memcpy(w->out + o, w->scratch + m[j].m, (size_t)(m[j].mend - m[j].m));
+            o += m[j].mend - m[j].m;
+        }
+        if (o != hi) goto done;  /* cannot happen: the same members and commas */
+    }
+    rc = 0;
+done:
+    if (m != small) PyMem_Free(m);
+    return rc;
+}
+
+static PyObject *canonical(PyObject *self, PyObject *args) {
+    Py_buffer raw;
+    if (!PyArg_ParseTuple(args, "y*", &raw)) return NULL;
+    PyObject *result = NULL;
+    Cur c = {(const unsigned char *)raw.buf, raw.len, 0};
+    unsigned char *scratch = NULL;
+    if (raw.len == 0 || c.s[0] != '{') { result = Py_None; Py_INCREF(result); goto done; }
+    result = PyBytes_FromStringAndSize((const char *)c.s, raw.len);
+    scratch = PyMem_Malloc((size_t)raw.len);
+    if (result == NULL || scratch == NULL) { Py_CLEAR(result); PyErr_NoMemory(); goto done; }
+    Canon w = {(unsigned char *)PyBytes_AS_STRING(result), scratch};
+    int rc = canon_value(&w, &c, 0);
+    if (rc == -2) { Py_CLEAR(result); goto done; }
+    if (rc != 0 || c.i != c.n) {
+        Py_DECREF(result);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    PyMem_Free(scratch);
+    PyBuffer_Release(&raw);
+    return result;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *ks, *cs;
     Py_buffer lp, cp;
@@ -286,12 +488,14 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"leaf", leaf, METH_VARARGS, "leaf(raw, salt, want_bytes=False) -> (seq, leaf hash or bytes) | None"},
     {"configure", configure, METH_VARARGS, "configure(keys, is_content, leaf_prefix, content_prefix)"},
+    {"canonical", canonical, METH_VARARGS, "canonical(raw) -> raw with every object's keys sorted | None"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_leaf", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__leaf(void) {
+    init_plain();
 #ifdef LEAF_SOURCE_SHA256
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", LEAF_SOURCE_SHA256) < 0) {

@@ -48,6 +48,7 @@ import os
 import re
 from pathlib import Path
 
+from exporter import record
 from exporter.record import RECORD_FIELDS
 from exporter.transparency.leaf import _CONTENT_PREFIX, CONTENT_FIELDS, LEAF_PREFIX
 
@@ -202,6 +203,7 @@ def set_enabled(enabled: bool) -> None:
     writer_leaf = py_writer_leaf if _C is None else _c_writer_leaf
     verify_line = py_verify_line if _C is None else _c_verify_line
     IMPLEMENTATION = "python" if _C is None else "c"
+    record.set_c_canonical(None if _C is None else _C.canonical)
 
 
 _C = None
