@@ -116,13 +116,13 @@ class Correlator:
         # Evicted-but-not-yet-recorded entries are recorded before any
         # checkpoint (the pipeline calls ready() first), so they are not kept.
         # The in-flight store goes as it is: the checkpoint journals only its
-        # dirty slots (exporter.checkpoint, exporter.journal). So does
-        # ``recent``, as a JSON object (key -> received time): no copy per
-        # commit, and it encodes a third cheaper than a list of pairs (every
-        # journal record carries it whole). restore() reads both forms.
+        # dirty slots (exporter.checkpoint, exporter.journal). ``recent`` goes
+        # as a list of [key, received time] pairs, oldest first: the journal
+        # then carries only how it changed since the last commit (ids left at
+        # the front, joined at the back). restore() also reads the object form.
         self.inflight.mark(self._touched)
         return {"inflight": self.inflight, "middleware_seen": self.middleware_seen,
-                "next_order": self._next_order, "recent": self.recent}
+                "next_order": self._next_order, "recent": list(self.recent.items())}
 
     def restore(self, state: dict | None) -> None:
         if not state:
