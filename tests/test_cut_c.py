@@ -218,8 +218,10 @@ def test_bad_arguments_are_refused():
         mod.cut(b"a\n", 2, 1, -1, 0, chunk, out)
     with pytest.raises(TypeError):
         mod.cut(b"a\n", 0, 2, -1, 0, (chunk, 0), out)
-    with pytest.raises(TypeError):  # a class whose fields are not plain slots
-        mod.configure(type("Other", (), {}), _Chunk)
+    for other in (type("Other", (), {}), type("Few", (), {"__slots__": ("text",)}),
+                  type("Props", (), {"__slots__": (), **{f: property(len) for f in Line.__slots__}})):
+        with pytest.raises(TypeError):  # fields that are not this class's plain slots
+            mod.configure(other, _Chunk)
     assert out == []
     mod.configure(Line, _Chunk)
     mod.cut(memoryview(b"xa\nb\n")[1:], 0, 4, -1, 0, chunk, out)  # any buffer

@@ -40,8 +40,13 @@ static Py_ssize_t o_text, o_nbytes, o_truncated, o_partial, o_cr, o_pos, o_end;
 
 static int slot_offset(PyTypeObject *t, const char *name, Py_ssize_t *off) {
     PyObject *d = PyObject_GetAttrString((PyObject *)t, name);
-    if (d == NULL)
+    if (d == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s has no field %s", t->tp_name, name);
+        }
         return -1;
+    }
     int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && PyDescr_TYPE(d) == t;
     if (ok) {
         PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
@@ -59,8 +64,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     PyTypeObject *lt, *ct;
     if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &lt, &PyType_Type, &ct))
         return NULL;
-    if (lt->tp_itemsize != 0 || lt->tp_dictoffset != 0 || lt->tp_alloc == NULL) {
-        PyErr_SetString(PyExc_TypeError, "Line must be a __slots__ class without __dict__");
+    if (lt->tp_itemsize != 0 || lt->tp_dictoffset != 0 || lt->tp_alloc == NULL || !PyType_IS_GC(lt)) {
+        PyErr_SetString(PyExc_TypeError, "Line must be a __slots__ class (object slots, no __dict__)");
         return NULL;
     }
     if (slot_offset(lt, "text", &o_text) < 0 || slot_offset(lt, "nbytes", &o_nbytes) < 0
