@@ -140,8 +140,9 @@ def _fed() -> Correlator:
 def test_recent_state_round_trips_in_both_forms():
     c = _fed()
     state = json.loads(json.dumps(c.state()))
-    assert state["recent"] == {f"r{i}": 100.0 + i for i in range(5)}
-    for form in (state["recent"], [[k, v] for k, v in state["recent"].items()]):  # new, and as before
+    # a list of [id, time] pairs, oldest first: the journal carries how it changed (exporter.journal)
+    assert state["recent"] == [[f"r{i}", 100.0 + i] for i in range(5)]
+    for form in (state["recent"], dict(state["recent"])):  # the list, and the object form restore() also reads
         again = Correlator(merge_grace=0.0)
         again.restore(dict(state, recent=form))
         assert again.recent == OrderedDict((f"r{i}", 100.0 + i) for i in range(5))
