@@ -135,7 +135,14 @@ def build(settings: Settings, *, live: bool, clock=time.time, stdin=None) -> Run
         rt.loki = build_loki(settings, registry, users, health,
                              committed=lambda: rt.pipeline.committed_archive)
         rt.loki.fold_model = served.fold  # Loki's model label is bounded as the metric's
+        wake_loki_on_commit(rt)
     return rt
+
+
+def wake_loki_on_commit(rt: Runtime) -> None:
+    """Each commit makes records readable to the Loki pusher: it pushes them
+    at once instead of at its next poll (LokiPusher.wake)."""
+    rt.pipeline.after_commit.append(lambda _state: rt.loki.wake())
 
 
 def rebuild_pipeline(rt: Runtime) -> Pipeline:
@@ -164,6 +171,8 @@ def rebuild_pipeline(rt: Runtime) -> Pipeline:
         # Started without a checkpoint over a non-empty archive: the records
         # archived before this process started are still to be skipped.
         rt.pipeline.skip_keys = old.skip_keys
+    if rt.loki is not None:
+        wake_loki_on_commit(rt)
     return rt.pipeline
 
 

@@ -67,6 +67,9 @@ def _reject_reason(message: str) -> str:
     return "rejected"
 
 
+STOP_CHECK = 0.05  # seconds: how late an idle pusher may notice its stop event
+
+
 class LokiPusher:
     def __init__(self, settings: LokiSettings, archive_dir: Path, registry: CollectorRegistry, *,
                  label_user: Callable[[str | None], str | None],
@@ -93,6 +96,9 @@ class LokiPusher:
         self.metrics.backlog.set_function(self.backlog)
         self.status = LokiStatus(url=settings.push_url)
         self._stop: threading.Event | None = None
+        # Set by wake() after each commit (the pipeline's after_commit hook):
+        # what the commit made readable is pushed at once, see run().
+        self._wake = threading.Event()
         self._attempt = 0  # consecutive failures, drives the backoff
         self._last_log: tuple[str, float] | None = None
         self._too_old_ns: int | None = None  # a rejected "too old" ts: older ones are too
@@ -136,8 +142,11 @@ class LokiPusher:
         self._stop = stop_event
         try:
             while not stop_event.is_set():
+                woken = self._wake.is_set()
+                if woken:
+                    self._wake.clear()  # a commit during the step sets it again
                 try:
-                    acked = self._step(flush=False)
+                    acked = self._step(flush=woken)
                 except _Stopped:
                     break
                 except Exception as exc:
@@ -146,11 +155,19 @@ class LokiPusher:
                 if on_progress is not None and (acked or self.status.backlog_records == 0):
                     on_progress()
                 if not acked and not self._pending_ready():
-                    self._pause(self.settings.poll_interval_seconds)
+                    self._idle(self.settings.poll_interval_seconds)
         except _Stopped:
             pass
         finally:
             self._stop = None
+
+    def wake(self) -> None:
+        """Records were just committed: read and push them now, not at the
+        next poll. They are all there is to read until the next commit, so
+        waiting ``--loki-batch-wait`` for more would only add lag (at 2 000
+        streamed tokens/s the poll and the batch wait were 0.2 s of a Loki
+        lag p99 of about 1 s). Safe from any thread."""
+        self._wake.set()
 
     def reset(self) -> None:
         """Forget the read-ahead: the next step re-reads from the acknowledged
@@ -301,6 +318,23 @@ class LokiPusher:
                   self.settings.backoff_initial_seconds * (2 ** min(self._attempt, 30)))
         self._attempt += 1
         return self._rng() * cap
+
+    def _idle(self, seconds: float) -> None:
+        """Nothing to send: wait for the next poll, or less if wake() is
+        called. The wait is cut in slices of at most STOP_CHECK seconds so a
+        stop still takes effect at once. (Injected sleeps, in tests, keep
+        the plain pause.)"""
+        stop = self._stop
+        if stop is None or self._sleep is not time.sleep:
+            self._pause(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, STOP_CHECK)):
+                break
+        if stop.is_set():
+            raise _Stopped()
 
     def _pause(self, seconds: float) -> None:
         stop = self._stop
