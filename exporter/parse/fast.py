@@ -16,17 +16,16 @@ says which (``c`` or ``python``; exported as ``vllm_audit_parser_info``).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
+from exporter import accel
 from exporter import events as ev
 from exporter import record
 from exporter.parse.body_line import body_event
 from exporter.parse.fields import sampling_params
 from exporter.parse.header import text_header
 
-ENV = "VLLM_AUDIT_PURE_PYTHON"
+ENV = accel.ENV  # "1" forces the pure-Python path (exporter.accel)
 
 
 def _header(text: str):
@@ -35,15 +34,12 @@ def _header(text: str):
 
 def load():
     """The configured ``_scan`` module, or None (not built, or forced off by the env)."""
-    if os.environ.get(ENV, "") not in ("", "0"):
+    _scan = accel.load("exporter.parse._scan", _parts())
+    if _scan is None:
         return None
     try:
-        from exporter.parse import _scan
-
-        if stale(_scan):
-            return None
         configure(_scan)
-    except (ImportError, TypeError):  # not built, or a stale build of another version
+    except TypeError:  # a build of another version
         return None
     return _scan
 
@@ -52,14 +48,11 @@ def stale(module) -> bool:
     """A checkout's module built from another version of ``_scan.c`` and its
     ``_scan_*.h`` parts (an installed package may ship no source: then
     nothing is compared)."""
-    parts = sorted(Path(__file__).parent.glob("_scan*.[ch]"), key=lambda p: p.name)  # as setup.py
-    if not parts:
-        return False
-    try:
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
-    except OSError:
-        return False
-    return getattr(module, "SOURCE_SHA256", "") != digest
+    return accel.stale(module, _parts())
+
+
+def _parts() -> list[Path]:
+    return sorted(Path(__file__).parent.glob("_scan*.[ch]"), key=lambda p: p.name)  # as setup.py
 
 
 def configure(module) -> None:

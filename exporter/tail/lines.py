@@ -14,8 +14,6 @@ in the optional C accelerator ``exporter/tail/_cut.c`` when it was built
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from exporter import accel
 from exporter.tail.position import TAIL_BYTES
 
 _NON_NUL = re.compile(rb"[^\x00]")
@@ -363,22 +362,13 @@ def describe_error(exc: OSError, path: str) -> str:
 
 
 # -- the C accelerator (_cut.c: LineCutter's bulk step) --------------------------
-ENV = "VLLM_AUDIT_PURE_PYTHON"  # as exporter.parse.fast: "1" forces the pure-Python path
+ENV = accel.ENV  # "1" forces the pure-Python path (exporter.accel)
 
 
 def _load():
-    if os.environ.get(ENV, "") not in ("", "0"):
+    _cut = accel.load("exporter.tail._cut", [Path(__file__).with_name("_cut.c")])
+    if _cut is None:
         return None
-    try:
-        from exporter.tail import _cut
-    except ImportError:
-        return None
-    src = Path(__file__).with_name("_cut.c")
-    try:  # a checkout never runs a module built from another version of its source
-        if src.exists() and getattr(_cut, "SOURCE_SHA256", "") != hashlib.sha256(src.read_bytes()).hexdigest():
-            return None
-    except OSError:
-        pass
     try:
         _cut.configure(Line, _Chunk)
     except TypeError:  # Line's fields are not the slots it fills: a build of another version

@@ -44,11 +44,10 @@ paths to main's leaves for every real capture.)
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
-from exporter import record
+from exporter import accel, record
 from exporter.record import RECORD_FIELDS
 from exporter.transparency.leaf import _CONTENT_PREFIX, CONTENT_FIELDS, LEAF_PREFIX
 
@@ -155,22 +154,13 @@ def py_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
 
 # -- the C accelerator (_leaf.c: the same grammar checked in full, and the
 # hashing, in one call) ---------------------------------------------------------
-ENV = "VLLM_AUDIT_PURE_PYTHON"  # as exporter.parse.fast: "1" forces the pure-Python path
+ENV = accel.ENV  # "1" forces the pure-Python path (exporter.accel)
 
 
 def _load():
-    if os.environ.get(ENV, "") not in ("", "0"):
+    _leaf = accel.load("exporter.transparency._leaf", [Path(__file__).with_name("_leaf.c")])
+    if _leaf is None:
         return None
-    try:
-        from exporter.transparency import _leaf
-    except ImportError:
-        return None
-    src = Path(__file__).with_name("_leaf.c")
-    try:  # a checkout never runs a module built from another version of its source
-        if src.exists() and getattr(_leaf, "SOURCE_SHA256", "") != hashlib.sha256(src.read_bytes()).hexdigest():
-            return None
-    except OSError:
-        pass
     _leaf.configure(tuple(k.encode() for k in KEYS), tuple(k in CONTENT_FIELDS for k in KEYS),
                     LEAF_PREFIX, _CONTENT_PREFIX)
     return _leaf
