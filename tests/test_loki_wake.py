@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry
 
@@ -38,33 +39,10 @@ def _until(pred, seconds, what):
         time.sleep(0.01)  # another thread's progress: polled
 
 
-def test_wake_pushes_committed_records_at_once_and_stop_stays_prompt(tmp_path):
-    clock = FakeClock(START)  # batch ages never advance: only a flush pushes
-    with LokiServer(clock=clock) as loki:
-        settings = LokiSettings(url=loki.url, batch_wait=60.0, poll_interval_seconds=60.0)
-        p = LokiPusher(settings, tmp_path, CollectorRegistry(), label_user=lambda u: u, clock=clock)
-        stop = threading.Event()
-        t = threading.Thread(target=p.run, args=(stop,))
-        t.start()
-        try:
-            write_archive(tmp_path, DAY, _records(3))
-            p.wake()
-            _until(lambda: len(loki.lines()) == 3, 10, "a woken pusher did not push the new records")
-            write_archive(tmp_path, DAY, _records(2, start=3))
-            p.wake()
-            _until(lambda: len(loki.lines()) == 5, 10, "the second wake did not push")
-            assert p.backlog() == 0
-            begun = time.monotonic()
-            stop.set()  # idle in a minute-long poll: must still stop at once
-            t.join(5)
-            assert not t.is_alive() and time.monotonic() - begun < 2
-        finally:
-            stop.set()
-            t.join(5)
-            p.close()
-
-
-def test_without_a_wake_the_poll_and_batch_wait_still_apply(tmp_path):
+@contextmanager
+def _running(tmp_path):
+    """A pusher thread whose poll and batch wait are a minute long, on a
+    clock that never advances (batch ages never count): only a flush pushes."""
     clock = FakeClock(START)
     with LokiServer(clock=clock) as loki:
         settings = LokiSettings(url=loki.url, batch_wait=60.0, poll_interval_seconds=60.0)
@@ -73,15 +51,35 @@ def test_without_a_wake_the_poll_and_batch_wait_still_apply(tmp_path):
         t = threading.Thread(target=p.run, args=(stop,))
         t.start()
         try:
-            write_archive(tmp_path, DAY, _records(3))
-            # the first step may already have read them: either way they wait for their batch
-            time.sleep(0.3)  # asserting that nothing happens: a bounded look is all there is
-            assert loki.lines() == []
+            yield p, loki, stop, t
         finally:
             stop.set()
             t.join(5)
             p.close()
         assert not t.is_alive()
+
+
+def test_wake_pushes_committed_records_at_once_and_stop_stays_prompt(tmp_path):
+    with _running(tmp_path) as (p, loki, stop, t):
+        write_archive(tmp_path, DAY, _records(3))
+        p.wake()
+        _until(lambda: len(loki.lines()) == 3, 10, "a woken pusher did not push the new records")
+        write_archive(tmp_path, DAY, _records(2, start=3))
+        p.wake()
+        _until(lambda: len(loki.lines()) == 5, 10, "the second wake did not push")
+        assert p.backlog() == 0
+        begun = time.monotonic()
+        stop.set()  # idle in a minute-long poll: must still stop at once
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - begun < 2
+
+
+def test_without_a_wake_the_poll_and_batch_wait_still_apply(tmp_path):
+    with _running(tmp_path) as (p, loki, stop, t):
+        write_archive(tmp_path, DAY, _records(3))
+        # the first step may already have read them: either way they wait for their batch
+        time.sleep(0.3)  # asserting that nothing happens: a bounded look is all there is
+        assert loki.lines() == []
 
 
 def test_the_runtime_wakes_the_pusher_after_each_commit(tmp_path):
