@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 
 from exporter import checkpoint as ckpt
 from exporter import journal
-from exporter.checkpoint import OsOps, read_checkpoint, write_atomic
+from exporter.checkpoint import read_checkpoint, write_atomic
 from exporter.inflight import InFlight
+
+# the journal suite's crash injector: half-writes or dies at the n-th OS call (open, write, fsync, link, replace, fsync_dir)
+from test_journal import CrashAt, Die  # noqa: E402  (tests/ is on sys.path)
 
 
 class Model:
@@ -168,40 +171,6 @@ def test_recent_delta_helper():
     assert journal.recent_delta([a, b, c], [b, ("c", 5.0)]) is None  # a time changed
     assert journal.recent_delta([a, b], [c, d]) is None  # nothing kept
     assert journal.recent_delta([], [a]) is None and journal.recent_delta(None, [a]) is None
-
-
-class Die(Exception):
-    pass
-
-
-class CrashAt(OsOps):
-    def __init__(self, counter, at):
-        self.counter, self.at = counter, at
-
-    def _tick(self):
-        self.counter[0] += 1
-        return self.counter[0] == self.at
-
-    def write(self, fd, data):
-        if self._tick():
-            super().write(fd, bytes(data[: len(data) // 2]))
-            raise Die()
-        return super().write(fd, data)
-
-    def fsync(self, fd):
-        if self._tick():
-            raise Die()
-        return super().fsync(fd)
-
-    def replace(self, src, dst):
-        if self._tick():
-            raise Die()
-        return super().replace(src, dst)
-
-    def fsync_dir(self, p):
-        if self._tick():
-            raise Die()
-        return super().fsync_dir(p)
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["add", "record", "record", "forget", "retime", "commit", "commit"]),
