@@ -21,6 +21,7 @@
 #include "_scan_common.h"
 #include <structmember.h>
 #include "_scan_repr.h"
+#include "_scan_body.h"
 #include "_scan_messages.h"
 #include "_scan_json.h"
 
@@ -246,6 +247,15 @@ static PyObject *clear_cache(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *body_project_py(PyObject *self, PyObject *args) { /* for tests/test_body_project.py */
+    PyObject *text;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "Un", &text, &start)) return NULL;
+    Line L = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), text};
+    PyObject *r = start >= 0 ? body_project(&L, start) : NULL;
+    return r ? r : Py_NewRef(Py_None);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "scan(text) -> Event | None (None: let the Python parser decide)"},
     {"dispatch", dispatch_message, METH_VARARGS,
@@ -253,6 +263,8 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds[, plain])"},
     {"clear_cache", clear_cache, METH_NOARGS, "forget the cached headers"},
     {"direct_events", direct_events, METH_NOARGS, "whether events are allocated without calling Event()"},
+    {"body_project", body_project_py, METH_VARARGS,
+     "body_project(text, start) -> dict | None: check_body's members of the JSON body at start (None: ask json)"},
     {"json_line", json_line, METH_VARARGS,
      "json_line(obj, sort_keys, text) -> bytes | str | None: compact JSON as json writes it (None: ask json)"},
     {NULL, NULL, 0, NULL},

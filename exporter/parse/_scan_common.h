@@ -11,7 +11,7 @@
 static PyObject *g_event;        /* exporter.events.Event */
 static PyObject *g_header_fn;    /* text -> (Header, end) | None */
 static PyObject *g_params_fn;    /* sampling_params(s, f) */
-static PyObject *g_body_fn;      /* body_line.body_event(s, start, rid, when) */
+static PyObject *g_body_fn;      /* body_line.body_event(s, start, rid, when, projected) */
 static PyObject *g_access;       /* ACCESS */
 static PyObject *g_kinds[5];     /* OUTPUT, OUTPUT_DETAILS, ADDED, FINISHED, DETAILS */
 static PyObject *g_received;     /* RECEIVED */

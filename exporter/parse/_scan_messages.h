@@ -195,9 +195,15 @@ static PyObject *dispatch(const Line *L, Py_ssize_t m, PyObject *h) {
         PyObject *rid = PyUnicode_Substring(L->s, i, k);
         if (!rid) return NULL;
         if (is_details) return details(L, k + 10, rid, when);
-        /* the JSON decoding and type checks are Python's (one implementation) */
+        /* The type checks are Python's (one implementation); the members
+         * they read come from body_project (_scan_body.h), or on its decline
+         * from json.loads there. */
         PyObject *start = PyLong_FromSsize_t(k + 12);
-        PyObject *r = start ? PyObject_CallFunctionObjArgs(g_body_fn, L->s, start, rid, when, NULL) : NULL;
+        PyObject *projected = body_project(L, k + 12);
+        PyObject *r = start ? PyObject_CallFunctionObjArgs(g_body_fn, L->s, start, rid, when,
+                                                           projected ? projected : Py_None, NULL)
+                            : NULL;
+        Py_XDECREF(projected);
         Py_XDECREF(start);
         Py_DECREF(rid);
         return r;

@@ -14,14 +14,21 @@ from exporter.parse.untrusted import check_body, findings
 _BAD_BODY = Ignored("malformed_body")
 
 
-def body_event(s: str, start: int, rid: str, when: LogTime | None) -> Event | Ignored:
-    """The body event of the JSON text ``s[start:]`` (the C accelerator calls this too)."""
+def body_event(s: str, start: int, rid: str, when: LogTime | None,
+               projected: dict | None = None) -> Event | Ignored:
+    """The body event of the JSON text ``s[start:]`` (the C accelerator calls this too).
+
+    ``projected``: from the C accelerator (``_scan_body.h``), the members of
+    the body that :func:`check_body` reads, exactly as ``json.loads`` gives
+    them, the rest of the JSON validated but never built; None: json.loads
+    here (the reference, and the only reader of a body the accelerator
+    declines, such as one cut by ``--max-log-len``)."""
     raw = s[start:]
     if not raw.startswith("{"):
         return _BAD_BODY  # not even the start of the client's JSON object
     closed = None
     try:
-        body = json.loads(raw)
+        body = json.loads(raw) if projected is None else projected
     except (ValueError, RecursionError):
         body = None  # --max-log-len cut it (or 0.31's [:-1] slice): keep the event
         try:
