@@ -75,7 +75,22 @@ def machine() -> dict:
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu": model or platform.processor(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "interpreter": sys.executable,
+            "libpython_shared": libpython_shared()}
+
+
+def libpython_shared() -> bool | None:
+    """Whether this interpreter runs from a shared libpython (pyenv's
+    --enable-shared build without PGO/LTO: position-independent code with
+    every call between its functions through the PLT), or from a static,
+    optimised one like Debian's /usr/bin/python3.11 and the official python
+    images the Dockerfile builds on. The same code measures ~14 % slower on
+    the first (README, "Replay throughput"); None where it cannot be told."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("/libpython3" in line for line in maps)
+    except OSError:
+        return None
 
 
 def bare_loops(path: Path) -> dict:
