@@ -34,14 +34,18 @@ class KeyLoadError(ValueError):
     """The HMAC key is configured but unusable (message never includes the key)."""
 
 
-def load_key(key_file: str | os.PathLike | None, env_value: str | None) -> bytes | None:
+def load_key(key_file: str | os.PathLike | None, env_value: str | None,
+             what: str = "HMAC key file") -> bytes | None:
     """The HMAC key from ``--hmac-key-file`` (preferred; read by
     :func:`exporter.secrets.read_secret`, like every secret) or
     ``VLLM_AUDIT_HMAC_KEY``. An empty environment variable counts as unset
-    (compose files often define empty variables)."""
+    (compose files often define empty variables). The one place that
+    decides which key a command uses: the settings of ``run``/``replay``
+    and the compliance commands all come here. ``what`` names the file in
+    errors."""
     if key_file:
         try:
-            return read_secret(key_file, "HMAC key file")
+            return read_secret(key_file, what)
         except SecretError as exc:
             raise KeyLoadError(str(exc)) from None
     if env_value:

@@ -462,7 +462,7 @@ class Pipeline:
         # no cycles: the cyclic GC would only walk them again and again as
         # they are made (a third of a commit's CPU). Paused for the commit,
         # it never sees them: refcounting frees them all at the end.
-        paused = gc.isenabled()
+        was_enabled = gc.isenabled()  # a caller (replay) may have it off already
         try:
             gc.disable()
             try:
@@ -470,7 +470,7 @@ class Pipeline:
                 state = self.state()
                 write_atomic(str(self.checkpoint_path), state)
             finally:
-                if paused:
+                if was_enabled:
                     gc.enable()
             self.committed_archive = state["archive"]
             self._dirty = False

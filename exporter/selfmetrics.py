@@ -34,6 +34,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.parse import fast as parse_fast
+from exporter.tail import lines as tail_lines
+from exporter.transparency import leaf_line
 from exporter.wire import ENGINE_PROBLEMS
 
 # parse.Ignored reasons that are not errors (docs/design.md, "Events"), plus
@@ -54,6 +56,14 @@ ENGINE_MISSING_REASONS = (*ENGINE_PROBLEMS, "other")
 # its table was full, or the pipeline found nothing to match it with. Other
 # reasons can still be used; these exist at 0.
 EVICTION_REASONS = ("timeout", "capacity", "unmatched", "late_event", "already_archived")
+
+
+def accelerators() -> dict[str, str]:
+    """Stage -> ``c`` or ``python``: the parser (``exporter/parse/_scan.c``),
+    the tailer's line cut (``exporter/tail/_cut.c``) and the archive's leaf
+    and canonical encoding (``exporter/transparency/_leaf.c``)."""
+    return {"parse": parse_fast.IMPLEMENTATION, "tail": tail_lines.IMPLEMENTATION,
+            "archive_encoding": leaf_line.IMPLEMENTATION}
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,16 @@ class SelfMetrics:
         self.parser_info = Gauge("vllm_audit_parser_info", "Parser implementation in use; always 1.",
                                  ["implementation"], registry=r)
         self.parser_info.labels(parse_fast.IMPLEMENTATION).set(1)
+        # Every optional C accelerator, by what it speeds up: one missing (no
+        # compiler at install, a stale build, VLLM_AUDIT_PURE_PYTHON=1) gives
+        # the same records, only slower -- which an operator sees here rather
+        # than as an unexplained CPU figure.
+        self.accelerator_info = Gauge(
+            "vllm_audit_accelerator_info",
+            "Optional C accelerators: implementation in use per stage (c or python); always 1.",
+            ["stage", "implementation"], registry=r)
+        for stage, implementation in accelerators().items():
+            self.accelerator_info.labels(stage, implementation).set(1)
 
         for setting in ("max_log_len", "model"):
             self.settings_conflicts.labels(setting)

@@ -344,3 +344,21 @@ def test_invalid_utf8_as_the_tailer_decodes_it(line, position, junk):
     text = (raw[:p] + junk + raw[p:]).decode("utf-8", "replace")
     same(text)
     same((raw[:p]).decode("utf-8", "replace"))  # a line cut at any byte
+
+
+def test_accelerator_info_names_every_stage_and_its_path():
+    from prometheus_client import CollectorRegistry
+
+    from exporter.selfmetrics import SelfMetrics
+    from exporter.tail import lines
+    from exporter.transparency import leaf_line
+
+    reg = CollectorRegistry()
+    SelfMetrics(reg, sources=("vllm",))
+    expected = {"parse": fast.IMPLEMENTATION, "tail": lines.IMPLEMENTATION,
+                "archive_encoding": leaf_line.IMPLEMENTATION}
+    for stage, impl in expected.items():
+        assert impl in ("c", "python")
+        assert reg.get_sample_value("vllm_audit_accelerator_info", {"stage": stage, "implementation": impl}) == 1
+        other = "python" if impl == "c" else "c"
+        assert reg.get_sample_value("vllm_audit_accelerator_info", {"stage": stage, "implementation": other}) is None

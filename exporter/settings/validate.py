@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from exporter.chain import KeyLoadError, load_key
 from exporter.labels import USER_LABEL_MODES
 
 from .model import Settings
@@ -146,9 +147,10 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
     if v.get("tokenizer") is not None and not Path(v["tokenizer"]).is_dir():
         raise SettingsError(f"--tokenizer: {v['tokenizer']} is not a directory")
 
-    hmac_key = v.get("hmac_key")
-    if v.get("hmac_key_file") is not None:
-        hmac_key = read_secret_file(v["hmac_key_file"], "--hmac-key-file")
+    try:
+        hmac_key = load_key(v.get("hmac_key_file"), v.get("hmac_key"), "--hmac-key-file")
+    except KeyLoadError as exc:
+        raise SettingsError(str(exc)) from None
     loki = loki_settings(v)
     prices = pricing(v)
     archive_dir = Path(v["archive_dir"])
@@ -185,7 +187,7 @@ def _validate(command: str, v: dict, ns: argparse.Namespace, environ: Mapping[st
         user_label_mode=v["user_label_mode"],
         oversized_input_tokens=v["oversized_input_tokens"],
         checkpoint_interval=v["checkpoint_interval"],
-        hmac_key=hmac_key.encode() if isinstance(hmac_key, str) else hmac_key,
+        hmac_key=hmac_key,
         loki=loki,
         archive_prompt_policy=v["archive_prompt_policy"],
         archive_output_policy=v["archive_output_policy"],

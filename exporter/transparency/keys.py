@@ -56,16 +56,7 @@ def load_signer(path: str | os.PathLike, what: str = "--signing-key-file") -> Si
 
 
 def _write_key(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_MODE)
-    try:
-        os.fchmod(fd, KEY_MODE)
-        os.write(fd, text.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, text.encode() + b"\n", KEY_MODE)  # mode KEY_MODE from creation on
 
 
 def next_path(key_path: Path) -> Path:
