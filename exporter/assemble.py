@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .correlate import ENDPOINT_BY_PREFIX
-from .events import id_count
 from .wire import params as body_params
 from .record import ENGINE_FIELDS, PARAM_FIELDS, RECORD_FIELDS, format_ts, parse_ts_or_none
 
@@ -145,8 +144,12 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
     rec["endpoint"] = endpoint = line.get("endpoint") or (_endpoint_of(log_id) if log_id else None)
     rec["model"] = line.get("model") or (body.get("model") if body is not None else None) or ctx.model \
         or summary.get("model") or (e.get("cfg") or _NOTHING).get("model")
-    user, source = line.get("user"), line.get("identity_source")
-    invalid = (line.get("identity") or _NOTHING).get("invalid_reason") is not None
+    if mw is None:  # the log alone (no line to read three fields of)
+        user = source = None
+        invalid = False
+    else:
+        user, source = mw.get("user"), mw.get("identity_source")
+        invalid = (mw.get("identity") or _NOTHING).get("invalid_reason") is not None
     if user is None and not invalid and body is not None and body.get("user") is not None:
         # Log only (or a line without a user): the client's own field. Never
         # when the middleware refused the request's identity.
@@ -159,7 +162,7 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
     rec["identity_source"] = source if user is not None else None
     if invalid:
         flags.append("identity_invalid")
-    stream = line.get("stream")
+    stream = line_stream = line.get("stream")
     if stream is None and body is not None:
         stream = body.get("stream")
         if stream.__class__ is not bool:
@@ -173,7 +176,7 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
         rec["prompt"] = json_text(mw["prompt"])
     else:
         rec["prompt"] = log_prompt
-        if _truncated(log_prompt, limit):
+        if limit is not None and log_prompt is not None and len(log_prompt) >= limit:  # _truncated
             flags.append("prompt_truncated")
 
     # -- output (choice 0) and choices (more than one)
@@ -187,17 +190,25 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
 
     # -- params: client-sent first (middleware, then the logged body), then vLLM's effective values
     sent = line.get("params") or _NOTHING
-    logged = body_params(body) if body is not None else _NOTHING
     effective = (e["received"] or _NOTHING).get("params") or _NOTHING
-    params = {}
-    for k in PARAM_FIELDS:
-        v = sent.get(k)
-        if v is None:
-            v = logged[k] if body is not None else None
+    if sent is _NOTHING and body is not None:
+        # The usual log-only case: wire.params' fresh dict (PARAM_FIELDS, in
+        # order) is the record's, its unknowns filled from vLLM's values.
+        params = body_params(body)
+        for k, v in params.items():
             if v is None:
-                v = effective.get(k)
-        params[k] = v
-    body_read = body is not None or isinstance(line.get("stream"), bool)
+                params[k] = effective.get(k)
+    else:
+        logged = body_params(body) if body is not None else _NOTHING
+        params = {}
+        for k in PARAM_FIELDS:
+            v = sent.get(k)
+            if v is None:
+                v = logged[k] if body is not None else None
+                if v is None:
+                    v = effective.get(k)
+            params[k] = v
+    body_read = body is not None or line_stream.__class__ is bool
     if params["n"] is None and body_read and endpoint in ("chat", "completion"):
         params["n"] = 1  # the OpenAI default for a body read whole without "n"
     rec["params"] = params
@@ -222,7 +233,7 @@ def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False
         ids = (e["details"] or _NOTHING).get("prompt_token_ids")
         if ids is None:
             ids = (e["received"] or _NOTHING).get("prompt_token_ids")
-        n = id_count(ids)
+        n = ids if ids is None or isinstance(ids, int) else len(ids)  # events.id_count, inlined
         if n is not None and not (limit is not None and n >= limit):
             pt = n
             pt_how = "logged_ids"

@@ -73,10 +73,11 @@ def digest_kind(value: object) -> str | None:
 class Chain:
     """Seals and verifies records; holds the key, never prints it."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_label")
 
     def __init__(self, key: bytes | None) -> None:
         self._key = key
+        self._label = (SHA_PREFIX if key is None else HMAC_PREFIX).encode()  # for the C seal
 
     def __repr__(self) -> str:  # the key must never end up in a log line
         return f"Chain(kind={self.kind!r})"
@@ -106,24 +107,21 @@ class Chain:
     def seal_line(self, record: dict, seq: int, prev_hash: str) -> tuple[dict, bytes]:
         """:meth:`seal`, and the sealed record's archive line (:func:`line_bytes`).
 
-        With the C accelerators the record is encoded once: the canonical
-        bytes come from the line without its hash (``canonical_and_line``),
-        and the line with its hash is that line closed by ``,"hash":"…"}``,
-        which is what encoding the sealed record gives (the hash is its
-        last key and plain ASCII)."""
+        With the C accelerators the record is encoded once and its digest
+        and sealed line come from that line in one call
+        (:func:`exporter.record.sealed_line`)."""
         if "seq" in record or "prev_hash" in record or "hash" in record:
             sealed = {k: v for k, v in record.items() if k not in CHAIN_KEYS}
         else:
             sealed = dict(record)
         sealed["seq"] = seq
         sealed["prev_hash"] = prev_hash
-        both = _record.canonical_and_line(sealed)
-        if both is None:
+        done = _record.sealed_line(sealed, self._label, self._key)
+        if done is None:
             sealed["hash"] = self.digest(canonical_bytes(sealed))
             return sealed, line_bytes(sealed)
-        digest = self.digest(both[0])
-        sealed["hash"] = digest
-        return sealed, b"".join((both[1][:-1], b',"hash":"', digest.encode(), b'"}\n'))
+        sealed["hash"] = done[0]
+        return sealed, done[1]
 
     def verify_record(self, record: dict) -> bool:
         """True when ``record['hash']`` matches its content under this chain's key.

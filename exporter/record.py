@@ -128,13 +128,15 @@ def set_c_encoder(fn) -> None:
 # The transparency accelerator's ``canonical(line)`` (exporter/transparency/
 # _leaf.c), set by exporter.transparency.leaf_line when it is built: a
 # compact line with every object's keys sorted, the canonical bytes without
-# a second encoding; None for what it declines.
+# a second encoding; None for what it declines. ``seal(line, label, key)``,
+# set with it: canonical(line)'s labelled digest and the line closed by it.
 _c_canon = None
+_c_seal = None
 
 
-def set_c_canonical(fn) -> None:
-    global _c_canon
-    _c_canon = fn
+def set_c_canonical(canon, seal) -> None:
+    global _c_canon, _c_seal
+    _c_canon, _c_seal = canon, seal
 
 
 def canonical_and_line(record: dict) -> tuple[bytes, bytes] | None:
@@ -156,6 +158,23 @@ def canonical_and_line(record: dict) -> tuple[bytes, bytes] | None:
         return None
     data = canon(line)
     return None if data is None else (data, line)
+
+
+def sealed_line(record: dict, label: bytes, key: bytes | None) -> tuple[str, bytes] | None:
+    """``(hash, line)`` of ``record`` (it holds ``seq`` and ``prev_hash``, no
+    ``hash``) from one encoding and one C call: ``hash`` is ``label`` + the
+    hex SHA-256 (HMAC-SHA256 under ``key``) of :func:`canonical_and_line`'s
+    canonical bytes, ``line`` that line closed by ``,"hash":"…"}`` and
+    ``"\n"``, which is :func:`line_bytes` of the record with its hash (the
+    last key, plain ASCII). None (then seal in Python) when either C piece
+    is missing or declines; the seal is canonical's digest, so both are
+    switched off together (tests turn ``_c_canon`` off for the Python path).
+    tests/test_chain_seal.py holds the two paths equal."""
+    enc, seal = _c_json, _c_seal
+    if enc is None or seal is None or _c_canon is None:
+        return None
+    line = enc(record, False, False)
+    return None if line is None else seal(line, label, key)
 
 
 def dumps_line(record: dict) -> str:

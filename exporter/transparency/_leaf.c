@@ -3,6 +3,7 @@
  *
  * leaf(raw, salt, want_bytes=False) -> (seq, leaf hash) | (seq, leaf bytes) | None
  * canonical(raw) -> bytes | None (the chain's canonical form of a line; below)
+ * seal(raw, label, key) -> (hash, sealed line) | None (the chain's seal of a line; below)
  *
  * The line must be in the writer's shape: a JSON object whose top-level keys
  * are exactly the configured ones in order (configure()), the last two being
@@ -19,6 +20,8 @@
 #include <Python.h>
 #include <string.h>
 #include <openssl/sha.h>
+#include <openssl/hmac.h>
+#include <openssl/evp.h>
 
 #define MAX_KEYS 64
 #define MAX_DEPTH 64
@@ -427,27 +430,95 @@ done:
     return rc;
 }
 
+/* The canonical form of the n bytes at s into out (n bytes; scratch: n
+ * more): 0, 1 where canonical() gives None, -1 on an exception set. */
+static int canon_into(const unsigned char *s, Py_ssize_t n, unsigned char *out, unsigned char *scratch) {
+    if (n == 0 || s[0] != '{') return 1;
+    memcpy(out, s, (size_t)n);
+    Cur c = {s, n, 0};
+    Canon w = {out, scratch};
+    int rc = canon_value(&w, &c, 0);
+    if (rc == -2) return -1;
+    return rc != 0 || c.i != c.n ? 1 : 0;
+}
+
 static PyObject *canonical(PyObject *self, PyObject *args) {
     Py_buffer raw;
     if (!PyArg_ParseTuple(args, "y*", &raw)) return NULL;
-    PyObject *result = NULL;
-    Cur c = {(const unsigned char *)raw.buf, raw.len, 0};
-    unsigned char *scratch = NULL;
-    if (raw.len == 0 || c.s[0] != '{') { result = Py_None; Py_INCREF(result); goto done; }
-    result = PyBytes_FromStringAndSize((const char *)c.s, raw.len);
-    scratch = PyMem_Malloc((size_t)raw.len);
-    if (result == NULL || scratch == NULL) { Py_CLEAR(result); PyErr_NoMemory(); goto done; }
-    Canon w = {(unsigned char *)PyBytes_AS_STRING(result), scratch};
-    int rc = canon_value(&w, &c, 0);
-    if (rc == -2) { Py_CLEAR(result); goto done; }
-    if (rc != 0 || c.i != c.n) {
-        Py_DECREF(result);
-        result = Py_None;
-        Py_INCREF(result);
-    }
-done:
+    PyObject *result = PyBytes_FromStringAndSize(NULL, raw.len);
+    unsigned char *scratch = PyMem_Malloc((size_t)raw.len + 1);
+    int rc = -1;
+    if (result == NULL || scratch == NULL) PyErr_NoMemory();
+    else rc = canon_into((const unsigned char *)raw.buf, raw.len, (unsigned char *)PyBytes_AS_STRING(result), scratch);
     PyMem_Free(scratch);
     PyBuffer_Release(&raw);
+    if (rc != 0) {
+        Py_CLEAR(result);
+        if (rc == 1) Py_RETURN_NONE;
+    }
+    return result;
+}
+
+/* seal(raw, label, key) -> (hash, sealed line) | None: exporter.chain.
+ * Chain.seal_line's last step in one call. ``raw`` is the C encoder's line
+ * of a record holding seq and prev_hash but no hash; ``hash`` is ``label``
+ * + the hex SHA-256 of canonical(raw), or its HMAC-SHA256 under ``key``
+ * (bytes, or None for none); the sealed line is ``raw`` closed by
+ * ,"hash":"<hash>"} and "\n", what encoding the sealed record gives (the
+ * hash is its last key and plain ASCII). None where canonical() declines
+ * or ``key`` is neither bytes nor None.
+ * It saves the canonical bytes object, the hash object and the line's two
+ * copies the Python steps make per record. */
+static PyObject *seal(PyObject *self, PyObject *args) {
+    Py_buffer raw, label;
+    PyObject *key, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*O", &raw, &label, &key)) return NULL;
+    if (key != Py_None && !PyBytes_CheckExact(key)) {  /* what Chain holds is bytes; anything else: Python's */
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
+    }
+    unsigned char *buf = PyMem_Malloc((size_t)raw.len * 2 + 1);  /* the canonical bytes, then scratch */
+    if (buf == NULL) { PyErr_NoMemory(); goto done; }
+    int rc = canon_into((const unsigned char *)raw.buf, raw.len, buf, buf + raw.len);
+    if (rc != 0) {
+        PyMem_Free(buf);
+        if (rc == 1) { Py_INCREF(Py_None); result = Py_None; }
+        goto done;
+    }
+    unsigned char md[32];
+    if (key == Py_None) {
+        SHA256(buf, (size_t)raw.len, md);
+    } else {
+        unsigned int mdlen = 0;
+        if (HMAC(EVP_sha256(), PyBytes_AS_STRING(key), (int)PyBytes_GET_SIZE(key), buf, (size_t)raw.len,
+                 md, &mdlen) == NULL || mdlen != 32) {
+            PyMem_Free(buf);
+            PyErr_SetString(PyExc_RuntimeError, "_leaf.seal: HMAC failed");
+            goto done;
+        }
+    }
+    PyMem_Free(buf);
+    Py_ssize_t hlen = label.len + 64;
+    PyObject *hash = PyUnicode_New(hlen, 127);
+    Py_ssize_t llen = raw.len - 1 + 9 + hlen + 3;  /* raw without "}", ,"hash":" hash "}\n */
+    PyObject *line = PyBytes_FromStringAndSize(NULL, llen);
+    if (hash == NULL || line == NULL) { Py_XDECREF(hash); Py_XDECREF(line); goto done; }
+    unsigned char *h = PyUnicode_1BYTE_DATA(hash);
+    memcpy(h, label.buf, (size_t)label.len);
+    for (int j = 0; j < 32; j++) { h[label.len + 2 * j] = HEX[md[j] >> 4]; h[label.len + 2 * j + 1] = HEX[md[j] & 15]; }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(line);
+    memcpy(o, raw.buf, (size_t)raw.len - 1);
+    o += raw.len - 1;
+    memcpy(o, ",\"hash\":\"", 9);
+    memcpy(o + 9, h, (size_t)hlen);
+    memcpy(o + 9 + hlen, "\"}\n", 3);
+    result = PyTuple_Pack(2, hash, line);
+    Py_DECREF(hash);
+    Py_DECREF(line);
+done:
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&label);
     return result;
 }
 
@@ -489,6 +560,7 @@ static PyMethodDef methods[] = {
     {"leaf", leaf, METH_VARARGS, "leaf(raw, salt, want_bytes=False) -> (seq, leaf hash or bytes) | None"},
     {"configure", configure, METH_VARARGS, "configure(keys, is_content, leaf_prefix, content_prefix)"},
     {"canonical", canonical, METH_VARARGS, "canonical(raw) -> raw with every object's keys sorted | None"},
+    {"seal", seal, METH_VARARGS, "seal(raw, label, key) -> (label + hex digest of canonical(raw), sealed line) | None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -193,7 +193,7 @@ def set_enabled(enabled: bool) -> None:
     writer_leaf = py_writer_leaf if _C is None else _c_writer_leaf
     verify_line = py_verify_line if _C is None else _c_verify_line
     IMPLEMENTATION = "python" if _C is None else "c"
-    record.set_c_canonical(None if _C is None else _C.canonical)
+    record.set_c_canonical(None if _C is None else _C.canonical, None if _C is None else _C.seal)
 
 
 _C = None
