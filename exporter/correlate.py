@@ -162,10 +162,14 @@ class Correlator:
             return entry  # its times are t already
         self._touched.add(slot)
         if t is not None:
-            if entry["first_t"] is None:
-                entry["first_t"] = t
+            # first_t and last_t are None together (both start as t), so a
+            # line no later than the last one (most: they share its second)
+            # writes nothing.
             last = entry["last_t"]
-            entry["last_t"] = t if last is None or t > last else last  # max(last, t), no call
+            if last is None or t > last:
+                entry["last_t"] = t
+                if last is None:
+                    entry["first_t"] = t
         return entry
 
     def _key_for(self, log_id: str) -> tuple[str, str | None]:
@@ -218,17 +222,18 @@ class Correlator:
             entry = self.inflight.get(key) if key is not None else None
             if entry is not None and entry["log_id"] is not None:
                 self._touched.add(key)
-                if t is not None:
-                    if entry["first_t"] is None:
-                        entry["first_t"] = t
+                if t is not None:  # as _entry does
                     last = entry["last_t"]
-                    entry["last_t"] = t if last is None or t > last else last  # max(last, t)
+                    if last is None or t > last:
+                        entry["last_t"] = t
+                        if last is None:
+                            entry["first_t"] = t
                 when = event.when
                 if when is not None and when.year is not None:
                     entry["precise"] = True
                 if kind == ev.OUTPUT:
                     self._output(entry, event.data, t)
-                else:
+                elif not event.data.get("stream_info"):  # a stream's details count nothing (_output_details)
                     self._output_details(entry, event.data)
                 return  # no new entry: the in-flight bound still holds
         handler = _HANDLERS.get(kind)
@@ -424,29 +429,32 @@ class Correlator:
 
     def _output(self, entry: dict, data: dict, t: float | None) -> None:
         info = data.get("stream_info") or ""
-        text = data.get("output")
         if info == "delta":
             entry["stream"] = True
             entry["deltas"] += 1
             ids = data.get("output_token_ids")
-            n = id_count(ids)
-            limit = self.limit(entry) if n is not None else None
-            if n is None or limit is not None and n >= limit:
-                entry["delta_ids_known"] = False  # unknown, or a list --max-log-len may have cut
+            if ids is None:
+                entry["delta_ids_known"] = False  # unknown (no list on the line)
             else:
-                entry["delta_ids"] += n
-            if data.get("finish_reason") not in (None, "None", "streaming_complete"):
-                entry["last_finish"] = data.get("finish_reason")
+                n = id_count(ids)
+                limit = self.limit(entry)
+                if limit is not None and n >= limit:
+                    entry["delta_ids_known"] = False  # a list --max-log-len may have cut
+                else:
+                    entry["delta_ids"] += n
+            reason = data.get("finish_reason")
+            if reason not in (None, "None", "streaming_complete"):
+                entry["last_finish"] = reason
         elif info == "complete":
             entry["stream"] = True
-            entry["complete"].append(text)
+            entry["complete"].append(data.get("output"))
             entry["done_t"] = entry["done_t"] or t
             if len(entry["complete"]) >= _choices(entry):
                 entry["log_done"] = True
         else:
             entry["stream"] = False
             ids = data.get("output_token_ids")
-            entry["outputs"].append({"text": text, "finish_reason": data.get("finish_reason"),
+            entry["outputs"].append({"text": data.get("output"), "finish_reason": data.get("finish_reason"),
                                      "ids": None if ids is None else id_count(ids)})
             entry["done_t"] = entry["done_t"] or t
             if len(entry["outputs"]) >= _choices(entry):

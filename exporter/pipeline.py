@@ -47,7 +47,7 @@ from . import learned as learn
 from .assemble import AssembleContext, build_record
 from .checkpoint import CheckpointError, write_atomic
 from .correlate import Correlator
-from .parse import CHECK_PROBLEMS, parse_line
+from .parse import CHECK_PROBLEMS, fast, parse_line
 from .status import StatusBridge
 from .zonecheck import ZoneCheck
 
@@ -294,8 +294,13 @@ class Pipeline:
         m.bytes.inc(sum([line.nbytes for line in lines]))
         ignored: dict[str, int] = {}
         parse = parse_line
+        # parse_line's first step, the C scanner (None: not built, or off),
+        # called here without parse_line's frame; a line it is not certain
+        # of (None) or fails on goes to parse_line, which scans it once more
+        # (declining is cheap) and then decides.
+        scan = fast.scan
         feed = self.correlator.feed
-        ignored_cls = ev.Ignored
+        event_cls, ignored_cls = ev.Event, ev.Ignored  # an Event needs no isinstance() call
         access, dropped_kind = ev.ACCESS, ev.MIDDLEWARE_DROPPED
         engine_kind, engine_status = ev.ENGINE, ev.ENGINE_STATUS
         body_kind, failed_kind = ev.BODY, ev.FAILED
@@ -332,16 +337,23 @@ class Pipeline:
             if line.truncated:  # over --max-line-bytes: cannot be parsed whole
                 ignored["line_too_long"] = ignored.get("line_too_long", 0) + 1
                 continue
+            text = line.text
             if head is not None:
-                if line.text.startswith(head):
+                if text.startswith(head):
                     continued = True
                 else:
                     head = None
-            if continued or prefix:
-                result = parse(line.text, logging_prefix=prefix, continued=continued)
+            if continued or prefix or scan is None:
+                result = parse(text, logging_prefix=prefix, continued=continued)
             else:
-                result = parse(line.text)
-            if result.__class__ is ignored_cls or isinstance(result, ignored_cls):
+                try:
+                    result = scan(text)
+                except Exception:  # noqa: BLE001 - parse_line decides
+                    result = None
+                if result is None:
+                    result = parse(text)
+            cls = result.__class__
+            if cls is not event_cls and (cls is ignored_cls or isinstance(result, ignored_cls)):
                 reason = result.reason
                 ignored[reason] = ignored.get(reason, 0) + 1
                 continue
@@ -363,8 +375,8 @@ class Pipeline:
                 if kind == summary_kind and (src.learned or {}).get("frontend") != "rust":
                     self._learn(src, {"what": "rust_frontend"}, None)  # only the Rust frontend writes it
                 if kind == failed_kind:
-                    k = line.text.find("] Request ")
-                    head = line.text[:k + 2] if k >= 0 else None
+                    k = text.find("] Request ")
+                    head = text[:k + 2] if k >= 0 else None
             elif kind in checked and "problems" in result.data:
                 for reason in result.data["problems"]:
                     ignored[reason] = ignored.get(reason, 0) + 1
@@ -373,7 +385,7 @@ class Pipeline:
                 # A middleware line without a usable time: the time this
                 # source had reached stands in, so it is recorded, not stuck.
                 t = src_t if kind == mw_kind or kind == engine_kind else None
-            elif when == last_when:
+            elif when is last_when or when == last_when:  # the header parser shares one LogTime per second
                 t = last_t
             else:
                 t = last_t = resolve(when, name)

@@ -70,9 +70,20 @@ static void forget_recent(void) {
     }
 }
 
+/* Only the header's last HASH_TAIL characters are hashed: they hold what
+ * varies from line to line (level, time, file and line number), and a slot
+ * is only a guess that same_text() checks, so a shared tail costs a miss,
+ * never a wrong Header. */
+#define HASH_TAIL 48
 static size_t header_hash(const Line *L, Py_ssize_t m) {
     size_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < m; i++) h = (h ^ CH(L, i)) * 16777619u;
+    Py_ssize_t i = m > HASH_TAIL ? m - HASH_TAIL : 0;
+    if (L->kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *p = (const Py_UCS1 *)L->data;
+        for (; i < m; i++) h = (h ^ p[i]) * 16777619u;
+    } else {
+        for (; i < m; i++) h = (h ^ CH(L, i)) * 16777619u;
+    }
     return h;
 }
 
