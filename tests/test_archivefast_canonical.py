@@ -13,6 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+try:
+    from tests.record_strategies import records
+except ImportError:
+    from record_strategies import records
+
 from exporter import record
 from exporter.chain import Chain
 from exporter.parse import fast
@@ -23,16 +28,7 @@ _leaf = leaf_line._C
 needs_c = pytest.mark.skipif(_leaf is None or fast.IMPLEMENTATION != "c", reason="C accelerators not built")
 ROOT = Path(__file__).resolve().parents[1]
 
-# Keys as records and their nested objects may hold them: identifiers, any
-# text (escapes, quotes, astral and BMP characters whose UTF-16 order is not
-# their code point order), and near-duplicates that sort by length.
-KEYS = st.one_of(st.sampled_from(["a", "ab", "b", "", "A", "é", "\uffff", "\U0001f600", "a\x00", "k"]),
-                 st.text(max_size=6))
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(KEYS, inner, max_size=5)), max_leaves=20)
-RECORDS = st.dictionaries(KEYS, VALUES, max_size=12)
+RECORDS = records("k")
 
 
 def _expected(rec: dict) -> tuple[bytes, bytes]:
