@@ -22,6 +22,7 @@
 #include <structmember.h>
 #include "_scan_repr.h"
 #include "_scan_body.h"
+#include "_scan_bodycheck.h"
 #include "_scan_messages.h"
 #include "_scan_json.h"
 
@@ -227,10 +228,12 @@ static int find_event_slots(PyObject *event, int plain) {
 
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *event, *header_fn, *params_fn, *body_fn, *out, *out_details, *added, *finished, *det, *rec, *acc;
+    PyObject *body = NULL; /* without it, every body event is body_fn's */
     int plain = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO|p", &event, &header_fn, &params_fn, &body_fn, &out, &out_details,
-                          &added, &finished, &det, &rec, &acc, &plain))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO|pO", &event, &header_fn, &params_fn, &body_fn, &out, &out_details,
+                          &added, &finished, &det, &rec, &acc, &plain, &body))
         return NULL;
+    Py_XSETREF(g_body_kind, Py_XNewRef(body));
     Py_XSETREF(g_body_fn, Py_NewRef(body_fn));
     Py_XSETREF(g_access, Py_NewRef(acc));
     Py_XSETREF(g_event, Py_NewRef(event));
@@ -267,15 +270,28 @@ static PyObject *body_project_py(PyObject *self, PyObject *args) { /* for tests/
     return r ? r : Py_NewRef(Py_None);
 }
 
+static PyObject *body_data_py(PyObject *self, PyObject *args) { /* for tests/test_body_check_c.py */
+    PyObject *text;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "Un", &text, &start)) return NULL;
+    Line L = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), text};
+    PyObject *body = start >= 0 ? body_project(&L, start) : NULL;
+    PyObject *r = body ? body_data(&L, start, body) : NULL;
+    Py_XDECREF(body);
+    return r ? r : Py_NewRef(Py_None);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "scan(text) -> Event | None (None: let the Python parser decide)"},
     {"dispatch", dispatch_message, METH_VARARGS,
      "dispatch(message, header) -> Event | Ignored | None (a message without its header line)"},
-    {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds[, plain])"},
+    {"configure", configure, METH_VARARGS, "configure(Event, header_fn, params_fn, body_fn, *kinds[, plain[, BODY]])"},
     {"clear_cache", clear_cache, METH_NOARGS, "forget the cached headers"},
     {"direct_events", direct_events, METH_NOARGS, "whether events are allocated without calling Event()"},
     {"body_project", body_project_py, METH_VARARGS,
      "body_project(text, start) -> dict | None: check_body's members of the JSON body at start (None: ask json)"},
+    {"body_data", body_data_py, METH_VARARGS,
+     "body_data(text, start) -> dict | None: body_event's data of the JSON body at start (None: ask body_event)"},
     {"json_line", json_line, METH_VARARGS,
      "json_line(obj, sort_keys, text) -> bytes | str | None: compact JSON as json writes it (None: ask json)"},
     {NULL, NULL, 0, NULL},
@@ -301,6 +317,18 @@ PyMODINIT_FUNC PyInit__scan(void) {
     KEY(g_info[0], "");
     KEY(g_info[1], "delta");
     KEY(g_info[2], "complete");
+    KEY(k_body, "body");
+    KEY(k_raw_len, "raw_len");
+    KEY(k_truncated_body, "truncated_body");
+    KEY(k_problems, "problems");
+    KEY(k_input_flags, "input_flags");
+    KEY(k_invalid_field, "invalid_field");
+    KEY(k_body_invalid_field, "body_invalid_field");
+    KEY(k_response_format, "response_format");
+    KEY(k_text, "text");
+    KEY(k_format, "format");
+    KEY(k_type, "type");
+    for (int j = 0; j < BODY_FIELDS; j++) KEY(k_body_fields[j], BODY_CHECKS[j].name);
     if (!g_headers) return NULL;
 #ifndef SCAN_SOURCE_SHA256
 #define SCAN_SOURCE_SHA256 ""

@@ -195,11 +195,16 @@ static PyObject *dispatch(const Line *L, Py_ssize_t m, PyObject *h) {
         PyObject *rid = PyUnicode_Substring(L->s, i, k);
         if (!rid) return NULL;
         if (is_details) return details(L, k + 10, rid, when);
-        /* The type checks are Python's (one implementation); the members
-         * they read come from body_project (_scan_body.h), or on its decline
-         * from json.loads there. */
-        PyObject *start = PyLong_FromSsize_t(k + 12);
+        /* The members the type checks read come from body_project
+         * (_scan_body.h), the checks from body_data (_scan_bodycheck.h); on
+         * a decline of either body_event decides, in Python. */
         PyObject *projected = body_project(L, k + 12);
+        PyObject *data = projected && g_body_kind ? body_data(L, k + 12, projected) : NULL;
+        if (data) {
+            Py_DECREF(projected);
+            return event(g_body_kind, rid, when, data);
+        }
+        PyObject *start = PyLong_FromSsize_t(k + 12);
         PyObject *r = start ? PyObject_CallFunctionObjArgs(g_body_fn, L->s, start, rid, when,
                                                            projected ? projected : Py_None, NULL)
                             : NULL;

@@ -59,7 +59,7 @@ def configure(module) -> None:
     """Hand the C module the Python pieces it calls back (the header rules,
     SamplingParams, the JSON body) and the event kinds."""
     module.configure(ev.Event, _header, sampling_params, body_event, ev.OUTPUT, ev.OUTPUT_DETAILS,
-                     ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS, plain_event(ev.Event))
+                     ev.ADDED, ev.FINISHED, ev.DETAILS, ev.RECEIVED, ev.ACCESS, plain_event(ev.Event), ev.BODY)
 
 
 def plain_event(cls) -> bool:
