@@ -1,6 +1,7 @@
 """Optional C accelerators: the log parser (exporter/parse/_scan.c), the
-transparency log's leaf (exporter/transparency/_leaf.c) and the tailer's
-line cutting (exporter/tail/_cut.c).
+transparency log's leaf (exporter/transparency/_leaf.c), the tailer's
+line cutting (exporter/tail/_cut.c) and the record's assembly without the
+middleware (exporter/_assemble.c).
 
 Everything else about the package is in pyproject.toml. ``optional=True``:
 where no compiler (or no Python headers) exists, the build of the extension
@@ -29,6 +30,10 @@ LEAF_DIGEST = hashlib.sha256((HERE / "exporter" / "transparency" / "_leaf.c").re
 # exporter/tail/lines.py is its pure-Python reference).
 CUT_DIGEST = hashlib.sha256((HERE / "exporter" / "tail" / "_cut.c").read_bytes()).hexdigest()
 
+# build_record's log-only case (exporter/_assemble.c; exporter/assemble.py's
+# build_record is its pure-Python reference).
+ASSEMBLE_DIGEST = hashlib.sha256((HERE / "exporter" / "_assemble.c").read_bytes()).hexdigest()
+
 setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"], optional=True,
                              depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
                              extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')]),
@@ -36,4 +41,7 @@ setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"],
                              libraries=["crypto"], extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
                              define_macros=[("LEAF_SOURCE_SHA256", f'"{LEAF_DIGEST}"')]),
                    Extension("exporter.tail._cut", ["exporter/tail/_cut.c"], optional=True,
-                             extra_compile_args=["-O2"], define_macros=[("CUT_SOURCE_SHA256", f'"{CUT_DIGEST}"')])])
+                             extra_compile_args=["-O2"], define_macros=[("CUT_SOURCE_SHA256", f'"{CUT_DIGEST}"')]),
+                   Extension("exporter._assemble", ["exporter/_assemble.c"], optional=True,
+                             extra_compile_args=["-O2"],
+                             define_macros=[("ASSEMBLE_SOURCE_SHA256", f'"{ASSEMBLE_DIGEST}"')])])

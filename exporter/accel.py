@@ -1,7 +1,7 @@
 """The rules every optional C accelerator is loaded by.
 
-Three extensions (``exporter/parse/_scan.c``, ``exporter/tail/_cut.c``,
-``exporter/transparency/_leaf.c``) are built by ``pip install`` where a
+Four extensions (``exporter/parse/_scan.c``, ``exporter/tail/_cut.c``,
+``exporter/transparency/_leaf.c``, ``exporter/_assemble.c``) are built by ``pip install`` where a
 compiler exists; each has a pure-Python reference beside it that runs when
 the module is missing, out of date, or switched off. The two rules they
 share live here, once:

@@ -35,8 +35,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+from . import accel
 from .correlate import ENDPOINT_BY_PREFIX
 from .wire import params as body_params
 from .record import ENGINE_FIELDS, PARAM_FIELDS, RECORD_FIELDS, format_ts, parse_ts_or_none
@@ -101,6 +103,17 @@ def _output_texts(e: dict, mw: dict | None) -> tuple[list[dict], str]:
 
 
 def build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
+    """:func:`py_build_record`; the C module's (exporter/_assemble.c) for a
+    log-only entry it accepts: the same record, keys, order and types."""
+    if _C is not None and e.get("mw") is None:
+        rec = _C.build(e, ctx.instance, ctx.model, ctx.max_log_len, ctx.oversized_input_tokens,
+                       middleware_seen, ctx.count_tokens)
+        if rec is not None:
+            return rec
+    return py_build_record(e, ctx, middleware_seen=middleware_seen)
+
+
+def py_build_record(e: dict, ctx: AssembleContext, *, middleware_seen: bool = False) -> dict | None:
     """The record for a finished/evicted entry; None if there is no request
     behind it (a DEBUG JSON body whose id matches nothing). The steps follow
     the module docstring's "which source wins", field group by group.
@@ -356,3 +369,24 @@ def json_text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- the C accelerator (exporter/_assemble.c): build_record without the
+# middleware, declining (None) whatever it is not sure of -------------------
+def _load():
+    mod = accel.load("exporter._assemble", [Path(__file__).with_name("_assemble.c")])
+    if mod is not None:
+        mod.configure(_BLANK_RECORD, format_ts, ENDPOINT_BY_PREFIX, ENGINE_FIELDS)
+    return mod
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the C module (when built and current) or the pure-Python path."""
+    global _C, IMPLEMENTATION
+    _C = _load() if enabled else None
+    IMPLEMENTATION = "python" if _C is None else "c"
+
+
+_C = None
+IMPLEMENTATION = "python"
+set_enabled(True)

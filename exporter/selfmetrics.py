@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter import assemble
 from exporter.parse import fast as parse_fast
 from exporter.tail import lines as tail_lines
 from exporter.transparency import leaf_line
@@ -61,9 +62,10 @@ EVICTION_REASONS = ("timeout", "capacity", "unmatched", "late_event", "already_a
 def accelerators() -> dict[str, str]:
     """Stage -> ``c`` or ``python``: the parser (``exporter/parse/_scan.c``),
     the tailer's line cut (``exporter/tail/_cut.c``) and the archive's leaf
-    and canonical encoding (``exporter/transparency/_leaf.c``)."""
+    and canonical encoding (``exporter/transparency/_leaf.c``), the record's
+    assembly without the middleware (``exporter/_assemble.c``)."""
     return {"parse": parse_fast.IMPLEMENTATION, "tail": tail_lines.IMPLEMENTATION,
-            "archive_encoding": leaf_line.IMPLEMENTATION}
+            "archive_encoding": leaf_line.IMPLEMENTATION, "assemble": assemble.IMPLEMENTATION}
 
 
 @dataclass(frozen=True)
