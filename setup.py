@@ -1,7 +1,8 @@
 """Optional C accelerators: the log parser (exporter/parse/_scan.c), the
 transparency log's leaf (exporter/transparency/_leaf.c), the tailer's
-line cutting (exporter/tail/_cut.c) and the record's assembly without the
-middleware (exporter/_assemble.c).
+line cutting (exporter/tail/_cut.c), the record's assembly without the
+middleware (exporter/_assemble.c) and the request metrics' observe
+(exporter/_observe.c).
 
 Everything else about the package is in pyproject.toml. ``optional=True``:
 where no compiler (or no Python headers) exists, the build of the extension
@@ -34,6 +35,10 @@ CUT_DIGEST = hashlib.sha256((HERE / "exporter" / "tail" / "_cut.c").read_bytes()
 # build_record is its pure-Python reference).
 ASSEMBLE_DIGEST = hashlib.sha256((HERE / "exporter" / "_assemble.c").read_bytes()).hexdigest()
 
+# RequestMetrics.observe's common case (exporter/_observe.c; the Python
+# observe in exporter/metrics.py is its reference).
+OBSERVE_DIGEST = hashlib.sha256((HERE / "exporter" / "_observe.c").read_bytes()).hexdigest()
+
 setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"], optional=True,
                              depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
                              extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')]),
@@ -44,4 +49,6 @@ setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"],
                              extra_compile_args=["-O2"], define_macros=[("CUT_SOURCE_SHA256", f'"{CUT_DIGEST}"')]),
                    Extension("exporter._assemble", ["exporter/_assemble.c"], optional=True,
                              extra_compile_args=["-O2"],
-                             define_macros=[("ASSEMBLE_SOURCE_SHA256", f'"{ASSEMBLE_DIGEST}"')])])
+                             define_macros=[("ASSEMBLE_SOURCE_SHA256", f'"{ASSEMBLE_DIGEST}"')]),
+                   Extension("exporter._observe", ["exporter/_observe.c"], optional=True,
+                             extra_compile_args=["-O2"], define_macros=[("OBSERVE_SOURCE_SHA256", f'"{OBSERVE_DIGEST}"')])])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -46,8 +47,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from exporter import accel
 from exporter.cost import Pricing, engine_seconds
-from exporter.labels import OTHER, BoundedLabels, UserLabels
+from exporter.labels import OTHER, BoundedLabels, ServedModels, UserLabels
 
 SNAPSHOT_VERSION = 1
 
@@ -222,14 +224,39 @@ class RequestMetrics:
             ("queue_seconds", "vllm_audit_engine_queue_seconds"),
             ("prefill_seconds", "vllm_audit_engine_prefill_seconds"),
             ("decode_seconds", "vllm_audit_engine_decode_seconds"))]
+        self._state = self._fast_state()
+
+    def _fast_state(self) -> tuple | None:
+        """What the C observe (exporter/_observe.c) updates, in its order;
+        None when a label dimension's label() is not BoundedLabels' own (the
+        C reads that method's memos)."""
+        dims = (self.users, self.dims["flag"], self.dims["reason"])
+        if any(type(d).label is not BoundedLabels.label for d in dims):
+            return None
+        hist = self._hists
+        return (self, self._heads, *dims, self._lock.acquire, self._lock.release, bool(self._with_user),
+                self._c_requests, self._c_prompt, self._c_completion, self._c_user_duration,
+                self._c_user_timed, self._c_empty, self._c_oversized, self._c_flags, self._c_source,
+                self._c_invalid, self._g_consecutive,
+                *(x for n in ("vllm_audit_request_prompt_tokens", "vllm_audit_request_completion_tokens",
+                              "vllm_audit_request_duration_seconds", "vllm_audit_time_to_first_token_seconds")
+                  for x in (hist[n].series, hist[n].bounds)))
 
     def observe(self, rec: dict) -> None:
         """Count one record (a dict with the ``record.RECORD_FIELDS`` keys).
 
         Values that are missing or not usable numbers are skipped for the
         metric that needs them; they never raise, so one odd record cannot
-        stop the pipeline.
+        stop the pipeline. The C module counts the common case (every label
+        already memoised) and declines the rest to :meth:`py_observe`.
         """
+        state = self._state
+        if _C is not None and state is not None and _C.observe(state, rec) is not None:
+            return
+        self.py_observe(rec)
+
+    def py_observe(self, rec: dict) -> None:
+        """observe() in pure Python: the reference of exporter/_observe.c."""
         served = self.served
         model = rec.get("model")
         if served is not None:
@@ -480,6 +507,28 @@ class RequestMetrics:
                     buckets.append((le, cumulative))
                 fam.add_metric(key, buckets, row[-1])
             yield fam
+
+
+# -- the C accelerator (exporter/_observe.c) -----------------------------------
+
+
+def _load():
+    module = accel.load("exporter._observe", [Path(__file__).with_name("_observe.c")])
+    if module is not None:
+        module.configure(ServedModels, OTHER)
+    return module
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the C observe (when built and current) or the pure-Python one."""
+    global _C, IMPLEMENTATION
+    _C = _load() if enabled else None
+    IMPLEMENTATION = "python" if _C is None else "c"
+
+
+_C = None
+IMPLEMENTATION = "python"
+set_enabled(True)
 
 
 class _Collector(Collector):

@@ -34,6 +34,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter import assemble
+from exporter import metrics as request_metrics
 from exporter.parse import fast as parse_fast
 from exporter.tail import lines as tail_lines
 from exporter.transparency import leaf_line
@@ -61,11 +62,13 @@ EVICTION_REASONS = ("timeout", "capacity", "unmatched", "late_event", "already_a
 
 def accelerators() -> dict[str, str]:
     """Stage -> ``c`` or ``python``: the parser (``exporter/parse/_scan.c``),
-    the tailer's line cut (``exporter/tail/_cut.c``) and the archive's leaf
+    the tailer's line cut (``exporter/tail/_cut.c``), the archive's leaf
     and canonical encoding (``exporter/transparency/_leaf.c``), the record's
-    assembly without the middleware (``exporter/_assemble.c``)."""
+    assembly without the middleware (``exporter/_assemble.c``) and the
+    request metrics' observe (``exporter/_observe.c``)."""
     return {"parse": parse_fast.IMPLEMENTATION, "tail": tail_lines.IMPLEMENTATION,
-            "archive_encoding": leaf_line.IMPLEMENTATION, "assemble": assemble.IMPLEMENTATION}
+            "archive_encoding": leaf_line.IMPLEMENTATION, "assemble": assemble.IMPLEMENTATION,
+            "metrics": request_metrics.IMPLEMENTATION}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,152 @@
+"""exporter/_observe.c counts as the Python observe does: two stores, one
+with the C observe and one pure Python, fed the same record sequences
+(every field varied, adversarial types), give the same snapshot and the
+same /metrics text; and the C path really counts (not only declines)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from pathlib import Path
+
+from exporter import metrics
+from exporter.labels import ServedModels, UserLabels
+from exporter.metrics import RequestMetrics
+
+from tests.real_captures import replay
+
+BIG = "/tmp/big8.log"
+FIXTURE_LOGS = [str(Path(__file__).parent / "fixtures" / "vllm-0.32.0" / d / "vllm.log")
+                for d in ("debug", "engine", "middleware")]
+
+pytestmark = pytest.mark.skipif(metrics._C is None, reason="exporter._observe not built (or stale)")
+
+
+class PyMetrics(RequestMetrics):
+    def observe(self, rec):
+        self.py_observe(rec)
+
+
+odd = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.just(math.nan),
+                st.just(-math.inf), st.lists(st.text(max_size=3), max_size=2), st.text(max_size=4),
+                st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+label = st.one_of(st.sampled_from(["tiny", "big", "chat", "completed", "rejected", "stop", "", "bob@example.com",
+                                   "user_field", "m" * 140, "bad\udc80", None]), odd)
+num = st.one_of(st.sampled_from([0, 1, 3, 2048, 2049, 5000, 0.5, -1, -0.0, 0.05, 600, 1e6, 2**63, 2**80]), odd)
+engine = st.one_of(st.none(), odd, st.fixed_dictionaries(
+    {}, optional={k: num for k in ("share_seconds", "devices", "queue_seconds", "prefill_seconds",
+                                   "decode_seconds")}))
+record = st.fixed_dictionaries({}, optional={
+    "model": label, "user": label, "endpoint": label, "finish_reason": label, "identity_source": label,
+    "status": st.one_of(st.sampled_from(["completed", "rejected", "aborted", None]), label),
+    "prompt_tokens": num, "completion_tokens": num, "latency_seconds": num, "ttft_seconds": num,
+    "empty_response": st.one_of(st.sampled_from([True, False, None]), odd),
+    "identity": st.one_of(odd, st.fixed_dictionaries({}, optional={"invalid_reason": label})),
+    "engine": engine,
+    "flags": st.one_of(odd, st.lists(st.one_of(st.sampled_from(["pii", "oversized", "pii"]), label), max_size=4)),
+})
+
+
+NUMERIC_FIELDS = ("prompt_tokens", "completion_tokens", "latency_seconds", "ttft_seconds", "empty_response",
+                  "engine")
+
+
+def _pair(with_user, max_models, max_users, oversized):
+    out = []
+    for cls in (RequestMetrics, PyMetrics):
+        registry = CollectorRegistry()
+        users = UserLabels(max_users, enabled=with_user, key=b"k")
+        m = cls(registry, users=users, max_models=max_models, oversized_input_tokens=oversized)
+        out.append((m, registry))
+    return out
+
+
+def _same(fast, plain):
+    (m, reg), (p, preg) = fast, plain
+    assert json.dumps(m.snapshot()) == json.dumps(p.snapshot())
+    assert generate_latest(reg) == generate_latest(preg)
+
+
+def _feed(pair, recs, served=None):
+    for m, _ in pair:
+        m.served = served
+    for r in recs:
+        errors = []
+        for m, _ in pair:
+            try:
+                m.observe(r)
+                errors.append(None)
+            except Exception as exc:  # the same exception, or none, from both
+                errors.append(type(exc))
+        assert errors[0] == errors[1]
+    _same(*pair)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(record, max_size=40), st.booleans(), st.sampled_from([0, 1, 3, 100]),
+       st.sampled_from([0, 2, 500]), st.sampled_from([None, "tiny", "learned"]))
+def test_c_observe_matches_python(recs, with_user, max_models, max_users, served_kind):
+    pair = _pair(with_user, max_models, max_users, 2048)
+    served = None if served_kind is None else ServedModels(served_kind if served_kind == "tiny" else None)
+    if served_kind == "learned":
+        served.learn("vllm", ["big", "tiny"])
+    # First the labels alone (no numbers): the passes after it find their
+    # labels memoised, so the C path counts, and makes the numeric series.
+    _feed(pair, [{k: v for k, v in r.items() if k not in NUMERIC_FIELDS} for r in recs], served)
+    _feed(pair, recs, served)
+    _feed(pair, recs, served)
+    snap = json.loads(json.dumps(pair[1][0].snapshot()))
+    for m, _ in pair:
+        m.users.restore(snap["labels"]["user"])
+        m.restore(snap)
+    _feed(pair, recs, served)
+
+
+def test_c_observe_counts_and_declines_when_locked():
+    pair = _pair(True, 100, 500, 2048)
+    rec = {"model": "tiny", "user": "alice", "endpoint": "chat", "status": "completed", "finish_reason": "stop",
+           "prompt_tokens": 3, "completion_tokens": 5, "latency_seconds": 0.2, "ttft_seconds": 0.01,
+           "empty_response": False, "flags": ["pii", "pii"], "identity": {"invalid_reason": "expired"}}
+    _feed(pair, [rec])
+    m = pair[0][0]
+    assert metrics._C.observe(m._state, rec) is True
+    with m._lock:
+        assert metrics._C.observe(m._state, rec) is None  # the scrape holds the lock: Python waits
+    pair[1][0].observe(rec)
+    _same(*pair)
+
+
+@pytest.mark.parametrize("log", [pytest.param(BIG, id="big8"), *FIXTURE_LOGS])
+def test_replay_records_match(tmp_path, log):
+    """The records of a real replay (the 8 MiB bench log when present, the
+    fixtures' captured logs), through both, as the pipeline passes them."""
+    if not Path(log).exists():
+        pytest.skip(f"{log} absent")
+    recs = replay(tmp_path, [log])
+    assert recs
+    for with_user in (True, False):
+        pair = _pair(with_user, 100, 500, 2048)
+        _feed(pair, recs, ServedModels("tiny"))
+        # and the C path really counted them (not only declined)
+        assert any(metrics._C.observe(pair[0][0]._state, r) is True for r in recs)
+
+
+def test_accelerator_info_names_the_metrics_stage():
+    from exporter.selfmetrics import SelfMetrics
+
+    reg = CollectorRegistry()
+    SelfMetrics(reg, sources=("vllm",))
+    assert reg.get_sample_value("vllm_audit_accelerator_info",
+                                {"stage": "metrics", "implementation": metrics.IMPLEMENTATION}) == 1
+    metrics.set_enabled(False)
+    try:
+        assert metrics.IMPLEMENTATION == "python" and metrics._C is None
+    finally:
+        metrics.set_enabled(True)
+    assert metrics.IMPLEMENTATION == "c"
