@@ -8,7 +8,8 @@
  * dicts, bound once per _clear()). Every label comes from a memo the
  * Python path filled: the head memo (_heads) and the bounded dimensions'
  * _cache/_other. Any miss, any value that is not a str/None where a label
- * is made, an int beyond 64 bits, a record or object of an unexpected type,
+ * is made (the user label alone is asked of label() on a miss: most
+ * users are new past --max-users), an int beyond 64 bits, a record or object of an unexpected type,
  * or a lock another thread holds declines, before anything is changed; so
  * admission (which depends on order) only ever happens in Python. The
  * updates then run under self._lock (taken without blocking): the scrape
@@ -27,7 +28,7 @@ enum { S_SELF, S_HEADS, S_USERS, S_FLAG, S_REASON, S_ACQUIRE, S_RELEASE, S_WITH_
        S_H_PROMPT, S_B_PROMPT, S_H_COMPLETION, S_B_COMPLETION, S_H_DURATION, S_B_DURATION,
        S_H_TTFT, S_B_TTFT, S_LEN };
 
-static PyObject *a_served, *a_names, *a_oversized, *a_enabled, *a_cache, *a_other, *a_engine_cb;
+static PyObject *a_label, *a_served, *a_names, *a_oversized, *a_enabled, *a_cache, *a_other, *a_engine_cb;
 static PyObject *k_model, *k_endpoint, *k_status, *k_finish, *k_source, *k_user, *k_pt, *k_ct,
     *k_lat, *k_ttft, *k_empty, *k_identity, *k_invalid, *k_engine, *k_flags;
 static PyObject *t_completed, *t_rejected, *t_none, *t_accepted, *t_rejected_label;
@@ -63,10 +64,11 @@ static int number(PyObject *v, double *x) {
     return 0;
 }
 
-/* BoundedLabels.label(value) from its memos only (value: str or None).
- * 1: *out (new reference; None when the dimension is disabled); 0: not in
- * a memo, or an unexpected attribute (decline); -1: error. */
-static int memo_label(PyObject *dim, PyObject *value, PyObject **out) {
+/* BoundedLabels.label(value) from its memos (value: str or None); on a miss,
+ * with ``call``, label() itself (the user label: past --max-users most users
+ * are new). 1: *out (new reference; None when the dimension is disabled);
+ * 0: not in a memo, or an unexpected attribute (decline); -1: error. */
+static int memo_label(PyObject *dim, PyObject *value, PyObject **out, int call) {
     PyObject *enabled = PyObject_GetAttr(dim, a_enabled);
     if (enabled == NULL) return -1;
     Py_DECREF(enabled);  /* a bool: the singletons outlive this call */
@@ -89,6 +91,13 @@ static int memo_label(PyObject *dim, PyObject *value, PyObject **out) {
         if (r == 1) *out = Py_NewRef(other_label);
     }
     Py_DECREF(other);
+    if (r == 0 && call) {
+        /* Admission, as the Python observe would do it here (after the head,
+         * before the lock). Calling it again after a decline below gives the
+         * same label and the same memos: label() is idempotent. */
+        *out = PyObject_CallMethodOneArg(dim, a_label, value);
+        return *out == NULL ? -1 : 1;
+    }
     return r;
 }
 
@@ -209,7 +218,7 @@ static PyObject *observe(PyObject *mod, PyObject *args) {
     PyObject *hmodel = PyTuple_GET_ITEM(head, 0), *hendpoint = PyTuple_GET_ITEM(head, 1),
              *m1 = PyTuple_GET_ITEM(head, 2), *tail = PyTuple_GET_ITEM(head, 3), *source_key = PyTuple_GET_ITEM(head, 4);
 
-    int r = memo_label(S(S_USERS), urec, &user);
+    int r = memo_label(S(S_USERS), urec, &user, 1);
     if (r < 0) goto error;
     if (r == 0) goto decline;
 
@@ -238,7 +247,7 @@ static PyObject *observe(PyObject *mod, PyObject *args) {
         if (reason == NULL && PyErr_Occurred()) goto error;
         if (reason != NULL && reason != Py_None) {
             if (!PyUnicode_CheckExact(reason)) goto decline;
-            r = memo_label(S(S_REASON), reason, &reason_label);
+            r = memo_label(S(S_REASON), reason, &reason_label, 0);
             if (r < 0) goto error;
             if (r == 0) goto decline;
         }
@@ -254,7 +263,7 @@ static PyObject *observe(PyObject *mod, PyObject *args) {
             for (Py_ssize_t j = 0; j < i && !dup; j++) dup = PyUnicode_Compare(PyList_GET_ITEM(flags, j), f) == 0;
             if (dup) continue;
             PyObject *label;
-            r = memo_label(S(S_FLAG), f, &label);
+            r = memo_label(S(S_FLAG), f, &label, 0);
             if (r < 0) goto error;
             if (r == 0) goto decline;
             flag_labels[nflags++] = label;
@@ -387,7 +396,7 @@ static int intern(PyObject **slot, const char *s) {
 }
 
 PyMODINIT_FUNC PyInit__observe(void) {
-    if (intern(&a_served, "served") || intern(&a_names, "_names") || intern(&a_oversized, "oversized_input_tokens") ||
+    if (intern(&a_label, "label") || intern(&a_served, "served") || intern(&a_names, "_names") || intern(&a_oversized, "oversized_input_tokens") ||
         intern(&a_enabled, "enabled") || intern(&a_cache, "_cache") || intern(&a_other, "_other") ||
         intern(&a_engine_cb, "_observe_engine") || intern(&k_model, "model") || intern(&k_endpoint, "endpoint") ||
         intern(&k_status, "status") || intern(&k_finish, "finish_reason") || intern(&k_source, "identity_source") ||
