@@ -11,13 +11,22 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 
+def _keys(special_key: str):
+    return st.one_of(st.sampled_from(["a", "ab", "b", "", "A", "é", "\uffff", "\U0001f600", "a\x00", special_key]),
+                     st.text(max_size=6))
+
+
+def values(special_key: str = "seq"):
+    """JSON values as a record's fields hold them (nested lists and objects
+    whose keys include ``special_key`` now and then)."""
+    keys = _keys(special_key)
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(keys, inner, max_size=5)), max_leaves=20)
+
+
 def records(special_key: str):
     """Records whose keys include ``special_key`` now and then (e.g. a
     chain key the seal must strip)."""
-    keys = st.one_of(st.sampled_from(["a", "ab", "b", "", "A", "é", "\uffff", "\U0001f600", "a\x00", special_key]),
-                     st.text(max_size=6))
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                           st.dictionaries(keys, inner, max_size=5)), max_leaves=20)
-    return st.dictionaries(keys, values, max_size=12)
+    return st.dictionaries(_keys(special_key), values(special_key), max_size=12)

@@ -163,49 +163,49 @@ static int chain_string(Cur *c) {
 
 static const char HEX[] = "0123456789abcdef";
 
-static PyObject *leaf(PyObject *self, PyObject *args) {
-    Py_buffer raw, salt;
-    int want_bytes = 0;
-    if (nkeys < 3 || seq_key < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "_leaf: configure() was not called");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "y*y*|p", &raw, &salt, &want_bytes)) return NULL;
-    Cur c = {(const unsigned char *)raw.buf, raw.len, 0};
+/* The leaf bytes of the n-byte line s under salt into *buf (grown as
+ * needed; *cap its size) and its seq: the length, 0 where the line is not in
+ * the writer's shape (leaf() gives None), -1 on an exception set. */
+static Py_ssize_t leaf_into(const unsigned char *s, Py_ssize_t n, const unsigned char *salt, Py_ssize_t saltlen,
+                            unsigned char **buf, Py_ssize_t *bufcap, long long *seq_out) {
+    Cur c = {s, n, 0};
     Py_ssize_t va[MAX_KEYS], vb[MAX_KEYS], cut = -1;
-    PyObject *result = NULL;
-    int ok = 1;
-    for (int k = 0; k < nkeys && ok; k++) {
-        if (c.i >= c.n || c.s[c.i] != (k == 0 ? '{' : ',')) { ok = 0; break; }
+    for (int k = 0; k < nkeys; k++) {
+        if (c.i >= c.n || c.s[c.i] != (k == 0 ? '{' : ',')) return 0;
         if (k == nkeys - 2) cut = c.i;
         c.i++;
         if (c.i + klens[k] + 3 > c.n || c.s[c.i] != '"' || memcmp(c.s + c.i + 1, keys[k], (size_t)klens[k]) != 0
-            || c.s[c.i + 1 + klens[k]] != '"' || c.s[c.i + 2 + klens[k]] != ':') { ok = 0; break; }
+            || c.s[c.i + 1 + klens[k]] != '"' || c.s[c.i + 2 + klens[k]] != ':') return 0;
         c.i += klens[k] + 3;
         va[k] = c.i;
         if (k >= nkeys - 2) {
-            if (chain_string(&c)) ok = 0;
+            if (chain_string(&c)) return 0;
         } else if (k == seq_key) {
             if (c.i < c.n && c.s[c.i] == '0') c.i++;
             else if (c.i < c.n && c.s[c.i] >= '1' && c.s[c.i] <= '9') digits(&c);
-            else ok = 0;
-            if (ok && c.i - va[k] > 18) ok = 0;  /* fits in a long long */
+            else return 0;
+            if (c.i - va[k] > 18) return 0;  /* fits in a long long */
         } else if (scan_value(&c, 0)) {
-            ok = 0;
+            return 0;
         }
         vb[k] = c.i;
     }
-    if (ok && c.i < c.n && c.s[c.i] == '}') c.i++; else ok = 0;
-    if (ok && c.i < c.n && c.s[c.i] == '\n') c.i++;
-    if (!ok || c.i != c.n) { Py_INCREF(Py_None); result = Py_None; goto done; }
+    if (c.i < c.n && c.s[c.i] == '}') c.i++; else return 0;
+    if (c.i < c.n && c.s[c.i] == '\n') c.i++;
+    if (c.i != c.n) return 0;
 
     /* leaf bytes: prefix + line[:cut] with content pieces + "}" */
     Py_ssize_t cap = leaf_prefix_len + cut + 2;
     for (int k = 0; k < nkeys; k++) if (content[k]) cap += 73;
-    unsigned char *buf = PyMem_Malloc((size_t)cap);
-    if (buf == NULL) { PyErr_NoMemory(); goto done; }
+    if (cap > *bufcap) {
+        unsigned char *bigger = PyMem_Realloc(*buf, (size_t)cap);
+        if (bigger == NULL) { PyErr_NoMemory(); return -1; }
+        *buf = bigger;
+        *bufcap = cap;
+    }
+    unsigned char *out = *buf;
     Py_ssize_t o = 0, pos = 0;
-    memcpy(buf, leaf_prefix, (size_t)leaf_prefix_len);
+    memcpy(out, leaf_prefix, (size_t)leaf_prefix_len);
     o = leaf_prefix_len;
     for (int k = 0; k < nkeys; k++) {
         if (!content[k]) continue;
@@ -213,14 +213,14 @@ static PyObject *leaf(PyObject *self, PyObject *args) {
         const unsigned char *v = c.s + a;
         Py_ssize_t len = b - a;
         if (len == 4 && memcmp(v, "null", 4) == 0) continue;
-        memcpy(buf + o, c.s + pos, (size_t)(a - pos));
+        memcpy(out + o, c.s + pos, (size_t)(a - pos));
         o += a - pos;
         pos = b;
         /* {"erased":"sha256:..."} exactly: its inner string as is */
         if (len >= 11 + 9 && memcmp(v, "{\"erased\":\"sha256:", 18) == 0 && v[len - 1] == '}') {
             Cur e = {v, len - 1, 10};
             if (scan_string(&e) == 0 && e.i == len - 1) {
-                memcpy(buf + o, v + 10, (size_t)(len - 11));
+                memcpy(out + o, v + 10, (size_t)(len - 11));
                 o += len - 11;
                 continue;
             }
@@ -229,36 +229,151 @@ static PyObject *leaf(PyObject *self, PyObject *args) {
         unsigned char md[32];
         SHA256_Init(&ctx);
         SHA256_Update(&ctx, content_prefix, (size_t)content_prefix_len);
-        SHA256_Update(&ctx, salt.buf, (size_t)salt.len);
+        SHA256_Update(&ctx, salt, (size_t)saltlen);
         SHA256_Update(&ctx, keys[k], (size_t)klens[k]);
         SHA256_Update(&ctx, "", 1);
         SHA256_Update(&ctx, v, (size_t)len);
         SHA256_Final(md, &ctx);
-        memcpy(buf + o, "\"sha256:", 8);
+        memcpy(out + o, "\"sha256:", 8);
         o += 8;
-        for (int j = 0; j < 32; j++) { buf[o++] = HEX[md[j] >> 4]; buf[o++] = HEX[md[j] & 15]; }
-        buf[o++] = '"';
+        for (int j = 0; j < 32; j++) { out[o++] = HEX[md[j] >> 4]; out[o++] = HEX[md[j] & 15]; }
+        out[o++] = '"';
     }
-    memcpy(buf + o, c.s + pos, (size_t)(cut - pos));
+    memcpy(out + o, c.s + pos, (size_t)(cut - pos));
     o += cut - pos;
-    buf[o++] = '}';
+    out[o++] = '}';
     long long seq = 0;
     for (Py_ssize_t j = va[seq_key]; j < vb[seq_key]; j++) seq = seq * 10 + (c.s[j] - '0');
-    if (want_bytes) {
-        result = Py_BuildValue("(Ly#)", seq, (const char *)buf, o);
-    } else {
-        SHA256_CTX ctx;
-        unsigned char md[32];
-        SHA256_Init(&ctx);
-        SHA256_Update(&ctx, "", 1);
-        SHA256_Update(&ctx, buf, (size_t)o);
-        SHA256_Final(md, &ctx);
-        result = Py_BuildValue("(Ly#)", seq, (const char *)md, (Py_ssize_t)32);
+    *seq_out = seq;
+    return o;
+}
+
+/* The leaf hash of the n leaf bytes at b: SHA-256(0x00 || b) (RFC 9162). */
+static void leaf_hash(const unsigned char *b, Py_ssize_t n, unsigned char md[32]) {
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, "", 1);
+    SHA256_Update(&ctx, b, (size_t)n);
+    SHA256_Final(md, &ctx);
+}
+
+static int configured(void) {
+    if (nkeys < 3 || seq_key < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "_leaf: configure() was not called");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *leaf(PyObject *self, PyObject *args) {
+    Py_buffer raw, salt;
+    int want_bytes = 0;
+    if (!configured()) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*|p", &raw, &salt, &want_bytes)) return NULL;
+    PyObject *result = NULL;
+    unsigned char *buf = NULL;
+    Py_ssize_t bufcap = 0;
+    long long seq = 0;
+    Py_ssize_t o = leaf_into(raw.buf, raw.len, salt.buf, salt.len, &buf, &bufcap, &seq);
+    if (o == 0) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    } else if (o > 0) {
+        if (want_bytes) {
+            result = Py_BuildValue("(Ly#)", seq, (const char *)buf, o);
+        } else {
+            unsigned char md[32];
+            leaf_hash(buf, o, md);
+            result = Py_BuildValue("(Ly#)", seq, (const char *)md, (Py_ssize_t)32);
+        }
     }
     PyMem_Free(buf);
-done:
     PyBuffer_Release(&raw);
     PyBuffer_Release(&salt);
+    return result;
+}
+
+/* extend(lines, salts, size, nodes) -> (entries, nodes) | None: a flush
+ * batch of exporter.transparency.tree.TreeFile.extend in one call. ``lines``
+ * is a list of n archive lines (bytes), ``salts`` their n salts of
+ * ``salt_len`` bytes end to end (configure()); ``size`` and ``nodes`` a
+ * merkle.Frontier. ``entries`` is salt_i || leaf hash_i for every line, end
+ * to end; ``nodes`` the frontier after appending the n leaf hashes by
+ * Frontier.extend's rule (merge equal subtrees: SHA-256(0x01 || left ||
+ * right), largest first). None where any line is not in the writer's shape
+ * (the caller then runs the per-record reference for the whole batch) or an
+ * argument is not what TreeFile passes: nothing is half done. */
+#define SALT_MAX 64
+static PyObject *extend(PyObject *self, PyObject *args) {
+    PyObject *lines, *nodes;
+    Py_buffer salts;
+    unsigned long long size;
+    if (!configured()) return NULL;
+    if (!PyArg_ParseTuple(args, "Oy*KO", &lines, &salts, &size, &nodes)) return NULL;
+    PyObject *result = NULL, *entries = NULL, *out = NULL;
+    unsigned char *buf = NULL;
+    Py_ssize_t bufcap = 0;
+    unsigned char stack[64][32];
+    if (!PyList_CheckExact(lines) || !PyList_CheckExact(nodes)) {
+        PyBuffer_Release(&salts);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(lines), sl = salts.len / (n ? n : 1), top = PyList_GET_SIZE(nodes);
+    int decline = n == 0 || sl <= 0 || sl > SALT_MAX || sl * n != salts.len || top > 64
+                  || top != __builtin_popcountll(size) || size > (1ULL << 62);
+    for (Py_ssize_t j = 0; j < top && !decline; j++) {
+        PyObject *h = PyList_GET_ITEM(nodes, j);
+        if (!PyBytes_CheckExact(h) || PyBytes_GET_SIZE(h) != 32) decline = 1;
+        else memcpy(stack[j], PyBytes_AS_STRING(h), 32);
+    }
+    if (decline) goto none;
+    entries = PyBytes_FromStringAndSize(NULL, n * (sl + 32));
+    if (entries == NULL) goto done;
+    unsigned char *e = (unsigned char *)PyBytes_AS_STRING(entries);
+    const unsigned char *salt = salts.buf;
+    for (Py_ssize_t i = 0; i < n; i++, salt += sl, e += sl + 32) {
+        PyObject *line = PyList_GET_ITEM(lines, i);
+        if (!PyBytes_CheckExact(line)) goto none;
+        long long seq;
+        Py_ssize_t o = leaf_into((const unsigned char *)PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line),
+                                 salt, sl, &buf, &bufcap, &seq);
+        if (o < 0) goto done;
+        if (o == 0) goto none;
+        memcpy(e, salt, (size_t)sl);
+        unsigned char h[32];
+        leaf_hash(buf, o, h);
+        memcpy(e + sl, h, 32);
+        for (unsigned long long m = size; m & 1; m >>= 1) {  /* as carrying in binary addition */
+            SHA256_CTX ctx;
+            SHA256_Init(&ctx);
+            SHA256_Update(&ctx, "\x01", 1);
+            SHA256_Update(&ctx, stack[--top], 32);
+            SHA256_Update(&ctx, h, 32);
+            SHA256_Final(h, &ctx);
+        }
+        memcpy(stack[top++], h, 32);
+        size++;
+    }
+    goto built;
+none:
+    Py_CLEAR(entries);
+    Py_INCREF(Py_None);
+    result = Py_None;
+    goto done;
+built:
+    out = PyList_New(top);
+    if (out == NULL) goto done;
+    for (Py_ssize_t j = 0; j < top; j++) {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)stack[j], 32);
+        if (h == NULL) goto done;
+        PyList_SET_ITEM(out, j, h);
+    }
+    result = PyTuple_Pack(2, entries, out);
+done:
+    Py_XDECREF(entries);
+    Py_XDECREF(out);
+    PyMem_Free(buf);
+    PyBuffer_Release(&salts);
     return result;
 }
 
@@ -558,6 +673,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"leaf", leaf, METH_VARARGS, "leaf(raw, salt, want_bytes=False) -> (seq, leaf hash or bytes) | None"},
+    {"extend", extend, METH_VARARGS, "extend(lines, salts, size, nodes) -> (salt+leaf entries, frontier nodes) | None"},
     {"configure", configure, METH_VARARGS, "configure(keys, is_content, leaf_prefix, content_prefix)"},
     {"canonical", canonical, METH_VARARGS, "canonical(raw) -> raw with every object's keys sorted | None"},
     {"seal", seal, METH_VARARGS, "seal(raw, label, key) -> (label + hex digest of canonical(raw), sealed line) | None"},

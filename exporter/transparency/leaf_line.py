@@ -181,6 +181,16 @@ def _c_writer_leaf(record: dict, line: bytes, salt: bytes) -> bytes | None:
     return None if r is None else r[1]
 
 
+def _c_writer_entries(lines: list[bytes], salts: bytes, size: int, nodes: list[bytes]):
+    """A flush batch's tree entries by one C call: ``(entries, nodes)``,
+    ``entries`` being salt_i + :func:`writer_leaf` of each line end to end
+    and ``nodes`` the :class:`~exporter.transparency.merkle.Frontier`
+    ``(size, nodes)`` after those leaves; None (then the per-record path
+    decides every entry) when a line is not in the writer's shape.
+    tests/test_tree_batch.py holds it equal to that path."""
+    return _C.extend(lines, salts, size, nodes)
+
+
 def _c_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
     r = _C.leaf(raw, salt)
     return r[0] if r is not None and r[1] == leaf else None
@@ -188,9 +198,10 @@ def _c_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
 
 def set_enabled(enabled: bool) -> None:
     """Use the C module (when built and current) or the pure-Python path."""
-    global _C, writer_leaf, verify_line, IMPLEMENTATION
+    global _C, writer_leaf, writer_entries, verify_line, IMPLEMENTATION
     _C = _load() if enabled else None
     writer_leaf = py_writer_leaf if _C is None else _c_writer_leaf
+    writer_entries = None if _C is None else _c_writer_entries
     verify_line = py_verify_line if _C is None else _c_verify_line
     IMPLEMENTATION = "python" if _C is None else "c"
     record.set_c_canonical(None if _C is None else _C.canonical, None if _C is None else _C.seal)
@@ -198,6 +209,7 @@ def set_enabled(enabled: bool) -> None:
 
 _C = None
 writer_leaf = py_writer_leaf
+writer_entries = None  # pure Python: TreeFile.extend's per-record loop is the path
 verify_line = py_verify_line
 IMPLEMENTATION = "python"
 set_enabled(True)

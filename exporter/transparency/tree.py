@@ -64,7 +64,8 @@ class TreeFile:
         self._durable = 0
         self._frontier = merkle.Frontier()
         self._committed: tuple[int, list[bytes]] = (0, [])
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] = []  # entries not yet written, in runs of one or more
+        self._npending = 0                # how many entries they hold
         # Salts: 16 bytes of the kernel's CSPRNG per record, drawn for a
         # batch of records in one call (``random(16 * n)``, cut in 16-byte
         # pieces). The pieces of one draw are as independent and as
@@ -99,6 +100,7 @@ class TreeFile:
             os.fsync(self._fd)
         self._durable = n
         self._pending.clear()
+        self._npending = 0
         frontier = None
         if saved and saved.get("size") == n:
             try:
@@ -122,14 +124,14 @@ class TreeFile:
             self.flush()
 
     # -- writing --------------------------------------------------------------
-    def _salts(self, n: int) -> list[bytes]:
+    def _salt_block(self, n: int) -> bytes:
+        """The next ``n`` salts, end to end."""
         pool, at = self._salt_pool, self._salt_at
         if len(pool) - at < n * SALT_BYTES:
             pool = pool[at:] + self._random(max(n, _SALT_BATCH) * SALT_BYTES)
             at = 0
-        out = [pool[i:i + SALT_BYTES] for i in range(at, at + n * SALT_BYTES, SALT_BYTES)]
         self._salt_pool, self._salt_at = pool, at + n * SALT_BYTES
-        return out
+        return pool[at:at + n * SALT_BYTES]
 
     def append(self, record: dict, line: bytes | None = None) -> None:
         """One sealed record (``line``: its archive line, if at hand)."""
@@ -138,14 +140,27 @@ class TreeFile:
     def extend(self, records: list[dict], lines: list[bytes] | None = None) -> None:
         """Entries for sealed ``records`` in order; ``lines``: their archive
         lines (bytes, as written), from which the leaf is computed without
-        re-encoding the record (:mod:`exporter.transparency.leaf_line`)."""
+        re-encoding the record (:mod:`exporter.transparency.leaf_line`).
+
+        With the C module the whole batch (leaves, entries, frontier) is one
+        call; where it declines, and in pure Python, the loop below (the
+        reference) decides each entry."""
         if not records:
             return
-        salts = self._salts(len(records))
-        entries = self._pending
-        leaves = []
+        salts = self._salt_block(len(records))
+        f = self._frontier
+        batch = leaf_line.writer_entries
+        if lines is not None and batch is not None:
+            done = batch(lines, salts, f.size, f.nodes)
+            if done is not None:
+                self._pending.append(done[0])
+                self._npending += len(records)
+                f.size += len(records)
+                f.nodes = done[1]
+                return
+        entries, leaves = [], []
         for i, record in enumerate(records):
-            salt = salts[i]
+            salt = salts[i * SALT_BYTES:(i + 1) * SALT_BYTES]
             leaf = leaf_line.writer_leaf(record, lines[i], salt) if lines is not None else None
             if leaf is None:
                 if record.get("unavailable") is True and len(record) == 2:
@@ -154,11 +169,13 @@ class TreeFile:
                     leaf = record_leaf(record, salt)
             entries.append(salt + leaf)
             leaves.append(leaf)
-        self._frontier.extend(leaves)
+        self._pending.extend(entries)
+        self._npending += len(records)
+        f.extend(leaves)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._npending
 
     def flush(self) -> None:
         """Write and fsync the pending entries (all or none: a failed write is cut off)."""
@@ -173,8 +190,9 @@ class TreeFile:
             except OSError:
                 pass
             raise
-        self._durable += len(self._pending)
+        self._durable += self._npending
         self._pending.clear()
+        self._npending = 0
         self._committed = (self._frontier.size, list(self._frontier.nodes))
 
     def state(self) -> dict:
@@ -188,6 +206,7 @@ class TreeFile:
 
     def abandon(self) -> None:
         self._pending.clear()
+        self._npending = 0
         self._frontier = merkle.Frontier(*self._committed)
         self.close()
 
