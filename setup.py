@@ -25,7 +25,9 @@ DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in PARTS)).hexdigest()
 
 # The transparency log's leaf from an archive line (exporter/transparency/
 # _leaf.c, OpenSSL's SHA-256; leaf_line.py is its pure-Python reference).
-LEAF_DIGEST = hashlib.sha256((HERE / "exporter" / "transparency" / "_leaf.c").read_bytes()).hexdigest()
+# One translation unit in parts, as _scan (leaf_line.py hashes the same).
+LEAF_PARTS = sorted((HERE / "exporter" / "transparency").glob("_leaf*.[ch]"), key=lambda p: p.name)
+LEAF_DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in LEAF_PARTS)).hexdigest()
 
 # The tailer's bulk line cutting (exporter/tail/_cut.c; LineCutter._py_bulk in
 # exporter/tail/lines.py is its pure-Python reference).
@@ -43,6 +45,7 @@ setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"],
                              depends=[str(p.relative_to(HERE)) for p in PARTS if p.suffix == ".h"],
                              extra_compile_args=["-O2"], define_macros=[("SCAN_SOURCE_SHA256", f'"{DIGEST}"')]),
                    Extension("exporter.transparency._leaf", ["exporter/transparency/_leaf.c"], optional=True,
+                             depends=[str(p.relative_to(HERE)) for p in LEAF_PARTS if p.suffix == ".h"],
                              libraries=["crypto"], extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
                              define_macros=[("LEAF_SOURCE_SHA256", f'"{LEAF_DIGEST}"')]),
                    Extension("exporter.tail._cut", ["exporter/tail/_cut.c"], optional=True,

@@ -157,8 +157,13 @@ def py_verify_line(raw: bytes, salt: bytes, leaf: bytes) -> int | None:
 ENV = accel.ENV  # "1" forces the pure-Python path (exporter.accel)
 
 
+def _parts() -> list[Path]:
+    """_leaf.c and its _leaf_*.h parts in name order, as setup.py hashes them."""
+    return sorted(Path(__file__).parent.glob("_leaf*.[ch]"), key=lambda p: p.name)
+
+
 def _load():
-    _leaf = accel.load("exporter.transparency._leaf", [Path(__file__).with_name("_leaf.c")])
+    _leaf = accel.load("exporter.transparency._leaf", _parts())
     if _leaf is None:
         return None
     _leaf.configure(tuple(k.encode() for k in KEYS), tuple(k in CONTENT_FIELDS for k in KEYS),
