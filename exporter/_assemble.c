@@ -249,6 +249,7 @@ static PyObject *build_impl(PyObject *e, PyObject *instance, PyObject *ctx_model
             ch[i].text = o;
             ch[i].finish = last_finish;
             ch[i].ids = Py_None;
+            REQUIRE(NONE_OR(o, is_str));  /* before reading it as a str: anything else is Python's */
             if (o != Py_None && PyUnicode_GET_LENGTH(o) > 0)
                 REQUIRE(PyUnicode_READ_CHAR(o, 0) != '<');  /* maybe vLLM's placeholder: Python reads it */
         }

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from entry_strategies import CONTEXT, ENTRY
 from exporter import assemble, pipeline
 from exporter.assemble import AssembleContext, py_build_record
 from exporter.cli import main
 from hyp import examples
-from test_assemble_differential import CONTEXT, ENTRY
 
 pytestmark = pytest.mark.skipif(assemble._C is None, reason="exporter/_assemble.c not built (or stale)")
 
