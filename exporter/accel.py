@@ -1,9 +1,10 @@
 """The rules every optional C accelerator is loaded by.
 
-Four extensions (``exporter/parse/_scan.c``, ``exporter/tail/_cut.c``,
-``exporter/transparency/_leaf.c``, ``exporter/_assemble.c``) are built by ``pip install`` where a
+Five extensions (``exporter/parse/_scan.c``, ``exporter/tail/_cut.c``,
+``exporter/transparency/_leaf.c``, ``exporter/_assemble.c``,
+``exporter/_observe.c``) are built by ``pip install`` where a
 compiler exists; each has a pure-Python reference beside it that runs when
-the module is missing, out of date, or switched off. The two rules they
+the module is missing, out of date, or switched off. The rules they
 share live here, once:
 
 * ``VLLM_AUDIT_PURE_PYTHON=1`` (anything but empty or ``0``) forces every
@@ -12,7 +13,9 @@ share live here, once:
 * a checkout never runs a module built from another version of its source:
   setup.py compiles the SHA-256 of the source files, joined in name order,
   into the module as ``SOURCE_SHA256``. An installed package may ship no
-  source; then nothing is compared.
+  source; then nothing is compared;
+* a module whose C path is one global ``_C`` (None: pure Python) gets its
+  ``set_enabled`` from :func:`switch`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ENV = "VLLM_AUDIT_PURE_PYTHON"
@@ -52,3 +55,16 @@ def load(name: str, sources: Sequence[Path]):
     except ImportError:
         return None
     return None if stale(module, sources) else module
+
+
+def switch(namespace: dict, loader: Callable[[], object]) -> Callable[[bool], None]:
+    """The ``set_enabled(enabled)`` of the module whose ``globals()`` is
+    ``namespace``: it sets ``_C`` to ``loader()`` (the configured extension,
+    or None) or to None, and ``IMPLEMENTATION`` to ``"c"`` or ``"python"``
+    (what ``vllm_audit_accelerator_info`` reports)."""
+    def set_enabled(enabled: bool) -> None:
+        """Use the C module (when built and current) or the pure-Python path."""
+        module = loader() if enabled else None
+        namespace["_C"] = module
+        namespace["IMPLEMENTATION"] = "python" if module is None else "c"
+    return set_enabled

@@ -519,15 +519,9 @@ def _load():
     return module
 
 
-def set_enabled(enabled: bool) -> None:
-    """Use the C observe (when built and current) or the pure-Python one."""
-    global _C, IMPLEMENTATION
-    _C = _load() if enabled else None
-    IMPLEMENTATION = "python" if _C is None else "c"
-
-
 _C = None
 IMPLEMENTATION = "python"
+set_enabled = accel.switch(globals(), _load)
 set_enabled(True)
 
 

@@ -376,13 +376,7 @@ def _load():
     return _cut
 
 
-def set_enabled(enabled: bool) -> None:
-    """Cut in bulk with the C module (when built and current) or in pure Python."""
-    global _C, IMPLEMENTATION
-    _C = _load() if enabled else None
-    IMPLEMENTATION = "python" if _C is None else "c"
-
-
 _C = None
 IMPLEMENTATION = "python"
+set_enabled = accel.switch(globals(), _load)
 set_enabled(True)
