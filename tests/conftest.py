@@ -10,11 +10,17 @@ not part of CI's pass/fail, its failures are turned into ``@example``
 regression cases.
 
 It also installs :mod:`reaper`: an interrupted run (SIGTERM, ^C) stops the
-servers the live tests started instead of leaving them running.
+servers the live tests started instead of leaving them running. And it
+builds, once per session, the 2 MB real-format log the C stages'
+differentials replay (``big_debug_log``).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
 from hypothesis import settings
 
 import reaper
@@ -30,3 +36,16 @@ settings.load_profile(PROFILE)
 
 def pytest_configure(config):
     reaper.install()
+
+
+@pytest.fixture(scope="session")
+def big_debug_log(tmp_path_factory):
+    """2 MB of vLLM 0.32 DEBUG log made from the real capture
+    (bench/make_big_log.py, 500 users, seed 1): big enough to meet every
+    record shape many times, built once per session on any clone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import make_big_log
+
+    out = tmp_path_factory.mktemp("big") / "big.log"
+    make_big_log.make(out, capture="debug", size=2_000_000, users=500, seed=1)
+    return out

@@ -10,9 +10,6 @@ replays (the demo capture, and 2 MB made from the real DEBUG capture)."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,23 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entry_strategies import CONTEXT, ENTRY
-from exporter import accel, assemble, pipeline
+from exporter import assemble, pipeline
 from exporter.assemble import AssembleContext, py_build_record
 from exporter.record import ENGINE_FIELDS
 from exporter.cli import main
+from cbuild import needs_c
 from hyp import examples
 
-HAVE_CC = any(shutil.which(cc) for cc in (os.environ.get("CC") or "cc", "gcc", "cc"))
-# Where a compiler exists the module must be built and current (a missing or
-# stale one fails test_extension_is_built_where_a_compiler_exists, it is not
-# skipped); only VLLM_AUDIT_PURE_PYTHON=1 or no compiler leaves Python alone.
-pytestmark = pytest.mark.skipif(assemble._C is None and (not HAVE_CC or accel.forced_off()),
-                                reason="no C compiler (or VLLM_AUDIT_PURE_PYTHON=1): only the Python path runs")
-
-
-def test_extension_is_built_where_a_compiler_exists():
-    assert assemble._C is not None and assemble.IMPLEMENTATION == "c", \
-        "a C compiler exists but exporter._assemble is missing or stale: python setup.py build_ext --inplace"
+pytestmark = needs_c(assemble._C is not None)  # built where a compiler exists: tests/test_cbuild.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,18 +128,9 @@ def _copy(x):
     return x
 
 
-def _big_log(tmp_path: Path) -> Path:
-    """2 MB made from the real DEBUG capture (bench/make_big_log.py): 500 users."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    import make_big_log
-    out = tmp_path / "big.log"
-    make_big_log.make(out, capture="debug", size=2_000_000, users=500, seed=1)
-    return out
-
-
 @pytest.mark.parametrize("which", ["demo_capture", "big"])
-def test_replayed_entries(tmp_path, monkeypatch, which, capsys):
-    log = ROOT / "exporter" / "demo_capture" / "vllm.log" if which == "demo_capture" else _big_log(tmp_path)
+def test_replayed_entries(tmp_path, monkeypatch, which, capsys, big_debug_log):
+    log = ROOT / "exporter" / "demo_capture" / "vllm.log" if which == "demo_capture" else big_debug_log
     entries = _replayed_entries(tmp_path, monkeypatch, log)
     answered = sum(same(e, ctx, seen) for e, ctx, seen in entries if e.get("mw") is None)
     assert entries and answered >= len(entries) // 2  # the fast path is taken, not declined throughout

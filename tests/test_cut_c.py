@@ -8,7 +8,8 @@ same as line by line: tests/test_tail_bulk.py, which runs with the C step
 wherever it is built).
 
 Where a C compiler exists the extension must have been built (``pip install
--e .`` builds it): a missing or stale one fails here, it is not skipped.
+-e .`` builds it): a missing or stale one fails tests/test_cbuild.py, it is
+not skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from cbuild import needs_c
 from hyp import examples
 from test_tail_bulk import PIECES, cut_all, stream, tail_file
 
@@ -31,7 +32,6 @@ from exporter.tail import FileTailer, lines
 from exporter.tail.lines import Line, LineCutter, TailStats, _Chunk
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_CC = any(shutil.which(cc) for cc in (os.environ.get("CC") or "cc", "gcc", "cc"))
 FUZZ = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Bytes a bulk run may hold: anything but NUL (the line-by-line path's).
 NO_NUL = [p for p in PIECES if b"\0" not in p] + ["\u00e9\u4e2d\U0001f600".encode(), b"\xed\xa0\x80",
@@ -47,7 +47,7 @@ def _module():
 
 
 _cut = _module()
-need_c = pytest.mark.skipif(_cut is None and not HAVE_CC, reason="no C compiler: only the Python path exists")
+need_c = needs_c(_cut is not None)  # built where a compiler exists: tests/test_cbuild.py
 
 
 def c_module():
@@ -226,16 +226,6 @@ def test_bad_arguments_are_refused():
     mod.configure(Line, _Chunk)
     mod.cut(memoryview(b"xa\nb\n")[1:], 0, 4, -1, 0, chunk, out)  # any buffer
     assert [ln.text for ln in out] == ["a", "b"]
-
-
-def test_extension_is_built_where_a_compiler_exists():
-    if HAVE_CC:
-        assert _cut is not None, "a C compiler exists but exporter.tail._cut was not built"
-        forced = os.environ.get(lines.ENV, "") not in ("", "0")
-        assert lines.IMPLEMENTATION == ("python" if forced else "c"), \
-            "exporter.tail._cut was built from an older _cut.c: rebuild it (python setup.py build_ext --inplace)"
-    else:
-        assert lines.IMPLEMENTATION == "python"
 
 
 def test_env_switch_forces_pure_python():

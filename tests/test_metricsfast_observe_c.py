@@ -19,13 +19,13 @@ from exporter import metrics
 from exporter.labels import ServedModels, UserLabels
 from exporter.metrics import RequestMetrics
 
+from cbuild import needs_c
 from tests.real_captures import replay
 
-BIG = "/tmp/big8.log"
 FIXTURE_LOGS = [str(Path(__file__).parent / "fixtures" / "vllm-0.32.0" / d / "vllm.log")
                 for d in ("debug", "engine", "middleware")]
 
-pytestmark = pytest.mark.skipif(metrics._C is None, reason="exporter._observe not built (or stale)")
+pytestmark = needs_c(metrics._C is not None)  # built where a compiler exists: tests/test_cbuild.py
 
 
 class PyMetrics(RequestMetrics):
@@ -122,13 +122,11 @@ def test_c_observe_counts_and_declines_when_locked():
     _same(*pair)
 
 
-@pytest.mark.parametrize("log", [pytest.param(BIG, id="big8"), *FIXTURE_LOGS])
-def test_replay_records_match(tmp_path, log):
-    """The records of a real replay (the 8 MiB bench log when present, the
-    fixtures' captured logs), through both, as the pipeline passes them."""
-    if not Path(log).exists():
-        pytest.skip(f"{log} absent")
-    recs = replay(tmp_path, [log])
+@pytest.mark.parametrize("log", ["big", *FIXTURE_LOGS])
+def test_replay_records_match(tmp_path, log, big_debug_log):
+    """The records of a real replay (2 MB made from the real DEBUG capture,
+    the fixtures' captured logs), through both, as the pipeline passes them."""
+    recs = replay(tmp_path, [str(big_debug_log if log == "big" else log)])
     assert recs
     for with_user in (True, False):
         pair = _pair(with_user, 100, 500, 2048)
@@ -150,3 +148,102 @@ def test_accelerator_info_names_the_metrics_stage():
     finally:
         metrics.set_enabled(True)
     assert metrics.IMPLEMENTATION == "c"
+
+
+# -- every field the C observe reads, set to each odd value (deterministic) ---
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Dict(dict):
+    pass
+
+
+_MISSING = object()  # the field removed
+ODD_VALUES = [_MISSING, None, "", "\ud800", 0, -1, 2**100, 2**63, -2**63, 1.5, -0.0, math.nan, math.inf, -math.inf,
+              True, False, [], {}, (1,), b"x", _Str("tiny"), _Str(""), _Int(3), _Dict(invalid_reason="expired"),
+              [None], ["pii", None], "completed", "rejected", "tiny", "stop", "pii"]
+
+
+def _base_record():
+    return {"model": "tiny", "user": "alice", "endpoint": "chat", "status": "completed", "finish_reason": "stop",
+            "identity_source": "header", "prompt_tokens": 3000, "completion_tokens": 5, "latency_seconds": 0.2,
+            "ttft_seconds": 0.01, "empty_response": False, "flags": ["pii", "oversized", "pii"],
+            "identity": {"invalid_reason": "expired"},
+            "engine": {"share_seconds": 0.1, "devices": 2, "queue_seconds": 0.01, "prefill_seconds": 0.02,
+                       "decode_seconds": 0.3}}
+
+
+# (field, nested key or index): every value the C observe reads (and the
+# engine's, which its callback reads)
+_PATHS = [(k, None) for k in _base_record()] + [
+    ("identity", "invalid_reason"), ("flags", 0), ("flags", 1),
+    *(("engine", k) for k in ("share_seconds", "devices", "queue_seconds", "prefill_seconds", "decode_seconds"))]
+
+
+def _with(rec, path, value):
+    field, sub = path
+    target, key = (rec, field) if sub is None else (rec[field], sub)
+    if value is _MISSING:
+        if isinstance(target, list):
+            del target[key]
+        else:
+            target.pop(key, None)
+    else:
+        target[key] = value
+    return rec
+
+
+def _observe_both(pair, rec):
+    """rec through the C observe (then Python if it declined) and through
+    py_observe alone: the same exception (or none) from both. True when
+    the C path counted it."""
+    (m, _), (p, _) = pair
+    outcome = []
+    counted = False
+    for store, fast in ((m, True), (p, False)):
+        try:
+            if fast:
+                got = metrics._C.observe(store._state, rec)
+                assert got in (True, None)
+                counted = got is True
+                if got is None:
+                    store.py_observe(rec)
+            else:
+                store.py_observe(rec)
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(type(exc))
+    assert outcome[0] == outcome[1], rec
+    return counted
+
+
+@pytest.mark.parametrize("with_user,served,max_users", [(True, None, 500), (False, "tiny", 500), (True, "tiny", 0),
+                                                        (True, "learned", 2)])
+def test_c_observe_every_field_odd(with_user, served, max_users):
+    """Each field (and nested field) of a realistic record set to each odd
+    value, through a store already holding the record's labels: the process
+    survives, and the exposition is byte-identical to the Python path's."""
+    counted = 0
+    for path in _PATHS:
+        for value in ODD_VALUES:
+            pair = _pair(with_user, 100, max_users, 2048)
+            s = None if served is None else ServedModels("tiny" if served == "tiny" else None)
+            if served == "learned":
+                s.learn("vllm", ["big", "tiny"])
+            for m, _ in pair:
+                m.served = s
+            base = _base_record()
+            _observe_both(pair, base)  # memoises the base record's labels
+            rec = _with(_base_record(), path, value)
+            for _ in range(3):  # the first may memoise new labels: then the C path counts
+                counted += _observe_both(pair, rec)
+            # and the record is unchanged by either
+            assert repr(rec) == repr(_with(_base_record(), path, value))
+            _same(*pair)
+    assert counted  # the C path counted, not only declined

@@ -19,12 +19,13 @@ from collections import OrderedDict
 
 import pytest
 
+import cbuild
 from exporter import events as ev
 from exporter.correlate import Correlator
 from exporter.parse import fast, messages
 
 _scan = fast.load()
-needs_c = pytest.mark.skipif(_scan is None, reason="the C accelerator is not built")
+needs_c = cbuild.needs_c(_scan is not None)  # built where a compiler exists: tests/test_cbuild.py
 
 HEAD = "(APIServer pid=9141) INFO 11-22 02:27:{sec:02d} [{file}:{line}] "
 LINES = [

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from cbuild import HAVE_CC
 from hyp import examples
 
 from exporter.events import Event
@@ -35,7 +35,6 @@ REAL_LOGS = sorted(FIXTURES.glob("vllm-*/*/vllm.log")) + sorted((FIXTURES / "for
 # invalid UTF-8 replaced; RAW_LINES keep their "\r" (parse_line's input too).
 RAW_LINES = [line for path in REAL_LOGS for line in path.read_bytes().decode("utf-8", "replace").split("\n")]
 REAL_LINES = [line.rstrip("\r") for line in RAW_LINES]
-HAVE_CC = any(shutil.which(cc) for cc in (os.environ.get("CC") or "cc", "gcc", "cc"))
 FUZZ = settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -96,15 +95,6 @@ def same(text: str) -> bool:
         assert list(got.data) == list(want.data), text
     assert repr(with_c(text)) == repr(want), text
     return True
-
-
-def test_extension_is_built_where_a_compiler_exists():
-    if HAVE_CC:
-        assert _scan_mod is not None, "a C compiler exists but exporter.parse._scan was not built"
-        assert not fast.stale(_scan_mod), "exporter.parse._scan was built from an older _scan.c: rebuild it"
-        assert fast.IMPLEMENTATION == ("python" if os.environ.get(fast.ENV, "") not in ("", "0") else "c")
-    else:
-        assert fast.IMPLEMENTATION == "python"
 
 
 def test_env_switch_forces_pure_python():
