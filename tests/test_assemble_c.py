@@ -23,6 +23,7 @@ from exporter.record import ENGINE_FIELDS
 from exporter.cli import main
 from cbuild import needs_c
 from hyp import examples
+from leakcheck import assert_no_leaks
 
 pytestmark = needs_c(assemble._C is not None)  # built where a compiler exists: tests/test_cbuild.py
 
@@ -218,3 +219,23 @@ def test_every_field_read_holds_every_odd_value(base):
             for ctx in ctxs:
                 same(e, ctx, False)
 
+
+
+def test_no_reference_or_memory_leaks():
+    """Built records, declines and raised errors alike: a reference leaked per
+    record would grow without bound in a sidecar that runs for months."""
+    ctxs = [AssembleContext(), AssembleContext("served", "i-1", 4, 2)]
+    entries = [base for base in (_BASE, _STREAMED)]
+    entries += [_set(_BASE, path, odd) for path in list(_paths(_BASE))[1:] for odd in (None, 2**100, "\ud800", [])]
+    assert any(_c(e, ctxs[0], False) is not None for e in entries)
+
+    def run():
+        for e in entries:
+            for ctx in ctxs:
+                try:
+                    _c(e, ctx, False)
+                except Exception:  # noqa: BLE001 - the raising paths must not leak either
+                    pass
+
+    assert_no_leaks(run, (None, True, False, "model", "user", "stop", "chat", "k", "chatcmpl-k", "served"),
+                    repeats=20)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hyp import examples
+from leakcheck import assert_no_leaks
 
 from exporter import events as ev
 from exporter.parse.body_line import body_event
@@ -157,10 +158,6 @@ def test_hostile_body_lines_through_scan(text):
 
 def test_no_reference_or_memory_leaks():
     """Answers, dropped fields and declines alike: nothing may grow per body."""
-    import gc
-    import sys
-    import tracemalloc
-
     texts = ['{"messages":[],"model":"tiny","max_tokens":16,"temperature":0.0,"user":"u1","stream":false}',
              '{"model":5,"stream":"x","n":0,"temperature":-1,"max_tokens":1.5,"response_format":{"type":"json_object"}}',
              '{"text":{"format":{"type":3}},"temperature":1e400,"max_completion_tokens":' + "9" * 30 + "}",
@@ -175,17 +172,4 @@ def test_no_reference_or_memory_leaks():
         for line in lines:
             c_result(line)
 
-    run()
-    gc.collect()
-    refs = [sys.getrefcount(x) for x in watched]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(200):
-            run()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert [sys.getrefcount(x) for x in watched] == refs
-    assert grown < 64 * 1024, grown
+    assert_no_leaks(run, watched, repeats=20)

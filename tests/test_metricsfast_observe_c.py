@@ -20,6 +20,7 @@ from exporter.labels import ServedModels, UserLabels
 from exporter.metrics import RequestMetrics
 
 from cbuild import needs_c
+from leakcheck import assert_no_leaks
 from tests.real_captures import replay
 
 FIXTURE_LOGS = [str(Path(__file__).parent / "fixtures" / "vllm-0.32.0" / d / "vllm.log")
@@ -247,3 +248,30 @@ def test_c_observe_every_field_odd(with_user, served, max_users):
             assert repr(rec) == repr(_with(_base_record(), path, value))
             _same(*pair)
     assert counted  # the C path counted, not only declined
+
+
+def test_no_reference_or_memory_leaks():
+    """Counted, declined and raising records alike, into a store that already
+    holds their labels: nothing may grow per record."""
+    (m, _), _plain = _pair(True, 100, 500, 2048)
+    m.served = ServedModels("tiny")
+    recs = [_base_record()] + [_with(_base_record(), path, value) for path in _PATHS
+                               for value in (_MISSING, None, 2**100, "\ud800", math.nan, [], _Str("tiny"))]
+
+    def run():
+        counted = 0
+        for r in recs:
+            try:
+                if metrics._C.observe(m._state, r) is None:
+                    m.py_observe(r)  # declined: Python counts it (and memoises its labels)
+                else:
+                    counted += 1
+            except Exception:  # noqa: BLE001 - the raising paths must not leak either
+                pass
+        return counted
+
+    run()
+    assert run()  # the C path counts, not only declines
+
+    assert_no_leaks(run, (None, True, False, "tiny", "alice", "chat", "completed", "stop", "header", "pii"),
+                    repeats=20)

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from cbuild import HAVE_CC
 from hyp import examples
+from leakcheck import assert_no_leaks
 
 from exporter.events import Event
 from exporter.parse import fast, messages
@@ -295,9 +296,6 @@ def test_parser_info_metric_names_the_active_path():
 def test_no_reference_or_memory_leaks():
     """A C extension that leaks a reference per line would grow without bound
     in a sidecar that runs for months: none may (answers and declines alike)."""
-    import gc
-    import tracemalloc
-
     from exporter import events as ev
 
     lines = REAL_LINES + RAW_LINES + [line[: len(line) // 2] for line in REAL_LINES]
@@ -308,20 +306,7 @@ def test_no_reference_or_memory_leaks():
         for line in lines:
             c_result(line)
 
-    run()
-    gc.collect()
-    refs = [sys.getrefcount(x) for x in watched]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(3):
-            run()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert [sys.getrefcount(x) for x in watched] == refs
-    assert grown < 64 * 1024, grown
+    assert_no_leaks(run, watched, repeats=3)
 
 
 @FUZZ
