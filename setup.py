@@ -35,7 +35,9 @@ CUT_DIGEST = hashlib.sha256((HERE / "exporter" / "tail" / "_cut.c").read_bytes()
 
 # build_record's log-only case (exporter/_assemble.c; exporter/assemble.py's
 # build_record is its pure-Python reference).
-ASSEMBLE_DIGEST = hashlib.sha256((HERE / "exporter" / "_assemble.c").read_bytes()).hexdigest()
+# One translation unit in parts, as _scan (assemble.py hashes the same).
+ASSEMBLE_PARTS = sorted((HERE / "exporter").glob("_assemble*.[ch]"), key=lambda p: p.name)
+ASSEMBLE_DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in ASSEMBLE_PARTS)).hexdigest()
 
 # RequestMetrics.observe's common case (exporter/_observe.c; the Python
 # observe in exporter/metrics.py is its reference).
@@ -51,6 +53,7 @@ setup(ext_modules=[Extension("exporter.parse._scan", ["exporter/parse/_scan.c"],
                    Extension("exporter.tail._cut", ["exporter/tail/_cut.c"], optional=True,
                              extra_compile_args=["-O2"], define_macros=[("CUT_SOURCE_SHA256", f'"{CUT_DIGEST}"')]),
                    Extension("exporter._assemble", ["exporter/_assemble.c"], optional=True,
+                             depends=[str(p.relative_to(HERE)) for p in ASSEMBLE_PARTS if p.suffix == ".h"],
                              extra_compile_args=["-O2"],
                              define_macros=[("ASSEMBLE_SOURCE_SHA256", f'"{ASSEMBLE_DIGEST}"')]),
                    Extension("exporter._observe", ["exporter/_observe.c"], optional=True,

@@ -373,8 +373,13 @@ def json_text(value) -> str | None:
 
 # -- the C accelerator (exporter/_assemble.c): build_record without the
 # middleware, declining (None) whatever it is not sure of -------------------
+def _parts() -> list[Path]:
+    """_assemble.c and its _assemble_*.h parts in name order, as setup.py hashes them."""
+    return sorted(Path(__file__).parent.glob("_assemble*.[ch]"), key=lambda p: p.name)
+
+
 def _load():
-    mod = accel.load("exporter._assemble", [Path(__file__).with_name("_assemble.c")])
+    mod = accel.load("exporter._assemble", _parts())
     if mod is not None:
         mod.configure(_BLANK_RECORD, format_ts, ENDPOINT_BY_PREFIX, ENGINE_FIELDS)
     return mod
