@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +24,7 @@ from leakcheck import assert_no_leaks
 from exporter import events as ev
 from exporter.parse.body_line import body_event
 from exporter.parse.untrusted import _BODY_CHECKS
-from test_scan_differential import RL, _scan_mod, c_result, same
+from test_scan_differential import RL, _scan_mod, c_result, reference, same, with_c
 
 FIELDS = tuple(name for name, _check, _label in _BODY_CHECKS) + ("n",)
 OTHER_KEYS = ("response_format", "text", "messages", "prompt", "stream_options", "x", "mod\ud800el", "\u4f60")
@@ -173,3 +175,105 @@ def test_no_reference_or_memory_leaks():
             c_result(line)
 
     assert_no_leaks(run, watched, repeats=20)
+
+
+# -- every field body_data reads, swept with each odd value -----------------
+# Deterministic: the same bodies every run (the style of
+# test_assemble_c.py::test_every_field_read_holds_every_odd_value, which
+# caught a crash hypothesis found one run in three). Two bodies of the shape
+# clients send: Open WebUI's /v1/chat/completions and a Responses API one
+# (text.format). Every path of each (the top-level members, one level and
+# two into response_format, text.format, messages) is set to each odd value
+# or removed, written with ensure_ascii both ways, and body_data and the
+# whole line through scan() must agree with body_event.
+_CHAT = {"model": "llama-3.1-8b-instruct",
+         "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                      {"role": "user", "content": "Summarise this.\u4f60"}],
+         "stream": True, "max_tokens": 512, "max_completion_tokens": 512, "temperature": 0.7, "top_p": 0.9,
+         "n": 1, "user": "user-123", "response_format": {"type": "json_object"}, "stop": ["\n\n"], "seed": 42,
+         "stream_options": {"include_usage": True}}
+_RESPONSES = {"model": "tiny", "input": "hi", "max_output_tokens": 64, "user": "u",
+              "text": {"format": {"type": "json_schema", "name": "x"}}, "stream": False, "temperature": 0,
+              "response_format": None}  # None: text.format is read
+_ABSENT = object()
+
+
+def _nested(depth: int) -> list:
+    x: list = []
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+# _scan_body.h's BODY_MAX_DEPTH is 100: a value nested 99 deep is kept, 101 declines
+_ODD = [_ABSENT, None, "", "\ud800", "a\udfffb", "\u4f60", "\U0001f600", "x" * 10000, 0, 1, -1, 2**63, 2**64,
+        -2**63 - 1, 2**100, -2**100, 10**400, math.inf, -math.inf, math.nan, -0.0, 0.0, 1.5, 1e-300, True, False,
+        [], [None], ["a", 1], {}, {"type": 3}, {"type": None}, {"type": "\ud800"}, {"type": "text"},
+        {"format": {"type": "text"}}, {"format": None}, _nested(98), _nested(101), _nested(400)]
+
+
+def _paths(x, prefix=()):
+    yield prefix
+    if type(x) is dict:
+        for k in x:
+            yield from _paths(x[k], prefix + (k,))
+    elif type(x) is list:
+        for i, v in enumerate(x):
+            yield from _paths(v, prefix + (i,))
+
+
+def _set(x, path, value):
+    """x with path set to value (_ABSENT: removed), x itself untouched."""
+    head, rest = path[0], path[1:]
+    y = dict(x) if type(x) is dict else list(x)
+    if rest:
+        y[head] = _set(x[head], rest, value)
+    elif value is _ABSENT:
+        del y[head]
+    else:
+        y[head] = value
+    return y
+
+
+def _read_keys() -> list[str]:
+    """The top-level names _scan_body.h projects (BODY_KEYS): all swept."""
+    src = (Path(__file__).resolve().parents[1] / "exporter/parse/_scan_body.h").read_text()
+    table = re.search(r"BODY_KEYS\[\]\s*=\s*\{(.*?)\};", src, re.S).group(1)
+    return re.findall(r'"([^"]+)"', table)
+
+
+def _line_agrees(text: str) -> None:
+    """same() on the body's log line; when scan() raises it is body_event's
+    own error through the callback (a decline goes to Python, which raises
+    the same: temperature 10**400, math.isfinite's OverflowError in
+    untrusted._Checker.number), and parse_line makes both paths the same
+    Ignored."""
+    line = RL + "Request chatcmpl-1 JSON body: " + text
+    try:
+        same(line)
+    except AssertionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - which error is the reference's question
+        with pytest.raises(type(e)):
+            body_event(text, 0, "r", None)
+        assert repr(with_c(line)) == repr(reference(line)), text
+
+
+def test_the_sweep_covers_every_member_read():
+    assert set(_CHAT) | set(_RESPONSES) >= set(_read_keys()), "a member body_data reads is not swept"
+
+
+@pytest.mark.parametrize("base", [_CHAT, _RESPONSES], ids=["chat", "responses"])
+def test_every_field_read_holds_every_odd_value(base):
+    paths = [p for p in _paths(base) if 0 < len(p) <= 3]
+    for ascii_ in (True, False):
+        assert check(json.dumps(base, ensure_ascii=ascii_)), "the base body itself takes the C path"
+    answered = 0
+    for path in paths:
+        for odd in _ODD:
+            body = _set(base, path, odd)
+            for ascii_ in (True, False):
+                text = json.dumps(body, ensure_ascii=ascii_)
+                answered += check(text)
+                _line_agrees(text)
+    assert answered > len(paths) * len(_ODD)  # most answered in C: not a vacuous pass
