@@ -103,7 +103,9 @@ def test_rendered_line_parses_into_an_engine_event():
 
 @pytest.mark.parametrize("field,bad", [("share_seconds", "0.2"), ("queue_seconds", -1.0),
                                        ("cached_tokens", 1.5), ("devices", 0), ("preemptions", True),
-                                       ("decode_seconds", float("nan"))])
+                                       ("decode_seconds", float("nan")),
+                                       ("share_seconds", 10 ** 400)],  # beyond any float: not an OverflowError
+                         ids=lambda v: v if isinstance(v, str) else type(v).__name__ + ("-huge" if v == 10 ** 400 else ""))
 def test_a_field_of_the_wrong_type_is_dropped_and_counted(field, bad):
     obj = render(item())
     obj[field] = bad

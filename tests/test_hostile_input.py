@@ -24,7 +24,7 @@ from test_middleware import MemorySink
 
 from exporter import checkpoint
 from exporter.assemble import AssembleContext, build_record
-from exporter.cli import make_parser
+from exporter.cli import main, make_parser
 from exporter.replay import replay_into
 from exporter.correlate import Correlator
 from exporter.events import Event
@@ -160,6 +160,36 @@ def test_replay_survives_a_model_object_and_a_surrogate_and_keeps_going(tmp_path
     text = rt.registry and __import__("prometheus_client").generate_latest(rt.registry).decode()
     assert 'vllm_audit_parse_errors_total{reason="middleware_invalid_field"} 1.0' in text
     assert 'vllm_audit_parse_errors_total{reason="unencodable_text"} 1.0' in text
+
+
+def test_a_number_beyond_any_float_in_a_client_body_is_recorded_not_erased(tmp_path, capsys):
+    """A client's ``max_tokens`` / ``temperature`` of 401 digits once made the
+    parser raise (OverflowError in math.isfinite) and drop the whole
+    middleware line: the request left no record at all. Now it is one
+    record, the unusable value null and flagged; the archive verifies."""
+    huge = b"1" + b"0" * 400
+    bodies = [b'{"model":"tiny","messages":[{"role":"user","content":"hi"}],"temperature":%s}' % huge,
+              b'{"model":"tiny","messages":[{"role":"user","content":"hi"}],"top_p":0.5,"max_tokens":%s}' % huge,
+              b'{"model":"tiny","messages":[{"role":"user","content":"after"}]}']
+    log = tmp_path / "mw.jsonl"
+    log.write_bytes(through_middleware(bodies))
+    key = tmp_path / "hmac.key"
+    key.write_bytes(b"k" * 32)
+    argv = ["replay", str(log), "--archive-dir", str(tmp_path / "a"), "--no-progress", "--model", "tiny",
+            "--hmac-key-file", str(key)]
+    rt, _ = replay_into(build_settings("replay", make_parser().parse_args(argv), {}), quiet=True)
+    got = [json.loads(x) for p in sorted((tmp_path / "a").glob("audit-*.jsonl")) for x in p.read_text().splitlines()]
+    assert [r["request_id"] for r in got] == ["chatcmpl-hostile-0", "chatcmpl-hostile-1", "chatcmpl-hostile-2"]
+    assert got[0]["params"]["temperature"] is None and "invalid_field" in got[0]["flags"]
+    assert got[1]["params"]["max_tokens"] == int(huge)  # an int is exact, whatever its size: kept
+    for rec in got:
+        well_typed(rec)
+    text = __import__("prometheus_client").generate_latest(rt.registry).decode()
+    assert 'reason="internal_error"' not in text
+    assert 'vllm_audit_parse_errors_total{reason="middleware_invalid_field"} 1.0' in text
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "a"), "--hmac-key-file", str(key)]) == 0
+    assert capsys.readouterr().out.startswith("OK: 1 file(s), 3 record(s)")
 
 
 def test_a_middleware_line_without_received_at_is_recorded_not_stuck():

@@ -53,6 +53,16 @@ def clean_text(value: str) -> tuple[str, bool]:
     return _SURROGATE.sub(_escape, value), True
 
 
+def finite(value: int | float) -> bool:
+    """``math.isfinite``, but False, not OverflowError, for an int beyond
+    any float (a client's ``"max_tokens": 1000…0`` of 400 digits): raising
+    here dropped the whole line, so a request could erase its own record."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 class _Checker:
     """Collects what was dropped or escaped while one object is checked."""
 
@@ -83,7 +93,7 @@ class _Checker:
     def number(self, name: str, value, minimum: float | None = 0.0):
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value) \
                 or (minimum is not None and value < minimum):
             self.bad.append(name)
             return None
