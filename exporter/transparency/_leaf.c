@@ -180,31 +180,60 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_buffer lp, cp;
     if (!PyArg_ParseTuple(args, "O!O!y*y*", &PyTuple_Type, &ks, &PyTuple_Type, &cs, &lp, &cp)) return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(ks);
-    if (n < 3 || n > MAX_KEYS || PyTuple_GET_SIZE(cs) != n) {
+    /* Everything is checked before the old configuration is dropped (a
+     * refused one leaves the last in force), and running out of memory
+     * leaves the module unconfigured (configured() then raises), never half
+     * configured: leaf_into() trusts these tables. */
+    int is_content[MAX_KEYS], seq_at = -1;
+    const char *err = NULL;
+    PyObject *err_type = PyExc_ValueError;
+    if (n < 3 || n > MAX_KEYS || PyTuple_GET_SIZE(cs) != n) err = "_leaf.configure: bad key tuples";
+    for (Py_ssize_t k = 0; err == NULL && k < n; k++) {
+        PyObject *key = PyTuple_GET_ITEM(ks, k);
+        if (!PyBytes_Check(key)) { err = "_leaf.configure: keys must be bytes"; err_type = PyExc_TypeError; break; }
+        /* PyObject_IsTrue can fail (and run Python code): checked, not
+         * stored as -1 with an exception left set. */
+        int t = PyObject_IsTrue(PyTuple_GET_ITEM(cs, k));
+        if (t < 0) { PyBuffer_Release(&lp); PyBuffer_Release(&cp); return NULL; }
+        is_content[k] = t;
+        if (PyBytes_GET_SIZE(key) == 3 && memcmp(PyBytes_AS_STRING(key), "seq", 3) == 0) seq_at = (int)k;
+    }
+    /* leaf_into() cuts the line before the last two (chain) keys and copies
+     * line[pos:cut] after each content span: a content or seq key among
+     * them would make that length negative (a wild memcpy). */
+    if (err == NULL && (seq_at < 0 || seq_at >= n - 2 || is_content[n - 2] || is_content[n - 1]))
+        err = "_leaf.configure: seq and the content keys must come before the two chain keys";
+    if (err != NULL) {
         PyBuffer_Release(&lp); PyBuffer_Release(&cp);
-        PyErr_SetString(PyExc_ValueError, "_leaf.configure: bad key tuples");
+        PyErr_SetString(err_type, err);
         return NULL;
     }
-    for (int k = 0; k < nkeys; k++) PyMem_Free(keys[k]);
+    for (int k = 0; k < nkeys; k++) { PyMem_Free(keys[k]); keys[k] = NULL; }
     nkeys = 0;
     seq_key = -1;
-    for (Py_ssize_t k = 0; k < n; k++) {
+    PyMem_Free(leaf_prefix); PyMem_Free(content_prefix);
+    leaf_prefix = PyMem_Malloc((size_t)lp.len + 1);
+    content_prefix = PyMem_Malloc((size_t)cp.len + 1);
+    /* every allocation checked: a NULL from PyMem_Malloc was memcpy'd into */
+    int oom = leaf_prefix == NULL || content_prefix == NULL;
+    for (Py_ssize_t k = 0; k < n && !oom; k++) {
         PyObject *key = PyTuple_GET_ITEM(ks, k);
-        if (!PyBytes_Check(key)) {
-            PyBuffer_Release(&lp); PyBuffer_Release(&cp);
-            PyErr_SetString(PyExc_TypeError, "_leaf.configure: keys must be bytes");
-            return NULL;
-        }
         klens[k] = PyBytes_GET_SIZE(key);
         keys[k] = PyMem_Malloc((size_t)klens[k] + 1);
+        if (keys[k] == NULL) { oom = 1; nkeys = (int)k; break; }
         memcpy(keys[k], PyBytes_AS_STRING(key), (size_t)klens[k] + 1);
-        content[k] = PyObject_IsTrue(PyTuple_GET_ITEM(cs, k));
-        if (klens[k] == 3 && memcmp(keys[k], "seq", 3) == 0) seq_key = (int)k;
+        content[k] = is_content[k];
         nkeys = (int)k + 1;
     }
-    PyMem_Free(leaf_prefix); PyMem_Free(content_prefix);
-    leaf_prefix = PyMem_Malloc((size_t)lp.len + 1); memcpy(leaf_prefix, lp.buf, (size_t)lp.len); leaf_prefix_len = lp.len;
-    content_prefix = PyMem_Malloc((size_t)cp.len + 1); memcpy(content_prefix, cp.buf, (size_t)cp.len); content_prefix_len = cp.len;
+    if (oom) {
+        for (int k = 0; k < nkeys; k++) { PyMem_Free(keys[k]); keys[k] = NULL; }
+        nkeys = 0;
+        PyBuffer_Release(&lp); PyBuffer_Release(&cp);
+        return PyErr_NoMemory();
+    }
+    memcpy(leaf_prefix, lp.buf, (size_t)lp.len); leaf_prefix_len = lp.len;
+    memcpy(content_prefix, cp.buf, (size_t)cp.len); content_prefix_len = cp.len;
+    seq_key = seq_at;
     PyBuffer_Release(&lp); PyBuffer_Release(&cp);
     Py_RETURN_NONE;
 }

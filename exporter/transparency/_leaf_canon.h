@@ -216,6 +216,19 @@ static PyObject *seal(PyObject *self, PyObject *args) {
         result = Py_None;
         goto done;
     }
+    /* The hash is made below as a str of maxchar 127 (compact ASCII) with
+     * the label's bytes copied in: a byte past 0x7f there would be a str
+     * whose data is not its characters (isascii() True with "é" inside,
+     * encode() handing back invalid UTF-8 into the archive). HMAC takes the
+     * key's length as an int: a longer key would be hashed truncated.
+     * Both declined: the Python steps seal. */
+    int ascii = 1;
+    for (Py_ssize_t j = 0; j < label.len; j++) if (((const unsigned char *)label.buf)[j] > 127) { ascii = 0; break; }
+    if (!ascii || (key != Py_None && PyBytes_GET_SIZE(key) > INT_MAX)) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
+    }
     unsigned char *buf = PyMem_Malloc((size_t)raw.len * 2 + 1);  /* the canonical bytes, then scratch */
     if (buf == NULL) { PyErr_NoMemory(); goto done; }
     int rc = canon_into((const unsigned char *)raw.buf, raw.len, buf, buf + raw.len);

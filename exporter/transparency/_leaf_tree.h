@@ -12,16 +12,29 @@
  * argument is not what TreeFile passes: nothing is half done. */
 #define SALT_MAX 64
 static PyObject *extend(PyObject *self, PyObject *args) {
-    PyObject *lines, *nodes;
+    PyObject *lines, *nodes, *size_obj;
     Py_buffer salts;
     unsigned long long size;
     if (!configured()) return NULL;
-    if (!PyArg_ParseTuple(args, "Oy*KO", &lines, &salts, &size, &nodes)) return NULL;
+    /* size is taken as an object: "K" reads any int modulo 2**64 without an
+     * error (2**64 + 1 became size 1, -2**64 size 0, a batch computed on a
+     * tree that is not the caller's) and calls __index__ on anything else. */
+    if (!PyArg_ParseTuple(args, "Oy*OO", &lines, &salts, &size_obj, &nodes)) return NULL;
     PyObject *result = NULL, *entries = NULL, *out = NULL;
     unsigned char *buf = NULL;
     Py_ssize_t bufcap = 0;
     unsigned char stack[64][32];
-    if (!PyList_CheckExact(lines) || !PyList_CheckExact(nodes)) {
+    if (!PyList_CheckExact(lines) || !PyList_CheckExact(nodes) || !PyLong_Check(size_obj)) {
+        PyBuffer_Release(&salts);
+        Py_RETURN_NONE;
+    }
+    /* An int (or int subclass: its value, no Python code runs) of 0..2**64-1
+     * exactly; negative or larger: declined (the check below bounds it to
+     * 2**62), never an OverflowError left set. */
+    size = PyLong_AsUnsignedLongLong(size_obj);
+    if (size == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) { PyBuffer_Release(&salts); return NULL; }
+        PyErr_Clear();
         PyBuffer_Release(&salts);
         Py_RETURN_NONE;
     }
