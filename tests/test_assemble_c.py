@@ -24,19 +24,16 @@ from exporter.cli import main
 from cbuild import needs_c
 from hyp import examples
 from leakcheck import assert_no_leaks
+from oddvalues import DictSub, IntSub, StrSub, paths, with_path
 
 pytestmark = needs_c(assemble._C is not None)  # built where a compiler exists: tests/test_cbuild.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Dict(dict):
-    pass
-
-
 ODD = st.sampled_from([None, "", "\ud800", "a\x00b", "<streaming_complete: 3 tokens>", "<x>", math.nan,
                        math.inf, -0.0, 0.0, 2**100, -2**70, 0, -1, True, False, 1.5, [], [None], {}, (1,),
-                       b"x", {"type": "json_object"}, ["a", 1], _Dict(a=1), "chat", "stop"])
+                       b"x", {"type": "json_object"}, ["a", 1], DictSub(a=1), "chat", "stop"])
 
 
 def typed(x):
@@ -178,44 +175,17 @@ _STREAMED = {**_BASE, "outputs": [], "complete": ["done", ""], "stream": True, "
              "delta_ids_known": True, "body": {**_BASE["body"], "stream": True}}
 
 
-def _paths(x, prefix=()):
-    yield prefix
-    if type(x) is dict:
-        for k in x:
-            yield from _paths(x[k], prefix + (k,))
-    elif type(x) is list:
-        for i, v in enumerate(x):
-            yield from _paths(v, prefix + (i,))
-
-
-def _set(x, path, value):
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    if type(x) is dict:
-        return {**x, head: _set(x[head], rest, value)}
-    return x[:head] + [_set(x[head], rest, value)] + x[head + 1:]
-
-
-class _Str(str):
-    pass
-
-
-class _Int(int):
-    pass
-
-
 _SWEEP = [None, "", "\ud800", "<x>", 0, -1, 2**100, 1.5, math.nan, math.inf, True, False, [], [None], {},
-          (1,), b"x", _Str("s"), _Int(3), _Dict(a=1), ["a", 1], {"type": "json_object"}]
+          (1,), b"x", StrSub("s"), IntSub(3), DictSub(a=1), ["a", 1], {"type": "json_object"}]
 
 
 @pytest.mark.parametrize("base", [_BASE, _STREAMED], ids=["outputs", "streamed"])
 def test_every_field_read_holds_every_odd_value(base):
     ctxs = [AssembleContext(), AssembleContext("served", "i-1", 4, 2)]
     assert all(same(base, ctx, False) for ctx in ctxs)  # the base itself takes the C path
-    for path in list(_paths(base))[1:]:
+    for path in list(paths(base))[1:]:
         for odd in _SWEEP:
-            e = _set(base, path, odd)
+            e = with_path(base, path, odd)
             for ctx in ctxs:
                 same(e, ctx, False)
 
@@ -226,7 +196,7 @@ def test_no_reference_or_memory_leaks():
     record would grow without bound in a sidecar that runs for months."""
     ctxs = [AssembleContext(), AssembleContext("served", "i-1", 4, 2)]
     entries = [base for base in (_BASE, _STREAMED)]
-    entries += [_set(_BASE, path, odd) for path in list(_paths(_BASE))[1:] for odd in (None, 2**100, "\ud800", [])]
+    entries += [with_path(_BASE, path, odd) for path in list(paths(_BASE))[1:] for odd in (None, 2**100, "\ud800", [])]
     assert any(_c(e, ctxs[0], False) is not None for e in entries)
 
     def run():

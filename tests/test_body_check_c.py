@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hyp import examples
 from leakcheck import assert_no_leaks
+from oddvalues import ABSENT, paths, with_path
 
 from exporter import events as ev
 from exporter.parse.body_line import body_event
@@ -195,7 +196,6 @@ _CHAT = {"model": "llama-3.1-8b-instruct",
 _RESPONSES = {"model": "tiny", "input": "hi", "max_output_tokens": 64, "user": "u",
               "text": {"format": {"type": "json_schema", "name": "x"}}, "stream": False, "temperature": 0,
               "response_format": None}  # None: text.format is read
-_ABSENT = object()
 
 
 def _nested(depth: int) -> list:
@@ -206,33 +206,10 @@ def _nested(depth: int) -> list:
 
 
 # _scan_body.h's BODY_MAX_DEPTH is 100: a value nested 99 deep is kept, 101 declines
-_ODD = [_ABSENT, None, "", "\ud800", "a\udfffb", "\u4f60", "\U0001f600", "x" * 10000, 0, 1, -1, 2**63, 2**64,
+_ODD = [ABSENT, None, "", "\ud800", "a\udfffb", "\u4f60", "\U0001f600", "x" * 10000, 0, 1, -1, 2**63, 2**64,
         -2**63 - 1, 2**100, -2**100, 10**400, math.inf, -math.inf, math.nan, -0.0, 0.0, 1.5, 1e-300, True, False,
         [], [None], ["a", 1], {}, {"type": 3}, {"type": None}, {"type": "\ud800"}, {"type": "text"},
         {"format": {"type": "text"}}, {"format": None}, _nested(98), _nested(101), _nested(400)]
-
-
-def _paths(x, prefix=()):
-    yield prefix
-    if type(x) is dict:
-        for k in x:
-            yield from _paths(x[k], prefix + (k,))
-    elif type(x) is list:
-        for i, v in enumerate(x):
-            yield from _paths(v, prefix + (i,))
-
-
-def _set(x, path, value):
-    """x with path set to value (_ABSENT: removed), x itself untouched."""
-    head, rest = path[0], path[1:]
-    y = dict(x) if type(x) is dict else list(x)
-    if rest:
-        y[head] = _set(x[head], rest, value)
-    elif value is _ABSENT:
-        del y[head]
-    else:
-        y[head] = value
-    return y
 
 
 def _read_keys() -> list[str]:
@@ -265,15 +242,15 @@ def test_the_sweep_covers_every_member_read():
 
 @pytest.mark.parametrize("base", [_CHAT, _RESPONSES], ids=["chat", "responses"])
 def test_every_field_read_holds_every_odd_value(base):
-    paths = [p for p in _paths(base) if 0 < len(p) <= 3]
+    swept = [p for p in paths(base) if 0 < len(p) <= 3]
     for ascii_ in (True, False):
         assert check(json.dumps(base, ensure_ascii=ascii_)), "the base body itself takes the C path"
     answered = 0
-    for path in paths:
+    for path in swept:
         for odd in _ODD:
-            body = _set(base, path, odd)
+            body = with_path(base, path, odd)
             for ascii_ in (True, False):
                 text = json.dumps(body, ensure_ascii=ascii_)
                 answered += check(text)
                 _line_agrees(text)
-    assert answered > len(paths) * len(_ODD)  # most answered in C: not a vacuous pass
+    assert answered > len(swept) * len(_ODD)  # most answered in C: not a vacuous pass

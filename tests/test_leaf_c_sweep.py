@@ -37,28 +37,13 @@ from exporter.record import RECORD_FIELDS
 from exporter.transparency import leaf_line, merkle
 from exporter.transparency.leaf import CONTENT_FIELDS, commitment, leaf_bytes, record_leaf
 from leakcheck import assert_no_leaks
+from oddvalues import ABSENT, BytesSub, DictSub, IntSub, StrSub, paths, with_path
 
 pytestmark = needs_c(leaf_line._C is not None)  # built where a compiler exists: tests/test_cbuild.py
 
 _LINE = record._LINE_ENCODER  # the pure-Python encoders: the references
 _CANON = record._CANONICAL_ENCODER
 SALT = bytes(range(16))
-
-
-class _Str(str):
-    pass
-
-
-class _Int(int):
-    pass
-
-
-class _Dict(dict):
-    pass
-
-
-class _Bytes(bytes):
-    pass
 
 
 def _deep(n: int) -> list:
@@ -68,12 +53,11 @@ def _deep(n: int) -> list:
     return x
 
 
-ABSENT = object()  # the field (or item) removed
 _ERASED = "sha256:" + "ab" * 32
 ODD = [ABSENT, None, "", "\ud800", "\x00", "é𝄞", '"\\', 0, -1, 2**63, 2**100, -2**100, 1.5, -0.0,
-       math.nan, math.inf, -math.inf, True, False, [], [None], {}, (1,), b"x", _Str("s"), _Int(3),
-       _Dict(a=1), {1: 2}, {10: 1, 9: 2}, {True: 1, None: 2}, _deep(3), _deep(70),
-       {"erased": _ERASED}, {"erased": "sha256:x\"y"}, {"erased": 1}, _Dict(erased=_ERASED)]
+       math.nan, math.inf, -math.inf, True, False, [], [None], {}, (1,), b"x", StrSub("s"), IntSub(3),
+       DictSub(a=1), {1: 2}, {10: 1, 9: 2}, {True: 1, None: 2}, _deep(3), _deep(70),
+       {"erased": _ERASED}, {"erased": "sha256:x\"y"}, {"erased": 1}, DictSub(erased=_ERASED)]
 
 # A full record as the archive holds it (every contract field, in order,
 # then the chain's), nested dicts and lists filled so the sweep reaches in.
@@ -97,34 +81,12 @@ BASE = {
 assert list(BASE) == list(RECORD_FIELDS) + ["seq", "prev_hash", "hash"]
 
 
-def _paths(x, prefix=(), depth=0):
-    yield prefix
-    if depth == 2:
-        return
-    if type(x) is dict:
-        for k in x:
-            yield from _paths(x[k], prefix + (k,), depth + 1)
-    elif type(x) is list:
-        for i, v in enumerate(x):
-            yield from _paths(v, prefix + (i,), depth + 1)
-
-
-def _set(x, path, value):
-    head, rest = path[0], path[1:]
-    if type(x) is dict:
-        if not rest and value is ABSENT:
-            return {k: v for k, v in x.items() if k != head}
-        return {**x, head: _set(x[head], rest, value) if rest else value}
-    new = value if not rest else _set(x[head], rest, value)
-    return x[:head] + ([] if new is ABSENT else [new]) + x[head + 1:]
-
-
 def _records():
     """BASE, then every (path, odd value): path one level into BASE's values."""
     yield (), None, BASE
-    for path in list(_paths(BASE))[1:]:
+    for path in list(paths(BASE))[1:]:
         for odd in ODD:
-            yield path, odd, _set(BASE, path, odd)
+            yield path, odd, with_path(BASE, path, odd)
 
 
 def _outcome(fn, *args):
@@ -164,7 +126,7 @@ def _check_leaf(rec: dict, line: bytes) -> bool:
     assert C.leaf(line, SALT) == (seq, hashlib.sha256(b"\x00" + want).digest())
     if py is not None:
         assert py == want
-    if all(type(rec.get(k)) is not _Dict for k in CONTENT_FIELDS):
+    if all(type(rec.get(k)) is not DictSub for k in CONTENT_FIELDS):
         # the writer's definition on the record itself: the same leaf. (Not
         # for a dict subclass shaped {"erased": "sha256:..."} in a content
         # slot: leaf_view hashes it, being no exact dict, while the line reads
@@ -298,7 +260,7 @@ _EXTEND_ODD = [
     ([b"{}"], bytes(16 * 65), 0, []),
     ([b"{}"], bytes(16), 1, []),
     ([b"{}"], bytes(16), 1, [b"short"]),
-    ([b"{}"], bytes(16), 1, [_Bytes(_NODE)]),
+    ([b"{}"], bytes(16), 1, [BytesSub(_NODE)]),
     ([b"{}"], bytes(16), 1, (_NODE,)),
     ([b"{}"], bytes(16), 1, [bytearray(_NODE)]),
     ([b"{}"], bytes(16), 0, None),
@@ -306,7 +268,7 @@ _EXTEND_ODD = [
     ([b"{}"], bytes(16), 2**63 - 1, [_NODE] * 63),
 ]
 _SIZES = [-1, -2**64, 2**62 + 1, 2**63, 2**64, 2**64 + 1, 2**65 + 3, 2**100, -2**100, 1.5, math.nan, "1", None,
-          True, _Int(1), b"\x01"]
+          True, IntSub(1), b"\x01"]
 
 
 @pytest.mark.parametrize("args", _EXTEND_ODD, ids=range(len(_EXTEND_ODD)))
@@ -314,7 +276,7 @@ def test_extend_declines_what_tree_file_never_passes(args):
     assert leaf_line._C.extend(*args) is None
 
 
-@pytest.mark.parametrize("wrap", [_Bytes, bytearray, memoryview, lambda b: b.decode(), lambda b: [b], lambda b: None],
+@pytest.mark.parametrize("wrap", [BytesSub, bytearray, memoryview, lambda b: b.decode(), lambda b: [b], lambda b: None],
                          ids=["bytes-subclass", "bytearray", "memoryview", "str", "list", "None"])
 def test_extend_reads_a_line_only_as_exact_bytes(wrap):
     """A line that is not exact bytes but holds (or is made from) a line C
@@ -341,7 +303,7 @@ def test_extend_size_is_the_frontier_size_or_declined():
                     _frontier_ref([line], bytes(16), size, nodes)
                 continue
             if got is not None:
-                assert type(size) in (int, _Int, bool) and 0 <= size <= 2**62, (size, nodes)
+                assert type(size) in (int, IntSub, bool) and 0 <= size <= 2**62, (size, nodes)
                 assert got == _frontier_ref([line], bytes(16), int(size), nodes)
 
 
@@ -360,7 +322,7 @@ def test_extend_on_a_big_batch():
     assert leaf_line._C.extend([base], bytes(16), 2**64 - 1, [_NODE] * 64) is None
 
 
-@pytest.mark.parametrize("raw", [None, "x", 1, [b"{}"], memoryview(b"{}"), bytearray(b"{}"), _Bytes(b"{}")])
+@pytest.mark.parametrize("raw", [None, "x", 1, [b"{}"], memoryview(b"{}"), bytearray(b"{}"), BytesSub(b"{}")])
 def test_leaf_canonical_seal_take_any_argument(raw):
     """Any argument: the answer for a buffer (bytes-like), TypeError for the rest."""
     C = leaf_line._C

@@ -21,6 +21,7 @@ from exporter.metrics import RequestMetrics
 
 from cbuild import needs_c
 from leakcheck import assert_no_leaks
+from oddvalues import DictSub, IntSub, StrSub
 from tests.real_captures import replay
 
 FIXTURE_LOGS = [str(Path(__file__).parent / "fixtures" / "vllm-0.32.0" / d / "vllm.log")
@@ -153,21 +154,9 @@ def test_accelerator_info_names_the_metrics_stage():
 
 # -- every field the C observe reads, set to each odd value (deterministic) ---
 
-class _Str(str):
-    pass
-
-
-class _Int(int):
-    pass
-
-
-class _Dict(dict):
-    pass
-
-
 _MISSING = object()  # the field removed
 ODD_VALUES = [_MISSING, None, "", "\ud800", 0, -1, 2**100, 2**63, -2**63, 1.5, -0.0, math.nan, math.inf, -math.inf,
-              True, False, [], {}, (1,), b"x", _Str("tiny"), _Str(""), _Int(3), _Dict(invalid_reason="expired"),
+              True, False, [], {}, (1,), b"x", StrSub("tiny"), StrSub(""), IntSub(3), DictSub(invalid_reason="expired"),
               [None], ["pii", None], "completed", "rejected", "tiny", "stop", "pii"]
 
 
@@ -256,7 +245,7 @@ def test_no_reference_or_memory_leaks():
     (m, _), _plain = _pair(True, 100, 500, 2048)
     m.served = ServedModels("tiny")
     recs = [_base_record()] + [_with(_base_record(), path, value) for path in _PATHS
-                               for value in (_MISSING, None, 2**100, "\ud800", math.nan, [], _Str("tiny"))]
+                               for value in (_MISSING, None, 2**100, "\ud800", math.nan, [], StrSub("tiny"))]
 
     def run():
         counted = 0
