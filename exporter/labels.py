@@ -337,6 +337,9 @@ class ServedModels:
     def fold(self, name):
         """``name`` if vLLM serves it (or nothing is known), else ``__other__``."""
         names = self._names
-        if names is None or name is None or name == "" or name in names:
-            return name
+        try:
+            if names is None or name is None or name == "" or name in names:
+                return name
+        except TypeError:  # unhashable (a list from a damaged archive line): not a served name
+            pass
         return OTHER

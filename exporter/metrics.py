@@ -33,6 +33,7 @@ is pre-created per user (it would be pure cardinality).
 
 from __future__ import annotations
 
+import sys
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -83,6 +84,10 @@ LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32,
 _HEADS_MAX = 4096
 _NUMERIC = (int, float)  # exact classes: bool is not a count
 _INF = float("inf")
+# The largest float: a record's number above it (an int of 400 digits in a
+# forged line) cannot be added to a float sum, which raised OverflowError and
+# stopped the pipeline; ``0 <= v <= _FMAX`` also excludes inf and NaN.
+_FMAX = sys.float_info.max
 
 # name -> (help, label names with "user" where it applies)
 _COUNTERS = {
@@ -279,7 +284,7 @@ class RequestMetrics:
             c[key] = c.get(key, 0.0) + 1.0
 
             pt = rec.get("prompt_tokens")
-            if pt.__class__ in _NUMERIC and 0 <= pt < _INF:
+            if pt.__class__ in _NUMERIC and 0 <= pt <= _FMAX:
                 # A rejected record's prompt_tokens (from the middleware) was
                 # never processed: it counts as oversized below, not as usage,
                 # so these counters stay comparable with vllm:prompt_tokens.
@@ -300,7 +305,7 @@ class RequestMetrics:
                     c[k] = c.get(k, 0.0) + 1.0
 
             ct = rec.get("completion_tokens")
-            if served and ct.__class__ in _NUMERIC and 0 <= ct < _INF:
+            if served and ct.__class__ in _NUMERIC and 0 <= ct <= _FMAX:
                 c = self._c_completion
                 c[mu] = c.get(mu, 0.0) + ct
                 h = self._h_completion
@@ -311,7 +316,7 @@ class RequestMetrics:
                 row[-1] += ct
 
             lat = rec.get("latency_seconds")
-            if lat.__class__ in _NUMERIC and lat < _INF and lat == lat:
+            if lat.__class__ in _NUMERIC and lat <= _FMAX:  # NaN compares False
                 # Clock skew between log lines can make received > finished;
                 # clamp, as a negative duration would corrupt _sum.
                 lat = lat if lat > 0 else 0.0
@@ -322,7 +327,7 @@ class RequestMetrics:
                 self._h_duration.observe((model, endpoint), lat)
 
             ttft = rec.get("ttft_seconds")
-            if ttft.__class__ in _NUMERIC and ttft < _INF and ttft == ttft:
+            if ttft.__class__ in _NUMERIC and ttft <= _FMAX:
                 self._h_ttft.observe(m1, ttft if ttft > 0 else 0.0)
 
             empty = rec.get("empty_response")
@@ -348,10 +353,17 @@ class RequestMetrics:
                 self._observe_engine(rec, engine, model, mu)
 
             flags = rec.get("flags")
-            if flags:
+            if flags and flags.__class__ is list:  # not a list: a damaged archive line at rebuild
                 c = self._c_flags
                 label = self.dims["flag"].label
-                for flag in (flags if len(flags) == 1 else dict.fromkeys(flags)):
+                if len(flags) == 1:
+                    distinct = flags
+                else:
+                    try:
+                        distinct = dict.fromkeys(flags)
+                    except TypeError:  # an unhashable flag (a damaged archive line): by equality
+                        distinct = [f for i, f in enumerate(flags) if f not in flags[:i]]
+                for flag in distinct:
                     k = (model, label(flag))
                     c[k] = c.get(k, 0.0) + 1.0
 
@@ -394,7 +406,7 @@ class RequestMetrics:
                 c[mu] = c.get(mu, 0.0) + cost
         for key, hist in self._h_engine:
             v = engine.get(key)
-            if v.__class__ in _NUMERIC and 0 <= v < _INF:
+            if v.__class__ in _NUMERIC and 0 <= v <= _FMAX:
                 hist.observe((model,), v)
 
     # -- checkpoint -------------------------------------------------------

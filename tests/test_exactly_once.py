@@ -333,3 +333,30 @@ def _request_ids_reference(tmp_path: Path) -> list[str]:
     if not ref.exists():
         _one_pass(CAPTURE, ref)
     return _request_ids(ref)
+
+
+def test_a_rebuild_from_a_damaged_archive_skips_the_damage_and_counts_the_rest(tmp_path):
+    """The start without a checkpoint observes every archived record again.
+    A damaged line (valid JSON, not a record: an array, a model that is a
+    list, flags that are a string) raised there and the exporter could not
+    start at all. Now the damage is skipped (verify is what reports it) and
+    every intact record is counted and known as archived."""
+    from exporter.archive.recovery import rebuild_from_archive
+    from exporter.labels import ServedModels, UserLabels
+    from exporter.metrics import RequestMetrics
+    from prometheus_client import CollectorRegistry
+    archive = tmp_path / "archive"
+    _, want = _one_pass(CAPTURE, archive)
+    (day,) = sorted(archive.glob("audit-*.jsonl"))
+    good = [json.loads(x) for x in day.read_text().splitlines()]
+    damaged = [[1], 7, dict(good[0], request_id="d1", model=[]), dict(good[0], request_id="d2", flags="pii"),
+               dict(good[0], request_id="d3", flags=[["x"], ["x"]], user={"a": 1})]
+    with day.open("a") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in damaged))
+    m = RequestMetrics(CollectorRegistry(), users=UserLabels(500, enabled=True, key=b"k"), max_models=100)
+    m.served = ServedModels("tiny")
+    keys = rebuild_from_archive(archive, m.observe)
+    assert keys == {(r["request_id"], r["ts"]) for r in good} | {(n, good[0]["ts"]) for n in ("d1", "d2", "d3")}
+    requests = m.snapshot()["counters"]["vllm_audit_requests_total"]["series"]
+    assert sum(row[-1] for row in requests) == len(good) + 3
+    assert sum(row[-1] for row in want["counters"]["vllm_audit_requests_total"]["series"]) == len(good)

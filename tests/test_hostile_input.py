@@ -192,6 +192,37 @@ def test_a_number_beyond_any_float_in_a_client_body_is_recorded_not_erased(tmp_p
     assert capsys.readouterr().out.startswith("OK: 1 file(s), 3 record(s)")
 
 
+def test_a_count_beyond_any_float_in_a_line_is_archived_and_ingestion_goes_on(tmp_path, capsys):
+    """A middleware line whose usage or latency is an int of 401 digits (a
+    forged or corrupted line: JSON allows it) made the metrics' float sums
+    raise OverflowError, and replay stopped there: no record of it nor of
+    anything after it. Now each is archived as written (an int is exact),
+    the metrics skip the unusable value, and the lines after it count."""
+    huge = 10 ** 400
+    lines = [dict(REAL_LINE, request_id="pt", response_id="chatcmpl-pt",
+                  usage=dict(REAL_LINE["usage"], prompt_tokens=huge)),
+             dict(REAL_LINE, request_id="ct", response_id="chatcmpl-ct",
+                  usage=dict(REAL_LINE["usage"], completion_tokens=huge)),
+             dict(REAL_LINE, request_id="lat", response_id="chatcmpl-lat", latency_seconds=huge),
+             dict(REAL_LINE, request_id="after", response_id="chatcmpl-after")]
+    log = tmp_path / "mw.jsonl"
+    log.write_bytes(b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in lines))
+    argv = ["replay", str(log), "--archive-dir", str(tmp_path / "a"), "--no-progress", "--model", "tiny"]
+    rt, _ = replay_into(build_settings("replay", make_parser().parse_args(argv), {}), quiet=True)
+    got = [json.loads(x) for p in sorted((tmp_path / "a").glob("audit-*.jsonl")) for x in p.read_text().splitlines()]
+    assert [r["request_id"] for r in got] == ["chatcmpl-pt", "chatcmpl-ct", "chatcmpl-lat", "chatcmpl-after"]
+    assert got[0]["prompt_tokens"] == huge and got[1]["completion_tokens"] == huge
+    text = __import__("prometheus_client").generate_latest(rt.registry).decode()
+    real_pt, real_ct = REAL_LINE["usage"]["prompt_tokens"], REAL_LINE["usage"]["completion_tokens"]
+    # The three usable prompt counts summed, the unusable one skipped; the same for completions.
+    assert f'vllm_audit_prompt_tokens_total{{model="tiny",user="alice"}} {float(3 * real_pt)}' in text
+    assert f'vllm_audit_completion_tokens_total{{model="tiny",user="alice"}} {float(3 * real_ct)}' in text
+    assert 'vllm_audit_records_total 4.0' in text
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.startswith("OK: 1 file(s), 4 record(s)")
+
+
 def test_a_middleware_line_without_received_at_is_recorded_not_stuck():
     line = dict(REAL_LINE, request_id="nots", response_id="chatcmpl-nots")
     del line["received_at"]

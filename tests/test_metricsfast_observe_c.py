@@ -40,7 +40,8 @@ odd = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(
                 st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
 label = st.one_of(st.sampled_from(["tiny", "big", "chat", "completed", "rejected", "stop", "", "bob@example.com",
                                    "user_field", "m" * 140, "bad\udc80", None]), odd)
-num = st.one_of(st.sampled_from([0, 1, 3, 2048, 2049, 5000, 0.5, -1, -0.0, 0.05, 600, 1e6, 2**63, 2**80]), odd)
+num = st.one_of(st.sampled_from([0, 1, 3, 2048, 2049, 5000, 0.5, -1, -0.0, 0.05, 600, 1e6, 2**63, 2**80,
+                                 10**400, -10**400, 1e308]), odd)  # beyond any float: skipped, never raised
 engine = st.one_of(st.none(), odd, st.fixed_dictionaries(
     {}, optional={k: num for k in ("share_seconds", "devices", "queue_seconds", "prefill_seconds",
                                    "decode_seconds")}))
@@ -79,14 +80,10 @@ def _feed(pair, recs, served=None):
     for m, _ in pair:
         m.served = served
     for r in recs:
-        errors = []
         for m, _ in pair:
-            try:
-                m.observe(r)
-                errors.append(None)
-            except Exception as exc:  # the same exception, or none, from both
-                errors.append(type(exc))
-        assert errors[0] == errors[1]
+            # observe() never raises, whatever the record holds: an exception
+            # here stopped the pipeline, the record and the ones after it unarchived.
+            m.observe(r)
     _same(*pair)
 
 

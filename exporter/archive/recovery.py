@@ -41,6 +41,8 @@ def rebuild_from_archive(root: Path, observe) -> set[tuple[str, str]]:
                 rec = json.loads(raw)
             except ValueError:
                 continue
+            if not isinstance(rec, dict):  # a damaged line: verify reports it; it must not stop the start
+                continue
             keys.add((rec.get("request_id"), rec.get("ts")))
             observe(rec)
     return keys
