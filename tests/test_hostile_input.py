@@ -302,3 +302,47 @@ def test_fuzz_hostile_bodies_never_stop_ingestion(body, surrogate, depth):
     records = ingest(through_middleware(bodies))
     assert [r["request_id"] for r in records][-1] == "chatcmpl-hostile-2"  # the request after them is recorded
     assert len(records) == len(bodies)
+
+
+def test_every_path_of_the_middleware_line_with_an_odd_value_is_one_record_to_the_end(tmp_path, capsys):
+    """Each value anywhere in a real middleware line (every nested path, from
+    tests/oddvalues.py) replaced by an odd one, one line each: numbers beyond
+    any float (an int of 401 digits once stopped the whole pipeline in the
+    metrics), NaN and infinities (JSON's decoder takes them), empty and wrong
+    containers, an erasure look-alike, deep nesting. Through the whole replay
+    (parser, correlator, assembly, detectors, metrics, archive with chain and
+    tree) every line is exactly one record, in order, the archive verifies,
+    each record is well typed and becomes a Loki entry, and /metrics renders."""
+    from oddvalues import paths, with_path
+    from prometheus_client import generate_latest
+    from exporter.loki.config import LokiSettings
+    from exporter.loki.entries import build_entry, encode_push
+    odd = [None, True, -1, 10 ** 400, -10 ** 400, 1e308, float("nan"), float("-inf"), "", "\ud800x",
+           [], [None], {}, {"erased": "sha256:" + "0" * 64}, json.loads(_deep(400))]
+    fixed = {("type",), ("v",), ("request_id",), ("response_id",)}  # what makes it this exporter's line
+    lines, ids = [], []
+    for path in paths(REAL_LINE):
+        if not path or path in fixed:
+            continue
+        for value in odd:
+            n = len(lines)
+            line = with_path(REAL_LINE, path, value)
+            line.update(request_id=f"odd{n}", response_id=f"chatcmpl-odd{n}")
+            lines.append(json.dumps(line).encode())
+            ids.append(f"chatcmpl-odd{n}")
+    assert len(lines) > 500  # about 40 paths of the real line
+    log = tmp_path / "mw.jsonl"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    argv = ["replay", str(log), "--archive-dir", str(tmp_path / "a"), "--no-progress", "--model", "tiny"]
+    rt, _ = replay_into(build_settings("replay", make_parser().parse_args(argv), {}), quiet=True)
+    archived = [x for p in sorted((tmp_path / "a").glob("audit-*.jsonl")) for x in p.read_text().splitlines()]
+    got = [json.loads(x) for x in archived]
+    assert [r["request_id"] for r in got] == ids
+    for rec in got:
+        well_typed(rec)
+    settings = LokiSettings(url="http://loki:3100")
+    encode_push([build_entry(x, settings, lambda u: u, lambda r: r) for x in archived])
+    assert b"vllm_audit_records_total %d.0" % len(ids) in generate_latest(rt.registry)
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: 1 file(s), {len(ids)} record(s)")
