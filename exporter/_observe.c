@@ -49,15 +49,23 @@ static PyObject *field(PyObject *rec, PyObject *key) {
     return v;
 }
 
-/* 1: an int/float (not bool) with *x its value; 0: not a number (the metric
- * is skipped, as in Python); -1: an int beyond 64 bits (decline: its float
- * sums may overflow, which Python raises). */
+/* record.MAX_MEASURE: every integer up to it is exact as a double. */
+#define MAX_MEASURE 9007199254740992.0
+
+/* 1: an int/float (not bool) with *x its value, |value| <= MAX_MEASURE;
+ * 0: not a number (the metric is skipped, as in Python); -1: a number
+ * beyond MAX_MEASURE, infinite or NaN (decline: Python's rules for those
+ * compare ints exactly, which a double cannot). */
 static int number(PyObject *v, double *x) {
-    if (PyFloat_CheckExact(v)) { *x = PyFloat_AS_DOUBLE(v); return 1; }
+    if (PyFloat_CheckExact(v)) {
+        *x = PyFloat_AS_DOUBLE(v);
+        return fabs(*x) <= MAX_MEASURE ? 1 : -1;  /* NaN compares false */
+    }
     if (PyLong_CheckExact(v)) {
         int overflow;
         long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
         if (overflow || (n == -1 && PyErr_Occurred())) { PyErr_Clear(); return -1; }
+        if (n > (long long)MAX_MEASURE || n < -(long long)MAX_MEASURE) return -1;
         *x = (double)n;
         return 1;
     }

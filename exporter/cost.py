@@ -15,8 +15,9 @@ export's ``cost`` column.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
+
+from exporter.record import MAX_MEASURE
 
 
 class PricingError(ValueError):
@@ -51,9 +52,9 @@ def engine_seconds(rec: dict) -> float | None:
     if not isinstance(engine, dict):
         return None
     s = engine.get("share_seconds")
-    # ``0 <= s <= max float``, not math.isfinite: that raises OverflowError
-    # for an int beyond any float (a forged line), which stopped the pipeline.
-    if s.__class__ not in (int, float) or not 0 <= s <= sys.float_info.max:
+    # Not math.isfinite: that raises OverflowError for an int beyond any
+    # float (a forged line), which stopped the pipeline.
+    if s.__class__ not in (int, float) or not 0 <= s <= MAX_MEASURE:
         return None
     return float(s)
 
@@ -64,7 +65,7 @@ def engine_gpu_seconds(rec: dict) -> float | None:
     if s is None:
         return None
     devices = rec["engine"].get("devices")
-    if devices.__class__ is not int or not 1 <= devices <= sys.float_info.max:
+    if devices.__class__ is not int or not 1 <= devices <= MAX_MEASURE:
         return None
     return s * devices
 

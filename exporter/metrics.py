@@ -33,7 +33,6 @@ is pre-created per user (it would be pure cardinality).
 
 from __future__ import annotations
 
-import sys
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -51,6 +50,7 @@ from prometheus_client.utils import floatToGoString
 from exporter import accel
 from exporter.cost import Pricing, engine_seconds
 from exporter.labels import OTHER, BoundedLabels, ServedModels, UserLabels
+from exporter.record import MAX_MEASURE
 
 SNAPSHOT_VERSION = 1
 
@@ -84,10 +84,7 @@ LABEL_LIMITS = {"model": 100, "endpoint": 16, "status": 16, "finish_reason": 32,
 _HEADS_MAX = 4096
 _NUMERIC = (int, float)  # exact classes: bool is not a count
 _INF = float("inf")
-# The largest float: a record's number above it (an int of 400 digits in a
-# forged line) cannot be added to a float sum, which raised OverflowError and
-# stopped the pipeline; ``0 <= v <= _FMAX`` also excludes inf and NaN.
-_FMAX = sys.float_info.max
+_MAX = float(MAX_MEASURE)  # ``v <= _MAX`` also excludes inf and NaN
 
 # name -> (help, label names with "user" where it applies)
 _COUNTERS = {
@@ -284,11 +281,11 @@ class RequestMetrics:
             c[key] = c.get(key, 0.0) + 1.0
 
             pt = rec.get("prompt_tokens")
-            if pt.__class__ in _NUMERIC and 0 <= pt <= _FMAX:
+            if pt.__class__ in _NUMERIC and 0 <= pt < _INF:
                 # A rejected record's prompt_tokens (from the middleware) was
                 # never processed: it counts as oversized below, not as usage,
                 # so these counters stay comparable with vllm:prompt_tokens.
-                if served:
+                if served and pt <= _MAX:
                     c = self._c_prompt
                     c[mu] = c.get(mu, 0.0) + pt
                     # _Histogram.observe, inlined (as below): the call is a
@@ -305,7 +302,7 @@ class RequestMetrics:
                     c[k] = c.get(k, 0.0) + 1.0
 
             ct = rec.get("completion_tokens")
-            if served and ct.__class__ in _NUMERIC and 0 <= ct <= _FMAX:
+            if served and ct.__class__ in _NUMERIC and 0 <= ct <= _MAX:
                 c = self._c_completion
                 c[mu] = c.get(mu, 0.0) + ct
                 h = self._h_completion
@@ -316,7 +313,7 @@ class RequestMetrics:
                 row[-1] += ct
 
             lat = rec.get("latency_seconds")
-            if lat.__class__ in _NUMERIC and lat <= _FMAX:  # NaN compares False
+            if lat.__class__ in _NUMERIC and lat <= _MAX:  # NaN compares False
                 # Clock skew between log lines can make received > finished;
                 # clamp, as a negative duration would corrupt _sum.
                 lat = lat if lat > 0 else 0.0
@@ -327,7 +324,7 @@ class RequestMetrics:
                 self._h_duration.observe((model, endpoint), lat)
 
             ttft = rec.get("ttft_seconds")
-            if ttft.__class__ in _NUMERIC and ttft <= _FMAX:
+            if ttft.__class__ in _NUMERIC and ttft <= _MAX:
                 self._h_ttft.observe(m1, ttft if ttft > 0 else 0.0)
 
             empty = rec.get("empty_response")
@@ -401,12 +398,12 @@ class RequestMetrics:
             c = self._c_engine_requests
             c[mu] = c.get(mu, 0.0) + 1.0
             cost = self.pricing.cost(rec)
-            if cost is not None:
+            if cost is not None and cost <= _MAX:  # a price far beyond any real one
                 c = self._c_cost
                 c[mu] = c.get(mu, 0.0) + cost
         for key, hist in self._h_engine:
             v = engine.get(key)
-            if v.__class__ in _NUMERIC and 0 <= v <= _FMAX:
+            if v.__class__ in _NUMERIC and 0 <= v <= _MAX:
                 hist.observe((model,), v)
 
     # -- checkpoint -------------------------------------------------------

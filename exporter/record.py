@@ -47,6 +47,12 @@ ENGINE_FIELDS: tuple[str, ...] = ("queue_seconds", "prefill_seconds", "decode_se
                                   "inference_seconds", "cached_tokens", "preemptions",
                                   "share_seconds", "devices")
 
+# The largest count or duration a metric adds up: every integer to 2**53 is
+# exact as a float. A record's number beyond it (an int of 400 digits in a
+# forged or damaged line) is no measurement: the metrics skip it, as their
+# float sums would raise OverflowError or reach inf, which no checkpoint holds.
+MAX_MEASURE = 2 ** 53
+
 PARAM_FIELDS: tuple[str, ...] = ("max_tokens", "temperature", "n", "json_mode")
 
 STATUSES: tuple[str, ...] = ("completed", "aborted", "rejected", "incomplete", "error")

@@ -347,3 +347,37 @@ def test_plugin_side_modules_import_only_the_standard_library():
     assert "exporter.statlogger.share" in loaded
     assert [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names
             and m.split(".")[0] != "exporter"] == []
+
+
+def test_every_field_of_the_engine_lines_with_an_odd_value_never_stops_the_replay(tmp_path, capsys):
+    """The real engine capture (vLLM's log and the plugin's lines) replayed
+    once per odd value: each engine line with one of its fields replaced
+    (a field per line, in turn), and the status line's problem count and
+    start object too. A status count beyond any float once made the self
+    metric's inc() raise OverflowError and stop the replay. Now every
+    request is still exactly one record and the archive verifies."""
+    from pathlib import Path
+
+    from oddvalues import paths, with_path
+    from tests.real_captures import replay
+    from exporter.cli import main
+    capture = Path(__file__).parent / "fixtures" / "vllm-0.32.0" / "engine"
+    lines = [json.loads(x) for x in (capture / "engine.jsonl").read_text().splitlines()]
+    status = next(x for x in lines if x["type"] == "vllm_audit_engine_status")
+    engine = [x for x in lines if x["type"] == "vllm_audit_engine"]
+    fields = [k for k in engine[0] if k not in ("type", "v", "request_id")]
+    want = [r["request_id"] for r in replay(tmp_path / "ref", [capture / "vllm.log", capture / "engine.jsonl"])]
+    assert len(want) >= 10 and len(engine) >= 10
+    odd = [None, True, -1, 10 ** 400, -10 ** 400, 1e308, float("nan"), float("inf"), "", "\ud800", [], {},
+           json.loads("[" * 400 + "]" * 400)]
+    for n, value in enumerate(odd):
+        changed = [with_path(x, (fields[(i + n) % len(fields)],), value) for i, x in enumerate(engine)]
+        odd_status = [with_path(status, p, value) for p in paths(status) if p and p != ("type",)]
+        odd_status.append(dict(status, problems={"finished_missing": value}))
+        text = "".join(json.dumps(x) + "\n" for x in [status, *odd_status, *changed])
+        (tmp_path / f"engine{n}.jsonl").write_text(text)
+        run = tmp_path / f"run{n}"
+        records = replay(run, [capture / "vllm.log", tmp_path / f"engine{n}.jsonl"])
+        assert [r["request_id"] for r in records] == want, value
+        capsys.readouterr()
+        assert main(["verify", str(run / "archive")]) == 0, value

@@ -14,6 +14,7 @@ from exporter import events as ev
 from exporter.events import Event, Ignored
 from exporter.parse.header import parse_iso_utc
 from exporter.parse.untrusted import _Checker, clean_text
+from exporter.record import MAX_MEASURE
 from exporter.wire import ENGINE_PROBLEMS, ENGINE_STATUS_TYPE, ENGINE_TYPE
 
 ENGINE_TYPES = (ENGINE_TYPE, ENGINE_STATUS_TYPE)
@@ -52,7 +53,9 @@ def _status(obj: dict) -> Event | Ignored:
         return MALFORMED_ENGINE
     problems = {}
     for reason, n in raw.items():
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        # Beyond MAX_MEASURE (a forged line's int of 400 digits) the counter's
+        # inc() raised OverflowError and stopped the pipeline: malformed too.
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_MEASURE:
             return MALFORMED_ENGINE
         reason = reason if reason in ENGINE_PROBLEMS else "other"  # a label value: bounded
         problems[reason] = problems.get(reason, 0) + n
