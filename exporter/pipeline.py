@@ -140,6 +140,7 @@ class Pipeline:
         self.skip_keys: set | None = None
         self.records_emitted = 0
         self.commits = 0  # successful commits by this pipeline
+        self.commit_error: str | None = None  # why the last commit failed; None after a success
         # Called with the checkpoint state after each successful commit, i.e.
         # once what it covers is durable (--prune-rotated deletes read logs).
         self.after_commit: list[Callable[[dict], None]] = []
@@ -487,6 +488,7 @@ class Pipeline:
             self.committed_archive = state["archive"]
             self._dirty = False
         except (OSError, CheckpointError) as exc:
+            self.commit_error = str(exc)
             self.selfm.checkpoint_failed()
             if self.health is not None:
                 self.health.checkpoint_failed(str(exc))
@@ -497,6 +499,7 @@ class Pipeline:
         self._pace(time.thread_time() - cpu0)
         now = self.clock()
         self.commits += 1
+        self.commit_error = None
         self.selfm.checkpoint_written(now)
         if self.health is not None:
             self.health.checkpoint_ok(now)

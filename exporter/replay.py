@@ -104,4 +104,11 @@ def cmd_replay(settings) -> int:
         rt.loki.close()
     print(summary.render())
     print(f"archive: {settings.archive_dir}")
+    if rt.pipeline.commit_error is not None:
+        # The records are archived (flushed before the checkpoint); only the
+        # position is not saved, which /health would say in a long run.
+        print(f"vllm-audit-exporter: warning: the final checkpoint was not written "
+              f"({rt.pipeline.commit_error}): every record is in the archive; a later run resumes "
+              "from the last checkpoint written (with none, from the inputs' start) and skips "
+              "what is archived", file=sys.stderr)
     return 0

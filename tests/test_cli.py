@@ -171,3 +171,32 @@ def test_every_loki_setting_the_docs_advertise_is_reachable(tmp_path):
         (str(cert), str(key), 3.5, "vllm-audit-eu")
     with pytest.raises(SettingsError, match="--loki-client-cert-file: .*: no such file"):
         build("replay", make_parser().parse_args([*argv[:6], "--loki-client-cert-file", "/nope"]), {})
+
+
+def test_replay_says_when_its_final_checkpoint_could_not_be_written(tmp_path, capsys, monkeypatch):
+    """A checkpoint write that fails (full disk, a state that will not encode)
+    is counted and retried in a long run, where /health shows it; a replay
+    ends with it, so it says so, after the records it did archive."""
+    from exporter import pipeline
+    from exporter.checkpoint import CheckpointError
+    from exporter.cli import main
+
+    def refuse(path, state, *args, **kwargs):
+        raise CheckpointError("ENOSPC", "No space left on device")
+    monkeypatch.setattr(pipeline, "write_atomic", refuse)
+    capture = Path(__file__).parent / "fixtures" / "vllm-0.32.0" / "debug" / "vllm.log"
+    archive = tmp_path / "a"
+    assert main(["replay", str(capture), "--archive-dir", str(archive), "--model", "tiny", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: the final checkpoint was not written (ENOSPC: No space left on device)" in err
+    assert "every record is in the archive" in err
+    assert not (archive / ".state" / "checkpoint.json").exists()
+    assert len([x for p in archive.glob("audit-*.jsonl") for x in p.read_text().splitlines()]) == 22
+    monkeypatch.undo()
+    # The chain holds; verify warns (exit 3) that without a checkpoint a cut end cannot be ruled out.
+    assert main(["verify", str(archive)]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("OK: 1 file(s), 22 record(s)") and "WARNING: no checkpoint" in out
+    assert main(["replay", str(capture), "--archive-dir", str(archive), "--model", "tiny", "--no-progress"]) == 0
+    assert "warning: the final checkpoint" not in capsys.readouterr().err
+    assert len([x for p in archive.glob("audit-*.jsonl") for x in p.read_text().splitlines()]) == 22
