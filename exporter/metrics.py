@@ -152,6 +152,20 @@ _HISTOGRAMS = {
 }
 
 
+def _distinct(values: list) -> list:
+    """``dict.fromkeys(values)`` where some values are unhashable (lists from
+    a damaged archive line): those compare by repr. Linear, however long."""
+    seen: dict = {}
+    for v in values:
+        try:
+            key = (0, v)
+            hash(key)
+        except TypeError:
+            key = (1, repr(v))
+        seen.setdefault(key, v)
+    return list(seen.values())
+
+
 class _Histogram:
     """Label tuple -> [count per bucket..., count in +Inf, sum]."""
 
@@ -358,8 +372,8 @@ class RequestMetrics:
                 else:
                     try:
                         distinct = dict.fromkeys(flags)
-                    except TypeError:  # an unhashable flag (a damaged archive line): by equality
-                        distinct = [f for i, f in enumerate(flags) if f not in flags[:i]]
+                    except TypeError:  # an unhashable flag (a damaged archive line)
+                        distinct = _distinct(flags)
                 for flag in distinct:
                     k = (model, label(flag))
                     c[k] = c.get(k, 0.0) + 1.0
