@@ -327,7 +327,7 @@ class RequestMetrics:
                 row[-1] += ct
 
             lat = rec.get("latency_seconds")
-            if lat.__class__ in _NUMERIC and lat <= _MAX:  # NaN compares False
+            if lat.__class__ in _NUMERIC and -_MAX <= lat <= _MAX:  # NaN compares False
                 # Clock skew between log lines can make received > finished;
                 # clamp, as a negative duration would corrupt _sum.
                 lat = lat if lat > 0 else 0.0
@@ -338,7 +338,7 @@ class RequestMetrics:
                 self._h_duration.observe((model, endpoint), lat)
 
             ttft = rec.get("ttft_seconds")
-            if ttft.__class__ in _NUMERIC and ttft <= _MAX:
+            if ttft.__class__ in _NUMERIC and -_MAX <= ttft <= _MAX:
                 self._h_ttft.observe(m1, ttft if ttft > 0 else 0.0)
 
             empty = rec.get("empty_response")
