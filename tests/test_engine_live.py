@@ -132,7 +132,8 @@ def send_requests(base: str, engine: Path) -> tuple[list[str], list[str]]:
     all of it (seen with vLLM 0.28.0 under load: shares == inference). So
     the plugin's own lines say whether the requests' inferences overlapped;
     if not, the batch is sent again (400 tokens is as long as the model's
-    512-token context allows)."""
+    512-token context allows). The others are long enough themselves (64+
+    tokens) to still be decoding when the next one reaches the engine."""
     ids: list[str] = []
     lock = threading.Lock()
 
@@ -161,7 +162,10 @@ def send_requests(base: str, engine: Path) -> tuple[list[str], list[str]]:
         anchor = threading.Thread(target=one, args=(USERS[1], 7, True, 400, decoding, batch))
         anchor.start()
         assert decoding.wait(120), "the long request never started streaming"
-        threads = [threading.Thread(target=one, args=(USERS[i % 2], i, i % 3 == 0, None, None, batch))
+        # 64+ tokens each, not a dozen: on two busy cores the API server hands
+        # the engine one request every ~50 ms, and a 12-token request (~40 ms
+        # of decode) was done before the next arrived, so none overlapped.
+        threads = [threading.Thread(target=one, args=(USERS[i % 2], i, i % 3 == 0, 64 + i, None, batch))
                    for i in range(1, 7)]
         for t in threads:
             t.start()
