@@ -187,7 +187,7 @@ def test_replay_says_when_its_final_checkpoint_could_not_be_written(tmp_path, ca
     capture = Path(__file__).parent / "fixtures" / "vllm-0.32.0" / "debug" / "vllm.log"
     archive = tmp_path / "a"
     assert main(["replay", str(capture), "--archive-dir", str(archive), "--model", "tiny", "--no-progress"]) == 0
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert "warning: the final checkpoint was not written (ENOSPC: No space left on device)" in err
     assert "every record is in the archive" in err
     assert not (archive / ".state" / "checkpoint.json").exists()

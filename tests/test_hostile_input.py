@@ -193,11 +193,12 @@ def test_a_number_beyond_any_float_in_a_client_body_is_recorded_not_erased(tmp_p
 
 
 def test_a_count_beyond_any_float_in_a_line_is_archived_and_ingestion_goes_on(tmp_path, capsys):
-    """A middleware line whose usage or latency is an int of 401 digits (a
-    forged or corrupted line: JSON allows it) made the metrics' float sums
-    raise OverflowError, and replay stopped there: no record of it nor of
-    anything after it. Now each is archived as written (an int is exact),
-    the metrics skip the unusable value, and the lines after it count."""
+    """A middleware line whose usage is an int of 401 digits (a forged or
+    corrupted line: JSON allows it) made the metrics' float sums raise
+    OverflowError, and replay stopped there: no record of it nor of anything
+    after it. Now each is archived as written (an int is exact), the metrics
+    skip the unusable value, and the lines after it count. (A latency of
+    that size the line's checker refuses: null and flagged.)"""
     huge = 10 ** 400
     lines = [dict(REAL_LINE, request_id="pt", response_id="chatcmpl-pt",
                   usage=dict(REAL_LINE["usage"], prompt_tokens=huge)),
@@ -212,6 +213,7 @@ def test_a_count_beyond_any_float_in_a_line_is_archived_and_ingestion_goes_on(tm
     got = [json.loads(x) for p in sorted((tmp_path / "a").glob("audit-*.jsonl")) for x in p.read_text().splitlines()]
     assert [r["request_id"] for r in got] == ["chatcmpl-pt", "chatcmpl-ct", "chatcmpl-lat", "chatcmpl-after"]
     assert got[0]["prompt_tokens"] == huge and got[1]["completion_tokens"] == huge
+    assert got[2]["latency_seconds"] is None and "invalid_field" in got[2]["flags"]
     text = __import__("prometheus_client").generate_latest(rt.registry).decode()
     real_pt, real_ct = REAL_LINE["usage"]["prompt_tokens"], REAL_LINE["usage"]["completion_tokens"]
     # The three usable prompt counts summed, the unusable one skipped; the same for completions.
